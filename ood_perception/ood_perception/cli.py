@@ -1,0 +1,61 @@
+"""The ``ood-perception`` command line.
+
+Each subcommand lives in its own module under :mod:`ood_perception.commands` and exposes
+``register(subparsers) -> None``; the module adds its parser and sets ``func`` (called with the
+parsed namespace, returning an exit code). Modules are discovered, so a subcommand exists exactly
+when its module is there, and heavy imports (torch, rclpy) happen only when it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+from collections.abc import Sequence
+
+from ood_perception import __version__, commands
+
+#: Order in which subcommands are listed in ``--help`` (others follow alphabetically).
+_ORDER = ["synth", "train", "evaluate", "export", "replay", "run", "demo", "bench"]
+
+
+def _command_modules() -> list[str]:
+    names = [m.name for m in pkgutil.iter_modules(commands.__path__) if not m.name.startswith("_")]
+    return sorted(names, key=lambda n: (_ORDER.index(n) if n in _ORDER else len(_ORDER), n))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the full argument parser with every available subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="ood-perception",
+        description="Multimodal out-of-distribution perception: data synthesis, training, "
+        "evaluation, export, rosbag replay and running the ROS 2 nodes.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in _command_modules():
+        module = importlib.import_module(f"{commands.__name__}.{name}")
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``ood-perception``; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (FileNotFoundError, ValueError) as exc:  # user errors: one clear line, no traceback
+        print(f"ood-perception {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Subcommands of ``ood-perception``: one module each, with ``register(subparsers)``."""
