@@ -1,7 +1,7 @@
 """ament_python build of the ood_perception ROS 2 package (also pip-installable)."""
 
-from glob import glob
 import os
+from glob import glob
 
 from setuptools import find_packages, setup
 

@@ -25,7 +25,7 @@ def rpy_to_matrix(roll: float, pitch: float, yaw: float) -> np.ndarray:
     return rz @ ry @ rx
 
 
-def transform_from_xyz_rpy(xyz: "np.ndarray | list[float]", rpy: "np.ndarray | list[float]") -> np.ndarray:
+def transform_from_xyz_rpy(xyz: np.ndarray | list[float], rpy: np.ndarray | list[float]) -> np.ndarray:
     """4x4 homogeneous transform from a translation and roll/pitch/yaw (radians)."""
     xyz = np.asarray(xyz, dtype=np.float64).reshape(3)
     rpy = np.asarray(rpy, dtype=np.float64).reshape(3)
@@ -104,7 +104,7 @@ def _read_kitti_kv(path: Path) -> dict[str, np.ndarray]:
     return values
 
 
-def load_kitti_calib(path: "str | os.PathLike[str]", width: int, height: int, camera: str = "P2") -> Calibration:
+def load_kitti_calib(path: str | os.PathLike[str], width: int, height: int, camera: str = "P2") -> Calibration:
     """Read a KITTI odometry ``calib.txt`` (P0..P3, Tr) into a :class:`Calibration`.
 
     KITTI's ``P2`` is ``K @ [I | t]`` for the rectified colour camera (t: the baseline offset)
@@ -130,7 +130,7 @@ def load_kitti_calib(path: "str | os.PathLike[str]", width: int, height: int, ca
     return Calibration(k, width, height, shift @ tr)
 
 
-def write_kitti_calib(path: "str | os.PathLike[str]", calib: Calibration) -> None:
+def write_kitti_calib(path: str | os.PathLike[str], calib: Calibration) -> None:
     """Write ``calib.txt`` in KITTI's format with P0..P3 = K [I|0] and Tr = T_cam_lidar[:3].
 
     Written to a temporary name and renamed, so a reader never sees half a file.
