@@ -9,10 +9,10 @@ pytestmark = pytest.mark.ros
 
 def test_ood_alert_roundtrip_over_dds(rclpy_context):
     import rclpy
-    from conftest import spin_until
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import QoSProfile, ReliabilityPolicy
 
+    from conftest import spin_until
     from ood_perception_msgs.msg import OodAlert, OodRegion
 
     pub_node = rclpy.create_node("alert_pub", context=rclpy_context)
