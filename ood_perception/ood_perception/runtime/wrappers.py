@@ -1,0 +1,88 @@
+"""Model + scorer wrapped as one ``torch.nn.Module``: what is exported to ONNX and run by the torch backend.
+
+Both the ONNX graph and the torch backend are built from these wrappers, so deployment, export and
+evaluation share one scoring code path (DESIGN.md: "the scorer is part of the exported graph").
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ood_perception.runtime.spec import SEGMENTATION_OUTPUTS
+
+
+def scorer_needs_features(scorer: nn.Module) -> bool:
+    """Whether ``scorer`` needs the penultimate features (not only logits).
+
+    Read from the scorer's ``needs_features`` class attribute (``ood_perception.scoring.Scorer``).
+    """
+    return bool(getattr(scorer, "needs_features", False))
+
+
+def _as_map(score: torch.Tensor) -> torch.Tensor:
+    if score.dim() == 4 and score.shape[1] == 1:
+        score = score[:, 0]
+    if score.dim() != 3:
+        raise ValueError(f"scorer must return a [B, H, W] score map, got shape {tuple(score.shape)}")
+    return score.float()
+
+
+class ScoredSegmentation(nn.Module):
+    """``FusionSegNet`` + OOD scorer -> the six runtime outputs.
+
+    ``forward(image, lidar)`` returns, in :data:`~ood_perception.runtime.spec.SEGMENTATION_OUTPUTS`
+    order: fused ``class_map`` (argmax, int64 ``[B, H, W]``), fused ``score_map`` (float32, higher =
+    more anomalous), then class and score maps of the camera and LiDAR expert heads.
+
+    Args:
+        model: module whose forward gives a dict with ``logits``, ``camera_logits``, ``lidar_logits``
+            and ``features`` (the architecture contract).
+        scorer: the fused-head scorer, ``scorer(logits, features) -> [B, H, W]``.
+        unimodal_scorer: scorer for the expert heads, called on logits only (the expert heads have
+            no features of the fused head). None: ``scorer`` itself, which must then be logit-only.
+    """
+
+    output_names = SEGMENTATION_OUTPUTS
+
+    def __init__(self, model: nn.Module, scorer: nn.Module, unimodal_scorer: nn.Module | None = None) -> None:
+        super().__init__()
+        if unimodal_scorer is None and scorer_needs_features(scorer):
+            raise ValueError(
+                f"scorer {type(scorer).__name__} needs features; give a logit-only unimodal_scorer for the expert heads"
+            )
+        self.model = model
+        self.scorer = scorer
+        self.unimodal_scorer = unimodal_scorer
+
+    def fused_score(self, out: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Fused score map ``[B, H, W]`` at input resolution from the model's output dict.
+
+        Logit-only scorers score the full-resolution ``logits``. Scorers that need ``features``
+        (which live on the stride-4 grid) score ``model.classifier(features)`` with ``features``
+        on that grid, and the score map is upsampled bilinearly to the input size.
+        """
+        logits = out["logits"]
+        if not scorer_needs_features(self.scorer):
+            return _as_map(self.scorer(logits, None))
+        features = out["features"]
+        low_logits = self.model.classifier(features)
+        low = _as_map(self.scorer(low_logits, features))
+        if low.shape[-2:] == logits.shape[-2:]:
+            return low
+        return F.interpolate(low[:, None], size=logits.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+
+    def forward(self, image: torch.Tensor, lidar: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.model(image, lidar)
+        logits = out["logits"]
+        uni = self.unimodal_scorer if self.unimodal_scorer is not None else self.scorer
+        cam, lid = out["camera_logits"], out["lidar_logits"]
+        return (
+            logits.argmax(dim=1),
+            self.fused_score(out),
+            cam.argmax(dim=1),
+            _as_map(uni(cam)),
+            lid.argmax(dim=1),
+            _as_map(uni(lid)),
+        )

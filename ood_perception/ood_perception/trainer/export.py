@@ -1,0 +1,474 @@
+"""ONNX export: a trained model and its OOD scorer as one graph, plus ``model.json``.
+
+Two layers:
+
+* :func:`export_model` — the generic core for any model kind: traces a wrapper module (model +
+  scorer) to ONNX with a dynamic batch axis, checks it with ``onnx.checker`` and against the torch
+  outputs through ONNX Runtime, writes the torch weights beside it, hashes both and writes
+  ``model.json``; everything lands in a temporary directory renamed onto ``out_dir`` at the end,
+  so a reader never sees a half-written model.
+* task wrappers: :func:`export_segmentation` (``FusionSegNet`` checkpoint -> ``image``/``lidar``
+  inputs, six map outputs, threshold calibrated at 95% TPR on ID validation pixels). The
+  recognition model plugs in by building its wrapper module and calling :func:`export_model` with
+  ``kind="recognition"`` and its own input/output names, and registering a torch builder with
+  :func:`ood_perception.runtime.torch_backend.register_builder`.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import io
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ood_perception.runtime.spec import (
+    FORMAT_VERSION,
+    SPEC_NAME,
+    FileRef,
+    ModelSpec,
+    TensorSpec,
+    sha256_bytes,
+    write_spec,
+)
+
+ONNX_NAME = "model.onnx"
+TORCH_NAME = "model.pt"
+#: Default ONNX opset (ONNX Runtime >= 1.14 and TensorRT >= 8.6 read it).
+DEFAULT_OPSET = 18
+_NP_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.int64: "int64", torch.int32: "int32"}
+
+
+def export_model(
+    module: nn.Module,
+    example_inputs: dict[str, torch.Tensor],
+    output_names: Sequence[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    kind: str,
+    meta: dict[str, Any],
+    torch_payload: dict[str, Any] | None = None,
+    dynamic_batch: bool = True,
+    opset: int = DEFAULT_OPSET,
+    exporter: str = "torchscript",
+    parity_atol: float = 1e-4,
+    overwrite: bool = True,
+) -> ModelSpec:
+    """Export ``module`` to ``out_dir/model.onnx`` and write ``out_dir/model.json``.
+
+    Args:
+        module: the wrapper (model + scorer) whose ``forward(*example_inputs.values())`` returns a
+            tuple of tensors in ``output_names`` order. Put in eval mode here.
+        example_inputs: input name -> example tensor (batch axis first), in forward-argument order.
+        output_names: names of the forward outputs.
+        out_dir: model directory to create (replaced atomically when it exists and ``overwrite``).
+        kind: ``segmentation`` or ``recognition`` (recorded in ``model.json``).
+        meta: the other ``model.json`` fields (class_names, colors, input_size, mean, std, score,
+            threshold, calibration, provenance; unknown keys are kept).
+        torch_payload: weights for the torch backend, saved as ``model.pt`` (tensors, numbers,
+            strings, lists and dicts only, so it loads with ``weights_only=True``). None: no torch file.
+        dynamic_batch: make axis 0 of every input and output symbolic (``batch``).
+        opset: ONNX opset version.
+        exporter: ``torchscript`` (``torch.onnx.export(dynamo=False)``, fast, the default) or
+            ``dynamo`` (the torch.export based exporter; needs onnxscript).
+        parity_atol: max |torch - ONNX Runtime| allowed on float outputs for the example inputs;
+            integer outputs (class maps) may differ on at most 0.1% of elements (argmax ties).
+        overwrite: replace an existing ``out_dir``; otherwise refuse with FileExistsError.
+
+    Returns:
+        The written :class:`ModelSpec`.
+    """
+    import onnx
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise FileExistsError(f"{out_dir} exists (pass overwrite=True to replace it)")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    module = module.eval()
+    input_names = list(example_inputs)
+    args = tuple(example_inputs[n] for n in input_names)
+    with torch.no_grad():
+        reference = module(*args)
+    if isinstance(reference, torch.Tensor):
+        reference = (reference,)
+    if len(reference) != len(output_names):
+        raise ValueError(f"module returns {len(reference)} outputs but {len(output_names)} output names were given")
+
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        onnx_path = tmp / ONNX_NAME
+        _torch_to_onnx(module, args, input_names, list(output_names), onnx_path, dynamic_batch, opset, exporter)
+        model_proto = onnx.load(str(onnx_path))
+        onnx.checker.check_model(model_proto, full_check=True)
+        onnx_bytes = onnx_path.read_bytes()
+        _check_onnx_parity(onnx_bytes, example_inputs, list(output_names), reference, parity_atol)
+
+        files = {"onnx": FileRef(ONNX_NAME, sha256_bytes(onnx_bytes))}
+        if torch_payload is not None:
+            buf = io.BytesIO()
+            torch.save(torch_payload, buf)
+            (tmp / TORCH_NAME).write_bytes(buf.getvalue())
+            files["torch"] = FileRef(TORCH_NAME, sha256_bytes(buf.getvalue()))
+
+        batch_dim: int | str = "batch" if dynamic_batch else int(args[0].shape[0])
+        inputs = [
+            TensorSpec(n, _NP_DTYPES.get(t.dtype, str(t.dtype).replace("torch.", "")), (batch_dim, *t.shape[1:]))
+            for n, t in example_inputs.items()
+        ]
+        outputs = [
+            TensorSpec(n, _NP_DTYPES.get(t.dtype, str(t.dtype).replace("torch.", "")), (batch_dim, *t.shape[1:]))
+            for n, t in zip(output_names, reference, strict=True)
+        ]
+        meta = dict(meta)
+        provenance = dict(meta.pop("provenance", {}) or {})
+        provenance.setdefault("exported_at", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+        provenance.setdefault("export_command", " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]))
+        provenance.setdefault(
+            "versions",
+            {
+                "torch": torch.__version__,
+                "onnx": onnx.__version__,
+                "python": platform.python_version(),
+                "opset": opset,
+                "exporter": exporter,
+            },
+        )
+        known = set(ModelSpec.__dataclass_fields__) - {"extra", "kind", "files", "inputs", "outputs", "format_version"}
+        spec = ModelSpec(
+            kind=kind,
+            files=files,
+            inputs=inputs,
+            outputs=outputs,
+            class_names=list(meta.pop("class_names")),
+            colors=[list(map(int, c)) for c in meta.pop("colors", [])],
+            input_size=list(map(int, meta.pop("input_size", []))),
+            mean=list(map(float, meta.pop("mean", []))),
+            std=list(map(float, meta.pop("std", []))),
+            score=dict(meta.pop("score")),
+            threshold=meta.pop("threshold", None),
+            calibration=dict(meta.pop("calibration", {}) or {}),
+            provenance=provenance,
+            format_version=FORMAT_VERSION,
+            extra={k: v for k, v in meta.items() if k not in known},
+        )
+        ModelSpec.from_dict(spec.to_dict(), source=tmp / SPEC_NAME)  # validate before writing
+        write_spec(tmp / SPEC_NAME, spec)
+        _replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return spec
+
+
+def _torch_to_onnx(
+    module: nn.Module,
+    args: tuple[torch.Tensor, ...],
+    input_names: list[str],
+    output_names: list[str],
+    path: Path,
+    dynamic_batch: bool,
+    opset: int,
+    exporter: str,
+) -> None:
+    if exporter not in ("torchscript", "dynamo"):
+        raise ValueError(f"exporter must be 'torchscript' or 'dynamo', got {exporter!r}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        if exporter == "torchscript":
+            dyn = {n: {0: "batch"} for n in input_names + output_names} if dynamic_batch else None
+            torch.onnx.export(
+                module, args, str(path), input_names=input_names, output_names=output_names,
+                dynamic_axes=dyn, opset_version=opset, dynamo=False, do_constant_folding=True,
+            )
+        else:
+            shapes = None
+            if dynamic_batch:
+                batch = torch.export.Dim("batch", min=1, max=1024)
+                shapes = {n: {0: batch} for n in input_names}
+            program = torch.onnx.export(
+                module, args, None, input_names=input_names, output_names=output_names,
+                dynamic_shapes=shapes, opset_version=opset, dynamo=True, verbose=False,
+            )
+            program.save(str(path))
+
+
+def _check_onnx_parity(
+    onnx_bytes: bytes,
+    example_inputs: dict[str, torch.Tensor],
+    output_names: list[str],
+    reference: Sequence[torch.Tensor],
+    atol: float,
+) -> None:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(onnx_bytes, sess_options=opts, providers=["CPUExecutionProvider"])
+    feeds = {n: t.detach().cpu().numpy() for n, t in example_inputs.items()}
+    got = dict(zip(output_names, sess.run(output_names, feeds), strict=True))
+    for name, ref in zip(output_names, reference, strict=True):
+        ref_np = ref.detach().cpu().numpy()
+        out = got[name]
+        if out.shape != ref_np.shape:
+            raise RuntimeError(f"ONNX output {name!r} has shape {out.shape}, torch gives {ref_np.shape}")
+        if np.issubdtype(ref_np.dtype, np.integer):
+            frac = float(np.mean(out != ref_np))
+            if frac > 1e-3:
+                raise RuntimeError(f"ONNX output {name!r} differs from torch on {frac:.2%} of elements")
+        else:
+            diff = float(np.max(np.abs(out.astype(np.float64) - ref_np))) if out.size else 0.0
+            if not diff <= atol * (1.0 + float(np.max(np.abs(ref_np))) if ref_np.size else 1.0):
+                raise RuntimeError(f"ONNX output {name!r} differs from torch by {diff:.3g} (> {atol})")
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Move the finished ``src`` directory onto ``dst`` (old ``dst`` kept until the rename succeeded)."""
+    old = None
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(dst, old)
+    try:
+        os.replace(src, dst)
+    except BaseException:
+        if old is not None:
+            os.replace(old, dst)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# segmentation
+
+
+def build_scored_segmentation(
+    model: nn.Module,
+    score: str = "maxlogit",
+    score_params: dict[str, Any] | None = None,
+    unimodal_score: str | None = "maxlogit",
+) -> nn.Module:
+    """The :class:`~ood_perception.runtime.wrappers.ScoredSegmentation` for ``model`` and a scorer
+    from the registry (``ood_perception.scoring.get_scorer``). ``unimodal_score`` scores the camera
+    and LiDAR expert heads (None: the fused scorer, which must then be logit-only)."""
+    from ood_perception.runtime.wrappers import ScoredSegmentation
+    from ood_perception.scoring import get_scorer
+
+    scorer = get_scorer(score, **dict(score_params or {}))
+    uni = get_scorer(unimodal_score) if unimodal_score else None
+    return ScoredSegmentation(model, scorer, uni)
+
+
+def _input_hw(ckpt: dict[str, Any]) -> tuple[int, int]:
+    """(height, width) of the network input from a checkpoint's ``input_size`` ([H, W])."""
+    size = ckpt.get("input_size")
+    if not size or len(size) != 2:
+        raise ValueError(f"checkpoint has no usable input_size (got {size!r}); expected [height, width]")
+    return int(size[0]), int(size[1])
+
+
+def calibrate_on_batches(
+    wrapper: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    tpr: float = 0.95,
+    max_pixels: int = 2_000_000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Threshold on the fused score map at ``tpr`` of ID pixels.
+
+    Args:
+        wrapper: a :class:`ScoredSegmentation` (eval mode).
+        batches: ``(image [B,3,H,W], lidar [B,6,H,W], id_mask [B,H,W] bool)``; ``id_mask`` marks
+            labelled, in-distribution pixels (not unlabelled, not anomalies).
+        tpr: share of ID pixels at or below the threshold (0.95: 5% of ID pixels flagged).
+        max_pixels: ID pixels kept (uniform random subsample beyond this; the quantile is stable).
+
+    Returns:
+        ``{"threshold", "tpr", "n_pixels", "n_frames"}`` (threshold from
+        :func:`ood_perception.metrics.calibrate_threshold`).
+    """
+    from ood_perception.metrics import calibrate_threshold
+
+    scores: list[np.ndarray] = []
+    n_frames = 0
+    with torch.no_grad():
+        for image, lidar, id_mask in batches:
+            outs = wrapper(image, lidar)
+            score_map = outs[1].cpu().numpy()
+            mask = np.asarray(id_mask, dtype=bool)
+            if mask.shape != score_map.shape:
+                raise ValueError(f"id_mask shape {mask.shape} differs from score map {score_map.shape}")
+            scores.append(score_map[mask].astype(np.float32))
+            n_frames += score_map.shape[0]
+    id_scores = np.concatenate(scores) if scores else np.zeros(0, np.float32)
+    if id_scores.size == 0:
+        raise ValueError("no ID pixels in the calibration data (every pixel unlabelled or OOD?)")
+    if id_scores.size > max_pixels:
+        id_scores = np.random.default_rng(seed).choice(id_scores, max_pixels, replace=False)
+    return {
+        "threshold": float(calibrate_threshold(id_scores, tpr=tpr)),
+        "tpr": float(tpr),
+        "n_pixels": int(id_scores.size),
+        "n_frames": int(n_frames),
+    }
+
+
+def export_segmentation(
+    checkpoint: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    score: str = "maxlogit",
+    score_params: dict[str, Any] | None = None,
+    unimodal_score: str | None = "maxlogit",
+    calib_batches: Callable[[dict[str, Any]], Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] | None = None,
+    calib_info: dict[str, Any] | None = None,
+    fit_batches: Callable[[dict[str, Any]], Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] | None = None,
+    tpr: float = 0.95,
+    opset: int = DEFAULT_OPSET,
+    exporter: str = "torchscript",
+    overwrite: bool = True,
+) -> ModelSpec:
+    """Export a ``FusionSegNet`` checkpoint with its scorer (see :func:`export_model`).
+
+    Args:
+        checkpoint: training checkpoint (read with ``weights_only=True``).
+        out_dir: model directory to write.
+        score, score_params: fused-head scorer (registry name and parameters).
+        unimodal_score: scorer of the camera/LiDAR expert heads (logit-only).
+        calib_batches: ``f(checkpoint_dict) -> iterable of (image, lidar, id_mask)`` over ID
+            validation frames; the threshold is calibrated at ``tpr`` on their ID pixels. None: no
+            threshold (``model.json`` records ``null``; the pipeline then needs one from its config).
+        calib_info: recorded under ``calibration`` (e.g. data directory and split).
+        fit_batches: for scorers with statistics (``requires_fit``): ``f(checkpoint_dict) ->
+            iterable of (image, lidar, train-id labels [B,H,W])`` over ID training frames.
+        tpr, opset, exporter, overwrite: see :func:`calibrate_on_batches` / :func:`export_model`.
+    """
+    from ood_perception.models import load_checkpoint
+    from ood_perception.runtime.spec import sha256_file
+
+    checkpoint = Path(checkpoint)
+    model, ckpt = load_checkpoint(checkpoint)
+    wrapper = build_scored_segmentation(model, score, score_params, unimodal_score).eval()
+    if getattr(wrapper.scorer, "requires_fit", False):
+        if fit_batches is None:
+            raise ValueError(f"scorer {score!r} needs fitting on ID training data: give --calib-data")
+        fit_scorer(wrapper, fit_batches(ckpt))
+    h, w = _input_hw(ckpt)
+    gen = torch.Generator().manual_seed(0)
+    example = {"image": torch.randn(1, 3, h, w, generator=gen), "lidar": _example_lidar(h, w, gen)}
+
+    calibration: dict[str, Any] = dict(calib_info or {})
+    threshold = None
+    if calib_batches is not None:
+        result = calibrate_on_batches(wrapper, calib_batches(ckpt), tpr=tpr)
+        threshold = result.pop("threshold")
+        calibration.update(result)
+    train = ckpt.get("train") or {}
+    provenance = {
+        "checkpoint": {"path": str(checkpoint), "sha256": sha256_file(checkpoint)},
+        "train": train,
+        "metrics": ckpt.get("metrics") or {},
+    }
+    scorer_cfg = wrapper.scorer.config() if hasattr(wrapper.scorer, "config") else {"name": score, "params": {}}
+    uni_cfg = None
+    if wrapper.unimodal_scorer is not None:
+        uni_cfg = wrapper.unimodal_scorer.config() if hasattr(wrapper.unimodal_scorer, "config") else {
+            "name": unimodal_score, "params": {}}
+    meta = {
+        "class_names": list(ckpt["class_names"]),
+        "colors": list(ckpt.get("colors") or []),
+        "input_size": [h, w],
+        "mean": list(ckpt.get("mean") or []),
+        "std": list(ckpt.get("std") or []),
+        "score": {**scorer_cfg, "unimodal": uni_cfg["name"] if uni_cfg else scorer_cfg["name"]},
+        "threshold": threshold,
+        "calibration": calibration,
+        "provenance": provenance,
+    }
+    payload = {
+        "builder": "segmentation",
+        "model_config": dict(ckpt["model_config"], pretrained=None),
+        "score": scorer_cfg,
+        "unimodal_score": uni_cfg,
+        "state_dict": {k: v.detach().cpu().clone() for k, v in wrapper.state_dict().items()},
+    }
+    return export_model(
+        wrapper, example, list(wrapper.output_names), out_dir, kind="segmentation", meta=meta,
+        torch_payload=payload, opset=opset, exporter=exporter, overwrite=overwrite,
+    )
+
+
+def _example_lidar(h: int, w: int, gen: torch.Generator) -> torch.Tensor:
+    """A plausible raw LiDAR tensor (x, y, z, range, intensity, valid) for tracing and the parity check."""
+    lidar = torch.zeros(1, 6, h, w)
+    valid = (torch.rand(1, h, w, generator=gen) < 0.3).float()
+    xyz = torch.randn(1, 3, h, w, generator=gen) * torch.tensor([10.0, 5.0, 1.0]).view(1, 3, 1, 1)
+    lidar[:, :3] = xyz * valid
+    lidar[:, 3] = xyz.norm(dim=1) * valid
+    lidar[:, 4] = torch.rand(1, h, w, generator=gen) * valid
+    lidar[:, 5] = valid
+    return lidar
+
+
+def fit_scorer(
+    wrapper: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    max_pixels: int = 200_000,
+    seed: int = 0,
+) -> None:
+    """Fit the wrapper's fused scorer on ID pixels of ``batches`` (image, lidar, train-id labels).
+
+    Feature-based scorers are fitted on the stride-4 feature grid (labels subsampled with nearest
+    neighbour), logit-only ones at input resolution, matching how :class:`ScoredSegmentation` scores.
+    """
+    import torch.nn.functional as F
+
+    from ood_perception.runtime.wrappers import scorer_needs_features
+
+    scorer = wrapper.scorer
+    model = wrapper.model
+    on_grid = scorer_needs_features(scorer)
+    feats, logits, labels = [], [], []
+    with torch.no_grad():
+        for image, lidar, lab in batches:
+            out = model(image, lidar)
+            lab = torch.as_tensor(lab).long()
+            if on_grid:
+                f = out["features"]
+                lg = model.classifier(f)
+                lab = F.interpolate(lab[:, None].float(), size=f.shape[-2:], mode="nearest")[:, 0].long()
+            else:
+                f, lg = None, out["logits"]
+            keep = (lab >= 0) & (lab < lg.shape[1])
+            lg_flat = lg.movedim(1, -1)[keep]
+            logits.append(lg_flat)
+            labels.append(lab[keep])
+            if f is not None:
+                feats.append(f.movedim(1, -1)[keep])
+    if not labels or sum(x.numel() for x in labels) == 0:
+        raise ValueError("no labelled ID pixels to fit the scorer on")
+    y = torch.cat(labels)
+    idx = torch.randperm(y.numel(), generator=torch.Generator().manual_seed(seed))[:max_pixels]
+    kwargs: dict[str, Any] = {}
+    if getattr(scorer, "needs_logits", True):
+        kwargs["logits"] = torch.cat(logits)[idx]
+    if feats:
+        kwargs["features"] = torch.cat(feats)[idx]
+    if getattr(scorer, "needs_labels", False):
+        kwargs["labels"] = y[idx]
+    if getattr(scorer, "needs_classifier", False):
+        kwargs["classifier_weight"] = model.classifier.weight
+        kwargs["classifier_bias"] = model.classifier.bias
+    scorer.fit(**kwargs)
