@@ -1,0 +1,264 @@
+"""Clip datasets for video + optical-flow recognition, with optical flow cached on disk.
+
+Two readers share one interface (``len``, ``[i] -> ClipSample``, ``class_names``):
+
+* :class:`SyntheticClipDataset` reads what :func:`ood_perception.world.clips.write_clip_dataset`
+  wrote (``dataset.yaml`` with ``kind: clips`` and ``clips/<split>/*.npz``);
+* :class:`VideoFolderDataset` reads a class-per-folder video dataset (``ROOT/<class>/*.avi|mp4``,
+  decoded with ``cv2.VideoCapture``, ``clip_len`` frames sampled uniformly, resized to ``size``).
+
+Optical flow is OpenCV's Farneback (``cv2.calcOpticalFlowFarneback``) between consecutive grey
+frames, giving float ``[T-1, 2, H, W]`` (dx, dy in pixels). :class:`FlowCache` computes it once per
+clip and stores it as float16 ``.npy`` under a directory named by a hash of the flow parameters, so
+changed parameters never reuse stale flow; files are written atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+VIDEO_EXTENSIONS: tuple[str, ...] = (".avi", ".mp4", ".mov", ".mkv", ".webm")
+
+
+@dataclass(frozen=True)
+class FlowParams:
+    """Farneback parameters (OpenCV's documented example values, scaled down for small frames)."""
+
+    pyr_scale: float = 0.5
+    levels: int = 2
+    winsize: int = 9
+    iterations: int = 3
+    poly_n: int = 5
+    poly_sigma: float = 1.1
+
+    def key(self) -> str:
+        """Short stable hash naming the cache directory of these parameters."""
+        return "farneback-" + hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
+
+
+def compute_flow(frames: np.ndarray, params: FlowParams = FlowParams()) -> np.ndarray:
+    """Farneback flow between consecutive frames.
+
+    Args:
+        frames: uint8 ``[T, H, W, 3]`` RGB (or ``[T, H, W]`` grey), ``T >= 2``.
+    Returns:
+        float32 ``[T-1, 2, H, W]``: per-pixel displacement (dx, dy) from frame t to t+1.
+    """
+    frames = np.asarray(frames)
+    if frames.ndim not in (3, 4) or frames.shape[0] < 2:
+        raise ValueError(f"compute_flow needs frames [T>=2, H, W(, 3)], got shape {frames.shape}")
+    if frames.dtype != np.uint8:
+        raise ValueError(f"compute_flow needs uint8 frames, got {frames.dtype}")
+    grey = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) if f.ndim == 3 else f for f in frames]
+    out = np.empty((len(grey) - 1, 2, *grey[0].shape), np.float32)
+    for t in range(len(grey) - 1):
+        flow = cv2.calcOpticalFlowFarneback(
+            grey[t], grey[t + 1], None, params.pyr_scale, params.levels, params.winsize,
+            params.iterations, params.poly_n, params.poly_sigma, 0,
+        )
+        out[t] = flow.transpose(2, 0, 1)
+    return out
+
+
+class FlowCache:
+    """Flow computed once per clip and kept on disk as float16 ``<dir>/<params-key>/<clip_id>.npy``."""
+
+    def __init__(self, directory: str | os.PathLike, params: FlowParams = FlowParams()) -> None:
+        self.params = params
+        self.dir = Path(directory) / params.key()
+        self.computed = 0  # flows computed (not read from the cache) by this object
+
+    def path(self, clip_id: str) -> Path:
+        """Cache file of one clip (``clip_id`` may contain ``/``)."""
+        return self.dir / (clip_id + ".npy")
+
+    def get(self, clip_id: str, frames: np.ndarray | None = None, loader=None) -> np.ndarray:
+        """Cached flow of ``clip_id``, computed from ``frames`` (or ``loader()``) on a miss."""
+        p = self.path(clip_id)
+        if p.is_file():
+            return np.load(p).astype(np.float32)
+        if frames is None:
+            if loader is None:
+                raise ValueError(f"flow of {clip_id!r} is not cached and no frames were given")
+            frames = loader()
+        flow = compute_flow(frames, self.params)
+        self.computed += 1
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=p.name + ".", suffix=".tmp", dir=p.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                np.save(fh, flow.astype(np.float16))
+            os.replace(tmp, p)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        return flow
+
+
+@dataclass
+class ClipSample:
+    """One clip: frames uint8 ``[T, H, W, 3]`` RGB, flow float32 ``[T-1, 2, H, W]``, train id (-1 = OOD)."""
+
+    frames: np.ndarray
+    flow: np.ndarray
+    label: int
+    name: str
+    clip_id: str
+
+
+class SyntheticClipDataset:
+    """One split of a synthetic clip dataset written by :mod:`ood_perception.world.clips`.
+
+    Args:
+        root: dataset directory (holds ``dataset.yaml``).
+        split: ``train``, ``test``, ``near_ood`` or ``far_ood``.
+        cache_dir: where flow is cached (default ``root/flow_cache``).
+        flow_params: Farneback parameters.
+    """
+
+    def __init__(self, root: str | os.PathLike, split: str, cache_dir: str | os.PathLike | None = None,
+                 flow_params: FlowParams = FlowParams()) -> None:
+        import yaml
+
+        self.root = Path(root)
+        meta_path = self.root / "dataset.yaml"
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"{meta_path} not found: not a synthetic clip dataset")
+        self.meta = yaml.safe_load(meta_path.read_text())
+        if self.meta.get("kind") != "clips":
+            raise ValueError(f"{meta_path}: kind is {self.meta.get('kind')!r}, expected 'clips'")
+        if split not in self.meta.get("splits", {}):
+            raise ValueError(f"{meta_path}: no split {split!r}; splits: {', '.join(self.meta.get('splits', {}))}")
+        self.split = split
+        self.class_names: list[str] = list(self.meta["classes"])
+        self.files = sorted((self.root / "clips" / split).glob("*.npz"))
+        if len(self.files) != int(self.meta["splits"][split]):
+            raise ValueError(f"{self.root}: split {split} lists {self.meta['splits'][split]} clips, found {len(self.files)}")
+        self.cache = FlowCache(cache_dir if cache_dir is not None else self.root / "flow_cache", flow_params)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def _load(self, i: int) -> tuple[np.ndarray, int, str]:
+        with np.load(self.files[i]) as z:
+            return z["frames"], int(z["label"]), str(z["motion"])
+
+    def __getitem__(self, i: int) -> ClipSample:
+        frames, label, motion = self._load(i)
+        clip_id = f"{self.split}/{self.files[i].stem}"
+        return ClipSample(frames, self.cache.get(clip_id, frames), label, motion, clip_id)
+
+
+def read_video_clip(path: str | os.PathLike, clip_len: int, size: int) -> np.ndarray:
+    """Decode ``clip_len`` frames sampled uniformly over a video, resized to ``size`` x ``size`` RGB."""
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        raise ValueError(f"cannot open video {path}")
+    frames = []
+    try:
+        while True:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            frames.append(cv2.resize(frame, (size, size), interpolation=cv2.INTER_AREA)[..., ::-1])
+    finally:
+        cap.release()
+    if len(frames) < 2:
+        raise ValueError(f"video {path} has {len(frames)} decodable frames, need >= 2")
+    idx = np.linspace(0, len(frames) - 1, clip_len).round().astype(int)
+    return np.ascontiguousarray(np.stack([frames[i] for i in idx]))
+
+
+class VideoFolderDataset:
+    """A class-per-folder video dataset: ``root/<class_name>/*.avi|mp4|...``.
+
+    Args:
+        root: dataset directory; each sub-folder is a class (sorted names give the train ids),
+            unless ``class_names`` is given (then other folders are skipped; pass ``ood=True`` to
+            read every folder as OOD with label -1).
+        clip_len, size: frames sampled per video and frame side after resizing.
+        cache_dir: flow cache (default ``root/.flow_cache``; the frames are cached there too, as the
+            decoded clip is the expensive part of a video).
+    """
+
+    def __init__(self, root: str | os.PathLike, clip_len: int = 16, size: int = 64,
+                 class_names: Sequence[str] | None = None, ood: bool = False,
+                 cache_dir: str | os.PathLike | None = None, flow_params: FlowParams = FlowParams()) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"video dataset {self.root} is not a directory")
+        folders = sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        self.class_names = list(class_names) if class_names is not None else folders
+        self.items: list[tuple[Path, int, str]] = []
+        for name in folders if ood else self.class_names:
+            label = -1 if ood else self.class_names.index(name)
+            for f in sorted((self.root / name).iterdir()) if (self.root / name).is_dir() else []:
+                if f.suffix.lower() in VIDEO_EXTENSIONS:
+                    self.items.append((f, label, name))
+        if not self.items:
+            raise ValueError(f"{self.root}: no videos ({', '.join(VIDEO_EXTENSIONS)}) under class folders")
+        self.clip_len, self.size = clip_len, size
+        cache_root = Path(cache_dir) if cache_dir is not None else self.root / ".flow_cache"
+        self.cache = FlowCache(cache_root, flow_params)
+        self.frame_dir = cache_root / f"frames-{clip_len}x{size}"
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _clip_id(self, path: Path) -> str:
+        st = path.stat()
+        tag = hashlib.sha1(f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:8]
+        return f"{path.parent.name}/{path.stem}-{tag}-{self.clip_len}x{self.size}"
+
+    def __getitem__(self, i: int) -> ClipSample:
+        path, label, name = self.items[i]
+        clip_id = self._clip_id(path)
+        fpath = self.frame_dir / (clip_id + ".npy")
+        if fpath.is_file():
+            frames = np.load(fpath)
+        else:
+            frames = read_video_clip(path, self.clip_len, self.size)
+            fpath.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=fpath.name + ".", suffix=".tmp", dir=fpath.parent)
+            with os.fdopen(fd, "wb") as fh:
+                np.save(fh, frames)
+            os.replace(tmp, fpath)
+        return ClipSample(frames, self.cache.get(clip_id, frames), label, name, clip_id)
+
+
+def normalise_frames(frames: np.ndarray) -> np.ndarray:
+    """uint8 ``[..., T, H, W, 3]`` -> float32 ``[..., 3, T, H, W]`` in [-1, 1] (video encoder input)."""
+    x = np.asarray(frames, np.float32) / 127.5 - 1.0
+    return np.moveaxis(x, -1, -4)
+
+
+def normalise_flow(flow: np.ndarray, scale: float = 4.0) -> np.ndarray:
+    """float ``[..., T-1, 2, H, W]`` -> float32 ``[..., 2, T-1, H, W]`` divided by ``scale`` pixels."""
+    x = np.asarray(flow, np.float32) / scale
+    return np.swapaxes(x, -3, -4)
+
+
+def stack_dataset(dataset, progress: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Whole dataset as arrays: video ``[N, 3, T, H, W]``, flow ``[N, 2, T-1, H, W]``, labels ``[N]``."""
+    it = range(len(dataset))
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(it, desc=f"clips {getattr(dataset, 'split', '')}".strip(), unit="clip")
+    vids, flows, labels = [], [], []
+    for i in it:
+        s = dataset[i]
+        vids.append(normalise_frames(s.frames))
+        flows.append(normalise_flow(s.flow))
+        labels.append(s.label)
+    return np.stack(vids), np.stack(flows), np.asarray(labels, np.int64)
