@@ -1,0 +1,119 @@
+"""The alert state machine: per-frame anomaly evidence -> CLEAR / WARNING / ALERT / DEGRADED.
+
+One decision per processed frame (CLEAR included), with
+
+* **k-of-n raising**: ALERT when at least ``raise_k`` of the last ``raise_n`` judged frames had an
+  anomalous region (a region passing the size filter, decided by the caller); WARNING while some
+  evidence is in the window but not enough;
+* **hysteresis**: an ALERT clears only after ``clear_frames`` consecutive frames without evidence;
+* **cooldown**: an ALERT is held at least ``cooldown_s`` seconds of stamp time after it was raised,
+  so one flickering object yields one alert, not a train of them;
+* **DEGRADED** whenever the frame cannot be fully judged (a sensor stale, the model failed).
+  A degraded frame never reads CLEAR or WARNING: it is DEGRADED, or ALERT when an alert
+  confirmed on the remaining evidence is standing.
+
+The defaults (3 of 5, clear after 5, 1 s cooldown) are our engineering choice for 10-30 Hz
+sensors, not taken from a paper.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+CLEAR, WARNING, ALERT, DEGRADED = 0, 1, 2, 3
+LEVEL_NAMES = {CLEAR: "CLEAR", WARNING: "WARNING", ALERT: "ALERT", DEGRADED: "DEGRADED"}
+
+
+@dataclass(frozen=True)
+class AlertConfig:
+    """Parameters of :class:`AlertStateMachine` (see the module docstring)."""
+
+    raise_k: int = 3
+    raise_n: int = 5
+    clear_frames: int = 5
+    cooldown_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.raise_n < 1:
+            raise ValueError(f"raise_n must be >= 1, got {self.raise_n}")
+        if not 1 <= self.raise_k <= self.raise_n:
+            raise ValueError(f"raise_k must be in 1..raise_n={self.raise_n}, got {self.raise_k}")
+        if self.clear_frames < 1:
+            raise ValueError(f"clear_frames must be >= 1, got {self.clear_frames}")
+        if not self.cooldown_s >= 0:
+            raise ValueError(f"cooldown_s must be >= 0, got {self.cooldown_s}")
+
+
+@dataclass(frozen=True)
+class AlertDecision:
+    """The level of one frame and why."""
+
+    level: int
+    description: str
+
+    @property
+    def name(self) -> str:
+        """The level's name (CLEAR, WARNING, ALERT, DEGRADED)."""
+        return LEVEL_NAMES[self.level]
+
+
+class AlertStateMachine:
+    """k-of-n raising, hysteresis clearing, cooldown; see the module docstring."""
+
+    def __init__(self, config: AlertConfig | None = None) -> None:
+        self.config = config or AlertConfig()
+        self._window: deque[bool] = deque(maxlen=self.config.raise_n)
+        self._alert = False
+        self._raised_at = 0.0
+        self._negative_run = 0
+
+    @property
+    def alerting(self) -> bool:
+        """An ALERT is standing."""
+        return self._alert
+
+    def reset(self) -> None:
+        """Forget history (after a clock jump or a restart of the input)."""
+        self._window.clear()
+        self._alert = False
+        self._negative_run = 0
+
+    def update(self, stamp: float, anomalous: bool | None, degraded: str | None = None) -> AlertDecision:
+        """Feed one frame.
+
+        Args:
+            stamp: the frame's stamp [s] (for the cooldown).
+            anomalous: the frame has an anomalous region; None when it could not be scored at all.
+            degraded: why the frame is not fully judged (e.g. ``"lidar stale for 0.8 s"``), or None.
+        """
+        cfg = self.config
+        if anomalous is None:
+            return AlertDecision(DEGRADED, degraded or "frame could not be scored")
+        self._window.append(bool(anomalous))
+        hits = sum(self._window)
+        evidence = f"{hits} of last {len(self._window)} frames anomalous"
+        if self._alert:
+            self._negative_run = 0 if anomalous else self._negative_run + 1
+            held = stamp - self._raised_at
+            if self._negative_run >= cfg.clear_frames and held >= cfg.cooldown_s:
+                self._alert = False
+                self._window.clear()
+                decision = AlertDecision(CLEAR, f"cleared after {self._negative_run} frames without anomaly")
+                self._negative_run = 0
+            else:
+                decision = AlertDecision(ALERT, evidence)
+        elif hits >= cfg.raise_k:
+            self._alert = True
+            self._raised_at = stamp
+            self._negative_run = 0
+            decision = AlertDecision(ALERT, f"raised: {evidence}")
+        elif hits > 0:
+            decision = AlertDecision(WARNING, f"{evidence} (need {cfg.raise_k})")
+        else:
+            decision = AlertDecision(CLEAR, "no anomalous region")
+        if degraded:
+            if decision.level == ALERT:
+                return AlertDecision(ALERT, f"{decision.description}; degraded: {degraded}")
+            return AlertDecision(DEGRADED, f"{degraded}; remaining modality: {decision.description}")
+        return decision

@@ -1,0 +1,322 @@
+"""The camera + LiDAR fusion frame pipeline, without ROS: preprocess, infer, mask, cluster, alert.
+
+The fusion node and rosbag replay both call :meth:`FusionPipeline.process` with numpy inputs, so
+replay equals live. Steps per frame:
+
+1. preprocess: image resized to the model input size and normalised ``(x/255 - mean)/std``;
+   LiDAR rasterised into the camera plane at that size (:func:`geometry.lidar_to_camera_tensor`);
+   a missing modality is fed as zeros (valid channel 0);
+2. infer through any :class:`Backend` (``ood_perception.runtime``) and pick the score map that the
+   available modalities support: fused ``score_map`` with both, the unimodal
+   ``camera_score_map`` / ``lidar_score_map`` with one (when the model has those heads);
+3. score and class maps resized to camera resolution (bilinear / nearest); mask = score >= threshold;
+   each LiDAR point takes the score and class of its model-resolution pixel;
+4. regions: connected components of the mask and DBSCAN clusters of anomalous points, merged;
+5. the alert state machine gives the frame's level (DEGRADED when a modality is missing or the
+   model failed; a frame that cannot be scored is never CLEAR).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from ood_perception.geometry import Calibration, lidar_to_camera_tensor, project_points
+from ood_perception.pipeline.alerts import DEGRADED, AlertConfig, AlertDecision, AlertStateMachine
+from ood_perception.pipeline.regions import Region, cluster_points, mask_regions, merge_regions
+
+#: ImageNet normalisation, used when the model spec carries none.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class Backend(Protocol):
+    """What the pipeline needs from ``ood_perception.runtime.Backend``."""
+
+    spec: Any
+
+    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Named float inputs with a batch axis -> named outputs (``class_map``, ``score_map``, ...)."""
+        ...
+
+
+def spec_input_hw(spec: Any) -> tuple[int, int]:
+    """(height, width) of the model's image input from a model spec."""
+    hw = getattr(spec, "image_hw", None)
+    if hw:
+        return int(hw[0]), int(hw[1])
+    size = list(getattr(spec, "input_size", []) or [])
+    if len(size) >= 2:
+        return int(size[-2]), int(size[-1])
+    raise ValueError("model spec has neither a fixed image input shape nor input_size")
+
+
+def spec_sha256(spec: Any) -> str:
+    """The sha256 of the model's main file as recorded in its spec ('' when unknown)."""
+    files = getattr(spec, "files", {}) or {}
+    for role in ("onnx", "torch"):
+        ref = files.get(role) if isinstance(files, dict) else None
+        if ref is not None:
+            return str(getattr(ref, "sha256", "") or (ref.get("sha256", "") if isinstance(ref, dict) else ""))
+    return str(getattr(spec, "sha256", "") or "")
+
+
+@dataclass
+class FusionConfig:
+    """Parameters of :class:`FusionPipeline` (the node exposes each as a ROS parameter).
+
+    Attributes:
+        threshold: score above which a pixel/point is anomalous; None = the model's calibrated one.
+        frame_score_percentile: percentile of the score map reported as the frame score.
+        min_region_pixels: smallest 2D component (camera-resolution pixels) counted as evidence.
+        min_region_points: smallest 3D cluster counted as evidence.
+        cluster_eps, cluster_min_points: Open3D DBSCAN parameters [m, points].
+        max_cluster_points: anomalous points beyond this are stride-subsampled before DBSCAN.
+        alert: the alert state machine's parameters.
+        clock_jump: a stamp this far [s] behind the previous frame resets the alert history.
+        occlusion_tol, occlusion_rel: a point farther than ``tol + rel * r`` behind the nearest
+            point at its model pixel (range ``r``) is occluded: score NaN, label -1, not clustered.
+    """
+
+    threshold: float | None = None
+    frame_score_percentile: float = 99.0
+    min_region_pixels: int = 50
+    min_region_points: int = 5
+    cluster_eps: float = 0.6
+    cluster_min_points: int = 5
+    max_cluster_points: int = 20000
+    alert: AlertConfig = field(default_factory=AlertConfig)
+    clock_jump: float = 1.0
+    occlusion_tol: float = 0.5
+    occlusion_rel: float = 0.05
+
+    def __post_init__(self) -> None:
+        if self.threshold is not None and not np.isfinite(self.threshold):
+            raise ValueError(f"threshold must be finite, got {self.threshold}")
+        if not 0 <= self.frame_score_percentile <= 100:
+            raise ValueError(f"frame_score_percentile must be in [0, 100], got {self.frame_score_percentile}")
+        if self.min_region_pixels < 1 or self.min_region_points < 1:
+            raise ValueError("min_region_pixels and min_region_points must be >= 1")
+        if not self.cluster_eps > 0 or self.cluster_min_points < 1 or self.max_cluster_points < 1:
+            raise ValueError("cluster_eps must be > 0, cluster_min_points and max_cluster_points >= 1")
+
+
+@dataclass
+class FusionFrame:
+    """One frame of input. ``image`` RGB uint8 ``[H, W, 3]`` and/or ``points`` float32 ``[N, 4]``
+    (x, y, z, intensity, LiDAR frame); ``calib`` at camera resolution with ``T_cam_lidar`` (None:
+    no CameraInfo yet, LiDAR cannot be projected); ``degraded``: the caller's reason a modality is
+    missing (e.g. ``"lidar stale for 0.8 s"``)."""
+
+    stamp: float
+    image: np.ndarray | None = None
+    points: np.ndarray | None = None
+    calib: Calibration | None = None
+    degraded: str | None = None
+
+
+@dataclass
+class FusionResult:
+    """Everything the node publishes for a frame.
+
+    ``score`` float32 / ``classes`` int32 / ``mask`` uint8 (255 anomalous) are ``[H, W]`` at camera
+    resolution, None when the frame could not be scored; pixels without evidence (LiDAR-only
+    frames off the scan) have score NaN and mask 0. ``points`` ``[M, 4]`` are the in-view points
+    with ``point_labels`` and ``point_scores`` (NaN / -1 for points occluded at their pixel).
+    """
+
+    stamp: float
+    decision: AlertDecision
+    modalities: list[str]
+    threshold: float
+    score: np.ndarray | None = None
+    classes: np.ndarray | None = None
+    mask: np.ndarray | None = None
+    points: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
+    point_labels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    point_scores: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    regions: list[Region] = field(default_factory=list)
+    frame_score: float = float("nan")
+    anomalous_fraction: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def level(self) -> int:
+        """The alert level (``ood_perception_msgs/OodAlert`` constants)."""
+        return self.decision.level
+
+
+class FusionPipeline:
+    """Camera + LiDAR frame pipeline around one backend (see the module docstring)."""
+
+    def __init__(self, backend: Backend, config: FusionConfig | None = None) -> None:
+        self.backend = backend
+        self.config = config or FusionConfig()
+        spec = backend.spec
+        self.input_hw = spec_input_hw(spec)
+        self.mean = np.asarray(getattr(spec, "mean", None) or IMAGENET_MEAN, np.float32).reshape(3, 1, 1)
+        self.std = np.asarray(getattr(spec, "std", None) or IMAGENET_STD, np.float32).reshape(3, 1, 1)
+        thr = self.config.threshold if self.config.threshold is not None else getattr(spec, "threshold", None)
+        if thr is None or not np.isfinite(thr):
+            raise ValueError("no OOD threshold: the model.json has none and the 'threshold' parameter is unset")
+        self.threshold = float(thr)
+        outputs = set(getattr(spec, "output_names", None) or [])
+        self.unimodal = {"camera": "camera_score_map" in outputs, "lidar": "lidar_score_map" in outputs}
+        self.alerts = AlertStateMachine(self.config.alert)
+        self._last_stamp: float | None = None
+
+    # ------------------------------------------------------------------ preprocessing
+
+    def prepare(self, frame: FusionFrame) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+        """Model inputs ``{"image": [1,3,h,w], "lidar": [1,6,h,w]}`` and each point's flat pixel
+        index at model resolution (``-1`` out of view; None without points)."""
+        import cv2
+
+        h, w = self.input_hw
+        if frame.image is not None:
+            img = frame.image
+            if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+                raise ValueError(f"image must be uint8 [H, W, 3], got {img.dtype} {img.shape}")
+            if img.shape[:2] != (h, w):
+                img = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA if img.shape[0] > h else cv2.INTER_LINEAR)
+            chw = img.transpose(2, 0, 1).astype(np.float32) * (1.0 / 255.0)
+            image = ((chw - self.mean) / self.std)[None]
+        else:
+            image = np.zeros((1, 3, h, w), np.float32)
+        flat = None
+        if frame.points is not None and frame.calib is not None:
+            tensor, flat = lidar_to_camera_tensor(frame.points, frame.calib.scaled(w, h))
+            lidar = tensor[None]
+        else:
+            lidar = np.zeros((1, 6, h, w), np.float32)
+        return {"image": np.ascontiguousarray(image, np.float32), "lidar": np.ascontiguousarray(lidar, np.float32)}, flat
+
+    # ------------------------------------------------------------------ the frame
+
+    def process(self, frame: FusionFrame) -> FusionResult:
+        """Run one frame. Model failures give a DEGRADED result (with ``error``), never an exception."""
+        cfg = self.config
+        t0 = time.perf_counter()
+        if self._last_stamp is not None and frame.stamp < self._last_stamp - cfg.clock_jump:
+            self.alerts.reset()
+        self._last_stamp = frame.stamp
+        has_cam = frame.image is not None
+        has_lidar = frame.points is not None and frame.calib is not None
+        degraded = frame.degraded
+        if frame.points is not None and frame.calib is None:
+            degraded = _join(degraded, "no CameraInfo: LiDAR cannot be projected")
+        if not has_cam and not has_lidar:
+            return self._unscored(frame, _join(degraded, "no usable modality"), [])
+        if has_cam and has_lidar:
+            key, modalities = "", ["camera", "lidar"]
+        elif has_cam:
+            key, modalities = "camera_", ["camera"]
+        else:
+            key, modalities = "lidar_", ["lidar"]
+        if key and not self.unimodal[modalities[0]]:
+            return self._unscored(frame, _join(degraded, f"model has no {modalities[0]}-only head"), [])
+        try:
+            inputs, flat = self.prepare(frame)
+            t1 = time.perf_counter()
+            out = self.backend.infer(inputs)
+            score_m = np.asarray(out[key + "score_map"], np.float32)[0]
+            class_m = np.asarray(out[key + "class_map"])[0].astype(np.int32)
+        except Exception as exc:  # noqa: BLE001 - any model failure must become DEGRADED, not a crash
+            return self._unscored(frame, _join(degraded, f"model failure: {type(exc).__name__}: {exc}"), modalities, str(exc))
+        t2 = time.perf_counter()
+        if not has_cam:  # LiDAR-only: only pixels the scan covers carry evidence
+            score_m = np.where(inputs["lidar"][0, 5] > 0, score_m, np.nan).astype(np.float32)
+        result = self._postprocess(frame, score_m, class_m, flat, inputs["lidar"][0, 3], modalities, degraded)
+        t3 = time.perf_counter()
+        result.timings = {"prepare": t1 - t0, "infer": t2 - t1, "post": t3 - t2, "total": t3 - t0}
+        return result
+
+    def _postprocess(
+        self,
+        frame: FusionFrame,
+        score_m: np.ndarray,
+        class_m: np.ndarray,
+        flat: np.ndarray | None,
+        range_m: np.ndarray,
+        modalities: list[str],
+        degraded: str | None,
+    ) -> FusionResult:
+        import cv2
+
+        cfg, thr = self.config, self.threshold
+        if frame.image is not None:
+            H, W = frame.image.shape[:2]
+        else:
+            H, W = frame.calib.height, frame.calib.width  # type: ignore[union-attr]
+        score = cv2.resize(score_m, (W, H), interpolation=cv2.INTER_LINEAR) if score_m.shape != (H, W) else score_m
+        classes = cv2.resize(class_m, (W, H), interpolation=cv2.INTER_NEAREST) if class_m.shape != (H, W) else class_m
+        valid = np.isfinite(score)
+        anomalous = valid & (score >= thr)
+        mask = anomalous.astype(np.uint8) * 255
+        n_valid = int(valid.sum())
+        fraction = float(anomalous.sum()) / n_valid if n_valid else 0.0
+        finite_m = score_m[np.isfinite(score_m)]
+        frame_score = float(np.percentile(finite_m, cfg.frame_score_percentile)) if finite_m.size else float("nan")
+        regions_2d, comp = mask_regions(anomalous, np.nan_to_num(score, nan=0.0), cfg.min_region_pixels)
+
+        pts = np.zeros((0, 4), np.float32)
+        labels = np.zeros(0, np.int32)
+        pscores = np.zeros(0, np.float32)
+        regions_3d: list[Region] = []
+        if flat is not None and frame.points is not None:
+            inview = flat >= 0
+            pts = np.asarray(frame.points, np.float32)[inview]
+            pix = flat[inview]
+            labels = class_m.reshape(-1)[pix]
+            pscores = score_m.reshape(-1)[pix]
+            # A point hidden behind a nearer one at its pixel was not seen by the model: no score.
+            rng = np.linalg.norm(pts[:, :3], axis=1)
+            nearest = range_m.reshape(-1)[pix]
+            occluded = rng > nearest + cfg.occlusion_tol + cfg.occlusion_rel * nearest
+            pscores = np.where(occluded, np.nan, pscores).astype(np.float32)
+            labels = np.where(occluded, -1, labels)
+            hot = np.flatnonzero(pscores >= thr)
+            if hot.size:
+                regions_3d, cluster = cluster_points(
+                    pts[hot, :3], pscores[hot], cfg.cluster_eps, cfg.cluster_min_points, cfg.max_cluster_points
+                )
+                regions_3d = [r for r in regions_3d if r.num_points >= cfg.min_region_points]
+                cluster = np.where(cluster < len(regions_3d), cluster, -1)
+                proj = project_points(pts[hot], frame.calib)  # type: ignore[arg-type]
+                point_comp = np.zeros(hot.size, np.int32)
+                point_comp[proj.in_view] = comp[proj.v[proj.in_view], proj.u[proj.in_view]]
+                regions = merge_regions(regions_2d, regions_3d, point_comp, cluster)
+            else:
+                regions = regions_2d
+        else:
+            regions = regions_2d
+        evidence = bool(regions_2d) or bool(regions_3d)
+        decision = self.alerts.update(frame.stamp, evidence, degraded)
+        return FusionResult(
+            stamp=frame.stamp,
+            decision=decision,
+            modalities=modalities,
+            threshold=thr,
+            score=score.astype(np.float32, copy=False),
+            classes=classes.astype(np.int32, copy=False),
+            mask=mask,
+            points=pts,
+            point_labels=labels.astype(np.int32, copy=False),
+            point_scores=pscores.astype(np.float32, copy=False),
+            regions=regions,
+            frame_score=frame_score,
+            anomalous_fraction=fraction,
+        )
+
+    def _unscored(self, frame: FusionFrame, reason: str, modalities: list[str], error: str | None = None) -> FusionResult:
+        decision = self.alerts.update(frame.stamp, None, reason)
+        assert decision.level == DEGRADED
+        return FusionResult(stamp=frame.stamp, decision=decision, modalities=modalities, threshold=self.threshold, error=error)
+
+
+def _join(a: str | None, b: str) -> str:
+    return b if not a else f"{a}; {b}"
