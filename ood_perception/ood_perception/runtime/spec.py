@@ -22,6 +22,9 @@ Format (``format_version`` 1)::
       "provenance": {"checkpoint": ..., "train": {...}, "metrics": {...}, "exported_at": ..., ...}
     }
 
+A ``recognition`` model has inputs ``video`` ``[B, 3, T, H, W]`` and ``flow`` ``[B, 2, T, H, W]`` and
+outputs ``class`` / ``score`` ``[B]`` (joint head) and ``video_*`` / ``flow_*`` (experts).
+
 Symbolic dimensions in shapes are strings (``"batch"``); fixed ones are ints.
 """
 
@@ -53,6 +56,9 @@ SEGMENTATION_OUTPUTS = (
     "lidar_class_map",
     "lidar_score_map",
 )
+#: Inputs and outputs of a recognition (video + optical flow clip) model directory.
+RECOGNITION_INPUTS = ("video", "flow")
+RECOGNITION_OUTPUTS = ("class", "score", "video_class", "video_score", "flow_class", "flow_score")
 
 
 @dataclass(frozen=True)
@@ -195,6 +201,9 @@ class ModelSpec:
         if spec.kind == "segmentation":
             _require_names(source, "inputs", spec.input_names, SEGMENTATION_INPUTS)
             _require_names(source, "outputs", spec.output_names, SEGMENTATION_OUTPUTS)
+        else:
+            _require_names(source, "inputs", spec.input_names, RECOGNITION_INPUTS, spec.kind)
+            _require_names(source, "outputs", spec.output_names, RECOGNITION_OUTPUTS, spec.kind)
         return spec
 
 
@@ -203,10 +212,10 @@ def _tensor(t: Any) -> TensorSpec:
     return TensorSpec(name=str(t["name"]), dtype=str(t["dtype"]), shape=shape)
 
 
-def _require_names(source: Any, what: str, have: list[str], need: tuple[str, ...]) -> None:
+def _require_names(source: Any, what: str, have: list[str], need: tuple[str, ...], kind: str = "segmentation") -> None:
     lacking = [n for n in need if n not in have]
     if lacking:
-        raise ModelMismatchError(source, f"segmentation model lacks {what} {', '.join(lacking)}")
+        raise ModelMismatchError(source, f"{kind} model lacks {what} {', '.join(lacking)}")
 
 
 def sha256_bytes(data: bytes) -> str:

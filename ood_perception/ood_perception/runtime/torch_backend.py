@@ -49,7 +49,21 @@ def _build_segmentation(payload: dict[str, Any]) -> Any:
     return ScoredSegmentation(model, scorer, unimodal)
 
 
+def _build_recognition(payload: dict[str, Any]) -> Any:
+    from ood_perception.models.recognition import build_recognition_model
+    from ood_perception.runtime.wrappers import ScoredRecognition
+    from ood_perception.scoring import get_scorer
+
+    model = build_recognition_model(dict(payload["model_config"]))
+    score = payload["score"]
+    scorer = get_scorer(score["name"], **dict(score.get("params") or {}))
+    uni = payload.get("unimodal_score")
+    unimodal = get_scorer(uni["name"], **dict(uni.get("params") or {})) if uni else None
+    return ScoredRecognition(model, scorer, unimodal)
+
+
 register_builder("segmentation", _build_segmentation)
+register_builder("recognition", _build_recognition)
 
 
 def load_state_tolerant(module: Any, state: dict[str, Any]) -> None:

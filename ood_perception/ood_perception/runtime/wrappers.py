@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ood_perception.runtime.spec import SEGMENTATION_OUTPUTS
+from ood_perception.runtime.spec import RECOGNITION_OUTPUTS, SEGMENTATION_OUTPUTS
 
 
 def scorer_needs_features(scorer: nn.Module) -> bool:
@@ -85,4 +85,40 @@ class ScoredSegmentation(nn.Module):
             _as_map(uni(cam)),
             lid.argmax(dim=1),
             _as_map(uni(lid)),
+        )
+
+
+class ScoredRecognition(nn.Module):
+    """``RecognitionNet`` + OOD scorer -> ``class``, ``score`` ``[B]`` of the joint head and the
+    ``video_*`` / ``flow_*`` class and score of the experts (:data:`RECOGNITION_OUTPUTS` order).
+
+    The joint scorer gets the joint head's ``features`` (``[B, 2D]``) when it needs them; the
+    expert heads are scored from their logits by ``unimodal_scorer`` (None: ``scorer``, logit-only).
+    """
+
+    output_names = RECOGNITION_OUTPUTS
+
+    def __init__(self, model: nn.Module, scorer: nn.Module, unimodal_scorer: nn.Module | None = None) -> None:
+        super().__init__()
+        if unimodal_scorer is None and scorer_needs_features(scorer):
+            raise ValueError(
+                f"scorer {type(scorer).__name__} needs features; give a logit-only unimodal_scorer for the expert heads"
+            )
+        self.model = model
+        self.scorer = scorer
+        self.unimodal_scorer = unimodal_scorer
+
+    def forward(self, video: torch.Tensor, flow: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.model(video, flow)
+        logits = out["logits"]
+        feats = out["features"] if scorer_needs_features(self.scorer) else None
+        uni = self.unimodal_scorer if self.unimodal_scorer is not None else self.scorer
+        v, f = out["video_logits"], out["flow_logits"]
+        return (
+            logits.argmax(dim=1),
+            self.scorer(logits, feats).float(),
+            v.argmax(dim=1),
+            uni(v).float(),
+            f.argmax(dim=1),
+            uni(f).float(),
         )

@@ -63,6 +63,7 @@ def export_model(
     exporter: str = "torchscript",
     parity_atol: float = 1e-4,
     overwrite: bool = True,
+    extra_files: dict[str, tuple[str, bytes]] | None = None,
 ) -> ModelSpec:
     """Export ``module`` to ``out_dir/model.onnx`` and write ``out_dir/model.json``.
 
@@ -84,6 +85,8 @@ def export_model(
         parity_atol: max |torch - ONNX Runtime| allowed on float outputs for the example inputs;
             integer outputs (class maps) may differ on at most 0.1% of elements (argmax ties).
         overwrite: replace an existing ``out_dir``; otherwise refuse with FileExistsError.
+        extra_files: role -> (file name, bytes) of more files to store and hash (e.g.
+            ``calib_inputs``: ID frames for TensorRT calibration).
 
     Returns:
         The written :class:`ModelSpec`.
@@ -119,6 +122,11 @@ def export_model(
             torch.save(torch_payload, buf)
             (tmp / TORCH_NAME).write_bytes(buf.getvalue())
             files["torch"] = FileRef(TORCH_NAME, sha256_bytes(buf.getvalue()))
+        for role, (name, blob) in (extra_files or {}).items():
+            if role in files or Path(name).name != name or name in (SPEC_NAME, ONNX_NAME, TORCH_NAME):
+                raise ValueError(f"extra file {role!r} -> {name!r} clashes with the model files or is not a plain name")
+            (tmp / name).write_bytes(blob)
+            files[role] = FileRef(name, sha256_bytes(blob))
 
         batch_dim: int | str = "batch" if dynamic_batch else int(args[0].shape[0])
         inputs = [
@@ -339,6 +347,7 @@ def export_segmentation(
     opset: int = DEFAULT_OPSET,
     exporter: str = "torchscript",
     overwrite: bool = True,
+    extra_files: Callable[[], dict[str, tuple[str, bytes]]] | None = None,
 ) -> ModelSpec:
     """Export a ``FusionSegNet`` checkpoint with its scorer (see :func:`export_model`).
 
@@ -354,6 +363,7 @@ def export_segmentation(
         fit_batches: for scorers with statistics (``requires_fit``): ``f(checkpoint_dict) ->
             iterable of (image, lidar, train-id labels [B,H,W])`` over ID training frames.
         tpr, opset, exporter, overwrite: see :func:`calibrate_on_batches` / :func:`export_model`.
+        extra_files: called after calibration; returns more files for :func:`export_model`.
     """
     from ood_perception.models import load_checkpoint
     from ood_perception.runtime.spec import sha256_file
@@ -407,6 +417,7 @@ def export_segmentation(
     return export_model(
         wrapper, example, list(wrapper.output_names), out_dir, kind="segmentation", meta=meta,
         torch_payload=payload, opset=opset, exporter=exporter, overwrite=overwrite,
+        extra_files=extra_files() if extra_files is not None else None,
     )
 
 
@@ -472,3 +483,239 @@ def fit_scorer(
         kwargs["classifier_weight"] = model.classifier.weight
         kwargs["classifier_bias"] = model.classifier.bias
     scorer.fit(**kwargs)
+
+
+def dataset_batches(
+    root: str | os.PathLike[str],
+    split: str | None,
+    input_size: Sequence[int],
+    mean: Sequence[float],
+    std: Sequence[float],
+    max_frames: int | None = None,
+    labels: str = "id_mask",
+) -> Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Batch-1 network inputs of a SemanticKITTI-layout dataset (e.g. ``ood-perception synth`` output).
+
+    Args:
+        root: dataset root; labels come from its ``dataset.yaml``.
+        split: a split of ``dataset.yaml`` (``val``, ``train``...) or None for every sequence.
+        input_size: (H, W) of the network; mean/std the image normalisation.
+        max_frames: stop after this many frames (evenly spaced over the split).
+        labels: ``id_mask`` (bool, labelled non-OOD pixels) or ``train_ids`` (int64, 255 = ignore).
+
+    Yields:
+        ``(image [1,3,H,W], lidar [1,6,H,W], labels [1,H,W])``; frames without pixel labels are skipped.
+    """
+    from ood_perception.data import SemanticKittiReader, prepare_inputs, resize_labels
+    from ood_perception.data.config import IGNORE_ID
+
+    reader = SemanticKittiReader(root, split)
+    if len(reader) == 0:
+        raise ValueError(f"{root}: no frames in split {split!r}")
+    idx = np.arange(len(reader))
+    if max_frames is not None and len(idx) > max_frames:
+        idx = np.unique(np.linspace(0, len(reader) - 1, max_frames).round().astype(int))
+    for i in idx:
+        frame = reader[int(i)]
+        if frame.pixel_labels is None or frame.image is None:
+            continue
+        image, lidar, _ = prepare_inputs(frame.image, frame.points, frame.calib, input_size, mean, std)
+        raw = resize_labels(frame.pixel_labels, input_size)
+        train_ids = reader.config.to_train_ids(raw)
+        if labels == "id_mask":
+            lab = torch.from_numpy(train_ids != IGNORE_ID)
+        else:
+            lab = torch.from_numpy(train_ids.astype(np.int64))
+        yield torch.from_numpy(image)[None], torch.from_numpy(lidar)[None], lab[None]
+
+
+def _data_split(root: Path, preferred: str) -> str | None:
+    """``preferred`` when the dataset defines it, else None (all sequences)."""
+    from ood_perception.data import DatasetConfig
+
+    cfg_path = root / "dataset.yaml"
+    if cfg_path.is_file() and preferred in DatasetConfig.from_yaml(cfg_path).splits:
+        return preferred
+    return None
+
+
+def export_segmentation_from_data(
+    checkpoint: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    calib_data: str | os.PathLike[str] | None = None,
+    calib_split: str = "val",
+    max_calib_frames: int = 64,
+    n_stored_inputs: int = 4,
+    **kwargs: Any,
+) -> ModelSpec:
+    """:func:`export_segmentation` with calibration (and scorer fitting) read from a dataset root.
+
+    The threshold is calibrated on ID pixels of ``calib_split`` (falls back to every sequence when
+    the dataset defines no such split); fitted scorers use the ``train`` split. The first
+    ``n_stored_inputs`` calibration frames are stored in the model directory (``calib_inputs.npz``,
+    float16) for TensorRT INT8 calibration and its FP16 parity check.
+    """
+    if calib_data is None:
+        return export_segmentation(checkpoint, out_dir, **kwargs)
+    root = Path(calib_data)
+    if not root.exists():
+        raise FileNotFoundError(f"calibration data not found: {root}")
+    split = _data_split(root, calib_split)
+    fit_split = _data_split(root, "train")
+    stored: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def calib(ckpt: dict[str, Any]) -> Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        for image, lidar, mask in dataset_batches(root, split, _input_hw(ckpt), ckpt.get("mean") or [0, 0, 0],
+                                                  ckpt.get("std") or [1, 1, 1], max_calib_frames):
+            if len(stored) < n_stored_inputs:
+                stored.append((image, lidar))
+            yield image, lidar, mask
+
+    def fit(ckpt: dict[str, Any]) -> Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        return dataset_batches(root, fit_split, _input_hw(ckpt), ckpt.get("mean") or [0, 0, 0],
+                               ckpt.get("std") or [1, 1, 1], max_calib_frames, labels="train_ids")
+
+    def extra() -> dict[str, tuple[str, bytes]]:
+        if not stored:
+            return {}
+        buf = io.BytesIO()
+        np.savez_compressed(
+            buf,
+            image=torch.cat([s[0] for s in stored]).numpy().astype(np.float16),
+            lidar=torch.cat([s[1] for s in stored]).numpy().astype(np.float16),
+        )
+        return {"calib_inputs": ("calib_inputs.npz", buf.getvalue())}
+
+    info = {"data": str(root), "split": split or "all", "max_frames": max_calib_frames,
+            "id_pixels": "labelled, non-OOD (train id != 255)"}
+    return export_segmentation(checkpoint, out_dir, calib_batches=calib, calib_info=info, fit_batches=fit,
+                               extra_files=extra, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# recognition
+
+
+def export_recognition(
+    checkpoint: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    score: str = "msp",
+    score_params: dict[str, Any] | None = None,
+    unimodal_score: str | None = "maxlogit",
+    calib_clips: tuple[np.ndarray, np.ndarray] | None = None,
+    fit_clips: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    calib_info: dict[str, Any] | None = None,
+    tpr: float = 0.95,
+    opset: int = DEFAULT_OPSET,
+    exporter: str = "torchscript",
+    overwrite: bool = True,
+) -> ModelSpec:
+    """Export a recognition (video + flow) checkpoint with its scorer: inputs ``video``
+    ``[B,3,T,H,W]``, ``flow`` ``[B,2,T,H,W]``; outputs ``class``/``score`` ``[B]`` and the expert
+    ``video_*``/``flow_*``. ``calib_clips`` = (video, flow) of ID clips for the threshold at
+    ``tpr``; ``fit_clips`` = (video, flow, labels) of ID training clips for fitted scorers."""
+    from ood_perception.metrics import calibrate_threshold
+    from ood_perception.models.recognition import load_recognition_checkpoint
+    from ood_perception.runtime.spec import sha256_file
+    from ood_perception.runtime.wrappers import ScoredRecognition
+    from ood_perception.scoring import get_scorer
+
+    checkpoint = Path(checkpoint)
+    model, ckpt = load_recognition_checkpoint(checkpoint)
+    scorer = get_scorer(score, **dict(score_params or {}))
+    uni = get_scorer(unimodal_score) if unimodal_score else None
+    wrapper = ScoredRecognition(model, scorer, uni).eval()
+    if getattr(scorer, "requires_fit", False):
+        if fit_clips is None:
+            raise ValueError(f"scorer {score!r} needs fitting on ID training clips: give --calib-data")
+        with torch.no_grad():
+            out = _batched(model, fit_clips[0], fit_clips[1])
+        kwargs: dict[str, Any] = {}
+        if getattr(scorer, "needs_logits", True):
+            kwargs["logits"] = out["logits"]
+        if getattr(scorer, "needs_features", False):
+            kwargs["features"] = out["features"]
+        if getattr(scorer, "needs_labels", False):
+            kwargs["labels"] = torch.as_tensor(fit_clips[2]).long()
+        if getattr(scorer, "needs_classifier", False):
+            kwargs["classifier_weight"] = model.joint_head.weight
+            kwargs["classifier_bias"] = model.joint_head.bias
+        scorer.fit(**kwargs)
+    t, s = int(ckpt.get("clip_len", 16)), int(ckpt.get("size", 64))
+    gen = torch.Generator().manual_seed(0)
+    example = {"video": torch.randn(1, 3, t, s, s, generator=gen), "flow": torch.randn(1, 2, t, s, s, generator=gen)}
+    threshold, calibration = None, dict(calib_info or {})
+    if calib_clips is not None:
+        with torch.no_grad():
+            scores = np.concatenate([
+                wrapper(torch.from_numpy(v), torch.from_numpy(f))[1].numpy()
+                for v, f in _chunks(calib_clips[0], calib_clips[1])
+            ])
+        threshold = float(calibrate_threshold(scores, tpr=tpr))
+        calibration.update(tpr=float(tpr), n_clips=int(scores.size))
+    uni_cfg = uni.config() if uni is not None else None
+    meta = {
+        "class_names": list(ckpt["class_names"]),
+        "input_size": [t, s, s],
+        "score": {**scorer.config(), "unimodal": uni_cfg["name"] if uni_cfg else scorer.name},
+        "threshold": threshold,
+        "calibration": calibration,
+        "provenance": {
+            "checkpoint": {"path": str(checkpoint), "sha256": sha256_file(checkpoint)},
+            "train": ckpt.get("train") or {k: ckpt[k] for k in ("config", "command", "seed") if k in ckpt},
+            "metrics": ckpt.get("metrics") or {},
+        },
+    }
+    payload = {
+        "builder": "recognition",
+        "model_config": dict(ckpt["model_config"]),
+        "score": scorer.config(),
+        "unimodal_score": uni_cfg,
+        "state_dict": {k: v.detach().cpu().clone() for k, v in wrapper.state_dict().items()},
+    }
+    return export_model(
+        wrapper, example, list(wrapper.output_names), out_dir, kind="recognition", meta=meta,
+        torch_payload=payload, opset=opset, exporter=exporter, overwrite=overwrite,
+    )
+
+
+def _chunks(video: np.ndarray, flow: np.ndarray, size: int = 32) -> Iterable[tuple[np.ndarray, np.ndarray]]:
+    for i in range(0, len(video), size):
+        yield np.ascontiguousarray(video[i:i + size], np.float32), np.ascontiguousarray(flow[i:i + size], np.float32)
+
+
+def _batched(model: nn.Module, video: np.ndarray, flow: np.ndarray) -> dict[str, torch.Tensor]:
+    outs: dict[str, list[torch.Tensor]] = {}
+    for v, f in _chunks(video, flow):
+        o = model(torch.from_numpy(v), torch.from_numpy(f))
+        for k in ("logits", "features"):
+            outs.setdefault(k, []).append(o[k])
+    return {k: torch.cat(x) for k, x in outs.items()}
+
+
+def export_recognition_from_data(
+    checkpoint: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    calib_data: str | os.PathLike[str] | None = None,
+    calib_split: str = "test",
+    **kwargs: Any,
+) -> ModelSpec:
+    """:func:`export_recognition` with ID clips read from a clip dataset (threshold on
+    ``calib_split``, default the ID ``test`` split; fitted scorers on ``train``)."""
+    kwargs.pop("max_calib_frames", None)
+    if calib_data is None:
+        return export_recognition(checkpoint, out_dir, **kwargs)
+    from ood_perception.trainer.recognition import load_splits
+
+    root = Path(calib_data)
+    if not root.exists():
+        raise FileNotFoundError(f"calibration data not found: {root}")
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    splits, _ = load_splits(root, int(ckpt.get("clip_len", 16)), int(ckpt.get("size", 64)), progress=False)
+    if calib_split not in splits:
+        raise ValueError(f"{root} has no split {calib_split!r} (has {sorted(splits)})")
+    v, f, _ = splits[calib_split]
+    info = {"data": str(root), "split": calib_split, "id": "ID clips of the split"}
+    return export_recognition(checkpoint, out_dir, calib_clips=(v, f), fit_clips=splits.get("train"),
+                              calib_info=info, **kwargs)
