@@ -4,7 +4,7 @@ The fusion node and rosbag replay both call :meth:`FusionPipeline.process` with 
 replay equals live. Steps per frame:
 
 1. preprocess: image resized to the model input size and normalised ``(x/255 - mean)/std``;
-   LiDAR rasterised into the camera plane at that size (:func:`geometry.lidar_to_camera_tensor`);
+   LiDAR rasterised into the camera plane at that size (:func:`data.transforms.prepare_inputs`);
    a missing modality is fed as zeros (valid channel 0);
 2. infer through any :class:`Backend` (``ood_perception.runtime``) and pick the score map that the
    available modalities support: fused ``score_map`` with both, the unimodal
@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ood_perception.geometry import Calibration, lidar_to_camera_tensor, project_points
+from ood_perception.geometry import Calibration, project_points
 from ood_perception.pipeline.alerts import DEGRADED, AlertConfig, AlertDecision, AlertStateMachine
 from ood_perception.pipeline.regions import Region, cluster_points, mask_regions, merge_regions
 
@@ -173,27 +173,29 @@ class FusionPipeline:
 
     def prepare(self, frame: FusionFrame) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
         """Model inputs ``{"image": [1,3,h,w], "lidar": [1,6,h,w]}`` and each point's flat pixel
-        index at model resolution (``-1`` out of view; None without points)."""
-        import cv2
+        index at model resolution (``-1`` out of view; None without points).
+
+        Uses :func:`ood_perception.data.transforms.prepare_inputs`, the preprocessing training
+        and evaluation use; a missing modality is fed as zeros.
+        """
+        from ood_perception.data.transforms import prepare_inputs
 
         h, w = self.input_hw
-        if frame.image is not None:
-            img = frame.image
-            if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
-                raise ValueError(f"image must be uint8 [H, W, 3], got {img.dtype} {img.shape}")
-            if img.shape[:2] != (h, w):
-                img = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA if img.shape[0] > h else cv2.INTER_LINEAR)
-            chw = img.transpose(2, 0, 1).astype(np.float32) * (1.0 / 255.0)
-            image = ((chw - self.mean) / self.std)[None]
-        else:
-            image = np.zeros((1, 3, h, w), np.float32)
-        flat = None
-        if frame.points is not None and frame.calib is not None:
-            tensor, flat = lidar_to_camera_tensor(frame.points, frame.calib.scaled(w, h))
-            lidar = tensor[None]
-        else:
-            lidar = np.zeros((1, 6, h, w), np.float32)
-        return {"image": np.ascontiguousarray(image, np.float32), "lidar": np.ascontiguousarray(lidar, np.float32)}, flat
+        image = frame.image
+        if image is not None and (image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8):
+            raise ValueError(f"image must be uint8 [H, W, 3], got {image.dtype} {image.shape}")
+        calib = frame.calib
+        if calib is None or (image is not None and image.shape[:2] != (calib.height, calib.width)):
+            if image is None:
+                raise ValueError("a LiDAR-only frame needs the camera calibration")
+            calib = _image_calib(image.shape[1], image.shape[0], calib)
+        points = frame.points if (frame.points is not None and frame.calib is not None) else None
+        img = image if image is not None else np.zeros((calib.height, calib.width, 3), np.uint8)
+        pts = points if points is not None else np.zeros((0, 4), np.float32)
+        chw, lidar, flat = prepare_inputs(img, pts, calib, (h, w), self.mean.ravel(), self.std.ravel())
+        if image is None:
+            chw = np.zeros_like(chw)
+        return {"image": chw[None], "lidar": lidar[None]}, (flat if points is not None else None)
 
     # ------------------------------------------------------------------ the frame
 
@@ -316,6 +318,16 @@ class FusionPipeline:
         decision = self.alerts.update(frame.stamp, None, reason)
         assert decision.level == DEGRADED
         return FusionResult(stamp=frame.stamp, decision=decision, modalities=modalities, threshold=self.threshold, error=error)
+
+
+def _image_calib(width: int, height: int, calib: Calibration | None) -> Calibration:
+    """The calibration for an image of ``width x height``: ``calib`` rescaled, or (no CameraInfo)
+    a nominal 90 degree camera, used only to size the inputs (no LiDAR is projected with it)."""
+    if calib is not None:
+        return calib.scaled(width, height)
+    from ood_perception.geometry import intrinsics_from_fov
+
+    return Calibration(intrinsics_from_fov(width, height, 90.0), width, height)
 
 
 def _join(a: str | None, b: str) -> str:
