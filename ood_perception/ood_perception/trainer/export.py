@@ -224,6 +224,12 @@ def _check_onnx_parity(
     opts.intra_op_num_threads = 1
     opts.log_severity_level = 3
     sess = ort.InferenceSession(onnx_bytes, sess_options=opts, providers=["CPUExecutionProvider"])
+    graph_inputs = sorted(i.name for i in sess.get_inputs())
+    if graph_inputs != sorted(example_inputs):
+        raise ValueError(
+            f"the exported graph has inputs {graph_inputs}, expected {sorted(example_inputs)} "
+            "(an input the module does not use is dropped by the exporter)"
+        )
     feeds = {n: t.detach().cpu().numpy() for n, t in example_inputs.items()}
     got = dict(zip(output_names, sess.run(output_names, feeds), strict=True))
     for name, ref in zip(output_names, reference, strict=True):
