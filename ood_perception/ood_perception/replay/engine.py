@@ -1,0 +1,383 @@
+"""The replay loop: one bag through the fusion node's own pipeline objects, in bag-time order.
+
+Per message, in bag-time order: CameraInfo updates the calibration; camera images and LiDAR clouds
+go into the node's :class:`~ood_perception.pipeline.ApproximateSync` with the bag time as arrival
+clock; every frame it emits is decoded with the node's conversions
+(:mod:`ood_perception.ros.conversions`), run through :class:`~ood_perception.pipeline.FusionPipeline`
+and written to the output bag as the node would publish it. Replay processes every frame the
+synchroniser forms (a live node under load may drop some: latest-only), so replay is the
+reference a live run converges to when it keeps up.
+
+Labels (optional): a ``camera/labels`` mono16 image topic with raw ids (matched to the camera image
+by stamp), or a SemanticKITTI-layout folder (camera frame *i* of the bag = frame *i* of the
+sequence), plus per-point raw ids from a ``label`` field of the cloud. They feed
+:class:`~ood_perception.replay.scoring.MetricsAccumulator`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ood_perception.replay.bag import BagReadError, BagSource
+
+#: Logical input topics (relative names, resolved in the bag by :meth:`BagSource.resolve`).
+DEFAULT_INPUT_TOPICS = {
+    "image": "camera/image",
+    "camera_info": "camera/camera_info",
+    "points": "lidar/points",
+    "labels": "camera/labels",
+}
+
+
+@dataclass
+class ReplaySettings:
+    """Everything besides the model that decides what replay does (from the params file / CLI).
+
+    Attributes:
+        topics: logical input topic -> name in the bag (see :data:`DEFAULT_INPUT_TOPICS`).
+        fusion: :class:`~ood_perception.pipeline.FusionConfig` keyword arguments.
+        sync: :class:`~ood_perception.pipeline.ApproximateSync` keyword arguments (``slop``,
+            ``stale_timeout``, ``clock_jump``, ``queue_size``).
+        T_cam_lidar: 4x4 extrinsics (LiDAR -> camera optical frame).
+        negate_y: flip LiDAR y (carla-ros-bridge before its ROS conversion).
+        intensity_field: cloud field read as intensity.
+        label_field: cloud field with per-point raw label ids (used when present).
+        distro: type store for bags without embedded definitions.
+        max_frames: stop after this many frames (None: all).
+        thumbnails: how many best and worst frames keep an overlay for the report.
+    """
+
+    topics: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_INPUT_TOPICS))
+    fusion: dict[str, Any] = field(default_factory=dict)
+    sync: dict[str, Any] = field(default_factory=dict)
+    T_cam_lidar: np.ndarray = field(default_factory=lambda: np.eye(4))
+    negate_y: bool = False
+    intensity_field: str = "intensity"
+    label_field: str = "label"
+    distro: str = "kilted"
+    max_frames: int | None = None
+    thumbnails: int = 3
+
+
+@dataclass
+class FrameRecord:
+    """What the report needs about one processed frame (small; kept for every frame)."""
+
+    index: int
+    stamp_ns: int
+    bag_time_ns: int
+    level: int
+    description: str
+    frame_score: float
+    anomalous_fraction: float
+    num_regions: int
+    latency_s: float
+    modalities: list[str]
+    has_labels: bool = False
+    frame_auroc: float | None = None  # per-frame pixel AUROC when the frame has ID and OOD pixels
+    ood_iou: float | None = None  # IoU of the anomaly mask with the OOD label
+
+
+@dataclass
+class BagReplay:
+    """The result of replaying one bag."""
+
+    bag: str
+    frames: list[FrameRecord]
+    metrics: Any  # MetricsAccumulator
+    duration_s: float  # bag time covered by the processed frames' messages
+    wall_s: float
+    topics: dict[str, str]
+    sync_counters: dict[str, Any]
+    error: str | None = None  # BagReadError text when the bag was damaged (results kept)
+    salvaged: bool = False
+    thumbnails: dict[str, list[tuple[int, np.ndarray]]] = field(default_factory=dict)
+
+    @property
+    def x_real_time(self) -> float:
+        """Bag time replayed per second of wall time."""
+        return self.duration_s / self.wall_s if self.wall_s > 0 else float("nan")
+
+
+#: A processed frame waits this many frames for its label image before it is scored without it.
+LABEL_WAIT_FRAMES = 4
+
+
+@dataclass
+class _Scored:
+    """A processed frame waiting for its labels."""
+
+    rec: FrameRecord
+    result: Any
+    rgb: np.ndarray | None
+    points: np.ndarray | None
+    calib: Any
+    pix_raw: np.ndarray | None
+    pt_raw: np.ndarray | None
+
+
+def _stamp_ns(header: Any) -> int:
+    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
+
+
+class _Thumbs:
+    """Keeps overlays of the k best and k worst frames by a key (no per-frame image kept)."""
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+        self.best: list[tuple[float, int, np.ndarray]] = []
+        self.worst: list[tuple[float, int, np.ndarray]] = []
+
+    def offer(self, key: float, index: int, make: Callable[[], np.ndarray]) -> None:
+        if self.k <= 0 or not np.isfinite(key):
+            return
+        for bucket, sign in ((self.best, -1.0), (self.worst, 1.0)):
+            # best: highest key; worst: lowest key. Stored so that bucket[0] is the one to evict.
+            entry = (-sign * key, index)
+            if len(bucket) < self.k or entry > (bucket[0][0], bucket[0][1]):
+                img = make()
+                bucket.append((entry[0], index, img))
+                bucket.sort(key=lambda e: (e[0], e[1]))
+                if len(bucket) > self.k:
+                    bucket.pop(0)
+
+    def result(self) -> dict[str, list[tuple[int, np.ndarray]]]:
+        best = sorted(self.best, key=lambda e: (-e[0], e[1]))
+        worst = sorted(self.worst, key=lambda e: (-e[0], e[1]))
+        return {"best": [(i, im) for _, i, im in best], "worst": [(i, im) for _, i, im in worst]}
+
+
+def overlay(rgb: np.ndarray, mask: np.ndarray | None, gt_ood: np.ndarray | None = None, width: int = 320) -> np.ndarray:
+    """Camera image with the anomaly mask tinted red and the OOD ground truth outlined in yellow,
+    resized to ``width`` pixels (RGB uint8)."""
+    import cv2
+
+    out = rgb.astype(np.float32).copy()
+    if mask is not None:
+        m = mask > 0
+        out[m] = 0.45 * out[m] + 0.55 * np.array([255, 0, 0], np.float32)
+    out = out.clip(0, 255).astype(np.uint8)
+    if gt_ood is not None and gt_ood.any():
+        contours, _ = cv2.findContours(gt_ood.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(out, contours, -1, (255, 230, 0), 1)
+    h = max(1, round(out.shape[0] * width / out.shape[1]))
+    return cv2.resize(out, (width, h), interpolation=cv2.INTER_AREA)
+
+
+class LabelFolder:
+    """Per-frame labels from a SemanticKITTI-layout folder: camera frame *i* -> reader frame *i*."""
+
+    def __init__(self, root: str | Path, sequence: str | None = None) -> None:
+        from ood_perception.data import SemanticKittiReader
+
+        self.reader = SemanticKittiReader(root, sequences=[sequence] if sequence else None)
+        self.config = self.reader.config
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+    def get(self, i: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(pixel raw labels, point raw labels) of frame ``i`` (None beyond the folder)."""
+        if i >= len(self.reader):
+            return None, None
+        f = self.reader[i]
+        return f.pixel_labels, f.point_labels
+
+
+def replay_bag(
+    bag_path: str | Path,
+    pipeline: Any,
+    settings: ReplaySettings | None = None,
+    out_bag: Any = None,
+    dataset_config: Any = None,
+    label_folder: LabelFolder | None = None,
+    progress: bool = False,
+    on_frame: Callable[[FrameRecord, Any], None] | None = None,
+) -> BagReplay:
+    """Replay one bag through ``pipeline`` (a :class:`~ood_perception.pipeline.FusionPipeline`).
+
+    Args:
+        out_bag: an :class:`~ood_perception.replay.outbag.OutputBag` to record the outputs, or None.
+        dataset_config: :class:`~ood_perception.data.DatasetConfig` of the label ids (needed for
+            metrics when the bag carries labels; defaults to the label folder's, then SemanticKITTI's).
+        on_frame: called with each frame's record and the pipeline result (tests, live views).
+
+    Returns:
+        :class:`BagReplay`. A damaged bag does not raise: the frames before the damage are kept
+        and ``error`` holds the :class:`~ood_perception.replay.bag.BagReadError` text.
+
+    Raises:
+        MissingTopicError: a required input topic is not in the bag (lists the bag's topics).
+    """
+    from ood_perception.pipeline import ApproximateSync, FusionFrame
+    from ood_perception.replay.scoring import MetricsAccumulator
+    from ood_perception.ros.conversions import (
+        camera_info_to_calibration,
+        cloud_field,
+        image_to_numpy,
+        image_to_rgb8,
+        pointcloud2_to_array,
+        pointcloud2_to_xyzi,
+        stamp_to_sec,
+    )
+
+    settings = settings or ReplaySettings()
+    t_wall = time.perf_counter()
+    src = BagSource(bag_path, distro=settings.distro)
+    try:
+        names = {**DEFAULT_INPUT_TOPICS, **settings.topics}
+        topics = {
+            "image": src.resolve(names["image"]),
+            "points": src.resolve(names["points"]),
+            "camera_info": src.resolve(names["camera_info"]),
+            "labels": src.resolve(names["labels"], required=False) if names.get("labels") else None,
+        }
+        by_topic = {v: k for k, v in topics.items() if v}
+        if dataset_config is None:
+            if label_folder is not None:
+                dataset_config = label_folder.config
+            else:
+                from ood_perception.data import DatasetConfig
+
+                dataset_config = DatasetConfig.semantic_kitti()
+        metrics = MetricsAccumulator(dataset_config, getattr(pipeline, "threshold", None), getattr(pipeline, "input_hw", None))
+        now = [0.0]
+        sync = None  # created at the first message: the bag's start is the node's start-up
+        calib = None
+        pending_labels: dict[int, np.ndarray] = {}
+        frames: list[FrameRecord] = []
+        thumbs = _Thumbs(settings.thumbnails)
+        awaiting: dict[int, _Scored] = {}
+
+        def finish(item: _Scored) -> None:
+            rec, result = item.rec, item.result
+            gt_ood = None
+            if item.pix_raw is not None or item.pt_raw is not None:
+                rec.has_labels = True
+                stats = metrics.add(result, item.pix_raw, item.pt_raw, item.points, item.calib)
+                rec.frame_auroc, rec.ood_iou = stats.get("auroc"), stats.get("ood_iou")
+                if item.pix_raw is not None:
+                    gt_ood = dataset_config.ood_mask(item.pix_raw)
+            if item.rgb is not None:
+                key = rec.ood_iou if rec.ood_iou is not None else rec.frame_auroc
+                if key is None:  # without labels: most / least anomalous frames
+                    key = rec.frame_score
+                thumbs.offer(float(key), rec.index, lambda: overlay(item.rgb, result.mask, gt_ood))
+        first_ns: int | None = None
+        last_ns: int | None = None
+        error: str | None = None
+        camera_index = 0
+        total = src.message_count(by_topic)
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, desc=Path(bag_path).name, unit="msg", leave=False)
+        try:
+            for m in src.messages(by_topic):
+                if bar is not None:
+                    bar.update(1)
+                kind = by_topic[m.topic]
+                first_ns = m.timestamp_ns if first_ns is None else first_ns
+                last_ns = m.timestamp_ns
+                now[0] = m.timestamp_ns * 1e-9
+                if sync is None:
+                    sync = ApproximateSync(**{**settings.sync, "clock": lambda: now[0]})
+                if kind == "camera_info":
+                    calib = camera_info_to_calibration(m.msg, settings.T_cam_lidar)
+                    continue
+                if kind == "labels":
+                    lstamp = _stamp_ns(m.msg.header)
+                    if lstamp in awaiting:
+                        item = awaiting.pop(lstamp)
+                        item.pix_raw = image_to_numpy(m.msg)
+                        finish(item)
+                    else:
+                        pending_labels[lstamp] = image_to_numpy(m.msg)
+                        if len(pending_labels) > 64:
+                            pending_labels.pop(next(iter(pending_labels)))
+                    continue
+                stream = "camera" if kind == "image" else "lidar"
+                sync.add(stream, stamp_to_sec(m.msg.header.stamp), m, arrival=now[0])
+                synced = sync.take()
+                if synced is None:
+                    continue
+                t0 = time.perf_counter()
+                cam = synced.camera.msg if synced.camera is not None else None
+                lid = synced.lidar.msg if synced.lidar is not None else None
+                rgb = image_to_rgb8(cam.msg) if cam is not None else None
+                points = cloud = None
+                if lid is not None:
+                    points = pointcloud2_to_xyzi(lid.msg, settings.intensity_field, settings.negate_y).points
+                degraded = None
+                if cam is None:
+                    degraded = "camera stale"
+                elif lid is None:
+                    degraded = "lidar stale"
+                result = pipeline.process(FusionFrame(stamp=synced.stamp, image=rgb, points=points, calib=calib, degraded=degraded))
+                latency = time.perf_counter() - t0
+                head = (cam or lid).msg.header
+                stamp_ns = _stamp_ns(head)
+                if out_bag is not None:
+                    out_bag.write_fusion(result, stamp_ns, head.frame_id, m.timestamp_ns)
+                # labels for metrics: from the label folder now, from the label topic when it arrives
+                pt_raw = None
+                has_folder_pix = False
+                pix_raw = None
+                if cam is not None and label_folder is not None:
+                    pix_raw, pt_raw = label_folder.get(camera_index)
+                    has_folder_pix = pix_raw is not None
+                if cam is not None:
+                    camera_index += 1
+                if lid is not None and pt_raw is None:
+                    cloud = pointcloud2_to_array(lid.msg)
+                    if settings.label_field in (cloud.dtype.names or ()):
+                        finite = np.isfinite(cloud_field(cloud, "x")) & np.isfinite(cloud_field(cloud, "y")) & np.isfinite(cloud_field(cloud, "z"))
+                        pt_raw = cloud_field(cloud, settings.label_field, np.float64)[finite].astype(np.int64)
+                rec = FrameRecord(
+                    index=len(frames), stamp_ns=stamp_ns, bag_time_ns=m.timestamp_ns, level=int(result.level),
+                    description=result.decision.description, frame_score=float(result.frame_score),
+                    anomalous_fraction=float(result.anomalous_fraction), num_regions=len(result.regions),
+                    latency_s=latency, modalities=list(result.modalities),
+                )
+                frames.append(rec)
+                item = _Scored(rec, result, rgb, points, calib, pix_raw, pt_raw)
+                if cam is not None and not has_folder_pix and topics["labels"]:
+                    if stamp_ns in pending_labels:  # the label image came first
+                        item.pix_raw = pending_labels.pop(stamp_ns)
+                        finish(item)
+                    else:
+                        awaiting[stamp_ns] = item
+                        while len(awaiting) > LABEL_WAIT_FRAMES:  # its label never came
+                            finish(awaiting.pop(next(iter(awaiting))))
+                else:
+                    finish(item)
+                if on_frame is not None:
+                    on_frame(rec, result)
+                if settings.max_frames is not None and len(frames) >= settings.max_frames:
+                    break
+        except BagReadError as exc:
+            error = str(exc)
+        finally:
+            for item in awaiting.values():
+                finish(item)
+            awaiting.clear()
+            if bar is not None:
+                bar.close()
+        sync_counters = {}
+        if sync is not None:
+            sync_counters = {k: getattr(sync.counters, k) for k in sync.counters.__dataclass_fields__}
+        duration = ((last_ns - first_ns) * 1e-9) if first_ns is not None and last_ns is not None else 0.0
+        return BagReplay(
+            bag=str(bag_path), frames=frames, metrics=metrics, duration_s=duration,
+            wall_s=time.perf_counter() - t_wall, topics={k: v for k, v in topics.items() if v},
+            sync_counters=sync_counters, error=error, salvaged=src.salvaged, thumbnails=thumbs.result(),
+        )
+    finally:
+        src.close()

@@ -1,0 +1,189 @@
+"""The replay output bag: the nodes' output topics, with the input stamps, in one MCAP file.
+
+Messages are built with rosbags' type store (kilted's standard types plus
+``ood_perception_msgs`` registered from its ``.msg`` text), so no ROS installation is needed to
+write them; rosbags' CDR bytes equal rclpy's for these types. The file is written under a
+temporary name and renamed when complete: ``DIR/output.mcap`` is either whole or absent.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ood_perception.ros.conversions import SCORED_POINT_DTYPE
+
+#: The message types of ood_perception_msgs, in dependency order.
+CUSTOM_MSGS = ("OodRegion", "OodAlert", "Recognition")
+
+#: Output topics (absolute, as recorded from nodes in the root namespace).
+DEFAULT_OUTPUT_TOPICS = {
+    "mask": "/ood/mask",
+    "score": "/ood/score",
+    "points": "/ood/points",
+    "alerts": "/ood/alerts",
+    "recognition": "/recognition/result",
+}
+
+_POINTFIELD = {"<f4": 7, "<i4": 5, "<u4": 6, "<u2": 4, "<i2": 3, "|u1": 2, "|i1": 1, "<f8": 8}
+
+
+def msg_dirs() -> list[Path]:
+    """Where the ``ood_perception_msgs/msg/*.msg`` files may be, most specific first."""
+    here = Path(__file__).resolve()
+    dirs = [Path(p) / "share/ood_perception_msgs/msg" for p in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p]
+    dirs.append(Path(sys.prefix) / "share/ood_perception_msgs/msg")
+    dirs.append(here.parents[3] / "ood_perception_msgs/msg")  # a source checkout
+    return dirs
+
+
+def output_typestore(distro: str = "kilted") -> Any:
+    """A rosbags type store with the distro's standard types and ood_perception_msgs.
+
+    Raises:
+        FileNotFoundError: the .msg files are nowhere to be found (lists where it looked).
+    """
+    from rosbags.typesys import get_types_from_msg
+
+    from ood_perception.replay.bag import typestore_for
+
+    store = typestore_for(distro)
+    for d in msg_dirs():
+        if all((d / f"{name}.msg").is_file() for name in CUSTOM_MSGS):
+            for name in CUSTOM_MSGS:
+                store.register(get_types_from_msg((d / f"{name}.msg").read_text(), f"ood_perception_msgs/msg/{name}"))
+            return store
+    looked = ", ".join(str(d) for d in msg_dirs())
+    raise FileNotFoundError(f"ood_perception_msgs .msg files not found (looked in {looked})")
+
+
+def _time(store: Any, stamp_ns: int) -> Any:
+    return store.types["builtin_interfaces/msg/Time"](sec=int(stamp_ns // 10**9), nanosec=int(stamp_ns % 10**9))
+
+
+class OutputBag:
+    """Writer of ``output.mcap`` (or ``.db3``); use as a context manager or call :meth:`close`.
+
+    Args:
+        path: final file, e.g. ``DIR/output.mcap``; must not exist (earlier results are replaced
+            only when the new file is complete).
+        topics: output topic names (defaults: :data:`DEFAULT_OUTPUT_TOPICS`).
+    """
+
+    def __init__(self, path: str | Path, topics: dict[str, str] | None = None, distro: str = "kilted") -> None:
+        from rosbags.rosbag2 import StoragePlugin, Writer
+
+        self.path = Path(path)
+        self.topics = {**DEFAULT_OUTPUT_TOPICS, **(topics or {})}
+        self.store = output_typestore(distro)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmpdir = Path(tempfile.mkdtemp(prefix=f".{self.path.stem}.tmp-", dir=self.path.parent))
+        storage = StoragePlugin.MCAP if self.path.suffix != ".db3" else StoragePlugin.SQLITE3
+        self._bagdir = self._tmpdir / self.path.stem
+        self._writer = Writer(self._bagdir, version=9, storage_plugin=storage)
+        self._writer.open()
+        self._conns: dict[str, Any] = {}
+        self.count = 0
+
+    def _conn(self, key: str, msgtype: str) -> Any:
+        if key not in self._conns:
+            self._conns[key] = self._writer.add_connection(self.topics[key], msgtype, typestore=self.store)
+        return self._conns[key]
+
+    def _write(self, key: str, msgtype: str, msg: Any, bag_time_ns: int) -> None:
+        self._writer.write(self._conn(key, msgtype), int(bag_time_ns), self.store.serialize_cdr(msg, msgtype))
+        self.count += 1
+
+    def header(self, stamp_ns: int, frame_id: str) -> Any:
+        """A std_msgs/Header of this type store."""
+        return self.store.types["std_msgs/msg/Header"](stamp=_time(self.store, stamp_ns), frame_id=frame_id)
+
+    def image(self, arr: np.ndarray, encoding: str, header: Any) -> Any:
+        """A sensor_msgs/Image (mono8 or 32FC1, little-endian, no padding) of ``arr``."""
+        arr = np.ascontiguousarray(arr)
+        channels = 1 if arr.ndim == 2 else arr.shape[2]
+        return self.store.types["sensor_msgs/msg/Image"](
+            header=header, height=arr.shape[0], width=arr.shape[1], encoding=encoding, is_bigendian=0,
+            step=arr.shape[1] * channels * arr.dtype.itemsize, data=np.frombuffer(arr.astype(arr.dtype.newbyteorder("<")).tobytes(), np.uint8),
+        )
+
+    def cloud(self, rec: np.ndarray, header: Any) -> Any:
+        """An unorganised sensor_msgs/PointCloud2 of a structured little-endian array."""
+        T = self.store.types
+        fields = []
+        for name in rec.dtype.names:
+            fdt, off = rec.dtype.fields[name][:2]
+            fields.append(T["sensor_msgs/msg/PointField"](name=name, offset=int(off), datatype=_POINTFIELD[fdt.str], count=1))
+        return T["sensor_msgs/msg/PointCloud2"](
+            header=header, height=1, width=len(rec), fields=fields, is_bigendian=False,
+            point_step=rec.dtype.itemsize, row_step=rec.dtype.itemsize * len(rec),
+            data=np.frombuffer(np.ascontiguousarray(rec).tobytes(), np.uint8), is_dense=True,
+        )
+
+    def alert(self, result: Any, header: Any, source: str) -> Any:
+        """An ood_perception_msgs/OodAlert of a pipeline result (``FusionResult``-like)."""
+        T = self.store.types
+        Point, Vec = T["geometry_msgs/msg/Point"], T["geometry_msgs/msg/Vector3"]
+        regions = [
+            T["ood_perception_msgs/msg/OodRegion"](
+                has_3d=bool(r.has_3d), centroid=Point(x=float(r.centroid[0]), y=float(r.centroid[1]), z=float(r.centroid[2])),
+                size=Vec(x=float(r.size[0]), y=float(r.size[1]), z=float(r.size[2])),
+                has_2d=bool(r.has_2d), x_min=int(r.x_min), y_min=int(r.y_min), width=int(r.width), height=int(r.height),
+                score=float(r.score), max_score=float(r.max_score), num_points=int(r.num_points), num_pixels=int(r.num_pixels),
+            )
+            for r in result.regions
+        ]
+        return T["ood_perception_msgs/msg/OodAlert"](
+            header=header, source=source, modalities=list(result.modalities), level=int(result.decision.level),
+            score=float(result.frame_score), threshold=float(result.threshold),
+            anomalous_fraction=float(result.anomalous_fraction), regions=regions, description=str(result.decision.description),
+        )
+
+    def write_fusion(self, result: Any, stamp_ns: int, frame_id: str, bag_time_ns: int, source: str = "fusion_segmentation") -> None:
+        """Write what the fusion node publishes for one frame (mask, score, points, alert)."""
+        hdr = self.header(stamp_ns, frame_id)
+        if result.mask is not None:
+            self._write("mask", "sensor_msgs/msg/Image", self.image(result.mask.astype(np.uint8), "mono8", hdr), bag_time_ns)
+            self._write("score", "sensor_msgs/msg/Image", self.image(result.score.astype(np.float32), "32FC1", hdr), bag_time_ns)
+        if len(result.points):
+            rec = np.zeros(len(result.points), SCORED_POINT_DTYPE)
+            rec["x"], rec["y"], rec["z"] = result.points[:, 0], result.points[:, 1], result.points[:, 2]
+            rec["intensity"] = result.points[:, 3]
+            rec["label"], rec["ood_score"] = result.point_labels, result.point_scores
+            self._write("points", "sensor_msgs/msg/PointCloud2", self.cloud(rec, hdr), bag_time_ns)
+        self._write("alerts", "ood_perception_msgs/msg/OodAlert", self.alert(result, hdr, source), bag_time_ns)
+
+    def write_message(self, key: str, msgtype: str, msg: Any, bag_time_ns: int) -> None:
+        """Write any message of this type store on output topic ``key``."""
+        self._write(key, msgtype, msg, bag_time_ns)
+
+    def close(self) -> Path:
+        """Finish the file and move it into place; returns the final path."""
+        self._writer.close()
+        (storage,) = [p for p in self._bagdir.iterdir() if p.suffix in (".mcap", ".db3")]
+        os.replace(storage, self.path)
+        shutil.rmtree(self._tmpdir, ignore_errors=True)
+        return self.path
+
+    def abort(self) -> None:
+        """Drop everything written (nothing appears at :attr:`path`)."""
+        try:
+            self._writer.close()
+        except Exception:  # noqa: BLE001,S110 - the temp dir goes anyway
+            pass
+        shutil.rmtree(self._tmpdir, ignore_errors=True)
+
+    def __enter__(self) -> OutputBag:
+        return self
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()

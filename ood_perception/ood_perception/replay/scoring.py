@@ -1,0 +1,151 @@
+"""Metrics of a replay against labels, computed with :mod:`ood_perception.metrics` (as evaluate does).
+
+Pixel set: camera-resolution pixels of each labelled frame whose ground truth is an
+in-distribution class or an anomaly (unlabelled/ignored pixels are left out) and whose score is
+finite; OOD = raw id in the dataset's ``ood_ids`` (positive class). Point set: in-view LiDAR points
+(the ones the pipeline scores) with the same rule. Closed-set mIoU: the class map against train
+ids on pixels that are not ignore. All scores are kept (float32) so AUROC/FPR95 are exact.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+class MetricsAccumulator:
+    """Collects per-pixel and per-point scores and labels over frames (and over bags: :meth:`merge`).
+
+    Args:
+        config: :class:`~ood_perception.data.DatasetConfig` of the raw label ids.
+        threshold: the pipeline's anomaly threshold (for the operating-point figures).
+        input_hw: the model input size, to find which points the pipeline scored.
+    """
+
+    def __init__(self, config: Any, threshold: float | None = None, input_hw: tuple[int, int] | None = None) -> None:
+        self.config = config
+        self.threshold = threshold
+        self.input_hw = input_hw
+        self.num_classes = int(config.num_classes)
+        self._pix_scores: list[np.ndarray] = []
+        self._pix_ood: list[np.ndarray] = []
+        self._pt_scores: list[np.ndarray] = []
+        self._pt_ood: list[np.ndarray] = []
+        self.confusion = np.zeros((self.num_classes, self.num_classes), np.int64)
+        self.frames = 0
+
+    # ------------------------------------------------------------------ collecting
+    def add(self, result: Any, pixel_raw: np.ndarray | None, point_raw: np.ndarray | None,
+            points: np.ndarray | None = None, calib: Any = None) -> dict[str, float | None]:
+        """Add one frame (a ``FusionResult``); returns per-frame ``auroc`` and ``ood_iou`` (or None)."""
+        from ood_perception.metrics import confusion_matrix
+
+        out: dict[str, float | None] = {"auroc": None, "ood_iou": None}
+        if result.score is None:
+            return out
+        self.frames += 1
+        if pixel_raw is not None:
+            raw = np.asarray(pixel_raw)
+            if raw.shape != result.score.shape:
+                import cv2
+
+                raw = cv2.resize(raw.astype(np.uint16), result.score.shape[::-1], interpolation=cv2.INTER_NEAREST)
+            train = self.config.to_train_ids(raw)
+            ood = self.config.ood_mask(raw)
+            keep = ((train != 255) | ood) & np.isfinite(result.score)
+            s, y = result.score[keep].astype(np.float32), ood[keep]
+            self._pix_scores.append(s)
+            self._pix_ood.append(y)
+            if y.any() and (~y).any():
+                from sklearn.metrics import roc_auc_score
+
+                out["auroc"] = float(roc_auc_score(y, s))
+            pred = result.mask[keep] > 0
+            union = int((pred | y).sum())
+            out["ood_iou"] = float((pred & y).sum() / union) if union else None
+            if result.classes is not None:
+                valid = train != 255
+                self.confusion += confusion_matrix(train[valid], result.classes[valid], self.num_classes, ignore_index=None)
+        if point_raw is not None and points is not None and len(result.point_scores):
+            inview = self._inview(points, calib)
+            if inview is not None and len(point_raw) == len(points):
+                raw = np.asarray(point_raw)[inview]
+                train = self.config.to_train_ids(raw)
+                ood = self.config.ood_mask(raw)
+                keep = ((train != 255) | ood) & np.isfinite(result.point_scores)
+                self._pt_scores.append(result.point_scores[keep].astype(np.float32))
+                self._pt_ood.append(ood[keep])
+        return out
+
+    def _inview(self, points: np.ndarray, calib: Any) -> np.ndarray | None:
+        if calib is None or self.input_hw is None:
+            return None
+        from ood_perception.geometry import lidar_to_camera_tensor
+
+        h, w = self.input_hw
+        _, flat = lidar_to_camera_tensor(points, calib.scaled(w, h))
+        return flat >= 0
+
+    def merge(self, other: MetricsAccumulator) -> None:
+        """Pool another accumulator (another bag) into this one."""
+        self._pix_scores += other._pix_scores
+        self._pix_ood += other._pix_ood
+        self._pt_scores += other._pt_scores
+        self._pt_ood += other._pt_ood
+        self.confusion += other.confusion
+        self.frames += other.frames
+
+    # ------------------------------------------------------------------ results
+    def arrays(self, kind: str = "pixel") -> tuple[np.ndarray, np.ndarray]:
+        """All (scores, is_ood) of ``kind`` (``pixel`` or ``point``) collected so far."""
+        s, y = (self._pix_scores, self._pix_ood) if kind == "pixel" else (self._pt_scores, self._pt_ood)
+        if not s:
+            return np.zeros(0, np.float32), np.zeros(0, bool)
+        return np.concatenate(s), np.concatenate(y)
+
+    def summary(self) -> dict[str, Any]:
+        """``{"pixel": {...}, "point": {...}, "segmentation": {...}}``: for each set either the
+        :func:`~ood_perception.metrics.ood_metrics` dict or ``{"available": False, "reason": ...}``."""
+        from ood_perception.metrics import mean_iou, ood_metrics, per_class_iou
+
+        out: dict[str, Any] = {"frames_with_labels": self.frames}
+        for kind in ("pixel", "point"):
+            s, y = self.arrays(kind)
+            if s.size == 0:
+                out[kind] = {"available": False, "reason": f"no labelled {kind}s"}
+            elif y.all() or not y.any():
+                out[kind] = {"available": False, "reason": f"only {'OOD' if y.all() else 'in-distribution'} {kind}s labelled", "n": int(s.size)}
+            else:
+                m = ood_metrics(s, y)
+                if self.threshold is not None:
+                    m["at_threshold"] = {
+                        "threshold": float(self.threshold),
+                        "tpr": float((s[y] >= self.threshold).mean()),
+                        "fpr": float((s[~y] >= self.threshold).mean()),
+                    }
+                out[kind] = {"available": True, **m}
+        if self.confusion.sum():
+            iou = per_class_iou(self.confusion)
+            out["segmentation"] = {
+                "available": True,
+                "miou": mean_iou(self.confusion),
+                "per_class_iou": {n: (None if np.isnan(v) else float(v)) for n, v in zip(self.config.class_names, iou, strict=True)},
+                "pixel_accuracy": float(np.trace(self.confusion) / self.confusion.sum()),
+            }
+        else:
+            out["segmentation"] = {"available": False, "reason": "no labelled pixels"}
+        return out
+
+    def roc(self, kind: str = "pixel", max_points: int = 400) -> tuple[np.ndarray, np.ndarray] | None:
+        """(fpr, tpr) of the ROC curve, thinned to at most ``max_points`` points; None without both classes."""
+        from sklearn.metrics import roc_curve
+
+        s, y = self.arrays(kind)
+        if s.size == 0 or y.all() or not y.any():
+            return None
+        fpr, tpr, _ = roc_curve(y, s)
+        if fpr.size > max_points:
+            idx = np.unique(np.linspace(0, fpr.size - 1, max_points).round().astype(int))
+            fpr, tpr = fpr[idx], tpr[idx]
+        return fpr, tpr
