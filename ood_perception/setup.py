@@ -35,6 +35,8 @@ setup(
     entry_points={
         "console_scripts": [
             "ood-perception = ood_perception.cli:main",
+            "fusion_segmentation_node = ood_perception.ros.fusion_node:main",
+            "action_recognition_node = ood_perception.ros.recognition_node:main",
         ],
     },
 )
