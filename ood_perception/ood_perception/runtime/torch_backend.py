@@ -67,22 +67,19 @@ register_builder("recognition", _build_recognition)
 
 
 def load_state_tolerant(module: Any, state: dict[str, Any]) -> None:
-    """``module.load_state_dict(state, strict=True)``, first creating buffers the state has but the
-    fresh module lacks or holds as None/other shapes (scorers fill their statistics only in ``fit``)."""
-    import torch
-
+    """``module.load_state_dict(state, strict=True)`` after adopting the shape of buffers the fresh
+    module holds only as placeholders (empty tensors or None: statistics filled by a scorer's
+    ``fit``). Parameters and non-empty buffers must match exactly (a mismatch raises)."""
     own = module.state_dict()
     for key, value in state.items():
-        if key in own and own[key].shape == value.shape:
-            continue
         owner_name, _, attr = key.rpartition(".")
-        owner = module.get_submodule(owner_name) if owner_name else module
-        if attr in owner._parameters:
-            owner._parameters[attr] = torch.nn.Parameter(value.clone(), requires_grad=False)
-        else:
-            if hasattr(owner, attr) and attr not in owner._buffers:
-                delattr(owner, attr)
-            owner.register_buffer(attr, value.clone())
+        try:
+            owner = module.get_submodule(owner_name) if owner_name else module
+        except AttributeError:
+            continue  # unexpected key: reported by the strict load below
+        placeholder = attr in owner._buffers and (owner._buffers[attr] is None or owner._buffers[attr].numel() == 0)
+        if placeholder and (key not in own or own[key].shape != value.shape):
+            owner._buffers[attr] = value.clone()
     module.load_state_dict(state, strict=True)
 
 
