@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from replay_bags import ANOMALY, H, T_CAM_LIDAR, W, frame_arrays, truncate_bag, write_drive_bag
+from replay_bags import ANOMALY, T_CAM_LIDAR, H, W, frame_arrays, truncate_bag, write_drive_bag
 
 from ood_perception.replay.bag import BagSource, MissingTopicError
 from ood_perception.replay.engine import ReplaySettings, replay_bag
@@ -180,3 +180,25 @@ def test_several_bags_workers_and_shards(tmp_path, monkeypatch):
     assert (tmp_path / "out/bag0/output.mcap").exists() and (tmp_path / "out/bag2/report.html").exists()
     n = sum(json.loads((tmp_path / f"out/{b}/metrics.json").read_text())["metrics"]["pixel"]["n"] for b in ("bag0", "bag2"))
     assert pooled["metrics"]["pixel"]["n"] == n == 2 * 3 * H * W
+
+
+def test_params_file_maps_like_the_node(tmp_path):
+    from ood_perception.replay.params import node_parameters, settings_from_params
+
+    f = tmp_path / "vehicle.yaml"
+    f.write_text(
+        "/**:\n  ros__parameters:\n    slop: 0.08\n"
+        "fusion_segmentation:\n  ros__parameters:\n    threshold: .nan\n    raise_k: 2\n    raise_n: 4\n"
+        "    sync_queue_size: 7\n    min_region_pixels: 12\n    negate_lidar_y: true\n"
+        "    lidar_to_camera:\n      xyz: [0.0, 0.0, 0.0]\n      rpy: [-1.5707963267948966, 0.0, -1.5707963267948966]\n"
+    )
+    s = settings_from_params(node_parameters(f))
+    assert s.sync == {"slop": 0.08, "queue_size": 7}
+    assert s.fusion["threshold"] is None and s.fusion["min_region_pixels"] == 12
+    assert (s.fusion["alert"].raise_k, s.fusion["alert"].raise_n) == (2, 4) and s.negate_y
+    np.testing.assert_allclose(s.T_cam_lidar, T_CAM_LIDAR, atol=1e-12)
+    np.testing.assert_allclose(ReplaySettings().T_cam_lidar, T_CAM_LIDAR, atol=1e-12)  # the node's default
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("other_node:\n  ros__parameters: {a: 1}\n")
+    with pytest.raises(ValueError, match="no ros__parameters for any of fusion_segmentation"):
+        node_parameters(bad)

@@ -35,6 +35,14 @@ DEFAULT_INPUT_TOPICS = {
 }
 
 
+def node_default_extrinsics() -> np.ndarray:
+    """The fusion node's default T_cam_lidar (its ``lidar_to_camera.*`` defaults): the camera
+    optical frame at the LiDAR origin looking forward (roll -pi/2, yaw -pi/2), inverted."""
+    from ood_perception.geometry import transform_from_xyz_rpy
+
+    return np.linalg.inv(transform_from_xyz_rpy([0.0, 0.0, 0.0], [-np.pi / 2, 0.0, -np.pi / 2]))
+
+
 @dataclass
 class ReplaySettings:
     """Everything besides the model that decides what replay does (from the params file / CLI).
@@ -56,7 +64,7 @@ class ReplaySettings:
     topics: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_INPUT_TOPICS))
     fusion: dict[str, Any] = field(default_factory=dict)
     sync: dict[str, Any] = field(default_factory=dict)
-    T_cam_lidar: np.ndarray = field(default_factory=lambda: np.eye(4))
+    T_cam_lidar: np.ndarray = field(default_factory=lambda: node_default_extrinsics())
     negate_y: bool = False
     intensity_field: str = "intensity"
     label_field: str = "label"
@@ -215,6 +223,7 @@ def replay_bag(
     Raises:
         MissingTopicError: a required input topic is not in the bag (lists the bag's topics).
     """
+    from ood_perception.geometry import Calibration
     from ood_perception.pipeline import ApproximateSync, FusionFrame
     from ood_perception.replay.scoring import MetricsAccumulator
     from ood_perception.ros.conversions import (
@@ -250,6 +259,7 @@ def replay_bag(
         now = [0.0]
         sync = None  # created at the first message: the bag's start is the node's start-up
         calib = None
+        camera_frame = ""
         pending_labels: dict[int, np.ndarray] = {}
         frames: list[FrameRecord] = []
         thumbs = _Thumbs(settings.thumbnails)
@@ -290,7 +300,7 @@ def replay_bag(
                 if sync is None:
                     sync = ApproximateSync(**{**settings.sync, "clock": lambda: now[0]})
                 if kind == "camera_info":
-                    calib = camera_info_to_calibration(m.msg, settings.T_cam_lidar)
+                    calib = camera_info_to_calibration(m.msg)
                     continue
                 if kind == "labels":
                     lstamp = _stamp_ns(m.msg.header)
@@ -311,21 +321,37 @@ def replay_bag(
                 t0 = time.perf_counter()
                 cam = synced.camera.msg if synced.camera is not None else None
                 lid = synced.lidar.msg if synced.lidar is not None else None
+                # what the fusion node's callbacks and worker do (ros/fusion_node.py), in the same order
                 rgb = image_to_rgb8(cam.msg) if cam is not None else None
                 points = cloud = None
                 if lid is not None:
                     points = pointcloud2_to_xyzi(lid.msg, settings.intensity_field, settings.negate_y).points
-                degraded = None
-                if cam is None:
-                    degraded = "camera stale"
-                elif lid is None:
-                    degraded = "lidar stale"
-                result = pipeline.process(FusionFrame(stamp=synced.stamp, image=rgb, points=points, calib=calib, degraded=degraded))
+                reasons = []
+                for name, part in (("camera", synced.camera), ("lidar", synced.lidar)):
+                    if part is None:
+                        age = sync.age(name)
+                        reasons.append(f"{name} {'never received' if age is None else f'stale for {age:.2f} s'}")
+                fcalib = None
+                if calib is not None:
+                    fcalib = Calibration(calib.K, calib.width, calib.height, settings.T_cam_lidar)
+                    if rgb is not None and rgb.shape[:2] != (fcalib.height, fcalib.width):
+                        fcalib = fcalib.scaled(rgb.shape[1], rgb.shape[0])
+                if rgb is None and fcalib is None:
+                    points = None
+                result = pipeline.process(FusionFrame(stamp=synced.stamp, image=rgb, points=points, calib=fcalib,
+                                                      degraded="; ".join(reasons) or None))
                 latency = time.perf_counter() - t0
-                head = (cam or lid).msg.header
-                stamp_ns = _stamp_ns(head)
+                if cam is not None:
+                    head = cam.msg.header
+                    camera_frame = head.frame_id or camera_frame
+                    stamp_ns, frame_id = _stamp_ns(head), head.frame_id
+                else:  # the node's synthetic header: LiDAR stamp, last camera frame id
+                    stamp_ns, frame_id = _stamp_ns(lid.msg.header), camera_frame or lid.msg.header.frame_id
+                lid_header = lid.msg.header if lid is not None else None
                 if out_bag is not None:
-                    out_bag.write_fusion(result, stamp_ns, head.frame_id, m.timestamp_ns)
+                    out_bag.write_fusion(result, stamp_ns, frame_id, m.timestamp_ns, lid_header=lid_header,
+                                         T_cam_lidar=settings.T_cam_lidar)
+                calib_used = fcalib
                 # labels for metrics: from the label folder now, from the label topic when it arrives
                 pt_raw = None
                 has_folder_pix = False
@@ -347,7 +373,7 @@ def replay_bag(
                     latency_s=latency, modalities=list(result.modalities),
                 )
                 frames.append(rec)
-                item = _Scored(rec, result, rgb, points, calib, pix_raw, pt_raw)
+                item = _Scored(rec, result, rgb, points, calib_used, pix_raw, pt_raw)
                 if cam is not None and not has_folder_pix and topics["labels"]:
                     if stamp_ns in pending_labels:  # the label image came first
                         item.pix_raw = pending_labels.pop(stamp_ns)

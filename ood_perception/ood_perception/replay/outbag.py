@@ -126,38 +126,48 @@ class OutputBag:
             data=np.frombuffer(np.ascontiguousarray(rec).tobytes(), np.uint8), is_dense=True,
         )
 
-    def alert(self, result: Any, header: Any, source: str) -> Any:
-        """An ood_perception_msgs/OodAlert of a pipeline result (``FusionResult``-like)."""
+    def alert(self, result: Any, header: Any, source: str, T_cam_lidar: np.ndarray | None = None) -> Any:
+        """An ood_perception_msgs/OodAlert of a pipeline result, filled as the node's
+        :func:`ood_perception.ros.messages.build_alert` does (3D geometry in the camera frame)."""
+        from ood_perception.ros.messages import region_in_camera
+
         T = self.store.types
         Point, Vec = T["geometry_msgs/msg/Point"], T["geometry_msgs/msg/Vector3"]
-        regions = [
-            T["ood_perception_msgs/msg/OodRegion"](
-                has_3d=bool(r.has_3d), centroid=Point(x=float(r.centroid[0]), y=float(r.centroid[1]), z=float(r.centroid[2])),
-                size=Vec(x=float(r.size[0]), y=float(r.size[1]), z=float(r.size[2])),
+        regions = []
+        for r in result.regions:
+            c = s = np.zeros(3)
+            if r.has_3d:
+                c, s = region_in_camera(r, T_cam_lidar if T_cam_lidar is not None else np.eye(4))
+            regions.append(T["ood_perception_msgs/msg/OodRegion"](
+                has_3d=bool(r.has_3d), centroid=Point(x=float(c[0]), y=float(c[1]), z=float(c[2])),
+                size=Vec(x=float(s[0]), y=float(s[1]), z=float(s[2])),
                 has_2d=bool(r.has_2d), x_min=int(r.x_min), y_min=int(r.y_min), width=int(r.width), height=int(r.height),
                 score=float(r.score), max_score=float(r.max_score), num_points=int(r.num_points), num_pixels=int(r.num_pixels),
-            )
-            for r in result.regions
-        ]
+            ))
+        score = float(result.frame_score)
         return T["ood_perception_msgs/msg/OodAlert"](
             header=header, source=source, modalities=list(result.modalities), level=int(result.decision.level),
-            score=float(result.frame_score), threshold=float(result.threshold),
+            score=score if np.isfinite(score) else 0.0, threshold=float(result.threshold),
             anomalous_fraction=float(result.anomalous_fraction), regions=regions, description=str(result.decision.description),
         )
 
-    def write_fusion(self, result: Any, stamp_ns: int, frame_id: str, bag_time_ns: int, source: str = "fusion_segmentation") -> None:
-        """Write what the fusion node publishes for one frame (mask, score, points, alert)."""
+    def write_fusion(self, result: Any, stamp_ns: int, frame_id: str, bag_time_ns: int, lid_header: Any = None,
+                     T_cam_lidar: np.ndarray | None = None, source: str = "fusion_segmentation") -> None:
+        """Write what the fusion node publishes for one frame: mask and score with the camera
+        header, the scored points with the LiDAR's header, and the alert."""
         hdr = self.header(stamp_ns, frame_id)
         if result.mask is not None:
             self._write("mask", "sensor_msgs/msg/Image", self.image(result.mask.astype(np.uint8), "mono8", hdr), bag_time_ns)
             self._write("score", "sensor_msgs/msg/Image", self.image(result.score.astype(np.float32), "32FC1", hdr), bag_time_ns)
-        if len(result.points):
-            rec = np.zeros(len(result.points), SCORED_POINT_DTYPE)
-            rec["x"], rec["y"], rec["z"] = result.points[:, 0], result.points[:, 1], result.points[:, 2]
-            rec["intensity"] = result.points[:, 3]
-            rec["label"], rec["ood_score"] = result.point_labels, result.point_scores
-            self._write("points", "sensor_msgs/msg/PointCloud2", self.cloud(rec, hdr), bag_time_ns)
-        self._write("alerts", "ood_perception_msgs/msg/OodAlert", self.alert(result, hdr, source), bag_time_ns)
+            if lid_header is not None:
+                rec = np.zeros(len(result.points), SCORED_POINT_DTYPE)
+                if len(result.points):
+                    rec["x"], rec["y"], rec["z"] = result.points[:, 0], result.points[:, 1], result.points[:, 2]
+                    rec["intensity"] = result.points[:, 3]
+                    rec["label"], rec["ood_score"] = result.point_labels, result.point_scores
+                lhdr = self.header(int(lid_header.stamp.sec) * 10**9 + int(lid_header.stamp.nanosec), lid_header.frame_id)
+                self._write("points", "sensor_msgs/msg/PointCloud2", self.cloud(rec, lhdr), bag_time_ns)
+        self._write("alerts", "ood_perception_msgs/msg/OodAlert", self.alert(result, hdr, source, T_cam_lidar), bag_time_ns)
 
     def write_message(self, key: str, msgtype: str, msg: Any, bag_time_ns: int) -> None:
         """Write any message of this type store on output topic ``key``."""

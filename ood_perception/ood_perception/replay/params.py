@@ -1,12 +1,14 @@
 """Replay settings from the nodes' ROS params file (``config/vehicle.yaml``) and CLI overrides.
 
 A ROS 2 params file maps node names (or ``/**``) to ``ros__parameters``. Replay reads the fusion
-node's section (``fusion_segmentation_node``, ``fusion_segmentation``, then ``/**``) so that a
-bag replays with the parameters the vehicle runs: pipeline (threshold, region sizes, clustering),
-alert state machine (``alert.raise_k`` ... or flat ``raise_k`` ...), synchroniser (``slop``,
-``stale_timeout``, ``clock_jump``, ``queue_size``), extrinsics (``T_cam_lidar`` as 16 row-major
-values, or ``extrinsics_xyz_rpy``: x, y, z, roll, pitch, yaw), LiDAR options
-(``negate_y``, ``intensity_field``) and input topics (``*_topic`` keys or a ``topics`` mapping).
+node's section (``/**`` first, then ``fusion_segmentation`` / ``fusion_segmentation_node``
+overriding it) and interprets the parameters exactly as ``ros/fusion_node.py`` does (same names,
+same meaning; see its ``PARAMETERS`` table): pipeline (``threshold`` NaN = the model's,
+``min_region_pixels`` ...), alert state machine (``raise_k``, ``raise_n``, ``clear_frames``,
+``cooldown_s``), synchroniser (``slop``, ``stale_timeout``, ``clock_jump``, ``sync_queue_size``),
+extrinsics (``lidar_to_camera.matrix``, else the camera pose ``lidar_to_camera.xyz`` +
+``.rpy`` in the LiDAR frame, inverted), ``intensity_field``, ``negate_lidar_y``. Input topics come
+from ``--topic`` (the node's are remapped at launch, not parameters).
 """
 
 from __future__ import annotations
@@ -19,10 +21,13 @@ import numpy as np
 
 from ood_perception.replay.engine import DEFAULT_INPUT_TOPICS, ReplaySettings
 
-NODE_KEYS = ("fusion_segmentation_node", "fusion_segmentation", "/**")
-SYNC_KEYS = ("slop", "stale_timeout", "clock_jump", "queue_size")
-TOPIC_KEYS = {"image_topic": "image", "camera_info_topic": "camera_info", "points_topic": "points",
-              "lidar_topic": "points", "labels_topic": "labels"}
+NODE_KEYS = ("fusion_segmentation", "fusion_segmentation_node", "/**")
+FUSION_KEYS = ("frame_score_percentile", "min_region_pixels", "min_region_points", "cluster_eps",
+               "cluster_min_points", "max_cluster_points", "clock_jump")
+ALERT_KEYS = ("raise_k", "raise_n", "clear_frames", "cooldown_s")
+SYNC_KEYS = {"slop": "slop", "stale_timeout": "stale_timeout", "clock_jump": "clock_jump", "sync_queue_size": "queue_size"}
+#: Defaults of the node (ros/fusion_node.py PARAMETERS) that replay needs.
+LIDAR_TO_OPTICAL_RPY = (-np.pi / 2, 0.0, -np.pi / 2)
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -64,56 +69,49 @@ def node_parameters(path: str | Path) -> dict[str, Any]:
     return merged
 
 
-def rpy_matrix(x: float, y: float, z: float, roll: float, pitch: float, yaw: float) -> np.ndarray:
-    """4x4 transform from translation and roll/pitch/yaw [rad] (R = Rz(yaw) Ry(pitch) Rx(roll), as tf2)."""
-    cr, sr, cp, sp, cy, sy = np.cos(roll), np.sin(roll), np.cos(pitch), np.sin(pitch), np.cos(yaw), np.sin(yaw)
-    T = np.eye(4)
-    T[:3, :3] = [[cy * cp, cy * sp * sr - sy * cr, cy * sp * cr + sy * sr],
-                 [sy * cp, sy * sp * sr + cy * cr, sy * sp * cr - cy * sr],
-                 [-sp, cp * sr, cp * cr]]
-    T[:3, 3] = [x, y, z]
-    return T
-
-
 def settings_from_params(params: dict[str, Any], base: ReplaySettings | None = None) -> ReplaySettings:
-    """Fill :class:`ReplaySettings` from flattened node parameters (unknown keys are ignored)."""
-    from ood_perception.pipeline import AlertConfig, FusionConfig
+    """Fill :class:`ReplaySettings` from the fusion node's flattened parameters, as the node's
+    ``on_configure`` / ``on_activate`` do (unknown keys are ignored)."""
+    import math
+
+    from ood_perception.geometry import transform_from_xyz_rpy
+    from ood_perception.pipeline import AlertConfig
 
     s = dataclasses.replace(base) if base else ReplaySettings()
-    fusion_fields = {f.name for f in dataclasses.fields(FusionConfig)} - {"alert"}
-    alert_fields = {f.name for f in dataclasses.fields(AlertConfig)}
     fusion = dict(s.fusion)
-    alert = dict(fusion.pop("alert", {}) or {})
-    for key, value in params.items():
-        leaf = key.split(".")[-1]
-        if key.startswith("alert.") and leaf in alert_fields:
-            alert[leaf] = value
-        elif "." not in key and key in alert_fields:
-            alert[key] = value
-        elif "." not in key and key in fusion_fields:
-            fusion[key] = None if key == "threshold" and (value is None or (isinstance(value, float) and value < 0)) else value
-        elif key in SYNC_KEYS:
-            s.sync[key] = value
-    if alert:
-        fusion["alert"] = AlertConfig(**alert)
+    for key in FUSION_KEYS:
+        if key in params:
+            fusion[key] = type(_FUSION_DEFAULTS[key])(params[key])
+    if "threshold" in params:
+        thr = float(params["threshold"])
+        fusion["threshold"] = None if math.isnan(thr) else thr
+    if any(k in params for k in ALERT_KEYS):
+        d = AlertConfig()
+        fusion["alert"] = AlertConfig(int(params.get("raise_k", d.raise_k)), int(params.get("raise_n", d.raise_n)),
+                                      int(params.get("clear_frames", d.clear_frames)), float(params.get("cooldown_s", d.cooldown_s)))
     s.fusion = fusion
-    if "T_cam_lidar" in params:
-        s.T_cam_lidar = np.asarray(params["T_cam_lidar"], float).reshape(4, 4)
-    elif "extrinsics_xyz_rpy" in params:
-        s.T_cam_lidar = rpy_matrix(*[float(v) for v in params["extrinsics_xyz_rpy"]])
-    if "negate_y" in params:
-        s.negate_y = bool(params["negate_y"])
+    s.sync = dict(s.sync)
+    for key, arg in SYNC_KEYS.items():
+        if key in params:
+            s.sync[arg] = params[key]
+    if params.get("lidar_to_camera.matrix") is not None:
+        a = np.asarray(list(params["lidar_to_camera.matrix"]), float)
+        if a.size != 16:
+            raise ValueError("parameter lidar_to_camera.matrix must be 16 numbers (row-major 4x4)")
+        s.T_cam_lidar = a.reshape(4, 4)
+    elif "lidar_to_camera.xyz" in params or "lidar_to_camera.rpy" in params:
+        xyz = params.get("lidar_to_camera.xyz", [0.0, 0.0, 0.0])
+        rpy = params.get("lidar_to_camera.rpy", list(LIDAR_TO_OPTICAL_RPY))
+        s.T_cam_lidar = np.linalg.inv(transform_from_xyz_rpy(xyz, rpy))
+    if "negate_lidar_y" in params:
+        s.negate_y = bool(params["negate_lidar_y"])
     if "intensity_field" in params:
         s.intensity_field = str(params["intensity_field"])
-    topics = dict(DEFAULT_INPUT_TOPICS)
-    topics.update(s.topics)
-    for key, logical in TOPIC_KEYS.items():
-        if key in params:
-            topics[logical] = str(params[key])
-    if isinstance(params.get("topics"), dict):
-        topics.update({str(k): str(v) for k, v in params["topics"].items()})
-    s.topics = topics
     return s
+
+
+_FUSION_DEFAULTS = {"frame_score_percentile": 99.0, "min_region_pixels": 50, "min_region_points": 5, "cluster_eps": 0.6,
+                    "cluster_min_points": 5, "max_cluster_points": 20000, "clock_jump": 1.0}
 
 
 def parse_topic_overrides(items: list[str] | None) -> dict[str, str]:
