@@ -1,0 +1,152 @@
+"""The live path for comparison with replay: the real fusion node fed a bag over rclpy (DDS).
+
+:func:`run_live` starts ``FusionSegmentationNode`` in-process, publishes the bag's camera,
+CameraInfo and LiDAR messages (their recorded CDR bytes, unchanged) in bag-time order and records
+what the node publishes. Pacing: after a message that completes a frame (known from a replay of
+the same bag), it waits for that frame's alert, so the node's latest-only worker drops nothing
+and live and replay see the same frames. With a ``stale_timeout`` longer than the set-up time
+(the node's start-up grace is wall time, replay's is bag time) both give identical masks and alerts.
+
+This module imports rclpy; replay itself does not.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ood_perception.replay.bag import BagSource
+from ood_perception.replay.engine import DEFAULT_INPUT_TOPICS
+
+
+@dataclass
+class LiveRecord:
+    """What the node published, per camera stamp (ns): mask (uint8), score (float32), alert fields."""
+
+    masks: dict[int, np.ndarray] = field(default_factory=dict)
+    scores: dict[int, np.ndarray] = field(default_factory=dict)
+    alerts: dict[int, tuple[int, str, int]] = field(default_factory=dict)  # level, description, regions
+    raw: list[tuple[str, str, int, bytes]] = field(default_factory=list)  # topic, type, time, CDR
+    wall_s: float = 0.0
+
+
+def _ns(stamp: Any) -> int:
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def run_live(bag: str | Path, frame_stamps: dict[int, int], params: dict[str, Any], backend: Any = None,
+             topics: dict[str, str] | None = None, timeout_s: float = 30.0) -> LiveRecord:
+    """Feed ``bag`` to a live fusion node and record its outputs.
+
+    Args:
+        frame_stamps: bag time (ns) of the message that completes a frame -> that frame's stamp
+            (ns), from a replay of the same bag with the same parameters.
+        params: node parameters (ROS names, e.g. ``{"stale_timeout": 30.0}``).
+        backend: a loaded backend to inject (None: the node loads ``model_dir``).
+    """
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.parameter import Parameter
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from rclpy.serialization import serialize_message
+    from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+
+    from ood_perception.ros import conversions as conv
+    from ood_perception.ros.fusion_node import FusionSegmentationNode
+    from ood_perception_msgs.msg import OodAlert
+
+    names = {**DEFAULT_INPUT_TOPICS, **(topics or {})}
+    ctx = rclpy.context.Context()
+    rclpy.init(context=ctx)
+    rec = LiveRecord()
+    try:
+        overrides = [Parameter(k, value=v) for k, v in {"autostart": True, **params}.items()]
+        node = FusionSegmentationNode("fusion_segmentation", context=ctx, backend=backend, parameter_overrides=overrides)
+        if node._state != "active":
+            raise RuntimeError(f"fusion node did not activate: {node._model_error or 'see its log'}")
+        io = rclpy.create_node("replay_live_io", context=ctx)
+        qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+        pubs = {
+            "image": io.create_publisher(Image, "camera/image", qos),
+            "camera_info": io.create_publisher(CameraInfo, "camera/camera_info", qos),
+            "points": io.create_publisher(PointCloud2, "lidar/points", qos),
+        }
+        types = {"mask": Image, "score": Image, "points": PointCloud2, "alerts": OodAlert}
+        typenames = {"mask": "sensor_msgs/msg/Image", "score": "sensor_msgs/msg/Image",
+                     "points": "sensor_msgs/msg/PointCloud2", "alerts": "ood_perception_msgs/msg/OodAlert"}
+
+        def recorder(key: str):
+            def cb(msg: Any) -> None:
+                t = time.monotonic_ns()
+                rec.raw.append((f"/ood/{key}", typenames[key], t, serialize_message(msg)))
+                if key == "mask":
+                    rec.masks[_ns(msg.header.stamp)] = conv.image_to_numpy(msg).copy()
+                elif key == "score":
+                    rec.scores[_ns(msg.header.stamp)] = conv.image_to_numpy(msg).copy()
+                elif key == "alerts":
+                    rec.alerts[_ns(msg.header.stamp)] = (int(msg.level), msg.description, len(msg.regions))
+            return cb
+
+        for key, typ in types.items():
+            io.create_subscription(typ, f"ood/{key}", recorder(key), qos)
+        ex = SingleThreadedExecutor(context=ctx)
+        ex.add_node(io)
+        ex.add_node(node)
+
+        def spin_until(pred, limit: float) -> bool:
+            end = time.monotonic() + limit
+            while time.monotonic() < end:
+                if pred():
+                    return True
+                ex.spin_once(timeout_sec=0.02)
+            return pred()
+
+        if not spin_until(lambda: all(p.get_subscription_count() > 0 for p in pubs.values()), 15.0):
+            raise RuntimeError("the fusion node's subscriptions were not discovered within 15 s")
+        t0 = time.perf_counter()
+        with BagSource(bag) as src:
+            resolved = {k: src.resolve(names[k]) for k in ("image", "camera_info", "points")}
+            kinds = {v: k for k, v in resolved.items()}
+            for m in src.messages(kinds):
+                msg = _to_rclpy(m.msg, kinds[m.topic])
+                pubs[kinds[m.topic]].publish(msg)
+                ex.spin_once(timeout_sec=0.0)
+                stamp = frame_stamps.get(m.timestamp_ns)
+                if stamp is not None and not spin_until(lambda s=stamp: s in rec.alerts, timeout_s):
+                    raise RuntimeError(f"no alert from the live node for frame stamp {stamp} within {timeout_s} s")
+        rec.wall_s = time.perf_counter() - t0
+        spin_until(lambda: False, 0.2)
+        ex.shutdown()
+        node.destroy_node()
+        io.destroy_node()
+    finally:
+        if ctx.ok():
+            rclpy.shutdown(context=ctx)
+    return rec
+
+
+def _to_rclpy(msg: Any, kind: str) -> Any:
+    """A rosbags message of the input types as the rclpy message (field by field, arrays as bytes)."""
+    from builtin_interfaces.msg import Time
+    from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
+    from std_msgs.msg import Header
+
+    hdr = Header(stamp=Time(sec=int(msg.header.stamp.sec), nanosec=int(msg.header.stamp.nanosec)), frame_id=msg.header.frame_id)
+    if kind == "image":
+        return Image(header=hdr, height=int(msg.height), width=int(msg.width), encoding=msg.encoding,
+                     is_bigendian=int(msg.is_bigendian), step=int(msg.step), data=bytes(msg.data))
+    if kind == "points":
+        fields = [PointField(name=f.name, offset=int(f.offset), datatype=int(f.datatype), count=int(f.count)) for f in msg.fields]
+        return PointCloud2(header=hdr, height=int(msg.height), width=int(msg.width), fields=fields,
+                           is_bigendian=bool(msg.is_bigendian), point_step=int(msg.point_step), row_step=int(msg.row_step),
+                           data=bytes(msg.data), is_dense=bool(msg.is_dense))
+    out = CameraInfo(header=hdr, height=int(msg.height), width=int(msg.width), distortion_model=msg.distortion_model)
+    out.d = [float(v) for v in msg.d]
+    out.k = [float(v) for v in msg.k]
+    out.r = [float(v) for v in msg.r]
+    out.p = [float(v) for v in msg.p]
+    return out
