@@ -1,0 +1,111 @@
+"""Run the nodes in one process: what ``ood-perception run`` does, without launch/launch_ros.
+
+``launch`` and ``launch_ros`` are not installable from the registries this project uses, so
+this runner starts the same nodes with the same params files (rclpy global arguments
+``--ros-args --params-file FILE -r FROM:=TO``) on one ``MultiThreadedExecutor``, straight to
+active. Which nodes start: those named by a top-level key of the params files
+(``fusion_segmentation``, ``action_recognition``), or the ones asked for explicitly.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+#: Node name -> (module, class) of the nodes this package provides.
+NODES: dict[str, tuple[str, str]] = {
+    "fusion_segmentation": ("ood_perception.ros.fusion_node", "FusionSegmentationNode"),
+    "action_recognition": ("ood_perception.ros.recognition_node", "ActionRecognitionNode"),
+}
+
+
+def nodes_in_params(paths: Sequence[str | Path]) -> list[str]:
+    """Our node names that have a section in the given ROS params files (in NODES order)."""
+    import yaml
+
+    found: set[str] = set()
+    for p in paths:
+        path = Path(p)
+        if not path.is_file():
+            raise FileNotFoundError(f"params file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{path}: not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: a ROS params file maps node names to {{ros__parameters: ...}}")
+        for key, section in data.items():
+            if not isinstance(section, dict) or "ros__parameters" not in section:
+                raise ValueError(f"{path}: section {key!r} has no 'ros__parameters'")
+            name = str(key).strip("/").split("/")[-1]
+            if name in NODES:
+                found.add(name)
+    return [n for n in NODES if n in found]
+
+
+def run_nodes(
+    params_files: Sequence[str | Path],
+    nodes: Sequence[str] | None = None,
+    overrides: dict[str, Any] | None = None,
+    remaps: Sequence[str] = (),
+    duration: float | None = None,
+    log: Any = print,
+) -> int:
+    """Start ``nodes`` (default: those in the params files) active and spin until SIGINT/SIGTERM or
+    ``duration`` seconds. Returns 0, or 1 when a node fails to become active."""
+    import importlib
+
+    import rclpy
+    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.parameter import Parameter
+
+    names = list(nodes) if nodes else nodes_in_params(params_files)
+    unknown = [n for n in names if n not in NODES]
+    if unknown:
+        raise ValueError(f"unknown node(s) {unknown}; known: {list(NODES)}")
+    if not names:
+        raise ValueError(f"none of the params files {list(map(str, params_files))} has a section for {list(NODES)}")
+    args = ["ood-perception-run", "--ros-args"]
+    for p in params_files:
+        args += ["--params-file", str(Path(p).resolve())]
+    for r in remaps:
+        if ":=" not in r:
+            raise ValueError(f"remap must look like FROM:=TO, got {r!r}")
+        args += ["-r", r]
+    ctx = rclpy.context.Context()
+    rclpy.init(args=args, context=ctx)
+    ex = MultiThreadedExecutor(context=ctx)
+    created: list[Any] = []
+    stop = {"flag": False}
+
+    def _stop(*_: Any) -> None:
+        stop["flag"] = True
+
+    old = {s: signal.signal(s, _stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for name in names:
+            module, cls = NODES[name]
+            node_cls = getattr(importlib.import_module(module), cls)
+            extra = [Parameter(k, value=v) for k, v in (overrides or {}).items()]
+            node = node_cls(name, context=ctx, parameter_overrides=[Parameter("autostart", value=False), *extra])
+            created.append(node)
+            if not node.autostart():
+                log(f"ood-perception run: node {name} failed to become active (see the log above)")
+                return 1
+            ex.add_node(node)
+            log(f"ood-perception run: {name} active")
+        deadline = None if duration is None else time.monotonic() + float(duration)
+        while not stop["flag"] and ctx.ok() and (deadline is None or time.monotonic() < deadline):
+            ex.spin_once(timeout_sec=0.1)
+        return 0
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        ex.shutdown()
+        for node in created:
+            node.destroy_node()
+        if ctx.ok():
+            rclpy.shutdown(context=ctx)

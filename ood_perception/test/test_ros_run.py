@@ -1,0 +1,137 @@
+"""`ood-perception run` with the shipped params files and a real exported ONNX model, in a
+subprocess, talking to this test over DDS; and its clear failures."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.ros
+pytest.importorskip("rclpy", reason="rclpy is installed by `make setup`")
+pytest.importorskip("onnxruntime", reason="the run test uses a real ONNX model")
+
+from conftest import spin_until  # noqa: E402
+
+PKG = Path(__file__).resolve().parents[1]
+CLI = [sys.executable, "-m", "ood_perception.cli"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    import torch
+    from runtime_helpers import tiny_checkpoint
+
+    from ood_perception.trainer.export import export_segmentation
+
+    torch.set_num_threads(1)
+    d = tmp_path_factory.mktemp("run_model")
+    export_segmentation(tiny_checkpoint(d / "c.pt"), d / "model")
+    return d / "model"
+
+
+def test_run_command_serves_frames_with_real_model(rclpy_context, model_dir, tmp_path):
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+
+    from ood_perception.ros import conversions as conv
+    from ood_perception.ros.common import stamp_from_sec
+    from ood_perception_msgs.msg import OodAlert
+
+    override = tmp_path / "override.yaml"
+    override.write_text("fusion_segmentation:\n  ros__parameters:\n    threshold: 0.0\n    stale_timeout: 5.0\n")
+    proc = subprocess.Popen(
+        [*CLI, "run", "--params", str(PKG / "config" / "vehicle.yaml"), "--params", str(override),
+         "--model", str(model_dir), "--duration", "60"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"),
+        cwd=tmp_path,  # not the repository root, whose ood_perception/ folder would shadow the package
+    )
+    io = rclpy.create_node("run_io", context=rclpy_context)
+    qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+    pub_img = io.create_publisher(Image, "camera/image", qos)
+    pub_info = io.create_publisher(CameraInfo, "camera/camera_info", qos)
+    pub_pts = io.create_publisher(PointCloud2, "lidar/points", qos)
+    alerts, masks = [], []
+    io.create_subscription(OodAlert, "ood/alerts", alerts.append, qos)
+    io.create_subscription(Image, "ood/mask", masks.append, qos)
+    ex = SingleThreadedExecutor(context=rclpy_context)
+    ex.add_node(io)
+    try:
+        assert spin_until(ex, lambda: pub_pts.get_subscription_count() > 0 or proc.poll() is not None, 60.0)
+        assert proc.poll() is None, proc.stdout.read()
+        rng = np.random.default_rng(0)
+        img = rng.integers(0, 255, (48, 80, 3), dtype=np.uint8)
+        info = CameraInfo(width=80, height=48)
+        info.k = [40.0, 0, 40, 0, 40.0, 24, 0, 0, 1]
+        # REP 103 LiDAR points ahead of the camera (default extrinsics: camera at the LiDAR)
+        pts = np.column_stack([rng.uniform(5, 20, 500), rng.uniform(-5, 5, 500), rng.uniform(-1, 1, 500),
+                               rng.random(500)]).astype(np.float32)
+        rec = np.zeros(500, dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("intensity", "<f4")])
+        for i, k in enumerate(rec.dtype.names):
+            rec[k] = pts[:, i]
+        k = 0
+
+        def send() -> bool:
+            nonlocal k
+            k += 1
+            stamp = stamp_from_sec(10.0 + 0.1 * k)
+            m = conv.numpy_to_image(img, "rgb8")
+            m.header.stamp, m.header.frame_id = stamp, "camera_optical"
+            c = conv.array_to_pointcloud2(rec)
+            c.header.stamp, c.header.frame_id = stamp, "lidar"
+            pub_info.publish(info)
+            pub_img.publish(m)
+            pub_pts.publish(c)
+            return any(list(a.modalities) == ["camera", "lidar"] for a in alerts) and bool(masks)
+
+        assert spin_until(ex, send, 60.0, step=0.1), (alerts[-1:], proc.poll())
+        a = next(a for a in alerts if list(a.modalities) == ["camera", "lidar"])
+        assert a.level in (OodAlert.CLEAR, OodAlert.WARNING, OodAlert.ALERT) and a.header.frame_id == "camera_optical"
+        assert (masks[-1].width, masks[-1].height) == (80, 48)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0, out
+        assert "fusion_segmentation active" in out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        ex.shutdown()
+        io.destroy_node()
+
+
+def test_run_fails_clearly(tmp_path):
+    bad_model = subprocess.run([*CLI, "run", "--params", str(PKG / "config" / "vehicle.yaml"), "--model",
+                                str(tmp_path / "missing"), "--duration", "1"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert bad_model.returncode == 1
+    assert "failed to become active" in bad_model.stdout and "missing" in (bad_model.stdout + bad_model.stderr)
+    no_section = tmp_path / "other.yaml"
+    no_section.write_text("some_node:\n  ros__parameters:\n    a: 1\n")
+    r = subprocess.run([*CLI, "run", "--params", str(no_section)], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert r.returncode == 1 and "has a section for" in r.stderr
+    r = subprocess.run([*CLI, "run", "--params", str(tmp_path / "nope.yaml")], capture_output=True, text=True, timeout=60,
+                       cwd=tmp_path)
+    assert r.returncode == 1 and "params file not found" in r.stderr
+
+
+def test_shipped_params_files_name_our_nodes_and_parameters():
+    import yaml
+
+    from ood_perception.ros.fusion_node import PARAMETERS as FUSION
+    from ood_perception.ros.recognition_node import PARAMETERS as REC
+    from ood_perception.ros.runner import nodes_in_params
+
+    for name, table, node in [("vehicle.yaml", FUSION, "fusion_segmentation"), ("carla.yaml", FUSION, "fusion_segmentation"),
+                              ("recognition.yaml", REC, "action_recognition")]:
+        path = PKG / "config" / name
+        assert nodes_in_params([path]) == [node]
+        params = yaml.safe_load(path.read_text())[node]["ros__parameters"]
+        known = {n for n, _, _ in table} | {"use_sim_time", "lidar_to_camera.matrix"}
+        assert set(params) <= known, set(params) - known
