@@ -332,6 +332,10 @@ def test_forward_and_fit_errors() -> None:
     s2.needs_logits = True  # no built-in scorer reads both inputs; exercise the shape check
     with pytest.raises(ValueError, match="share batch"):
         s2(torch.zeros(2, p.c, 3, 3), torch.zeros(2, p.d, 3, 4))
+    with pytest.raises(ValueError, match="fitted on 12-dim features, got 5"):
+        s(None, torch.zeros(3, 5))
+    with pytest.raises(ValueError, match="fitted on 12-dim features, got 7"):
+        p.fit(get_scorer("knn"))(None, torch.zeros(1, 7, 2, 2))
     with pytest.raises(ValueError, match="input features"):
         get_scorer("react").fit(features=p.features, classifier_weight=np.ones((3, 5)))
     with pytest.raises(ValueError, match="NaN"):

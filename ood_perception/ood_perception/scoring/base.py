@@ -124,6 +124,8 @@ class Scorer(nn.Module):
     needs_labels: ClassVar[bool] = False
     #: buffers filled by :meth:`fit`; the scorer is fitted when all are non-empty
     fit_buffers: ClassVar[tuple[str, ...]] = ()
+    #: a fitted buffer whose last axis is the feature width D (checked against ``features``)
+    feature_dim_buffer: ClassVar[str | None] = None
 
     def __init__(self, **params: Any) -> None:
         super().__init__()
@@ -180,6 +182,12 @@ class Scorer(nn.Module):
                     f"logits {tuple(logits.shape)} and features {tuple(features.shape)} "  # type: ignore[union-attr]
                     "must share batch and spatial sizes"
                 )
+        if self.needs_features and self.feature_dim_buffer is not None:
+            d = getattr(self, self.feature_dim_buffer).shape[-1]
+            if features.shape[1] != d:  # type: ignore[union-attr]
+                raise ValueError(
+                    f"scorer {self.name!r} was fitted on {d}-dim features, got {features.shape[1]}"  # type: ignore[union-attr]
+                )
         flat_logits = flatten_channels(logits, "logits") if self.needs_logits else None  # type: ignore[arg-type]
         flat_features = flatten_channels(features, "features") if self.needs_features else None  # type: ignore[arg-type]
         score = self.score_flat(flat_logits, flat_features)
@@ -193,8 +201,10 @@ class Scorer(nn.Module):
 
     # ------------------------------------------------------------------ helpers
     def _set(self, name: str, value: Tensor) -> None:
-        """Store a fitted statistic as a float32 buffer (replacing the placeholder)."""
-        setattr(self, name, value.detach().to(torch.float32).contiguous())
+        """Store a fitted statistic as a float32 buffer on the scorer's device (replacing the
+        placeholder)."""
+        device = getattr(self, name).device
+        setattr(self, name, value.detach().to(device=device, dtype=torch.float32).contiguous())
 
     def _check_classifier(self, weight: Any, bias: Any, d: int | None = None) -> tuple[Tensor, Tensor]:
         w = _as_tensor(weight, "classifier_weight")
@@ -227,7 +237,8 @@ class Scorer(nn.Module):
         for b in self.fit_buffers:
             key = prefix + b
             if key in state_dict and state_dict[key].shape != getattr(self, b).shape:
-                setattr(self, b, torch.empty_like(state_dict[key], dtype=torch.float32))
+                device = getattr(self, b).device
+                setattr(self, b, torch.empty(state_dict[key].shape, dtype=torch.float32, device=device))
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )

@@ -62,6 +62,7 @@ class ReAct(Scorer):
     needs_features = True
     needs_classifier = True
     fit_buffers = ("threshold", "weight", "bias")
+    feature_dim_buffer = "weight"
 
     def __init__(
         self, percentile: float = 90.0, threshold: float | None = None, temperature: float = 1.0
@@ -122,6 +123,7 @@ class ASH(Scorer):
     needs_features = True
     needs_classifier = True
     fit_buffers = ("weight", "bias")
+    feature_dim_buffer = "weight"
 
     def __init__(self, percentile: float = 90.0, temperature: float = 1.0) -> None:
         percentile = _check_percentile(percentile, "percentile", upper_open=True)
@@ -181,6 +183,7 @@ class ViM(Scorer):
     needs_features = True
     needs_classifier = True
     fit_buffers = ("weight", "bias", "origin", "ns", "alpha")
+    feature_dim_buffer = "weight"
 
     def __init__(self, dim: int | None = None) -> None:
         if dim is not None and int(dim) < 1:
@@ -254,6 +257,7 @@ class KNN(Scorer):
     needs_logits = False
     needs_features = True
     fit_buffers = ("bank",)
+    feature_dim_buffer = "bank"
 
     def __init__(self, k: int = 10, bank_size: int | None = None, seed: int = 0) -> None:
         if int(k) < 1:
@@ -315,6 +319,7 @@ class Mahalanobis(Scorer):
     needs_features = True
     needs_labels = True
     fit_buffers = ("means", "precision", "mean_terms")
+    feature_dim_buffer = "means"
 
     def __init__(self, num_classes: int | None = None) -> None:
         if num_classes is not None and int(num_classes) < 1:
@@ -339,7 +344,7 @@ class Mahalanobis(Scorer):
             raise ValueError("mahalanobis needs labels")
         c = self.num_classes
         if c is None:
-            c = int(classifier_weight.shape[0]) if classifier_weight is not None else None
+            c = int(torch.as_tensor(classifier_weight).shape[0]) if classifier_weight is not None else None
         if c is None:
             valid = y[(y >= 0) & (y < 255)]
             c = int(valid.max()) + 1 if valid.numel() else 0
@@ -389,6 +394,7 @@ class HIMPLoS(Scorer):
     needs_classifier = True
     needs_labels = True
     fit_buffers = ("weight", "bias", "masks", "threshold", "prototypes")
+    feature_dim_buffer = "weight"
 
     def __init__(
         self,

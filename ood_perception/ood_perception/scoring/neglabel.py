@@ -40,6 +40,7 @@ class NegLabel(Scorer):
     needs_features = True
     needs_classifier = True
     fit_buffers = ("id_text", "neg_text")
+    feature_dim_buffer = "id_text"
 
     def __init__(
         self,
