@@ -1,0 +1,84 @@
+"""evaluate: metrics equal an independent computation from the model's outputs; files written."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from ood_perception.models import build_model
+from ood_perception.trainer.toy import make_toy_dataset
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ev")
+    root = make_toy_dataset(tmp / "data", {"00": 4, "01": 3}, seed=3)
+    torch.manual_seed(0)
+    model = build_model({"num_classes": 3, "camera_backbone": "tiny", "lidar_width": 8, "camera_channels": 16,
+                         "lidar_channels": 16, "head_channels": 16, "tiny_width": 8}).eval()
+    ckpt = tmp / "m.pt"
+    torch.save({"model_config": model.config.to_dict(), "state_dict": model.state_dict(),
+                "class_names": ["car", "road", "building"], "colors": [[0, 0, 255], [128, 128, 128], [255, 0, 0]],
+                "input_size": [32, 64], "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}, ckpt)
+    return root, ckpt, model, tmp
+
+
+def test_metrics_match_independent_computation(setup) -> None:
+    from ood_perception.trainer.evaluate import evaluate
+    from ood_perception.trainer.seg_data import SegmentationData, collate
+
+    root, ckpt, model, tmp = setup
+    out = tmp / "eval"
+    m = evaluate(ckpt, root, out, scorers=("maxlogit", "msp", "himplos"), cache_dir=str(tmp / "c"),
+                 overlays=2, show_progress=False)
+    assert m["split"] == "test" and m["num_frames"] == 3
+    data = SegmentationData(root, "test", (32, 64), tmp / "c", show_progress=False)
+    batch = collate([data[i] for i in range(len(data))], [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    with torch.no_grad():
+        logits = model(batch["image"], batch["lidar"])["logits"].numpy()
+    tgt, ood = batch["target"].numpy(), batch["pixel_ood"].numpy()
+    sel = (tgt != 255) | ood
+    score = -logits.max(1)[sel]
+    assert m["ood"]["pixel"]["maxlogit"]["auroc"] == pytest.approx(roc_auc_score(ood[sel], score), abs=1e-9)
+    # FPR95: share of ID pixels at or above the score catching 95% of OOD
+    o = np.sort(score[ood[sel]])
+    thr = o[int(np.floor(0.05 * o.size))]
+    fpr = np.mean(score[~ood[sel]] >= thr)
+    assert m["ood"]["pixel"]["maxlogit"]["fpr95"] == pytest.approx(fpr, abs=0.02)
+    pred = logits.argmax(1)
+    ious = []
+    for c in range(3):
+        inter = np.sum((pred == c) & (tgt == c))
+        union = np.sum(((pred == c) | (tgt == c)) & (tgt != 255))
+        if union:
+            ious.append(inter / union)
+    assert m["segmentation"]["pixel"]["fused"]["miou"] == pytest.approx(np.mean(ious), abs=1e-9)
+    # point level: scores gathered at each labelled in-view point's pixel
+    pts_scores, pts_ood = [], []
+    for b, s in enumerate(batch["samples"]):
+        keep = (s.flat_index >= 0) & ((s.point_target != 255) | s.point_ood)
+        pts_scores.append(-logits[b].max(0).ravel()[s.flat_index[keep]])
+        pts_ood.append(s.point_ood[keep])
+    ref = roc_auc_score(np.concatenate(pts_ood), np.concatenate(pts_scores))
+    assert m["ood"]["point"]["maxlogit"]["auroc"] == pytest.approx(ref, abs=1e-9)
+    assert 0.0 <= m["ood"]["pixel"]["himplos"]["auroc"] <= 1.0
+    for f in ("metrics.json", "report.md", "roc_pixel.png", "hist_pixel.png", "roc_point.png", "overlay_00.png"):
+        assert (out / f).is_file(), f
+    assert json.loads((out / "metrics.json").read_text())["ood"]["pixel"]["msp"]["n_ood"] == int(ood.sum())
+    assert "| pixel | maxlogit |" in (out / "report.md").read_text()
+
+
+def test_evaluate_rejects_other_label_space(setup, tmp_path) -> None:
+    from ood_perception.trainer.evaluate import evaluate
+
+    root, ckpt, _, _ = setup
+    bad = torch.load(ckpt, weights_only=True)
+    bad["class_names"] = ["a", "b", "c"]
+    torch.save(bad, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="differ from the checkpoint"):
+        evaluate(tmp_path / "bad.pt", root, tmp_path / "o", scorers=("maxlogit",), cache_dir=str(tmp_path / "c"),
+                 plots=False, show_progress=False)
