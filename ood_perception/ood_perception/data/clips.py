@@ -90,19 +90,19 @@ class FlowCache:
             if loader is None:
                 raise ValueError(f"flow of {clip_id!r} is not cached and no frames were given")
             frames = loader()
-        flow = compute_flow(frames, self.params)
+        flow = compute_flow(frames, self.params).astype(np.float16)  # what the cache holds, so hits == misses
         self.computed += 1
         p.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=p.name + ".", suffix=".tmp", dir=p.parent)
         try:
             with os.fdopen(fd, "wb") as fh:
-                np.save(fh, flow.astype(np.float16))
+                np.save(fh, flow)
             os.replace(tmp, p)
         except BaseException:
             if os.path.exists(tmp):
                 os.unlink(tmp)
             raise
-        return flow
+        return flow.astype(np.float32)
 
 
 @dataclass

@@ -18,6 +18,12 @@ from ood_perception.models.camera import (
     load_mobilenet_v2_features,
 )
 from ood_perception.models.checkpoint import load_checkpoint, read_checkpoint
+from ood_perception.models.recognition import (  # noqa: F401
+    RecognitionConfig,
+    RecognitionNet,
+    build_recognition_model,
+    load_recognition_checkpoint,
+)
 from ood_perception.models.segmentation import FusionSegNet, ModelConfig, build_model, gather_point_logits
 
 __all__ = [

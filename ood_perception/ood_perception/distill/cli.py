@@ -1,0 +1,154 @@
+"""``ood-perception train distill``: dark-knowledge distillation of a trained checkpoint's joint head.
+
+    ood-perception train distill --task recognition CHECKPOINT [--data DIR] [--out OUT.pt]
+    ood-perception train distill --task segmentation CHECKPOINT [--data DIR] [--out OUT.pt]
+    ood-perception train distill --task recognition --ablation --data DIR --report docs/results/distillation.md
+
+The first two freeze the experts and retrain only the joint (fused) head (:mod:`.trainer`), then
+write a new checkpoint (atomically) with the distillation settings and before/after metrics.
+``--ablation`` runs the whole ablation (:mod:`.ablation`) and writes the report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from ood_perception.distill.teacher import TEACHER_MODES
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``ood-perception train distill``."""
+    parser.add_argument("checkpoint", nargs="?", help="trained checkpoint (recognition or segmentation)")
+    parser.add_argument("--task", choices=("recognition", "segmentation"), default="recognition")
+    parser.add_argument("--data", help="dataset (default: the one recorded in the checkpoint)")
+    parser.add_argument("--out", help="output checkpoint (default: CHECKPOINT with suffix .distilled.pt)")
+    parser.add_argument("--alpha", type=float, default=0.5, help="TCKD weight (paper advice 0.5; its code 0.2)")
+    parser.add_argument("--beta", type=float, default=0.5, help="NCKD weight (paper advice 0.5; its code 0.8)")
+    parser.add_argument("--teacher", choices=TEACHER_MODES, default="weighted",
+                        help="weighted = softmax(-CE) per batch (paper); uniform / best: ablations")
+    parser.add_argument("--epochs", type=int, default=10, help="head retraining epochs (paper: 10)")
+    parser.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (paper: 1e-4)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--reinit", action="store_true", help="re-initialise the joint head first")
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--feature-mixing", action="store_true", help="add FM outlier entropy (recognition)")
+    parser.add_argument("--fm-channels", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    ab = parser.add_argument_group("ablation (writes the report)")
+    ab.add_argument("--ablation", action="store_true", help="run the distillation ablation on synthetic clips")
+    ab.add_argument("--report", default="docs/results/distillation.md")
+    ab.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ab.add_argument("--train-epochs", type=int, default=12, help="expert training epochs per seed")
+    ab.add_argument("--clips-per-class", type=int, default=60, help="train clips per class when generating")
+
+
+def _config(args):
+    from ood_perception.distill.trainer import DistillConfig
+
+    return DistillConfig(alpha=args.alpha, beta=args.beta, teacher=args.teacher, epochs=args.epochs, lr=args.lr,
+                         batch_size=args.batch_size, reinit=args.reinit, temperature=args.temperature,
+                         feature_mixing=args.feature_mixing, fm_channels=args.fm_channels, seed=args.seed)
+
+
+def _recognition(args, cfg) -> int:
+    import torch
+
+    from ood_perception.distill.trainer import distill_recognition_head
+    from ood_perception.models.recognition import load_recognition_checkpoint
+    from ood_perception.trainer.recognition import (
+        embed_arrays,
+        evaluate_recognition,
+        load_splits,
+        save_recognition_checkpoint,
+    )
+
+    model, ckpt = load_recognition_checkpoint(args.checkpoint)
+    data = args.data or ckpt.get("train", {}).get("data")
+    if not data:
+        raise ValueError("no --data given and the checkpoint records no dataset")
+    splits, class_names = load_splits(data, int(ckpt.get("clip_len", 16)), int(ckpt.get("size", 64)))
+    if class_names != list(ckpt["class_names"]):
+        raise ValueError(f"dataset classes {class_names} differ from the checkpoint's {ckpt['class_names']}")
+    before = evaluate_recognition(model, splits, device=args.device)
+    expert_state = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("joint_head.")}
+    zv, zf = embed_arrays(model, splits["train"][0], splits["train"][1], device=args.device)
+    history = distill_recognition_head(model.cpu(), zv, zf, splits["train"][2], cfg)
+    for k, v in model.state_dict().items():  # the experts must not have moved
+        if k in expert_state and not torch.equal(v, expert_state[k]):
+            raise RuntimeError(f"distillation changed expert parameter {k}")
+    after = evaluate_recognition(model, splits, device=args.device)
+    print(f"before: {before}\nafter:  {after}", file=sys.stderr)
+    out = Path(args.out) if args.out else Path(args.checkpoint).with_suffix(".distilled.pt")
+    extra = {k: v for k, v in ckpt.items() if k not in ("task", "model_config", "state_dict", "class_names")}
+    extra.update(metrics=after, distill={"config": asdict(cfg), "history": history, "metrics_before": before,
+                                         "command": " ".join(sys.argv), "source": str(args.checkpoint)})
+    save_recognition_checkpoint(out, model, class_names, extra)
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+def _segmentation(args, cfg) -> int:
+    import torch
+
+    from ood_perception.distill.trainer import distill_segmentation
+    from ood_perception.models import load_checkpoint
+    from ood_perception.trainer.checkpoint import atomic_torch_save
+    from ood_perception.trainer.seg_data import SegmentationData, collate
+
+    model, ckpt = load_checkpoint(args.checkpoint, args.device)
+    train = ckpt.get("train", {}) or {}
+    data = args.data or train.get("data")
+    if not data:
+        raise ValueError("no --data given and the checkpoint records no dataset")
+    ds = SegmentationData(data, "train", ckpt["input_size"])
+    mean, std = ckpt["mean"], ckpt["std"]
+
+    class Batches:  # re-iterable, shuffled per pass
+        def __init__(self) -> None:
+            self.gen = torch.Generator().manual_seed(cfg.seed)
+
+        def __iter__(self):
+            order = torch.randperm(len(ds), generator=self.gen).tolist()
+            for s in range(0, len(order), cfg.batch_size):
+                b = collate([ds[i] for i in order[s:s + cfg.batch_size]], mean, std)
+                yield b["image"], b["lidar"], b["target"]
+
+    history = distill_segmentation(model, Batches(), cfg, device=args.device)
+    out = Path(args.out) if args.out else Path(args.checkpoint).with_suffix(".distilled.pt")
+    new = dict(ckpt)
+    new["state_dict"] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    new["distill"] = {"config": asdict(cfg), "history": history, "command": " ".join(sys.argv),
+                      "source": str(args.checkpoint)}
+    atomic_torch_save(new, out)
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """Dispatch on ``--ablation`` / ``--task``; returns the exit code."""
+    import torch
+
+    torch.set_num_threads(max(1, args.threads))
+    if args.ablation:
+        if args.task != "recognition":
+            raise ValueError("--ablation runs on the synthetic clips only (--task recognition)")
+        if not args.data:
+            raise ValueError("--ablation needs --data DIR (generated there when empty)")
+        from ood_perception.distill.ablation import run_ablation
+
+        cmd = "ood-perception train distill " + " ".join(sys.argv[sys.argv.index("distill") + 1:]) \
+            if "distill" in sys.argv else " ".join(sys.argv)
+        path = run_ablation(args.data, args.report, tuple(args.seeds), args.train_epochs,
+                            distill_epochs=args.epochs, distill_lr=args.lr, alpha=args.alpha, beta=args.beta,
+                            clips_per_class=args.clips_per_class, command=cmd)
+        print(f"wrote {path}", file=sys.stderr)
+        return 0
+    if not args.checkpoint:
+        raise ValueError("CHECKPOINT is required (or --ablation)")
+    cfg = _config(args)
+    return _recognition(args, cfg) if args.task == "recognition" else _segmentation(args, cfg)
