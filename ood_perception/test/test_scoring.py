@@ -346,3 +346,20 @@ def test_forward_and_fit_errors() -> None:
         get_scorer("energy").fit(bogus=1)
     with pytest.raises(ValueError, match="no labels in"):
         get_scorer("mahalanobis").fit(features=p.features, labels=np.full(len(p.features), 255))
+
+
+@pytest.mark.parametrize("name", ["knn", "mahalanobis", "vim"])
+def test_feature_space_scorers_separate_novel_clusters(name: str) -> None:
+    """End to end with metrics: samples from unseen feature clusters score higher than ID samples."""
+    from ood_perception.metrics import ood_metrics
+
+    p = Problem(seed=0, n=2000)
+    rng = np.random.default_rng(11)
+    means = np.stack([p.features[p.labels == c].mean(0) for c in range(p.c)])
+    f_id = np.maximum(means[rng.integers(0, p.c, 300)] + 0.3 * rng.normal(size=(300, p.d)), 0)
+    novel = rng.uniform(0, 2, size=(3, p.d))
+    f_ood = np.maximum(novel[rng.integers(0, 3, 300)] + 0.3 * rng.normal(size=(300, p.d)), 0)
+    f = np.concatenate([f_id, f_ood]).astype(np.float32)
+    score = p.fit(get_scorer(name))(t(f @ p.weight.T + p.bias), t(f)).numpy()
+    m = ood_metrics(score, np.r_[np.zeros(300, bool), np.ones(300, bool)])
+    assert m["auroc"] > 0.95 and m["fpr95"] < 0.2, m
