@@ -1,0 +1,52 @@
+"""Vehicle launch: the fusion segmentation node (and optionally action recognition) with the
+params files in config/.
+
+    ros2 launch ood_perception vehicle.launch.py [config:=...] [model:=DIR] [backend:=onnxruntime]
+        [device:=cpu] [recognition:=false] [rviz:=false]
+
+The nodes start straight to active (``autostart``), as ``ood-perception run`` does; the
+launch-free equivalent is ``ood-perception run --params config/vehicle.yaml``.
+"""
+
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument
+from launch.conditions import IfCondition
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+
+def generate_launch_description():
+    share = get_package_share_directory("ood_perception")
+    config = LaunchConfiguration("config")
+    overrides = {
+        "model_dir": LaunchConfiguration("model"),
+        "backend": LaunchConfiguration("backend"),
+        "device": LaunchConfiguration("device"),
+        "autostart": True,
+    }
+    return LaunchDescription([
+        DeclareLaunchArgument("config", default_value=os.path.join(share, "config", "vehicle.yaml"),
+                              description="params file of fusion_segmentation"),
+        DeclareLaunchArgument("recognition_config", default_value=os.path.join(share, "config", "recognition.yaml"),
+                              description="params file of action_recognition"),
+        DeclareLaunchArgument("model", default_value="", description="model directory ('' = packaged default)"),
+        DeclareLaunchArgument("backend", default_value="onnxruntime", description="onnxruntime | torch | tensorrt"),
+        DeclareLaunchArgument("device", default_value="cpu", description="cpu | cuda | cuda:N"),
+        DeclareLaunchArgument("recognition", default_value="false", description="also start action_recognition"),
+        DeclareLaunchArgument("recognition_model", default_value="", description="recognition model directory"),
+        DeclareLaunchArgument("rviz", default_value="false", description="start RViz with config/ood_perception.rviz"),
+        Node(package="ood_perception", executable="fusion_segmentation_node", name="fusion_segmentation",
+             parameters=[config, overrides], output="screen"),
+        Node(package="ood_perception", executable="action_recognition_node", name="action_recognition",
+             parameters=[LaunchConfiguration("recognition_config"),
+                         {"model_dir": LaunchConfiguration("recognition_model"),
+                          "backend": LaunchConfiguration("backend"), "device": LaunchConfiguration("device"),
+                          "autostart": True}],
+             condition=IfCondition(LaunchConfiguration("recognition")), output="screen"),
+        Node(package="rviz2", executable="rviz2", name="rviz2",
+             arguments=["-d", os.path.join(share, "config", "ood_perception.rviz")],
+             condition=IfCondition(LaunchConfiguration("rviz"))),
+    ])
