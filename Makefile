@@ -58,7 +58,18 @@ $(STAMPS)/package: $(STAMPS)/msgs ood_perception/setup.py ood_perception/setup.c
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-demo: setup
+# The demo also runs recognition on a real street video: Debian's opencv-doc ships vtest.avi.
+$(STAMPS)/demo-apt:
+	@mkdir -p $(STAMPS)
+	@if [ ! -f /usr/share/doc/opencv-doc/examples/data/vtest.avi ]; then \
+	  echo "installing Debian opencv-doc (real video vtest.avi for the demo)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  ( $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq opencv-doc >/dev/null ) \
+	    || echo "opencv-doc not installed: the demo runs without the real video"; \
+	fi
+	@touch $@
+
+demo: setup $(STAMPS)/demo-apt
 	$(VENV)/bin/ood-perception demo
 
 lint: setup
