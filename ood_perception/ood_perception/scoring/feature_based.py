@@ -51,8 +51,9 @@ class ReAct(Scorer):
     Features are clipped from above at ``c`` (the ``percentile``-th percentile of all ID feature
     values seen in :meth:`fit`, or ``threshold`` when given), logits are recomputed with the
     classifier and scored by energy: ``score = -T * logsumexp((min(f, c) W^T + b) / T)``.
-    Default ``percentile=90``: paper, OpenOOD and MultiOOD (verified against OpenOOD's
-    ``ReactPostprocessor``, which takes ``np.percentile`` of the flattened ID activations).
+    Default ``percentile=90``: paper, OpenOOD and MultiOOD. Verified against OpenOOD-style
+    ``ReactPostprocessor`` code read here: ``np.percentile`` of the flattened ID activations
+    (all samples and channels), then ``clip(max=threshold)`` before the final layer.
     """
 
     name = "react"
@@ -111,8 +112,9 @@ class ASH(Scorer):
 
     Per sample, the ``k = D - round(D * percentile / 100)`` largest feature entries are set to
     ``sum(f) / k`` and all others to 0; logits are recomputed with the classifier and scored by
-    energy. Default ``percentile=90`` (OpenOOD / MultiOOD setting; the paper tunes p per model, e.g.
-    65 for ASH-B on ImageNet ResNet-50). Formula checked against the paper's ``ash_b`` as read.
+    energy. Default ``percentile=90`` (the MultiOOD code's ``ash_b`` default; the ASH code's default
+    is 65 and the paper tunes p per model). Verified against the public ``ash_b`` read here
+    (per-sample sum, ``k = n - round(n p / 100)``, top-k scatter of ``sum / k``).
     Needs the classifier via :meth:`fit` (no statistics are learned).
     """
 
@@ -245,8 +247,8 @@ class KNN(Scorer):
 
     Features are L2-normalised; the score is the squared Euclidean distance to the ``k``-th
     nearest normalised ID feature in the bank stored at :meth:`fit` (``= 2 - 2 cos``). Squared, as
-    OpenOOD's faiss ``IndexFlatL2`` returns (verified against OpenOOD's ``KNNPostprocessor`` as read;
-    same ranking as the distance). Default ``k=10`` (MultiOOD). ``bank_size`` keeps a random subset
+    the faiss ``IndexFlatL2`` search of OpenOOD-style ``KNNPostprocessor`` code read here returns
+    (same ranking as the distance). Default ``k=10`` (MultiOOD; OpenOOD uses 50). ``bank_size`` keeps a random subset
     of the ID features (seeded by ``seed``), as the paper does for ImageNet; memory at scoring time
     is ``N x bank_size`` floats, so keep the bank small for per-pixel maps.
     """
@@ -309,7 +311,8 @@ class Mahalanobis(Scorer):
     Fit: class means ``mu_c`` from ID features and labels (labels outside ``0..C-1``, e.g. 255,
     ignored; classes without samples are left out), shared covariance of ``f - mu_y`` (maximum
     likelihood, as sklearn's ``EmpiricalCovariance``), precision ``P = pinv(cov)``.
-    Score: ``min_c (f - mu_c)^T P (f - mu_c)``.
+    Score: ``min_c (f - mu_c)^T P (f - mu_c)``. Consistent with public MDS-style code read here
+    (confidence = max over classes of the negative distance); the fit was not checked line by line.
     """
 
     name = "mahalanobis"

@@ -53,8 +53,9 @@ class MaxLogit(Scorer):
 class Energy(Scorer):
     """Free energy (Liu et al., "Energy-based OOD detection", NeurIPS 2020).
 
-    ``score = E(x) = -T * logsumexp(logits / T)``. Default ``temperature=1`` (the paper's choice,
-    also OpenOOD's; verified against OpenOOD's EBO postprocessor).
+    ``score = E(x) = -T * logsumexp(logits / T)``. Default ``temperature=1`` (the paper's choice);
+    the formula matches public implementations read here (``T * logsumexp(logits / T)`` as the
+    confidence, e.g. the HIMPLoS authors' ``iterate_data_energy``).
     """
 
     name = "energy"
@@ -93,8 +94,8 @@ class GEN(Scorer):
 
     ``score = sum over the M largest probabilities of p^gamma * (1 - p)^gamma`` (the paper's
     confidence is its negative). Defaults ``gamma=0.1``, ``m=100`` (clipped to the number of
-    classes) are the paper's and OpenOOD's; the formula was checked against the reference
-    implementation as read (``generalized_entropy``), not copied.
+    classes) are the paper's; formula and defaults checked against a public
+    ``generalized_entropy`` implementation read here (same defaults), not copied.
     """
 
     name = "gen"

@@ -7,7 +7,8 @@ negative labels ``n_j`` (all L2-normalised), the paper's ID score is
     S(v) = sum_i exp(cos(v, t_i) / tau) / (sum_i exp(cos(v, t_i) / tau) + sum_j exp(cos(v, n_j) / tau))
 
 and this scorer returns ``1 - S(v)`` (the softmax mass on the negative labels), so higher = more
-anomalous. Default ``temperature=0.01`` (the paper's tau, CLIP's logit scale 100). The paper's
+anomalous. Default ``temperature=0.01`` (the paper's tau, CLIP's logit scale 100; taken from the
+paper, not verified against the authors' code, which could not be read here). The paper's
 optional grouping strategy (averaging S over random groups of negatives) is not implemented;
 choosing the negative labels (NegMining over a corpus) is the caller's job (the CMA trainer).
 """
