@@ -411,7 +411,16 @@ def train(cfg: dict[str, Any], data_root: str | os.PathLike[str], out_dir: str |
     finished = epoch >= int(cfg["epochs"])
     summary = {"steps": step, "epochs_done": epoch, "finished": finished, "history": history,
                "epoch_times": epoch_times, "last": str(last), "out": str(out_dir),
-               "mean_epoch_time_s": float(np.mean(epoch_times)) if epoch_times else None}
+               "mean_epoch_time_s": float(np.mean(epoch_times)) if epoch_times else None,
+               "world_size": world, "samples_per_rank_per_epoch": len(sampler)}
+    if distributed:  # replicas must hold identical weights: compare a checksum across ranks
+        with torch.no_grad():
+            chk = torch.stack([sum(p.double().sum() for p in model.parameters()),
+                               sum((p.double() ** 2).sum() for p in model.parameters())]).to(device)
+        lo, hi = chk.clone(), chk.clone()
+        torch.distributed.all_reduce(lo, op=torch.distributed.ReduceOp.MIN)
+        torch.distributed.all_reduce(hi, op=torch.distributed.ReduceOp.MAX)
+        summary["ddp_in_sync"] = bool(torch.equal(lo, hi))
     if finished:
         checkpoint(out_dir / "model.pt", {"final_loss": history[-1]["total"] if history else None,
                                           "mean_epoch_time_s": summary["mean_epoch_time_s"]})
