@@ -24,10 +24,13 @@ Conventions (see ``docs/architecture.md`` and ``shared/DESIGN.md``):
       as ID at it. This is the number those papers call "FPR at 95% TPR".
 
 * ``aupr_in`` (ID positive, scores negated) and ``aupr_out`` (OOD positive): by default the
-  trapezoid rule over :func:`sklearn.metrics.precision_recall_curve` (``sklearn.metrics.auc(recall,
-  precision)``), as in the OpenOOD and MultiOOD code, so numbers compare with their tables;
-  ``aupr_method="average_precision"`` gives :func:`sklearn.metrics.average_precision_score`
-  (step-wise, not optimistic) instead.
+  trapezoid rule over the precision-recall curve, i.e. ``sklearn.metrics.auc(recall, precision)``
+  over :func:`sklearn.metrics.precision_recall_curve`, as in the OpenOOD and MultiOOD code, so
+  numbers compare with their tables; ``aupr_method="average_precision"`` gives the step-wise
+  :func:`sklearn.metrics.average_precision_score` (not optimistic) instead.
+
+All curve metrics come from a single sort of the scores (so millions of pixels are cheap); the
+tests check them against scikit-learn and brute-force threshold scans.
 
 Segmentation metrics use a confusion matrix with rows = ground truth and columns = prediction.
 Pixels whose ground truth equals ``ignore_index`` are left out. The IoU of a class absent from both
@@ -122,18 +125,52 @@ def _check_rate(rate: float, name: str) -> float:
 # ---------------------------------------------------------------------------------------------
 
 
+def _curve_counts(
+    s: NDArray[np.float64], y: NDArray[np.bool_]
+) -> tuple[NDArray[np.float64], NDArray[np.int64], NDArray[np.int64]]:
+    """Distinct scores in decreasing order ``v_1 > ... > v_m`` with ``tps[k]`` / ``fps[k]`` = number
+    of OOD / ID samples with ``score >= v_k`` (one sort; the counts behind ROC and PR curves, as in
+    sklearn's ``_binary_clf_curve``)."""
+    order = np.argsort(s, kind="stable")[::-1]
+    s_sorted, y_sorted = s[order], y[order]
+    last_of_value = np.r_[np.flatnonzero(np.diff(s_sorted)), s_sorted.size - 1]
+    tps = np.cumsum(y_sorted, dtype=np.int64)[last_of_value]
+    fps = (last_of_value + 1) - tps
+    return s_sorted[last_of_value], tps, fps
+
+
+def _trapezoid_pr(tp: NDArray[np.int64], fp: NDArray[np.int64], n_pos: int) -> float:
+    """Trapezoid area under the PR path (threshold decreasing), starting at (recall 0, precision 1),
+    exactly what ``sklearn.metrics.auc(recall, precision)`` over ``precision_recall_curve`` gives."""
+    recall = np.r_[0.0, tp / n_pos]
+    precision = np.r_[1.0, tp / np.maximum(tp + fp, 1)]
+    return float(np.sum(np.diff(recall) * (precision[1:] + precision[:-1]) / 2.0))
+
+
+def _average_precision(tp: NDArray[np.int64], fp: NDArray[np.int64], n_pos: int) -> float:
+    """Step-wise average precision ``sum (R_k - R_{k-1}) P_k`` (sklearn's average_precision_score)."""
+    recall = np.r_[0.0, tp / n_pos]
+    precision = tp / np.maximum(tp + fp, 1)
+    return float(np.sum(np.diff(recall) * precision))
+
+
+def _min_count(rate: float, total: int) -> int:
+    """Smallest integer count whose share of ``total`` is >= ``rate`` (float-safe)."""
+    return max(int(np.ceil(rate * total - 1e-9)), 0)
+
+
 def fpr_at_tpr(scores: ArrayLike, is_ood: ArrayLike, tpr: float = 0.95) -> float:
     """FPR at the first ROC point whose TPR >= ``tpr``, OOD positive (the ``fpr95`` convention).
 
-    Equals ``min over t of mean(id_scores >= t)`` subject to ``mean(ood_scores >= t) >= tpr``.
+    Equals ``min over t of mean(id_scores >= t)`` subject to ``mean(ood_scores >= t) >= tpr``, and
+    OpenOOD's ``fpr_list[np.argmax(tpr_list >= 0.95)]`` over ``roc_curve(is_ood, score)`` with every
+    threshold kept.
     """
-    from sklearn.metrics import roc_curve
-
     s, y = _checked_pair(scores, is_ood)
     tpr = _check_rate(tpr, "tpr")
-    fpr_list, tpr_list, _ = roc_curve(y, s, drop_intermediate=False)
-    # roc_curve's tpr can end at 1 - 1e-16 by float rounding; compare with a tiny tolerance
-    return float(fpr_list[np.argmax(tpr_list >= tpr - 1e-12)])
+    _, tps, fps = _curve_counts(s, y)
+    n_ood = int(y.sum())
+    return float(fps[np.argmax(tps >= _min_count(tpr, n_ood))] / (y.size - n_ood))
 
 
 def fpr_at_tpr_id(scores: ArrayLike, is_ood: ArrayLike, tpr: float = 0.95) -> float:
@@ -157,9 +194,8 @@ def calibrate_threshold(id_scores: ArrayLike, tpr: float = 0.95) -> float:
     """
     s = _as_scores(id_scores, "id_scores")
     tpr = _check_rate(tpr, "tpr")
-    ordered = np.sort(s)
-    k = int(np.ceil(tpr * ordered.size - 1e-9))  # number of ID samples that must be <= t
-    return float(ordered[max(k, 1) - 1])
+    k = max(_min_count(tpr, s.size), 1)  # number of ID samples that must be <= t
+    return float(np.partition(s, k - 1)[k - 1])
 
 
 def ood_metrics(
@@ -169,6 +205,11 @@ def ood_metrics(
     aupr_method: str = "trapezoid",
 ) -> dict[str, Any]:
     """OOD detection metrics of ``scores`` (higher = more anomalous) against ``is_ood``.
+
+    All curves come from one sort of the scores (per-pixel evaluations have millions of samples);
+    the tests check every number against scikit-learn (``roc_auc_score``,
+    ``precision_recall_curve`` + ``auc``, ``average_precision_score``) and brute-force threshold
+    scans.
 
     Args:
         scores: any shape; flattened (e.g. a per-pixel score map with its OOD mask).
@@ -185,32 +226,36 @@ def ood_metrics(
         ValueError: empty input, shape mismatch, NaN/Inf scores, labels other than 0/1, or only
             one class present.
     """
-    from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_auc_score
-
     if aupr_method not in _AUPR_METHODS:
         raise ValueError(f"aupr_method must be one of {_AUPR_METHODS}, got {aupr_method!r}")
     s, y = _checked_pair(scores, is_ood)
     tpr = _check_rate(tpr, "tpr")
+    n_ood = int(y.sum())
+    n_id = int(y.size) - n_ood
 
-    def aupr(positive: NDArray[np.bool_], score: NDArray[np.float64]) -> float:
-        if aupr_method == "average_precision":
-            return float(average_precision_score(positive, score))
-        precision, recall, _ = precision_recall_curve(positive, score)
-        return float(auc(recall, precision))
-
+    _, tps, fps = _curve_counts(s, y)
+    # ROC with every threshold, from (0, 0): its trapezoid area is the AUROC (ties count half)
+    roc_fpr, roc_tpr = np.r_[0.0, fps / n_id], np.r_[0.0, tps / n_ood]
+    auroc = float(np.sum(np.diff(roc_fpr) * (roc_tpr[1:] + roc_tpr[:-1]) / 2.0))
+    fpr95 = float(fps[np.argmax(tps >= _min_count(tpr, n_ood))] / n_id)
+    # ID positive with the score negated: the sets {score <= v_k} are the complements of
+    # {score >= v_(k-1)}, so their counts come from the same cumulative sums, reversed
+    in_tp = (n_id - np.r_[0, fps[:-1]])[::-1]
+    in_fp = (n_ood - np.r_[0, tps[:-1]])[::-1]
+    area = _trapezoid_pr if aupr_method == "trapezoid" else _average_precision
     threshold_id = calibrate_threshold(s[~y], tpr)
     return {
-        "auroc": float(roc_auc_score(y, s)),
-        "fpr95": fpr_at_tpr(s, y, tpr),
+        "auroc": auroc,
+        "fpr95": fpr95,
         "fpr95_id": float(np.mean(s[y] <= threshold_id)),
-        "aupr_in": aupr(~y, -s),
-        "aupr_out": aupr(y, s),
+        "aupr_in": area(in_tp, in_fp, n_id),
+        "aupr_out": area(tps, fps, n_ood),
         "aupr_method": aupr_method,
         "threshold_id": threshold_id,
         "tpr": tpr,
         "n": int(y.size),
-        "n_id": int((~y).sum()),
-        "n_ood": int(y.sum()),
+        "n_id": n_id,
+        "n_ood": n_ood,
     }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sklearn.metrics import average_precision_score, roc_auc_score
+from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
 from ood_perception import metrics
 
@@ -70,6 +70,13 @@ def test_ood_metrics_match_independent_computations(kind: str, seed: int) -> Non
     ap = metrics.ood_metrics(s, y, aupr_method="average_precision")
     assert ap["aupr_out"] == pytest.approx(average_precision_score(y, s), abs=1e-12)
     assert ap["aupr_in"] == pytest.approx(average_precision_score(~y, -s), abs=1e-12)
+    # the OpenOOD/MultiOOD recipe written with sklearn
+    fpr_l, tpr_l, _ = roc_curve(y, s, drop_intermediate=False)
+    assert m["fpr95"] == pytest.approx(fpr_l[np.argmax(tpr_l >= 0.95)], abs=1e-12)
+    prec, rec, _ = precision_recall_curve(y, s)
+    assert m["aupr_out"] == pytest.approx(auc(rec, prec), abs=1e-12)
+    prec, rec, _ = precision_recall_curve(~y, -s)
+    assert m["aupr_in"] == pytest.approx(auc(rec, prec), abs=1e-12)
     if kind == "separated":
         assert m["auroc"] == 1.0 and m["fpr95"] == 0.0 and m["fpr95_id"] == 0.0
         assert m["aupr_in"] == pytest.approx(1.0) and m["aupr_out"] == pytest.approx(1.0)
@@ -92,6 +99,19 @@ def test_fpr95_conventions_differ_and_are_named() -> None:
     assert m2["fpr95"] == pytest.approx(brute_fpr95(s2, y2))
     assert m2["fpr95_id"] == pytest.approx(brute_fpr95_id(s2, y2))
     assert m2["fpr95"] != m2["fpr95_id"]
+
+
+@pytest.mark.parametrize("ood_share", [0.01, 0.3])
+def test_large_tied_maps_match_sklearn(ood_share: float) -> None:
+    rng = np.random.default_rng(8)
+    y = rng.random(200_000) < ood_share
+    s = np.round(rng.normal(size=y.size) + 1.3 * y, 2).astype(np.float32)  # many ties
+    m = metrics.ood_metrics(s, y)
+    assert m["auroc"] == pytest.approx(roc_auc_score(y, s), abs=1e-9)
+    prec, rec, _ = precision_recall_curve(~y, -s.astype(np.float64))
+    assert m["aupr_in"] == pytest.approx(auc(rec, prec), abs=1e-9)
+    fpr_l, tpr_l, _ = roc_curve(y, s, drop_intermediate=False)
+    assert m["fpr95"] == pytest.approx(fpr_l[np.argmax(tpr_l >= 0.95)], abs=1e-12)
 
 
 def test_metrics_accept_maps_and_01_labels() -> None:
