@@ -90,9 +90,11 @@ def _as_labels(is_ood: ArrayLike) -> NDArray[np.bool_]:
     if arr.dtype != bool:
         if not np.issubdtype(arr.dtype, np.number):
             raise ValueError(f"is_ood must be bool or 0/1, got dtype {arr.dtype}")
-        values = np.unique(arr)
-        if not np.isin(values, (0, 1)).all():
-            raise ValueError(f"is_ood must contain only 0/1 (or bools), got values {values[:10].tolist()}")
+        bad = (arr != 0) & (arr != 1)
+        if bad.any():
+            raise ValueError(
+                f"is_ood must contain only 0/1 (or bools), got values {np.unique(arr[bad])[:10].tolist()}"
+            )
         arr = arr.astype(bool)
     return arr.ravel()
 
