@@ -171,6 +171,7 @@ def export_model(
         )
         ModelSpec.from_dict(spec.to_dict(), source=tmp / SPEC_NAME)  # validate before writing
         write_spec(tmp / SPEC_NAME, spec)
+        _make_readable(tmp)
         _replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -245,6 +246,16 @@ def _check_onnx_parity(
             diff = float(np.max(np.abs(out.astype(np.float64) - ref_np))) if out.size else 0.0
             if not diff <= atol * (1.0 + float(np.max(np.abs(ref_np))) if ref_np.size else 1.0):
                 raise RuntimeError(f"ONNX output {name!r} differs from torch by {diff:.3g} (> {atol})")
+
+
+def _make_readable(directory: Path) -> None:
+    """Give the model directory and its files the usual permissions (mkdtemp/mkstemp make them
+    private): 0o777 / 0o666 minus the process umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(directory, 0o777 & ~umask)
+    for p in directory.iterdir():
+        os.chmod(p, 0o666 & ~umask)
 
 
 def _replace_dir(src: Path, dst: Path) -> None:
