@@ -14,7 +14,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # Keep DDS traffic of tests and demos on this machine.
 export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 
-.PHONY: setup test demo lint bench clean distclean help
+.PHONY: setup test demo lint bench clean distclean help default-model
 
 help:
 	@echo "make demo   - set up, then run the demo on the built-in synthetic world"
@@ -83,3 +83,14 @@ clean:
 
 distclean: clean
 	rm -rf $(VENV)
+
+# The default model shipped in ood_perception/assets/default_model (docs/model.md): data, training
+# (~5 min on 2 CPU cores), export with the threshold calibrated on the validation split.
+DM := build/default_model
+DM_MODEL := --backbone tiny --input-size 128 256 --epochs 8 --batch-size 4 --seed 0 \
+  --set model.camera_channels=32 --set model.lidar_channels=32 --set model.head_channels=32 --set model.lidar_width=16
+default-model: setup
+	rm -rf $(DM) && mkdir -p $(DM)
+	$(PY) -c "from ood_perception.trainer.toy import make_toy_dataset; make_toy_dataset('$(DM)/data', frames={'00': 48, '01': 16}, size=(128, 256), seed=0)"
+	$(VENV)/bin/ood-perception train segmentation --data $(DM)/data --out $(DM)/run $(DM_MODEL) --no-resume --quiet
+	$(VENV)/bin/ood-perception export $(DM)/run/model.pt --out ood_perception/ood_perception/assets/default_model --calib-data $(DM)/data --force
