@@ -52,7 +52,7 @@ $(STAMPS)/msgs: $(STAMPS)/ros $(STAMPS)/pip $(MSG_SRC)
 	@touch $@
 
 $(STAMPS)/package: $(STAMPS)/msgs ood_perception/setup.py ood_perception/setup.cfg
-	$(PY) -m pip install -q --no-deps --no-build-isolation -e ood_perception
+	$(PY) -m pip install -q --no-deps --no-build-isolation --config-settings editable_mode=compat -e ood_perception
 	@touch $@
 
 test: setup
