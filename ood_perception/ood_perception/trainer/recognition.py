@@ -223,7 +223,7 @@ def evaluate_recognition(model, splits: dict, scorer: str = "msp", device: str =
     """ID accuracy of each head on ``test`` and, per OOD split, AUROC/FPR95 of ``scorer`` on the joint head."""
     import torch
 
-    from ood_perception.metrics import ood_metrics
+    from ood_perception.metrics import calibrate_threshold, ood_metrics
     from ood_perception.scoring import get_scorer
 
     def run(split):
@@ -243,6 +243,8 @@ def evaluate_recognition(model, splits: dict, scorer: str = "msp", device: str =
                            for k in test}
     sc = get_scorer(scorer)
     s_id = sc(test["logits"]).numpy()
+    # threshold keeping 95% of ID test clips (used by the pipeline / node)
+    res["threshold"] = {"scorer": scorer, "value": calibrate_threshold(s_id, 0.95), "tpr_id": 0.95}
     for split in splits:
         if split in ("train", "test"):
             continue
