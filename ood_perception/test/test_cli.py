@@ -1,0 +1,31 @@
+"""The `ood-perception` entry point: discovered subcommands, help, exit codes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from ood_perception import cli
+
+
+def test_help_lists_every_command_module(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for name in cli._command_modules():
+        assert f"    {name}" in out, f"subcommand {name} missing from --help"
+    assert {"synth", "train", "evaluate", "export", "replay", "run", "demo"} <= set(cli._command_modules())
+
+
+def test_no_command_prints_help_and_returns_2(capsys):
+    assert cli.main([]) == 2
+    assert "usage: ood-perception" in capsys.readouterr().out
+
+
+def test_console_script_runs_in_a_fresh_interpreter():
+    out = subprocess.run([sys.executable, "-m", "ood_perception.cli", "--version"], capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.strip().startswith("ood-perception ")
