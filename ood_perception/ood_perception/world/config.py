@@ -59,8 +59,9 @@ class AnomalyConfig:
     textured_prob: probability of a patterned texture (stripes/checker/blotches) otherwise.
     distance: metres ahead of the ego (min, max) while an anomaly is shown.
     group: number of anomalies per episode (min, max).
-    point_share: target share of LiDAR points on anomalies in an anomaly frame (the planner's
-        estimate is kept inside; the acceptance bound is 0.5-10%).
+    point_share: share of LiDAR returns on the anomalies (cast without occluders) that the
+        planner keeps at the first and last frame of every episode; occlusion only lowers it, so
+        the default leaves a margin to the 0.5-10% the issue asks of anomaly frames.
     episode_frames: frames an anomaly group stays in place (min, max).
     types: anomaly type names to use (default: all of ``labels.ANOMALY_TYPES``).
     """
@@ -72,7 +73,7 @@ class AnomalyConfig:
     textured_prob: float = 0.4
     distance: tuple[float, float] = (7.0, 32.0)
     group: tuple[int, int] = (1, 3)
-    point_share: tuple[float, float] = (0.009, 0.06)
+    point_share: tuple[float, float] = (0.009, 0.07)
     episode_frames: tuple[int, int] = (3, 8)
     types: list[str] | None = None
 

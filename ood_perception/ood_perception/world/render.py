@@ -21,7 +21,7 @@ from ood_perception.geometry import Calibration, intrinsics_from_fov, transform_
 from ood_perception.world import labels as L
 from ood_perception.world import meshes as M
 from ood_perception.world.config import CameraConfig, WorldConfig
-from ood_perception.world.scenario import LANE_WIDTH, SIDEWALK_HEIGHT, SequencePlan
+from ood_perception.world.scenario import LANE_WIDTH, SIDEWALK_HEIGHT, SequencePlan, anomaly_pose
 
 #: Optical frame (x right, y down, z forward) from a body frame (x forward, y left, z up).
 OPTICAL_FROM_BODY = np.array([[0, -1, 0, 0], [0, 0, -1, 0], [1, 0, 0, 0], [0, 0, 0, 1]], dtype=np.float64)
@@ -32,7 +32,7 @@ LIGHT = {
                 lidar_noise=1.0, lidar_drop=1.0, spurious=0.0),
     "dusk": dict(ambient=(0.22, 0.2, 0.26), sun=(1.0, 0.55, 0.3), exposure=1.35, noise=0.016, fog=(0.8, 0.55, 0.45),
                  lidar_noise=1.0, lidar_drop=1.0, spurious=0.0),
-    "night": dict(ambient=(0.025, 0.03, 0.045), sun=(0.0, 0.0, 0.0), exposure=2.4, noise=0.03, fog=(0.04, 0.045, 0.07),
+    "night": dict(ambient=(0.025, 0.03, 0.045), sun=(0.0, 0.0, 0.0), exposure=1.6, noise=0.03, fog=(0.04, 0.045, 0.07),
                   lidar_noise=1.0, lidar_drop=1.2, spurious=0.0),
     "fog": dict(ambient=(0.62, 0.63, 0.65), sun=(0.2, 0.2, 0.2), exposure=1.0, noise=0.012, fog=(0.74, 0.75, 0.77),
                 lidar_noise=1.5, lidar_drop=3.0, spurious=0.012),
@@ -221,7 +221,7 @@ class SequenceRenderer:
         blocks = [a.footprint(0.5) for a in anomalies]
         for an in anomalies:
             parts = M.anomaly_parts(an.name, np.random.default_rng(an.seed), an.scale, an.color, an.refl, an.tex)
-            b.add(parts, M.pose(an.x, an.y, 0.0 if abs(an.y) < plan.street.half_right else SIDEWALK_HEIGHT * (abs(an.y) < plan.street.half_right + plan.street.sidewalk), yaw=an.yaw), an.inst)
+            b.add(parts, anomaly_pose(an, plan.street), an.inst)
         for ag in plan.agents:
             x = ag.x(t)
             if abs(x - ex) > reach:
@@ -344,7 +344,7 @@ class SequenceRenderer:
                 v = lp - p
                 dd = np.linalg.norm(v, axis=1)
                 ndl = np.clip(np.sum(nrm * v, 1) / dd, 0, 1)
-                light += (0.9 * ndl / (1 + (dd / 7.0) ** 2))[:, None].astype(np.float32) * np.array([1.0, 0.78, 0.5], np.float32)
+                light += (0.7 * ndl / (1 + (dd / 7.0) ** 2))[:, None].astype(np.float32) * np.array([1.0, 0.78, 0.5], np.float32)
         col = albedo * light
         if self.plan.weather == "rain":
             wet = np.isin(c["sem"][h], [L.ROAD, L.LANE_MARKING, L.SIDEWALK])

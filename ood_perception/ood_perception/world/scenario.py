@@ -391,6 +391,60 @@ def _anomaly_material(rng: np.random.Generator, mimic_prob: float, textured_prob
     return color, float(rng.uniform(0.05, 0.9)), tex, False
 
 
+def anomaly_pose(an: Anomaly, street: Street) -> np.ndarray:
+    """4x4 world pose of an anomaly (on the road surface, or on the sidewalk's top)."""
+    from ood_perception.world.meshes import pose
+
+    half = street.half_left if an.y > 0 else street.half_right
+    z = SIDEWALK_HEIGHT if half <= abs(an.y) < half + street.sidewalk else 0.0
+    return pose(an.x, an.y, z, yaw=an.yaw)
+
+
+class _ShareProbe:
+    """Counts LiDAR returns on a group of anomalies alone (no occluders) by casting the real LiDAR rays."""
+
+    def __init__(self, cfg: WorldConfig) -> None:
+        from ood_perception.world.render import lidar_directions
+
+        self.cfg = cfg
+        self.dirs = lidar_directions(cfg).astype(np.float32)
+        self.n_total = 0.93 * self.dirs.shape[0]
+        self.grid = self.dirs.reshape(cfg.lidar.beams, cfg.lidar.azimuth_steps, 3)
+        self.az = np.arctan2(self.grid[0, :, 1], self.grid[0, :, 0])  # per azimuth column
+
+    def shares(self, group: list[Anomaly], street: Street, poses: list[tuple[float, float, float]]) -> list[float]:
+        import open3d as o3d
+
+        from ood_perception.world.meshes import MeshBuilder, anomaly_parts
+
+        b = MeshBuilder()
+        for an in group:
+            b.add(anomaly_parts(an.name, np.random.default_rng(an.seed), an.scale, an.color, an.refl, an.tex),
+                  anomaly_pose(an, street), 1)
+        mesh = b.build()
+        scene = o3d.t.geometry.RaycastingScene()
+        scene.add_triangles(o3d.core.Tensor(mesh.vertices), o3d.core.Tensor(mesh.triangles))
+        out = []
+        lid = self.cfg.lidar
+        corners = np.array([(fp[i], fp[j]) for an in group for fp in [an.footprint(0.5)] for i in (0, 1) for j in (2, 3)])
+        for x, y, yaw in poses:
+            c, s_ = math.cos(yaw), math.sin(yaw)
+            ang = np.arctan2(corners[:, 1] - y, corners[:, 0] - x) - yaw
+            ang = np.angle(np.exp(1j * ang))
+            if ang.max() - ang.min() > math.pi:  # the group is behind or around the sensor: cast everything
+                d = self.dirs
+            else:
+                cols = np.flatnonzero((self.az >= ang.min()) & (self.az <= ang.max()))
+                d = self.grid[:, cols].reshape(-1, 3)
+            dirs = np.stack([c * d[:, 0] - s_ * d[:, 1], s_ * d[:, 0] + c * d[:, 1], d[:, 2]], 1)
+            rays = np.empty((len(d), 6), np.float32)
+            rays[:, :3] = (x, y, lid.height)
+            rays[:, 3:] = dirs
+            t = scene.cast_rays(o3d.core.Tensor(rays), nthreads=int(self.cfg.threads))["t_hit"].numpy()
+            out.append(float(np.count_nonzero((t >= lid.min_range) & (t <= lid.max_range))) / self.n_total)
+        return out
+
+
 def _expected_points(an: Anomaly, dx: float, dy: float, lidar_h: float, dtheta: float) -> float:
     """Rough LiDAR returns on an anomaly at offset (dx, dy) from the sensor (for the planner only)."""
     ln, wd, h = (v * an.scale for v in ANOMALY_SIZE[an.name])
@@ -401,7 +455,7 @@ def _expected_points(an: Anomaly, dx: float, dy: float, lidar_h: float, dtheta: 
 
 
 def _plan_episode_group(seq: SequencePlan, start: int, stop: int, cfg: WorldConfig, types: _TypeCycle,
-                        rng: np.random.Generator, next_inst: list[int]) -> Episode:
+                        rng: np.random.Generator, next_inst: list[int], probe: _ShareProbe) -> Episode:
     a = cfg.anomalies
     lid = cfg.lidar
     dtheta = (2 * math.pi / lid.azimuth_steps) * math.radians(lid.fov_up_deg - lid.fov_down_deg) / (lid.beams - 1)
@@ -410,10 +464,15 @@ def _plan_episode_group(seq: SequencePlan, start: int, stop: int, cfg: WorldConf
     xe, ye, _ = seq.ego_xy_yaw(stop - 1)
     travel = xe - xs
     street = seq.street
-    blockers = [it.footprint(0.3) for it in seq.items if it.kind != "building"]
+    blockers = np.array([it.footprint(0.3) for it in seq.items if it.kind != "building"]).reshape(-1, 4)
+
+    def blocked(fp: tuple[float, float, float, float]) -> bool:
+        return bool(np.any((blockers[:, 0] < fp[1]) & (fp[0] < blockers[:, 1]) & (blockers[:, 2] < fp[3]) & (fp[2] < blockers[:, 3])))
+
     best, best_err = None, math.inf
-    for _attempt in range(80):
-        count = int(rng.integers(a.group[0], a.group[1] + 1))
+    for _attempt in range(30):
+        # later attempts use bigger groups: small types alone rarely give enough returns
+        count = int(rng.integers(a.group[0], a.group[1] + 1)) if _attempt < 8 else a.group[1] + (_attempt >= 16)
         names = [types.next() for _ in range(count)]
         group: list[Anomaly] = []
         for name in names:
@@ -421,7 +480,12 @@ def _plan_episode_group(seq: SequencePlan, start: int, stop: int, cfg: WorldConf
                 d_lo = a.distance[0]
                 d_hi = max(d_lo + 0.5, a.distance[1] - travel)
                 d_end = rng.uniform(d_lo, d_hi) if len(group) == 0 else rng.uniform(d_lo, min(d_hi, d_lo + 14))
-                slot = rng.choice(5, p=[0.35, 0.2, 0.15, 0.15, 0.15])
+                # where: ego lane, the next lane, the right road edge, right sidewalk, a verge;
+                # sidewalks/verges only on sides without parked cars (they would hide the anomaly)
+                slot = int(rng.choice(5, p=[0.35, 0.2, 0.15, 0.15, 0.15]))
+                verge_sides = [sd for sd, parked in ((1, street.parking_left), (-1, street.parking_right)) if not parked]
+                if (slot == 3 and street.parking_right) or (slot == 4 and not verge_sides):
+                    slot = 2
                 if slot == 0:
                     y = street.lane_center(seq.ego_lane) + rng.uniform(-0.9, 0.9)
                 elif slot == 1:
@@ -432,21 +496,47 @@ def _plan_episode_group(seq: SequencePlan, start: int, stop: int, cfg: WorldConf
                 elif slot == 3:
                     y = -(street.half_right + rng.uniform(0.5, street.sidewalk - 0.4))
                 else:
-                    side = rng.choice([-1, 1])
+                    side = verge_sides[int(rng.integers(len(verge_sides)))]
                     half = street.half_left if side > 0 else street.half_right
                     y = side * (half + street.sidewalk + rng.uniform(0.3, max(0.6, street.verge)))
                 mat = _anomaly_material(rng, a.mimic_prob, a.textured_prob)
                 an = Anomaly(name, L.ANOMALY_BY_NAME[name].raw_id, 0, xe + d_end, y, rng.uniform(0, 2 * math.pi),
                              float(rng.uniform(*a.size_scale)), mat[0], mat[1], mat[2], int(rng.integers(2**31)), mat[3])
                 fp = an.footprint(0.3)
-                if any(_overlaps(fp, b) for b in blockers) or any(_overlaps(fp, g.footprint(0.3)) for g in group):
+                if blocked(fp) or any(_overlaps(fp, g.footprint(0.3)) for g in group):
                     continue
                 group.append(an)
                 break
         if not group:
             continue
-        s0 = sum(_expected_points(g, g.x - xs, g.y - ys, lid.height, dtheta) for g in group) / n_total
-        s1 = sum(_expected_points(g, g.x - xe, g.y - ye, lid.height, dtheta) for g in group) / n_total
+        s0 = s1 = 0.0
+        for _refine in range(4):
+            est0 = sum(_expected_points(g, g.x - xs, g.y - ys, lid.height, dtheta) for g in group) / n_total
+            est1 = sum(_expected_points(g, g.x - xe, g.y - ye, lid.height, dtheta) for g in group) / n_total
+            if est0 < 0.5 * a.point_share[0] and max(g.x - xe for g in group) <= a.distance[0] + 0.5:
+                s0 = s1 = est0  # too small even at the nearest distance: skip the ray-cast probe
+                break
+            if _refine == 0 and (est0 < 0.7 * a.point_share[0] or est1 > 1.5 * a.point_share[1]):
+                s0, s1 = est0, est1  # first move by the rough estimate, probe afterwards
+            else:
+                s0, s1 = probe.shares(group, street, [seq.ego_xy_yaw(start), seq.ego_xy_yaw(stop - 1)])
+            # returns scale ~ 1 / distance^2: move the group nearer (farther) to reach the target
+            if s0 < a.point_share[0]:
+                f = math.sqrt(max(s0, 1e-6) / a.point_share[0]) * 0.97
+            elif s1 > a.point_share[1]:
+                f = math.sqrt(s1 / a.point_share[1]) * 1.03
+            else:
+                break
+            moved = [max(a.distance[0], min(a.distance[1], (g.x - xe) * f)) for g in group]
+            if all(abs(xe + m - g.x) < 0.05 for m, g in zip(moved, group, strict=True)):
+                break
+            for m, g in zip(moved, group, strict=True):
+                g.x = xe + m
+            if any(blocked(g.footprint(0.3)) for g in group) or any(
+                _overlaps(g.footprint(0.3), h.footprint(0.3)) for k, g in enumerate(group) for h in group[k + 1:]
+            ):
+                s0 = s1 = 0.0
+                break
         err = max(0.0, a.point_share[0] - min(s0, s1)) / a.point_share[0] + max(0.0, max(s0, s1) - a.point_share[1]) / a.point_share[1]
         if err < best_err:
             if best is not None:  # give the types of the discarded group back (keeps the cycle balanced)
@@ -461,13 +551,25 @@ def _plan_episode_group(seq: SequencePlan, start: int, stop: int, cfg: WorldConf
     if best is None:
         return Episode(start, stop, [])
     group, shares = best
+    if shares[0] < a.point_share[0]:
+        # too few returns early in the episode: start it once the group is near enough, or drop it
+        frames = list(range(start, stop))
+        per = probe.shares(group, street, [seq.ego_xy_yaw(i) for i in frames])
+        ok = [i for i, sh in zip(frames, per, strict=True) if sh >= a.point_share[0]]
+        if not ok:
+            for g in reversed(group):
+                types.push_back(g.name)
+            return Episode(start, stop, [])
+        start = ok[0]
+        shares = (per[frames.index(start)], per[-1])
     for g in group:
         next_inst[0] += 1
         g.inst = next_inst[0]
     return Episode(start, stop, group, shares)
 
 
-def _episodes(seq: SequencePlan, rate: float, cfg: WorldConfig, types: _TypeCycle, rng: np.random.Generator) -> list[Episode]:
+def _episodes(seq: SequencePlan, rate: float, cfg: WorldConfig, types: _TypeCycle, rng: np.random.Generator,
+              probe: _ShareProbe) -> list[Episode]:
     n = seq.frames
     target = int(round(rate * n))
     if target <= 0:
@@ -479,12 +581,39 @@ def _episodes(seq: SequencePlan, rate: float, cfg: WorldConfig, types: _TypeCycl
     lengths[-1] -= sum(lengths) - target
     lengths = [x for x in lengths if x > 0]
     gaps = rng.multinomial(n - target, np.full(len(lengths) + 1, 1.0 / (len(lengths) + 1)))
-    episodes, i, inst = [], int(gaps[0]), [1000]
+    gaps = [int(g) for g in gaps]
+    episodes, i, inst, carry = [], gaps[0], [1000], 0
     for k, ln in enumerate(lengths):
-        ep = _plan_episode_group(seq, i, i + ln, cfg, types, rng, inst)
+        # frames lost by an earlier trimmed/dropped episode are taken from the gap after this one
+        take = min(carry, gaps[k + 1])
+        gaps[k + 1] -= take
+        carry -= take
+        ln += take
+        ep = _plan_episode_group(seq, i, i + ln, cfg, types, rng, inst, probe)
+        shown = ep.stop - ep.start if ep.anomalies else 0
+        carry += ln - shown
         if ep.anomalies:
             episodes.append(ep)
-        i += ln + int(gaps[k + 1])
+        i += ln + gaps[k + 1]
+    # fill the remaining deficit into the longest free stretches
+    deficit = target - sum(e.stop - e.start for e in episodes)
+    for _ in range(12):
+        if deficit <= 0:
+            break
+        busy = np.zeros(n, dtype=bool)
+        for e in episodes:
+            busy[e.start:e.stop] = True
+        free = np.flatnonzero(~busy)
+        if free.size == 0:
+            break
+        runs = np.split(free, np.flatnonzero(np.diff(free) > 1) + 1)
+        run = max(runs, key=len)
+        ln = int(min(deficit, len(run), hi))
+        ep = _plan_episode_group(seq, int(run[0]), int(run[0]) + ln, cfg, types, rng, inst, probe)
+        if ep.anomalies:
+            episodes.append(ep)
+            deficit -= ep.stop - ep.start
+    episodes.sort(key=lambda e: e.start)
     return episodes
 
 
@@ -520,6 +649,7 @@ def plan_dataset(config: WorldConfig | None = None, sequences: int = 1, frames: 
         for i, w in zip(idx, _stratified(mix, len(idx), master), strict=True):
             weather_by_seq[i] = w
     types = _TypeCycle(type_names, master)
+    probe = _ShareProbe(cfg)
     dt = 1.0 / cfg.frame_rate
     plans: list[SequencePlan] = []
     for i in range(sequences):
@@ -537,7 +667,7 @@ def plan_dataset(config: WorldConfig | None = None, sequences: int = 1, frames: 
         plan = SequencePlan(f"{i:02d}", i, splits[i], int(rng.integers(2**31)), frames, dt, w, weather_params(w, rng), street,
                             items, agents, [], ego_lane, speed, x_start, (float(rng.uniform(0.0, 0.3)), float(rng.uniform(6, 12))))
         rate = cfg.anomalies.train_rate if splits[i] == "train" else cfg.anomalies.rate
-        plan.episodes = _episodes(plan, rate, cfg, types, rng)
+        plan.episodes = _episodes(plan, rate, cfg, types, rng, probe) if rate > 0 else []
         plans.append(plan)
     split_map = {sp: [p.name for p in plans if p.split == sp] for sp in ("train", "val", "test")}
     return DatasetPlan(int(seed), cfg, plans, {k: v for k, v in split_map.items() if v})
