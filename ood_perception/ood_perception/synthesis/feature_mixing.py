@@ -80,10 +80,12 @@ def feature_mixing(fc: torch.Tensor, fl: torch.Tensor, n: int = DEFAULT_N, per_s
     """
     if fc.dim() < 2 or fl.dim() < 2 or fc.shape[0] != fl.shape[0] or fc.shape[2:] != fl.shape[2:]:
         raise ValueError(f"Fc {tuple(fc.shape)} and Fl {tuple(fl.shape)} must share batch and spatial shape")
-    m = min(fc.shape[1], fl.shape[1])
-    mask, idx = swap_mask(fc.shape[0], m, n, per_sample, generator, fc.device)
-    mask = mask.view(mask.shape[0], m, *([1] * (fc.dim() - 2)))
-    a, b = fc[:, :m], fl[:, :m]
-    fc2 = torch.cat([torch.where(mask, b, a), fc[:, m:]], dim=1)
-    fl2 = torch.cat([torch.where(mask, a, b), fl[:, m:]], dim=1)
-    return MixResult(outliers=torch.cat([fc2, fl2], dim=1), camera=fc2, lidar=fl2, indices=idx)
+    m, dc = min(fc.shape[1], fl.shape[1]), fc.shape[1]
+    _, idx = swap_mask(fc.shape[0], m, n, per_sample, generator, fc.device)
+    # One pass to build Fo = [Fc || Fl], then overwrite only the 2N swapped channels per sample.
+    fo = torch.cat([fc, fl], dim=1)
+    rows = torch.arange(fc.shape[0], device=fc.device).unsqueeze(1)
+    cols = idx.expand(fc.shape[0], n)
+    fo = fo.index_put((rows, cols), fl[rows, cols])
+    fo = fo.index_put((rows, cols + dc), fc[rows, cols])
+    return MixResult(outliers=fo, camera=fo[:, :dc], lidar=fo[:, dc:], indices=idx)

@@ -149,8 +149,9 @@ def npmix_outlier_map(fused: torch.Tensor, labels: torch.Tensor, npmix: NPMix, n
     anchors, lab = emb[sel], flat_lab[sel]
     mixed, used = npmix.synthesize(anchors, lab)
     npmix.update(anchors, lab)
-    out = emb.clone()
     rows = sel[used.to(sel.device)]
-    out[rows] = mixed
     mask[rows] = True
-    return out.view(b, h, w, d).permute(0, 3, 1, 2), mask.view(b, h, w)
+    bi, rem = rows // (h * w), rows % (h * w)
+    out = fused.clone()
+    out[bi, :, rem // w, rem % w] = mixed.to(out.dtype)
+    return out, mask.view(b, h, w)
