@@ -121,3 +121,22 @@ def test_train_cli_offers_segmentation_and_runs(toy, tmp_path, capsys) -> None:
     assert rc == 0 and (tmp_path / "cli" / "last.pt").is_file()
     assert "trained 1 steps" in capsys.readouterr().out
     assert any((tmp_path / "cli" / "tensorboard").iterdir())
+
+
+def test_carla_ood_schema_gives_the_same_samples(toy, tmp_path) -> None:
+    from ood_perception.trainer.seg_data import SegmentationData
+    from ood_perception.trainer.toy import TOY_LABELS
+
+    root, _ = toy
+    schema = {"sequences": ["00"], "frames": "{sequence}/velodyne/*.bin", "points": "{sequence}/velodyne/{frame}.bin",
+              "point_labels": "{sequence}/labels/{frame}.label", "image": "{sequence}/image_2/{frame}.png",
+              "pixel_labels": "{sequence}/image_2_label/{frame}.png",
+              "calib": {"file": "{sequence}/calib.txt", "camera": "P2"}, **TOY_LABELS}
+    via_schema = SegmentationData(root / "sequences", None, (32, 64), tmp_path / "c", schema=schema, show_progress=False)
+    via_kitti = SegmentationData(root, "train", (32, 64), tmp_path / "c", show_progress=False)
+    assert len(via_schema) == len(via_kitti) == 8
+    a, b = via_schema[3], via_kitti[3]
+    np.testing.assert_array_equal(a.target, b.target)
+    np.testing.assert_array_equal(a.pixel_ood, b.pixel_ood)
+    np.testing.assert_allclose(a.lidar, b.lidar, atol=1e-5)
+    np.testing.assert_array_equal(a.flat_index, b.flat_index)
