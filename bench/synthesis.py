@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     # FM's share of one training step of the table's model (tiny camera + LiDAR, 64x128, batch 4)
     from ood_perception.models import build_model
     from ood_perception.trainer.seg_table import TABLE_MODEL, TABLE_SIZE
-    from ood_perception.trainer.segmentation import SegTrainModule, load_config
+    from ood_perception.trainer.seg_train import SegTrainModule
+    from ood_perception.trainer.segmentation import load_config
 
     cfg = load_config(None, {"model": TABLE_MODEL, "synthesis": {"method": "fm"}})
     model = build_model(dict(cfg["model"], num_classes=k))

@@ -20,8 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 #: Scorers evaluated by default (the first is the headline one).
 DEFAULT_SCORERS: tuple[str, ...] = ("maxlogit", "energy", "msp", "entropy", "gen", "himplos")
@@ -39,9 +37,11 @@ def _pick_split(root: Path, wanted: str | None, schema: Any) -> str | None:
     return None
 
 
-@torch.no_grad()
-def _fit_himplos(model: Any, data: Any, mean: Any, std: Any, device: torch.device, max_frames: int = 32,
+def _fit_himplos(model: Any, data: Any, mean: Any, std: Any, device: Any, max_frames: int = 32,
                  max_pixels: int = 50000, seed: int = 0) -> Any:
+    import torch
+    import torch.nn.functional as F
+
     from ood_perception.scoring import get_scorer
     from ood_perception.trainer.seg_data import collate
 
@@ -66,20 +66,28 @@ def _fit_himplos(model: Any, data: Any, mean: Any, std: Any, device: torch.devic
     return get_scorer("himplos").fit(features=f, labels=y, classifier_weight=w, classifier_bias=b)
 
 
-@torch.no_grad()
 def evaluate_model(model: Any, ckpt: dict[str, Any], data: Any, scorers: tuple[str, ...] = DEFAULT_SCORERS,
-                   train_data: Any = None, batch_size: int = 4, device: torch.device | str = "cpu",
+                   train_data: Any = None, batch_size: int = 4, device: Any = "cpu",
                    overlay_count: int = 0) -> tuple[dict[str, Any], dict[str, Any]]:
     """Metrics of ``model`` on ``data`` (:class:`SegmentationData`).
 
     Returns:
         ``(metrics, raw)`` where raw holds per-scorer ID/OOD score arrays (for plots) and overlays.
     """
+    import torch
+
+    with torch.no_grad():
+        return _evaluate_model(model, ckpt, data, scorers, train_data, batch_size, torch.device(device), overlay_count)
+
+
+def _evaluate_model(model: Any, ckpt: dict[str, Any], data: Any, scorers: tuple[str, ...], train_data: Any,
+                    batch_size: int, device: Any, overlay_count: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    import torch.nn.functional as F
+
     from ood_perception.metrics import ood_metrics, segmentation_metrics
     from ood_perception.scoring import get_scorer
     from ood_perception.trainer.seg_data import collate
 
-    device = torch.device(device)
     model = model.to(device).eval()
     k = model.num_classes
     mean, std = ckpt.get("mean", [0.485, 0.456, 0.406]), ckpt.get("std", [0.229, 0.224, 0.225])
@@ -299,6 +307,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Entry of ``ood-perception evaluate``."""
+    import torch
+
     torch.set_num_threads(1)
     out = args.out or str(Path(args.checkpoint).resolve().parent / "eval")
     scorers = tuple(s.strip() for s in args.scorers.split(",") if s.strip())
