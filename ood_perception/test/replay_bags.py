@@ -62,10 +62,11 @@ def write_drive_bag(
     distro: str = "kilted",
     labels: bool = True,
     rate_hz: float = 10.0,
+    lidar_gap: tuple[int, ...] = (),
 ) -> Path:
     """Write a drive bag; returns its path. ``layout``: ``plain`` (x,y,z,intensity,label float32,
     point_step 20) or ``ouster`` (x,y,z + padding, intensity, t, reflectivity, ring, label;
-    point_step 48)."""
+    point_step 48). ``lidar_gap``: frames without a LiDAR message (a sensor drop-out)."""
     from rosbags.rosbag2 import StoragePlugin, Writer
 
     ts = _types(distro)
@@ -132,7 +133,8 @@ def write_drive_bag(
             )
             w.write(c_info, t_ns, ts.serialize_cdr(info, "sensor_msgs/msg/CameraInfo"))
             w.write(c_img, t_ns + 1000, ts.serialize_cdr(img, "sensor_msgs/msg/Image"))
-            w.write(c_pts, t_ns + 2000, ts.serialize_cdr(pc, "sensor_msgs/msg/PointCloud2"))
+            if i not in lidar_gap:
+                w.write(c_pts, t_ns + 2000, ts.serialize_cdr(pc, "sensor_msgs/msg/PointCloud2"))
             if c_lab is not None:
                 limg = Image(header=hdr, height=H, width=W, encoding="mono16", is_bigendian=0, step=W * 2,
                              data=np.frombuffer(lab.astype("<u2").tobytes(), np.uint8))

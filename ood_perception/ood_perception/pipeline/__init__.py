@@ -14,6 +14,12 @@ from ood_perception.pipeline.alerts import (
     AlertDecision,
     AlertStateMachine,
 )
+from ood_perception.pipeline.frame_handler import (
+    FrameHeader,
+    FrameOutputs,
+    FrameSettings,
+    FusionFrameProcessor,
+)
 from ood_perception.pipeline.fusion import Backend, FusionConfig, FusionFrame, FusionPipeline, FusionResult
 from ood_perception.pipeline.regions import Region, cluster_points, mask_regions, merge_regions
 from ood_perception.pipeline.stats import LatencyStats, RateMeter
@@ -30,8 +36,12 @@ __all__ = [
     "AlertStateMachine",
     "ApproximateSync",
     "Backend",
+    "FrameHeader",
+    "FrameOutputs",
+    "FrameSettings",
     "FusionConfig",
     "FusionFrame",
+    "FusionFrameProcessor",
     "FusionPipeline",
     "FusionResult",
     "LatencyStats",

@@ -11,7 +11,11 @@ whatever pair is waiting for the worker (latest-only; an overwritten pair is cou
 The worker blocks in :meth:`ApproximateSync.wait` instead of the subscription callbacks, so
 callbacks only take a short lock. When the other stream is stale (nothing received for
 ``stale_timeout`` seconds of arrival time), a message goes out alone so the pipeline can run
-degraded on one modality. A stamp more than ``clock_jump`` seconds behind the newest one seen
+degraded on one modality. A stream never seen is stale once ``stale_timeout`` has passed since the
+first message of any stream (the start-up grace counts from the first message, not from
+construction, so a node that waited for discovery or a bag that starts late behaves like replay of
+the same messages; arrival times come from the injected clock: the node's ROS clock, which is sim
+time under ``use_sim_time``, or the bag time in replay). A stamp more than ``clock_jump`` seconds behind the newest one seen
 resets all state (counted in ``clock_resets``).
 """
 
@@ -73,7 +77,8 @@ class ApproximateSync:
             messages then go out alone. ``<= 0`` disables single-stream output.
         clock_jump: a stamp this far [s] behind the newest seen on its stream resets everything.
         queue_size: messages kept per stream while waiting for a partner (>= 1).
-        clock: time source for arrival times (monotonic by default; injectable for tests).
+        clock: time source for arrival times (monotonic by default; the fusion node passes its ROS
+            clock, replay the bag time, tests a fake).
     """
 
     def __init__(
@@ -102,7 +107,7 @@ class ApproximateSync:
         self._last_emitted: float | None = None
         self._ready: SyncedFrame | None = None
         self._closed = False
-        self._start = clock()
+        self._start: float | None = None  # arrival of the first message: the start-up grace begins
         self.counters = SyncCounters()
 
     # -- producer side (subscription callbacks) ------------------------------------------------
@@ -117,6 +122,8 @@ class ApproximateSync:
         with self._cond:
             c = self.counters
             c.received[stream] += 1
+            if self._start is None:
+                self._start = now
             if not stamp > 0:
                 c.rejected_zero_stamp += 1
                 return "rejected_zero"
@@ -191,7 +198,7 @@ class ApproximateSync:
             return False
         last = self._last_arrival[stream]
         if last is None:  # never seen: stale once the start-up grace of one timeout has passed
-            return now - self._start > self.stale_timeout
+            return self._start is not None and now - self._start > self.stale_timeout
         return now - last > self.stale_timeout
 
     def _reset_locked(self) -> None:

@@ -1,10 +1,12 @@
-"""The replay loop: one bag through the fusion node's own pipeline objects, in bag-time order.
+"""The replay loop: one bag through the fusion node's own frame objects, in bag-time order.
 
-Per message, in bag-time order: CameraInfo updates the calibration; camera images and LiDAR clouds
-go into the node's :class:`~ood_perception.pipeline.ApproximateSync` with the bag time as arrival
-clock; every frame it emits is decoded with the node's conversions
-(:mod:`ood_perception.ros.conversions`), run through :class:`~ood_perception.pipeline.FusionPipeline`
-and written to the output bag as the node would publish it. Replay processes every frame the
+Per message, in bag-time order, exactly what the fusion node's callbacks and worker do: messages
+are decoded by the node's :mod:`ood_perception.ros.inputs` (bad ones counted per reason, as the
+node counts them) and handed to a
+:class:`~ood_perception.pipeline.frame_handler.FusionFrameProcessor` (the node's synchroniser,
+calibration, extrinsics, stale-sensor reasons and output headers) with the bag time as arrival
+clock; every frame it emits runs through the :class:`~ood_perception.pipeline.FusionPipeline` and
+is written to the output bag with the headers the processor says the node publishes. Replay processes every frame the
 synchroniser forms (a live node under load may drop some: latest-only), so replay is the
 reference a live run converges to when it keeps up.
 
@@ -38,9 +40,9 @@ DEFAULT_INPUT_TOPICS = {
 def node_default_extrinsics() -> np.ndarray:
     """The fusion node's default T_cam_lidar (its ``lidar_to_camera.*`` defaults): the camera
     optical frame at the LiDAR origin looking forward (roll -pi/2, yaw -pi/2), inverted."""
-    from ood_perception.geometry import transform_from_xyz_rpy
+    from ood_perception.pipeline.frame_handler import extrinsics_from_params
 
-    return np.linalg.inv(transform_from_xyz_rpy([0.0, 0.0, 0.0], [-np.pi / 2, 0.0, -np.pi / 2]))
+    return extrinsics_from_params({})
 
 
 @dataclass
@@ -55,6 +57,8 @@ class ReplaySettings:
         T_cam_lidar: 4x4 extrinsics (LiDAR -> camera optical frame).
         negate_y: flip LiDAR y (carla-ros-bridge before its ROS conversion).
         intensity_field: cloud field read as intensity.
+        max_points: clouds with more points are rejected as bad input (the node's ``max_points``).
+        publish_points: write ood/points (the node's ``publish_points``).
         label_field: cloud field with per-point raw label ids (used when present).
         distro: type store for bags without embedded definitions.
         max_frames: stop after this many frames (None: all).
@@ -67,10 +71,21 @@ class ReplaySettings:
     T_cam_lidar: np.ndarray = field(default_factory=lambda: node_default_extrinsics())
     negate_y: bool = False
     intensity_field: str = "intensity"
+    max_points: int = 2_000_000
+    publish_points: bool = True
     label_field: str = "label"
     distro: str = "kilted"
     max_frames: int | None = None
     thumbnails: int = 3
+
+    def frame_settings(self) -> Any:
+        """The node's :class:`~ood_perception.pipeline.frame_handler.FrameSettings` for these settings."""
+        from ood_perception.pipeline import FusionConfig
+        from ood_perception.pipeline.frame_handler import FrameSettings
+
+        return FrameSettings(fusion=FusionConfig(**self.fusion), sync=dict(self.sync), T_cam_lidar=self.T_cam_lidar,
+                             intensity_field=self.intensity_field, negate_lidar_y=self.negate_y,
+                             max_points=self.max_points, publish_points=self.publish_points)
 
 
 @dataclass
@@ -105,6 +120,7 @@ class BagReplay:
     sync_counters: dict[str, Any]
     error: str | None = None  # BagReadError text when the bag was damaged (results kept)
     salvaged: bool = False
+    bad_inputs: dict[str, int] = field(default_factory=dict)  # per reason, as the node counts them
     thumbnails: dict[str, list[tuple[int, np.ndarray]]] = field(default_factory=dict)
 
     @property
@@ -223,17 +239,16 @@ def replay_bag(
     Raises:
         MissingTopicError: a required input topic is not in the bag (lists the bag's topics).
     """
-    from ood_perception.geometry import Calibration
-    from ood_perception.pipeline import ApproximateSync, FusionFrame
+    from collections import Counter
+
+    from ood_perception.pipeline.frame_handler import FusionFrameProcessor
     from ood_perception.replay.scoring import MetricsAccumulator
+    from ood_perception.ros import inputs
     from ood_perception.ros.conversions import (
-        camera_info_to_calibration,
+        ConversionError,
         cloud_field,
         image_to_numpy,
-        image_to_rgb8,
         pointcloud2_to_array,
-        pointcloud2_to_xyzi,
-        stamp_to_sec,
     )
 
     settings = settings or ReplaySettings()
@@ -257,9 +272,10 @@ def replay_bag(
                 dataset_config = DatasetConfig.semantic_kitti()
         metrics = MetricsAccumulator(dataset_config, getattr(pipeline, "threshold", None), getattr(pipeline, "input_hw", None))
         now = [0.0]
-        sync = None  # created at the first message: the bag's start is the node's start-up
-        calib = None
-        camera_frame = ""
+        fs = settings.frame_settings()
+        proc = FusionFrameProcessor(pipeline, fs, clock=lambda: now[0])  # arrival clock: bag time
+        sync = proc.sync
+        bad: Counter[str] = Counter()
         pending_labels: dict[int, np.ndarray] = {}
         frames: list[FrameRecord] = []
         thumbs = _Thumbs(settings.thumbnails)
@@ -297,10 +313,11 @@ def replay_bag(
                 first_ns = m.timestamp_ns if first_ns is None else first_ns
                 last_ns = m.timestamp_ns
                 now[0] = m.timestamp_ns * 1e-9
-                if sync is None:
-                    sync = ApproximateSync(**{**settings.sync, "clock": lambda: now[0]})
                 if kind == "camera_info":
-                    calib = camera_info_to_calibration(m.msg)
+                    try:
+                        proc.set_camera_info(inputs.decode_camera_info(m.msg))
+                    except ConversionError:
+                        bad["bad_camera_info"] += 1
                     continue
                 if kind == "labels":
                     lstamp = _stamp_ns(m.msg.header)
@@ -313,45 +330,31 @@ def replay_bag(
                         if len(pending_labels) > 64:
                             pending_labels.pop(next(iter(pending_labels)))
                     continue
-                stream = "camera" if kind == "image" else "lidar"
-                sync.add(stream, stamp_to_sec(m.msg.header.stamp), m, arrival=now[0])
-                synced = sync.take()
+                # what the fusion node's callbacks and worker do (ros/fusion_node.py), with the same objects
+                t0 = time.perf_counter()
+                try:
+                    if kind == "image":
+                        notes = proc.add_camera(inputs.decode_camera(m.msg, source=m.msg))
+                    else:
+                        lid_in, notes = inputs.decode_lidar(m.msg, fs, source=m.msg)
+                        notes += proc.add_lidar(lid_in)
+                except ConversionError:
+                    bad["bad_image" if kind == "image" else "bad_cloud"] += 1
+                    continue
+                bad.update(n.reason for n in notes if n.bad)
+                synced = proc.take()
                 if synced is None:
                     continue
-                t0 = time.perf_counter()
-                cam = synced.camera.msg if synced.camera is not None else None
-                lid = synced.lidar.msg if synced.lidar is not None else None
-                # what the fusion node's callbacks and worker do (ros/fusion_node.py), in the same order
-                rgb = image_to_rgb8(cam.msg) if cam is not None else None
-                points = cloud = None
-                if lid is not None:
-                    points = pointcloud2_to_xyzi(lid.msg, settings.intensity_field, settings.negate_y).points
-                reasons = []
-                for name, part in (("camera", synced.camera), ("lidar", synced.lidar)):
-                    if part is None:
-                        age = sync.age(name)
-                        reasons.append(f"{name} {'never received' if age is None else f'stale for {age:.2f} s'}")
-                fcalib = None
-                if calib is not None:
-                    fcalib = Calibration(calib.K, calib.width, calib.height, settings.T_cam_lidar)
-                    if rgb is not None and rgb.shape[:2] != (fcalib.height, fcalib.width):
-                        fcalib = fcalib.scaled(rgb.shape[1], rgb.shape[0])
-                if rgb is None and fcalib is None:
-                    points = None
-                result = pipeline.process(FusionFrame(stamp=synced.stamp, image=rgb, points=points, calib=fcalib,
-                                                      degraded="; ".join(reasons) or None))
+                out = proc.process(synced)
+                bad.update(n.reason for n in out.notes if n.bad)
+                result = out.result
                 latency = time.perf_counter() - t0
-                if cam is not None:
-                    head = cam.msg.header
-                    camera_frame = head.frame_id or camera_frame
-                    stamp_ns, frame_id = _stamp_ns(head), head.frame_id
-                else:  # the node's synthetic header: LiDAR stamp, last camera frame id
-                    stamp_ns, frame_id = _stamp_ns(lid.msg.header), camera_frame or lid.msg.header.frame_id
-                lid_header = lid.msg.header if lid is not None else None
+                cam, lid = out.camera, out.lidar
+                rgb, points = (cam.image if cam is not None else None), out.points
+                stamp_ns = out.header.stamp_ns
                 if out_bag is not None:
-                    out_bag.write_fusion(result, stamp_ns, frame_id, m.timestamp_ns, lid_header=lid_header,
-                                         T_cam_lidar=settings.T_cam_lidar)
-                calib_used = fcalib
+                    out_bag.write_frame(out, m.timestamp_ns)
+                calib_used = out.calib
                 # labels for metrics: from the label folder now, from the label topic when it arrives
                 pt_raw = None
                 has_folder_pix = False
@@ -362,7 +365,7 @@ def replay_bag(
                 if cam is not None:
                     camera_index += 1
                 if lid is not None and pt_raw is None:
-                    cloud = pointcloud2_to_array(lid.msg)
+                    cloud = pointcloud2_to_array(lid.source)
                     if settings.label_field in (cloud.dtype.names or ()):
                         finite = np.isfinite(cloud_field(cloud, "x")) & np.isfinite(cloud_field(cloud, "y")) & np.isfinite(cloud_field(cloud, "z"))
                         pt_raw = cloud_field(cloud, settings.label_field, np.float64)[finite].astype(np.int64)
@@ -396,14 +399,13 @@ def replay_bag(
             awaiting.clear()
             if bar is not None:
                 bar.close()
-        sync_counters = {}
-        if sync is not None:
-            sync_counters = {k: getattr(sync.counters, k) for k in sync.counters.__dataclass_fields__}
+        sync_counters = {k: getattr(sync.counters, k) for k in sync.counters.__dataclass_fields__}
         duration = ((last_ns - first_ns) * 1e-9) if first_ns is not None and last_ns is not None else 0.0
         return BagReplay(
             bag=str(bag_path), frames=frames, metrics=metrics, duration_s=duration,
             wall_s=time.perf_counter() - t_wall, topics={k: v for k, v in topics.items() if v},
             sync_counters=sync_counters, error=error, salvaged=src.salvaged, thumbnails=thumbs.result(),
+            bad_inputs=dict(sorted(bad.items())),
         )
     finally:
         src.close()

@@ -4,8 +4,15 @@
 CameraInfo and LiDAR messages (their recorded CDR bytes, unchanged) in bag-time order and records
 what the node publishes. Pacing: after a message that completes a frame (known from a replay of
 the same bag), it waits for that frame's alert, so the node's latest-only worker drops nothing
-and live and replay see the same frames. With a ``stale_timeout`` longer than the set-up time
-(the node's start-up grace is wall time, replay's is bag time) both give identical masks and alerts.
+and live and replay see the same frames.
+
+Clock: with ``sim_time`` (the default) the node runs with ``use_sim_time`` and this feeder
+publishes ``/clock`` = the bag time of each message before the message (and waits until the node's
+clock shows it), as ``ros2 bag play --clock`` does. The node's stale-sensor logic reads arrival
+times from its ROS clock, so it then sees exactly replay's arrival times and both give identical
+masks and alerts whatever the machine's load. Without sim time the node's clock is wall time;
+the start-up grace counts from the first message in both, so they still agree unless a frame
+takes longer than ``stale_timeout`` of wall time.
 
 This module imports rclpy; replay itself does not.
 """
@@ -30,6 +37,8 @@ class LiveRecord:
     masks: dict[int, np.ndarray] = field(default_factory=dict)
     scores: dict[int, np.ndarray] = field(default_factory=dict)
     alerts: dict[int, tuple[int, str, int]] = field(default_factory=dict)  # level, description, regions
+    #: stamps (ns) of the node's timer alerts ("no input"), which belong to no frame and replay has not
+    timer_alerts: list[int] = field(default_factory=list)
     raw: list[tuple[str, str, int, bytes]] = field(default_factory=list)  # topic, type, time, CDR
     wall_s: float = 0.0
 
@@ -39,7 +48,7 @@ def _ns(stamp: Any) -> int:
 
 
 def run_live(bag: str | Path, frame_stamps: dict[int, int], params: dict[str, Any], backend: Any = None,
-             topics: dict[str, str] | None = None, timeout_s: float = 30.0) -> LiveRecord:
+             topics: dict[str, str] | None = None, timeout_s: float = 30.0, sim_time: bool = True) -> LiveRecord:
     """Feed ``bag`` to a live fusion node and record its outputs.
 
     Args:
@@ -47,16 +56,18 @@ def run_live(bag: str | Path, frame_stamps: dict[int, int], params: dict[str, An
             (ns), from a replay of the same bag with the same parameters.
         params: node parameters (ROS names, e.g. ``{"stale_timeout": 30.0}``).
         backend: a loaded backend to inject (None: the node loads ``model_dir``).
+        sim_time: drive the node's clock with ``/clock`` = bag time (see the module docstring).
     """
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.parameter import Parameter
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from rclpy.serialization import serialize_message
+    from rosgraph_msgs.msg import Clock
     from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
     from ood_perception.ros import conversions as conv
-    from ood_perception.ros.fusion_node import FusionSegmentationNode
+    from ood_perception.ros.fusion_node import NO_INPUT_DESCRIPTION, FusionSegmentationNode
     from ood_perception_msgs.msg import OodAlert
 
     names = {**DEFAULT_INPUT_TOPICS, **(topics or {})}
@@ -65,6 +76,8 @@ def run_live(bag: str | Path, frame_stamps: dict[int, int], params: dict[str, An
     rec = LiveRecord()
     try:
         overrides = [Parameter(k, value=v) for k, v in {"autostart": True, **params}.items()]
+        if sim_time:
+            overrides.append(Parameter("use_sim_time", value=True))
         node = FusionSegmentationNode("fusion_segmentation", context=ctx, backend=backend, parameter_overrides=overrides)
         if node._state != "active":
             raise RuntimeError(f"fusion node did not activate: {node._model_error or 'see its log'}")
@@ -75,6 +88,7 @@ def run_live(bag: str | Path, frame_stamps: dict[int, int], params: dict[str, An
             "camera_info": io.create_publisher(CameraInfo, "camera/camera_info", qos),
             "points": io.create_publisher(PointCloud2, "lidar/points", qos),
         }
+        clock_pub = io.create_publisher(Clock, "/clock", qos) if sim_time else None
         types = {"mask": Image, "score": Image, "points": PointCloud2, "alerts": OodAlert}
         typenames = {"mask": "sensor_msgs/msg/Image", "score": "sensor_msgs/msg/Image",
                      "points": "sensor_msgs/msg/PointCloud2", "alerts": "ood_perception_msgs/msg/OodAlert"}
@@ -87,6 +101,8 @@ def run_live(bag: str | Path, frame_stamps: dict[int, int], params: dict[str, An
                     rec.masks[_ns(msg.header.stamp)] = conv.image_to_numpy(msg).copy()
                 elif key == "score":
                     rec.scores[_ns(msg.header.stamp)] = conv.image_to_numpy(msg).copy()
+                elif key == "alerts" and msg.description == NO_INPUT_DESCRIPTION:
+                    rec.timer_alerts.append(_ns(msg.header.stamp))
                 elif key == "alerts":
                     rec.alerts[_ns(msg.header.stamp)] = (int(msg.level), msg.description, len(msg.regions))
             return cb
@@ -105,13 +121,19 @@ def run_live(bag: str | Path, frame_stamps: dict[int, int], params: dict[str, An
                 ex.spin_once(timeout_sec=0.02)
             return pred()
 
-        if not spin_until(lambda: all(p.get_subscription_count() > 0 for p in pubs.values()), 15.0):
+        waited = [*pubs.values(), *([clock_pub] if clock_pub is not None else [])]
+        if not spin_until(lambda: all(p.get_subscription_count() > 0 for p in waited), 15.0):
             raise RuntimeError("the fusion node's subscriptions were not discovered within 15 s")
         t0 = time.perf_counter()
         with BagSource(bag) as src:
             resolved = {k: src.resolve(names[k]) for k in ("image", "camera_info", "points")}
             kinds = {v: k for k, v in resolved.items()}
             for m in src.messages(kinds):
+                if clock_pub is not None:
+                    t = m.timestamp_ns
+                    clock_pub.publish(Clock(clock=_time_msg(t)))
+                    if not spin_until(lambda t=t: node.get_clock().now().nanoseconds == t, timeout_s):
+                        raise RuntimeError(f"the node's sim clock did not reach bag time {t} ns within {timeout_s} s")
                 msg = _to_rclpy(m.msg, kinds[m.topic])
                 pubs[kinds[m.topic]].publish(msg)
                 ex.spin_once(timeout_sec=0.0)
@@ -127,6 +149,12 @@ def run_live(bag: str | Path, frame_stamps: dict[int, int], params: dict[str, An
         if ctx.ok():
             rclpy.shutdown(context=ctx)
     return rec
+
+
+def _time_msg(ns: int) -> Any:
+    from builtin_interfaces.msg import Time
+
+    return Time(sec=int(ns // 1_000_000_000), nanosec=int(ns % 1_000_000_000))
 
 
 def _to_rclpy(msg: Any, kind: str) -> Any:

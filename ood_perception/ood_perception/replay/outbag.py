@@ -153,21 +153,37 @@ class OutputBag:
 
     def write_fusion(self, result: Any, stamp_ns: int, frame_id: str, bag_time_ns: int, lid_header: Any = None,
                      T_cam_lidar: np.ndarray | None = None, source: str = "fusion_segmentation") -> None:
-        """Write what the fusion node publishes for one frame: mask and score with the camera
-        header, the scored points with the LiDAR's header, and the alert."""
+        """Write mask and score with the header ``stamp_ns``/``frame_id``, the scored points with
+        ``lid_header`` (any header-like object; None = no points) and the alert (prefer
+        :meth:`write_frame`, which takes the node's own header decisions)."""
+        lid = None
+        if lid_header is not None:
+            lid = (int(lid_header.stamp.sec) * 10**9 + int(lid_header.stamp.nanosec), str(lid_header.frame_id))
+        self._write_outputs(result, stamp_ns, frame_id, bag_time_ns, lid, T_cam_lidar, source)
+
+    def _write_outputs(self, result: Any, stamp_ns: int, frame_id: str, bag_time_ns: int,
+                       lid: tuple[int, str] | None, T_cam_lidar: np.ndarray | None, source: str) -> None:
         hdr = self.header(stamp_ns, frame_id)
         if result.mask is not None:
             self._write("mask", "sensor_msgs/msg/Image", self.image(result.mask.astype(np.uint8), "mono8", hdr), bag_time_ns)
             self._write("score", "sensor_msgs/msg/Image", self.image(result.score.astype(np.float32), "32FC1", hdr), bag_time_ns)
-            if lid_header is not None:
+            if lid is not None:
                 rec = np.zeros(len(result.points), SCORED_POINT_DTYPE)
                 if len(result.points):
                     rec["x"], rec["y"], rec["z"] = result.points[:, 0], result.points[:, 1], result.points[:, 2]
                     rec["intensity"] = result.points[:, 3]
                     rec["label"], rec["ood_score"] = result.point_labels, result.point_scores
-                lhdr = self.header(int(lid_header.stamp.sec) * 10**9 + int(lid_header.stamp.nanosec), lid_header.frame_id)
+                lhdr = self.header(*lid)
                 self._write("points", "sensor_msgs/msg/PointCloud2", self.cloud(rec, lhdr), bag_time_ns)
         self._write("alerts", "ood_perception_msgs/msg/OodAlert", self.alert(result, hdr, source, T_cam_lidar), bag_time_ns)
+
+    def write_frame(self, out: Any, bag_time_ns: int, source: str = "fusion_segmentation") -> None:
+        """Write what the fusion node publishes for one
+        :class:`~ood_perception.pipeline.frame_handler.FrameOutputs`, with the headers it decided
+        (``out.header`` for mask, score and alert; ``out.points_header`` for the scored points)."""
+        self._write_outputs(out.result, out.header.stamp_ns, out.header.frame_id, bag_time_ns,
+                            None if out.points_header is None else (out.points_header.stamp_ns, out.points_header.frame_id),
+                            out.T_cam_lidar, source)
 
     def write_message(self, key: str, msgtype: str, msg: Any, bag_time_ns: int) -> None:
         """Write any message of this type store on output topic ``key``."""

@@ -2,8 +2,8 @@
 
 A ROS 2 params file maps node names (or ``/**``) to ``ros__parameters``. Replay reads the fusion
 node's section (``/**`` first, then ``fusion_segmentation`` / ``fusion_segmentation_node``
-overriding it) and interprets the parameters exactly as ``ros/fusion_node.py`` does (same names,
-same meaning; see its ``PARAMETERS`` table): pipeline (``threshold`` NaN = the model's,
+overriding it) and maps the parameters with the node's own code
+(:mod:`ood_perception.pipeline.frame_handler`: same table, validation and mapping): pipeline (``threshold`` NaN = the model's,
 ``min_region_pixels`` ...), alert state machine (``raise_k``, ``raise_n``, ``clear_frames``,
 ``cooldown_s``), synchroniser (``slop``, ``stale_timeout``, ``clock_jump``, ``sync_queue_size``),
 extrinsics (``lidar_to_camera.matrix``, else the camera pose ``lidar_to_camera.xyz`` +
@@ -17,17 +17,9 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ood_perception.replay.engine import DEFAULT_INPUT_TOPICS, ReplaySettings
 
 NODE_KEYS = ("fusion_segmentation", "fusion_segmentation_node", "/**")
-FUSION_KEYS = ("frame_score_percentile", "min_region_pixels", "min_region_points", "cluster_eps",
-               "cluster_min_points", "max_cluster_points", "clock_jump")
-ALERT_KEYS = ("raise_k", "raise_n", "clear_frames", "cooldown_s")
-SYNC_KEYS = {"slop": "slop", "stale_timeout": "stale_timeout", "clock_jump": "clock_jump", "sync_queue_size": "queue_size"}
-#: Defaults of the node (ros/fusion_node.py PARAMETERS) that replay needs.
-LIDAR_TO_OPTICAL_RPY = (-np.pi / 2, 0.0, -np.pi / 2)
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -70,48 +62,38 @@ def node_parameters(path: str | Path) -> dict[str, Any]:
 
 
 def settings_from_params(params: dict[str, Any], base: ReplaySettings | None = None) -> ReplaySettings:
-    """Fill :class:`ReplaySettings` from the fusion node's flattened parameters, as the node's
-    ``on_configure`` / ``on_activate`` do (unknown keys are ignored)."""
-    import math
+    """Fill :class:`ReplaySettings` from the fusion node's flattened parameters with the node's own
+    mapping (:mod:`ood_perception.pipeline.frame_handler`): only the parameters present override
+    ``base``; unknown keys are ignored.
 
-    from ood_perception.geometry import transform_from_xyz_rpy
-    from ood_perception.pipeline import AlertConfig
+    Raises:
+        ValueError: a parameter value the node would refuse (names it).
+    """
+    from ood_perception.pipeline.frame_handler import (
+        MATRIX_PARAM,
+        extrinsics_from_params,
+        fusion_config_kwargs,
+        fusion_param_defaults,
+        sync_kwargs,
+        validate_fusion_params,
+    )
 
+    defaults = fusion_param_defaults()
+    validate_fusion_params({**defaults, **{k: v for k, v in params.items() if k in defaults}})
     s = dataclasses.replace(base) if base else ReplaySettings()
-    fusion = dict(s.fusion)
-    for key in FUSION_KEYS:
-        if key in params:
-            fusion[key] = type(_FUSION_DEFAULTS[key])(params[key])
-    if "threshold" in params:
-        thr = float(params["threshold"])
-        fusion["threshold"] = None if math.isnan(thr) else thr
-    if any(k in params for k in ALERT_KEYS):
-        d = AlertConfig()
-        fusion["alert"] = AlertConfig(int(params.get("raise_k", d.raise_k)), int(params.get("raise_n", d.raise_n)),
-                                      int(params.get("clear_frames", d.clear_frames)), float(params.get("cooldown_s", d.cooldown_s)))
-    s.fusion = fusion
-    s.sync = dict(s.sync)
-    for key, arg in SYNC_KEYS.items():
-        if key in params:
-            s.sync[arg] = params[key]
-    if params.get("lidar_to_camera.matrix") is not None:
-        a = np.asarray(list(params["lidar_to_camera.matrix"]), float)
-        if a.size != 16:
-            raise ValueError("parameter lidar_to_camera.matrix must be 16 numbers (row-major 4x4)")
-        s.T_cam_lidar = a.reshape(4, 4)
-    elif "lidar_to_camera.xyz" in params or "lidar_to_camera.rpy" in params:
-        xyz = params.get("lidar_to_camera.xyz", [0.0, 0.0, 0.0])
-        rpy = params.get("lidar_to_camera.rpy", list(LIDAR_TO_OPTICAL_RPY))
-        s.T_cam_lidar = np.linalg.inv(transform_from_xyz_rpy(xyz, rpy))
+    s.fusion = {**s.fusion, **fusion_config_kwargs(params)}
+    s.sync = {**s.sync, **sync_kwargs(params)}
+    if any(k in params for k in (MATRIX_PARAM, "lidar_to_camera.xyz", "lidar_to_camera.rpy")):
+        s.T_cam_lidar = extrinsics_from_params(params)
     if "negate_lidar_y" in params:
         s.negate_y = bool(params["negate_lidar_y"])
     if "intensity_field" in params:
         s.intensity_field = str(params["intensity_field"])
+    if "max_points" in params:
+        s.max_points = int(params["max_points"])
+    if "publish_points" in params:
+        s.publish_points = bool(params["publish_points"])
     return s
-
-
-_FUSION_DEFAULTS = {"frame_score_percentile": 99.0, "min_region_pixels": 50, "min_region_points": 5, "cluster_eps": 0.6,
-                    "cluster_min_points": 5, "max_cluster_points": 20000, "clock_jump": 1.0}
 
 
 def parse_topic_overrides(items: list[str] | None) -> dict[str, str]:

@@ -11,6 +11,14 @@ publishers and the diagnostics timer on configure; the model, the worker thread 
 subscriptions on activate; ``autostart:=true`` (or :func:`main`'s ``--autostart``) goes
 straight to active.
 
+Frame logic: every decision about a frame (parameter mapping, pairing, stale-sensor reasons,
+calibration and extrinsics, which header each output carries) lives in the ROS-free
+:class:`~ood_perception.pipeline.frame_handler.FusionFrameProcessor`, which rosbag replay runs too;
+messages are decoded by :mod:`ood_perception.ros.inputs`, also shared with replay. This node only
+declares parameters, converts, publishes and keeps diagnostics. Arrival times (staleness, the
+start-up grace, which counts from the first message) are read from the node's ROS clock, so under
+``use_sim_time`` they follow simulation/bag time as replay does.
+
 Threading: subscription callbacks only convert the message and hand it to the
 :class:`~ood_perception.pipeline.sync.ApproximateSync` (short lock, latest-only); inference
 runs on a worker thread that waits on the synchroniser, so slow inference never blocks
@@ -21,13 +29,12 @@ Why no message_filters / tf2_ros / cv_bridge / sensor_msgs_py: they are not inst
 registries this project uses (see :mod:`ood_perception.pipeline.sync` and
 :mod:`ood_perception.ros.conversions`). Extrinsics therefore come from parameters
 (``lidar_to_camera.matrix`` or ``.xyz`` + ``.rpy``); a TF lookup would plug in at
-:meth:`FusionSegmentationNode._extrinsics` where tf2_ros exists.
+:func:`~ood_perception.pipeline.frame_handler.extrinsics_from_params` where tf2_ros exists.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import threading
 import time
@@ -37,97 +44,45 @@ import numpy as np
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 
-from ood_perception.geometry import transform_from_xyz_rpy
-from ood_perception.pipeline.alerts import DEGRADED, LEVEL_NAMES, AlertConfig
-from ood_perception.pipeline.fusion import FusionConfig, FusionFrame, FusionPipeline, spec_sha256
+from ood_perception.pipeline.alerts import DEGRADED, LEVEL_NAMES
+from ood_perception.pipeline.frame_handler import (
+    FUSION_PARAMETERS,
+    LIDAR_TO_OPTICAL_RPY,
+    FrameOutputs,
+    FrameSettings,
+    FusionFrameProcessor,
+    Note,
+    extrinsics_from_params,
+    validate_fusion_params,
+)
+from ood_perception.pipeline.fusion import FusionPipeline, spec_sha256
 from ood_perception.pipeline.stats import LatencyStats, RateMeter
 from ood_perception.pipeline.sync import ApproximateSync, SyncedFrame
 from ood_perception.ros import conversions as conv
+from ood_perception.ros import inputs
 from ood_perception.ros.common import (
     BadInputLog,
     declare,
     diagnostic_status,
     output_qos,
     sensor_qos,
-    stamp_from_sec,
 )
 
 NODE_NAME = "fusion_segmentation"
 
-#: Orientation of a camera optical frame (x right, y down, z forward) in a REP 103 LiDAR frame
-#: (x forward, y left, z up) as roll/pitch/yaw: the default extrinsics, a camera at the LiDAR
-#: looking forward (the usual ``*_optical_frame`` joint in a URDF).
-LIDAR_TO_OPTICAL_RPY = (-math.pi / 2, 0.0, -math.pi / 2)
+#: Description of the DEGRADED alert the diagnostics timer publishes while both sensors are stale
+#: (not tied to a frame: stamped with the node's clock).
+NO_INPUT_DESCRIPTION = "no input: camera and lidar stale"
 
-#: (name, default, description) of every parameter.
-PARAMETERS: list[tuple[str, Any, str]] = [
-    ("model_dir", "", "exported model directory with model.json ('' = the packaged default model)"),
-    ("backend", "onnxruntime", "inference backend: onnxruntime, torch or tensorrt"),
-    ("device", "cpu", "cpu or cuda[:N]"),
-    ("threshold", float("nan"), "OOD score threshold; NaN = the model's calibrated threshold"),
-    ("autostart", False, "configure and activate right after start (no lifecycle manager needed)"),
-    ("reliability", "best_effort", "input QoS reliability: best_effort (matches any publisher) or reliable"),
-    ("qos_depth", 5, "input QoS depth (KEEP_LAST)"),
-    ("slop", 0.05, "largest camera/LiDAR stamp difference of a pair [s]"),
-    ("stale_timeout", 0.5, "a stream silent this long [s] is stale: the other runs alone, alerts DEGRADED"),
-    ("clock_jump", 1.0, "a stamp this far [s] behind the newest resets sync and alert history (bag loops)"),
-    ("sync_queue_size", 5, "messages kept per stream while waiting for a partner"),
-    ("lidar_to_camera.xyz", [0.0, 0.0, 0.0],
-     "position [m] of the camera optical frame in the LiDAR frame, as a static transform lidar -> camera "
-     "(used when .matrix is unset)"),
-    ("lidar_to_camera.rpy", list(LIDAR_TO_OPTICAL_RPY),
-     "orientation (roll, pitch, yaw [rad], fixed axes) of the camera optical frame in the LiDAR frame"),
-    ("intensity_field", "intensity", "PointCloud2 field read as intensity (missing -> 0)"),
-    ("negate_lidar_y", False, "negate y of incoming points (sources with a left-handed LiDAR frame)"),
-    ("max_points", 2_000_000, "clouds with more points are rejected as bad input"),
-    ("min_region_pixels", 50, "smallest 2D anomalous component counted as evidence [camera pixels]"),
-    ("min_region_points", 5, "smallest 3D anomalous cluster counted as evidence [points]"),
-    ("cluster_eps", 0.6, "DBSCAN radius for anomalous points [m]"),
-    ("cluster_min_points", 5, "DBSCAN min_points"),
-    ("max_cluster_points", 20000, "anomalous points beyond this are subsampled before DBSCAN"),
-    ("frame_score_percentile", 99.0, "percentile of the score map reported as the frame score"),
-    ("raise_k", 3, "ALERT when raise_k of the last raise_n frames had an anomalous region"),
-    ("raise_n", 5, "window of the k-of-n rule [frames]"),
-    ("clear_frames", 5, "consecutive frames without evidence needed to clear an ALERT"),
-    ("cooldown_s", 1.0, "an ALERT is held at least this long [s of stamp time]"),
-    ("publish_points", True, "publish ood/points"),
-    ("publish_markers", True, "publish ood/markers (RViz)"),
-    ("diagnostics_period", 1.0, "period of /diagnostics [s]"),
-    ("log_throttle_s", 5.0, "each bad-input reason is logged at most once per this many seconds"),
-]
+#: (name, default, description) of every parameter (the table lives with the ROS-free frame logic).
+PARAMETERS = FUSION_PARAMETERS
+
+__all__ = ["LIDAR_TO_OPTICAL_RPY", "NODE_NAME", "NO_INPUT_DESCRIPTION", "PARAMETERS", "FusionSegmentationNode", "main"]
 
 
 def _validate(values: dict[str, Any]) -> None:
     """Raise ValueError naming the first bad parameter value."""
-    from ood_perception.ros.common import RELIABILITY
-
-    positive = ["slop", "clock_jump", "diagnostics_period", "cluster_eps", "log_throttle_s"]
-    for name in positive:
-        if not float(values[name]) > 0:
-            raise ValueError(f"parameter {name} must be > 0, got {values[name]}")
-    for name in ["qos_depth", "sync_queue_size", "max_points", "min_region_pixels", "min_region_points",
-                 "cluster_min_points", "max_cluster_points", "raise_k", "raise_n", "clear_frames"]:
-        if int(values[name]) < 1:
-            raise ValueError(f"parameter {name} must be >= 1, got {values[name]}")
-    if values["reliability"] not in RELIABILITY:
-        raise ValueError(f"parameter reliability must be one of {RELIABILITY}, got {values['reliability']!r}")
-    if int(values["raise_k"]) > int(values["raise_n"]):
-        raise ValueError(f"parameter raise_k ({values['raise_k']}) must be <= raise_n ({values['raise_n']})")
-    if not float(values["cooldown_s"]) >= 0 or not float(values["stale_timeout"]) >= 0:
-        raise ValueError("parameters cooldown_s and stale_timeout must be >= 0")
-    if not 0 <= float(values["frame_score_percentile"]) <= 100:
-        raise ValueError(f"parameter frame_score_percentile must be in [0, 100], got {values['frame_score_percentile']}")
-    if values["backend"] not in ("onnxruntime", "torch", "tensorrt"):
-        raise ValueError(f"parameter backend must be onnxruntime, torch or tensorrt, got {values['backend']!r}")
-    for name in ("lidar_to_camera.xyz", "lidar_to_camera.rpy"):
-        v = list(values[name])
-        if len(v) != 3 or not all(math.isfinite(float(x)) for x in v):
-            raise ValueError(f"parameter {name} must be 3 finite numbers, got {v}")
-    m = values.get("lidar_to_camera.matrix")
-    if m is not None:
-        a = np.asarray(list(m), float)
-        if a.size != 16 or not np.all(np.isfinite(a)) or not np.allclose(a.reshape(4, 4)[3], [0, 0, 0, 1]):
-            raise ValueError("parameter lidar_to_camera.matrix must be 16 finite numbers (row-major 4x4, last row 0 0 0 1)")
+    validate_fusion_params(values)
 
 
 class FusionSegmentationNode(LifecycleNode):
@@ -154,6 +109,8 @@ class FusionSegmentationNode(LifecycleNode):
         self._injected_backend = backend
         self.backend: Any = None
         self.pipeline: FusionPipeline | None = None
+        self.processor: FusionFrameProcessor | None = None
+        self.settings = FrameSettings()
         self.bad = BadInputLog(self.get_logger(), 5.0)
         self.rates = {k: RateMeter() for k in ("camera", "lidar", "camera_info", "processed")}
         self.latency = LatencyStats()
@@ -165,8 +122,6 @@ class FusionSegmentationNode(LifecycleNode):
         self._diag_timer: Any = None
         self._worker: threading.Thread | None = None
         self._stop = threading.Event()
-        self._calib: Any = None  # intrinsics from CameraInfo (T from parameters)
-        self._camera_frame = ""
         self._T = np.eye(4)
         self._last_alert: Any = None
         self._last_level = DEGRADED
@@ -201,10 +156,11 @@ class FusionSegmentationNode(LifecycleNode):
 
     def _extrinsics(self, values: dict[str, Any]) -> np.ndarray:
         """T_cam_lidar from parameters (a TF lookup would go here where tf2_ros is installed)."""
-        if values.get("lidar_to_camera.matrix") is not None:
-            return np.asarray(list(values["lidar_to_camera.matrix"]), float).reshape(4, 4)
-        # xyz/rpy give the camera's pose in the LiDAR frame (T_lidar_cam); points need its inverse.
-        return np.linalg.inv(transform_from_xyz_rpy(values["lidar_to_camera.xyz"], values["lidar_to_camera.rpy"]))
+        return extrinsics_from_params(values)
+
+    def _clock_now(self) -> float:
+        """The node's clock [s] (ROS time: simulation time under use_sim_time): arrival times."""
+        return self.get_clock().now().nanoseconds * 1e-9
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -217,22 +173,10 @@ class FusionSegmentationNode(LifecycleNode):
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
             values = self._values()
-            _validate(values)
+            self.settings = FrameSettings.from_params(values)  # validates
             self.params = values
-            self._T = self._extrinsics(values)
-            thr = float(values["threshold"])
-            self.fusion_config = FusionConfig(
-                threshold=None if math.isnan(thr) else thr,
-                frame_score_percentile=float(values["frame_score_percentile"]),
-                min_region_pixels=int(values["min_region_pixels"]),
-                min_region_points=int(values["min_region_points"]),
-                cluster_eps=float(values["cluster_eps"]),
-                cluster_min_points=int(values["cluster_min_points"]),
-                max_cluster_points=int(values["max_cluster_points"]),
-                alert=AlertConfig(int(values["raise_k"]), int(values["raise_n"]), int(values["clear_frames"]),
-                                  float(values["cooldown_s"])),
-                clock_jump=float(values["clock_jump"]),
-            )
+            self._T = self.settings.T_cam_lidar
+            self.fusion_config = self.settings.fusion
         except (ValueError, TypeError) as exc:
             self.get_logger().error(f"configure failed: {exc}")
             return TransitionCallbackReturn.FAILURE
@@ -265,7 +209,8 @@ class FusionSegmentationNode(LifecycleNode):
                 from ood_perception import runtime
 
                 self.backend = runtime.load(p["model_dir"] or None, backend=p["backend"], device=p["device"])
-            self.pipeline = FusionPipeline(self.backend, self.fusion_config)
+            self.processor = FusionFrameProcessor.build(self.backend, self.settings, clock=self._clock_now)
+            self.pipeline = self.processor.pipeline
         except Exception as exc:  # noqa: BLE001 - a bad model must fail the transition, not the process
             self._model_error = f"{type(exc).__name__}: {exc}"
             self.get_logger().error(f"activate failed: cannot load model: {self._model_error}")
@@ -273,12 +218,7 @@ class FusionSegmentationNode(LifecycleNode):
         self._model_error = ""
         from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
-        self.sync = ApproximateSync(
-            slop=float(p["slop"]),
-            stale_timeout=float(p["stale_timeout"]),
-            clock_jump=float(p["clock_jump"]),
-            queue_size=int(p["sync_queue_size"]),
-        )
+        self.sync = self.processor.sync
         qos = sensor_qos(p["reliability"], int(p["qos_depth"]))
         self._subs = [
             self.create_subscription(Image, "camera/image", self._on_image, qos),
@@ -339,16 +279,24 @@ class FusionSegmentationNode(LifecycleNode):
                 close()
         self.backend = None
         self.pipeline = None
+        self.processor = None
 
     # ------------------------------------------------------------------ callbacks (never raise)
+
+    def _report(self, notes: list[Note]) -> None:
+        for note in notes:
+            if note.bad:
+                self.bad.report(note.reason, note.detail)
+            else:
+                self.get_logger().warning(note.detail)
 
     def _on_image(self, msg: Any) -> None:
         try:
             self.rates["camera"].tick()
-            stamp = conv.stamp_to_sec(msg.header.stamp)
-            rgb = conv.image_to_rgb8(msg)
-            self._camera_frame = msg.header.frame_id or self._camera_frame
-            self._offer("camera", stamp, (msg.header, rgb))
+            cam = inputs.decode_camera(msg)
+            proc = self.processor
+            if proc is not None:
+                self._report(proc.add_camera(cam))
         except conv.ConversionError as exc:
             self.bad.report("bad_image", str(exc))
         except Exception as exc:  # noqa: BLE001 - never raise out of a callback
@@ -357,7 +305,9 @@ class FusionSegmentationNode(LifecycleNode):
     def _on_camera_info(self, msg: Any) -> None:
         try:
             self.rates["camera_info"].tick()
-            self._calib = conv.camera_info_to_calibration(msg)
+            calib = inputs.decode_camera_info(msg)
+            if self.processor is not None:
+                self.processor.set_camera_info(calib)
         except conv.ConversionError as exc:
             self.bad.report("bad_camera_info", str(exc))
         except Exception as exc:  # noqa: BLE001
@@ -366,41 +316,22 @@ class FusionSegmentationNode(LifecycleNode):
     def _on_points(self, msg: Any) -> None:
         try:
             self.rates["lidar"].tick()
-            n = int(msg.width) * int(msg.height)
-            if n > int(self.params["max_points"]):
-                raise conv.ConversionError(f"cloud has {n} points, more than max_points={self.params['max_points']}")
-            cloud = conv.pointcloud2_to_xyzi(msg, self.params["intensity_field"], bool(self.params["negate_lidar_y"]))
-            if cloud.num_nonfinite:
-                self.bad.report("nonfinite_points", f"{cloud.num_nonfinite} of {cloud.num_input} points NaN/Inf, dropped")
-            if cloud.points.shape[0] == 0:
-                self.bad.report("empty_cloud", "point cloud has no finite points")
-            stamp = conv.stamp_to_sec(msg.header.stamp)
-            self._offer("lidar", stamp, (msg.header, cloud.points))
+            lid, notes = inputs.decode_lidar(msg, self.settings)
+            self._report(notes)
+            proc = self.processor
+            if proc is not None:
+                self._report(proc.add_lidar(lid))
         except conv.ConversionError as exc:
             self.bad.report("bad_cloud", str(exc))
         except Exception as exc:  # noqa: BLE001
             self.bad.report("cloud_callback_error", f"{type(exc).__name__}: {exc}")
 
-    def _offer(self, stream: str, stamp: float, payload: Any) -> None:
-        sync = self.sync
-        if sync is None:
-            return
-        outcome = sync.add(stream, stamp, payload)
-        if outcome == "rejected_zero":
-            self.bad.report("zero_stamp", f"{stream} message with stamp 0 ignored")
-        elif outcome == "rejected_old":
-            self.bad.report("old_stamp", f"{stream} stamp {stamp:.3f} is older than the last processed frame")
-        elif outcome == "duplicate":
-            self.bad.report("duplicate_stamp", f"{stream} stamp {stamp:.3f} repeated; the newer message replaces it")
-        elif outcome == "reset":
-            self.get_logger().warning(f"{stream} stamp jumped back to {stamp:.3f}: sync and alert history reset")
-
     # ------------------------------------------------------------------ worker
 
     def _work(self) -> None:
         while not self._stop.is_set():
-            sync = self.sync
-            frame = sync.wait(timeout=0.2) if sync is not None else None
+            proc = self.processor
+            frame = proc.wait(timeout=0.2) if proc is not None else None
             if frame is None or self._stop.is_set():
                 continue
             try:
@@ -409,57 +340,32 @@ class FusionSegmentationNode(LifecycleNode):
                 self.bad.report("processing_error", f"{type(exc).__name__}: {exc}")
 
     def _process(self, frame: SyncedFrame) -> None:
-        assert self.pipeline is not None and self.sync is not None
-        cam_header, image = frame.camera.msg if frame.camera is not None else (None, None)
-        lid_header, points = frame.lidar.msg if frame.lidar is not None else (None, None)
-        reasons = []
-        for name, part in (("camera", frame.camera), ("lidar", frame.lidar)):
-            if part is None:
-                age = self.sync.age(name)
-                reasons.append(f"{name} {'never received' if age is None else f'stale for {age:.2f} s'}")
-        calib = self._calib
-        if calib is not None:
-            calib = conv.Calibration(calib.K, calib.width, calib.height, self._T)
-            if image is not None and image.shape[:2] != (calib.height, calib.width):
-                self.bad.report("camera_info_size_mismatch",
-                                f"CameraInfo is {calib.width}x{calib.height}, image {image.shape[1]}x{image.shape[0]}: rescaled")
-                calib = calib.scaled(image.shape[1], image.shape[0])
-        elif points is not None:
-            self.bad.report("missing_camera_info", "no CameraInfo received yet: LiDAR cannot be projected")
-        if image is None and calib is None:
-            points = None  # nothing to project onto
-        result = self.pipeline.process(
-            FusionFrame(stamp=frame.stamp, image=image, points=points, calib=calib, degraded="; ".join(reasons) or None)
-        )
-        header = cam_header if cam_header is not None else self._synthetic_header(lid_header, frame.stamp)
-        self._publish(result, header, lid_header)
-        arrival = max(p.arrival for p in (frame.camera, frame.lidar) if p is not None)
-        self.latency.add(time.monotonic() - arrival)
-        if "infer" in result.timings:
-            self.model_latency.add(result.timings["infer"])
+        assert self.processor is not None
+        out = self.processor.process(frame)
+        self._report(out.notes)
+        self._publish(out)
+        received = max(p.received for p in (out.camera, out.lidar) if p is not None)
+        self.latency.add(time.monotonic() - received)
+        if "infer" in out.result.timings:
+            self.model_latency.add(out.result.timings["infer"])
         self.rates["processed"].tick()
         self._frames += 1
 
-    def _synthetic_header(self, lid_header: Any, stamp: float) -> Any:
-        from std_msgs.msg import Header
-
-        return Header(stamp=lid_header.stamp if lid_header is not None else stamp_from_sec(stamp),
-                      frame_id=self._camera_frame or (lid_header.frame_id if lid_header is not None else ""))
-
-    def _publish(self, result: Any, header: Any, lid_header: Any) -> None:
+    def _publish(self, out: FrameOutputs) -> None:
         from ood_perception.ros.messages import build_alert, build_markers
 
-        pubs = self._pubs
-        if result.mask is not None:
+        pubs, result = self._pubs, out.result
+        header = inputs.header_msg(out.header)
+        if out.publish_mask:
             pubs["mask"].publish(conv.numpy_to_image(result.mask, "mono8", header))
             pubs["score"].publish(conv.numpy_to_image(result.score, "32FC1", header))
-        if self.params.get("publish_points", True) and lid_header is not None and result.mask is not None:
+        if out.points_header is not None:
             pubs["points"].publish(conv.scored_points_to_pointcloud2(
-                result.points, result.point_labels, result.point_scores, lid_header))
+                result.points, result.point_labels, result.point_scores, inputs.header_msg(out.points_header)))
         alert = build_alert(header, NODE_NAME, result.level, result.decision.description, result.modalities,
-                            result.frame_score, result.threshold, result.anomalous_fraction, result.regions, self._T)
+                            result.frame_score, result.threshold, result.anomalous_fraction, result.regions, out.T_cam_lidar)
         pubs["alerts"].publish(alert)
-        if self.params.get("publish_markers", True):
+        if self.settings.publish_markers:
             pubs["markers"].publish(build_markers(alert))
         self._last_alert = alert
         self._last_level = result.level
@@ -494,7 +400,7 @@ class FusionSegmentationNode(LifecycleNode):
             "backend": getattr(self.backend, "name", type(self.backend).__name__ if self.backend else "none"),
             "model_sha256": spec_sha256(spec) if spec is not None else "",
             "model_error": self._model_error,
-            "camera_info": "yes" if self._calib is not None else "missing",
+            "camera_info": "yes" if self.processor is not None and self.processor.calib is not None else "missing",
         }
         if c is not None:
             values.update({
@@ -536,8 +442,9 @@ class FusionSegmentationNode(LifecycleNode):
             from ood_perception.ros.messages import build_alert
 
             thr = self.pipeline.threshold if self.pipeline is not None else float("nan")
-            alert = build_alert(Header(stamp=now, frame_id=self._camera_frame), NODE_NAME, DEGRADED,
-                                "no input: camera and lidar stale", [], float("nan"), thr, 0.0, [])
+            frame_id = self.processor.camera_frame if self.processor is not None else ""
+            alert = build_alert(Header(stamp=now, frame_id=frame_id), NODE_NAME, DEGRADED,
+                                NO_INPUT_DESCRIPTION, [], float("nan"), thr, 0.0, [])
             self._pubs["alerts"].publish(alert)
             self._last_level = DEGRADED
 

@@ -1,0 +1,409 @@
+"""The fusion node's per-frame decisions without ROS, shared by the live node and rosbag replay.
+
+Both ``ros/fusion_node.py`` and ``replay/engine.py`` call the objects here, so they cannot drift
+apart:
+
+* :data:`FUSION_PARAMETERS` - the node's parameter table (name, default, description);
+  :func:`validate_fusion_params` checks a value dict and :meth:`FrameSettings.from_params`
+  maps a plain dict of parameter values (the node builds it from its declared parameters,
+  replay from the params YAML) to the pipeline, synchroniser, extrinsics and output settings.
+  :func:`fusion_config_kwargs`, :func:`sync_kwargs` and :func:`extrinsics_from_params` are the
+  same mapping for partial dicts (only the keys present), used by replay's override settings.
+* :class:`FusionFrameProcessor` - owns the synchroniser, the latest CameraInfo and the camera
+  frame name; takes decoded camera / LiDAR / CameraInfo inputs with their stamps and headers and
+  returns, per synchronised frame, a :class:`FrameOutputs`: the pipeline result, the header of
+  mask/score/alert, the header of the scored points (or None when they are not published), the
+  extrinsics for region geometry, and the bad-input notes to count.
+
+Arrival times (staleness, start-up grace) are read from an injectable clock: the node passes its
+ROS clock (simulation/bag time under ``use_sim_time``), replay the bag's receive time.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ood_perception.geometry import Calibration, transform_from_xyz_rpy
+from ood_perception.pipeline.alerts import AlertConfig
+from ood_perception.pipeline.fusion import FusionConfig, FusionFrame, FusionPipeline, FusionResult
+from ood_perception.pipeline.sync import ApproximateSync, SyncedFrame
+
+#: Orientation of a camera optical frame (x right, y down, z forward) in a REP 103 LiDAR frame
+#: (x forward, y left, z up) as roll/pitch/yaw: the default extrinsics, a camera at the LiDAR
+#: looking forward (the usual ``*_optical_frame`` joint in a URDF).
+LIDAR_TO_OPTICAL_RPY = (-math.pi / 2, 0.0, -math.pi / 2)
+
+#: The optional 4x4 extrinsics parameter (statically typed double array, unset by default).
+MATRIX_PARAM = "lidar_to_camera.matrix"
+
+#: Source name in the alerts of the fusion node.
+FUSION_SOURCE = "fusion_segmentation"
+
+#: (name, default, description) of every fusion node parameter.
+FUSION_PARAMETERS: list[tuple[str, Any, str]] = [
+    ("model_dir", "", "exported model directory with model.json ('' = the packaged default model)"),
+    ("backend", "onnxruntime", "inference backend: onnxruntime, torch or tensorrt"),
+    ("device", "cpu", "cpu or cuda[:N]"),
+    ("threshold", float("nan"), "OOD score threshold; NaN = the model's calibrated threshold"),
+    ("autostart", False, "configure and activate right after start (no lifecycle manager needed)"),
+    ("reliability", "best_effort", "input QoS reliability: best_effort (matches any publisher) or reliable"),
+    ("qos_depth", 5, "input QoS depth (KEEP_LAST)"),
+    ("slop", 0.05, "largest camera/LiDAR stamp difference of a pair [s]"),
+    ("stale_timeout", 0.5, "a stream silent this long [s of the node's clock; sim time under use_sim_time] is stale: "
+     "the other runs alone, alerts DEGRADED; the start-up grace counts from the first message"),
+    ("clock_jump", 1.0, "a stamp this far [s] behind the newest resets sync and alert history (bag loops)"),
+    ("sync_queue_size", 5, "messages kept per stream while waiting for a partner"),
+    ("lidar_to_camera.xyz", [0.0, 0.0, 0.0],
+     "position [m] of the camera optical frame in the LiDAR frame, as a static transform lidar -> camera "
+     "(used when .matrix is unset)"),
+    ("lidar_to_camera.rpy", list(LIDAR_TO_OPTICAL_RPY),
+     "orientation (roll, pitch, yaw [rad], fixed axes) of the camera optical frame in the LiDAR frame"),
+    ("intensity_field", "intensity", "PointCloud2 field read as intensity (missing -> 0)"),
+    ("negate_lidar_y", False, "negate y of incoming points (sources with a left-handed LiDAR frame)"),
+    ("max_points", 2_000_000, "clouds with more points are rejected as bad input"),
+    ("min_region_pixels", 50, "smallest 2D anomalous component counted as evidence [camera pixels]"),
+    ("min_region_points", 5, "smallest 3D anomalous cluster counted as evidence [points]"),
+    ("cluster_eps", 0.6, "DBSCAN radius for anomalous points [m]"),
+    ("cluster_min_points", 5, "DBSCAN min_points"),
+    ("max_cluster_points", 20000, "anomalous points beyond this are subsampled before DBSCAN"),
+    ("frame_score_percentile", 99.0, "percentile of the score map reported as the frame score"),
+    ("raise_k", 3, "ALERT when raise_k of the last raise_n frames had an anomalous region"),
+    ("raise_n", 5, "window of the k-of-n rule [frames]"),
+    ("clear_frames", 5, "consecutive frames without evidence needed to clear an ALERT"),
+    ("cooldown_s", 1.0, "an ALERT is held at least this long [s of stamp time]"),
+    ("publish_points", True, "publish ood/points"),
+    ("publish_markers", True, "publish ood/markers (RViz)"),
+    ("diagnostics_period", 1.0, "period of /diagnostics [s]"),
+    ("log_throttle_s", 5.0, "each bad-input reason is logged at most once per this many seconds"),
+]
+
+#: Parameter -> FusionConfig field (same name), with its parameter default.
+_FUSION_FIELDS = ("frame_score_percentile", "min_region_pixels", "min_region_points", "cluster_eps",
+                  "cluster_min_points", "max_cluster_points", "clock_jump")
+_ALERT_FIELDS = ("raise_k", "raise_n", "clear_frames", "cooldown_s")
+#: Parameter -> ApproximateSync keyword.
+SYNC_PARAMS = {"slop": "slop", "stale_timeout": "stale_timeout", "clock_jump": "clock_jump", "sync_queue_size": "queue_size"}
+
+
+def fusion_param_defaults() -> dict[str, Any]:
+    """Every parameter's default (``lidar_to_camera.matrix`` None = unset)."""
+    out = {name: (list(default) if isinstance(default, list) else default) for name, default, _ in FUSION_PARAMETERS}
+    out[MATRIX_PARAM] = None
+    return out
+
+
+_DEFAULTS = fusion_param_defaults()
+
+
+def validate_fusion_params(values: Mapping[str, Any]) -> None:
+    """Check a complete parameter dict; raise ValueError naming the first bad value."""
+    positive = ["slop", "clock_jump", "diagnostics_period", "cluster_eps", "log_throttle_s"]
+    for name in positive:
+        if not float(values[name]) > 0:
+            raise ValueError(f"parameter {name} must be > 0, got {values[name]}")
+    for name in ["qos_depth", "sync_queue_size", "max_points", "min_region_pixels", "min_region_points",
+                 "cluster_min_points", "max_cluster_points", "raise_k", "raise_n", "clear_frames"]:
+        if int(values[name]) < 1:
+            raise ValueError(f"parameter {name} must be >= 1, got {values[name]}")
+    if values["reliability"] not in ("best_effort", "reliable"):
+        raise ValueError(f"parameter reliability must be one of ('best_effort', 'reliable'), got {values['reliability']!r}")
+    if int(values["raise_k"]) > int(values["raise_n"]):
+        raise ValueError(f"parameter raise_k ({values['raise_k']}) must be <= raise_n ({values['raise_n']})")
+    if not float(values["cooldown_s"]) >= 0 or not float(values["stale_timeout"]) >= 0:
+        raise ValueError("parameters cooldown_s and stale_timeout must be >= 0")
+    if not 0 <= float(values["frame_score_percentile"]) <= 100:
+        raise ValueError(f"parameter frame_score_percentile must be in [0, 100], got {values['frame_score_percentile']}")
+    if values["backend"] not in ("onnxruntime", "torch", "tensorrt"):
+        raise ValueError(f"parameter backend must be onnxruntime, torch or tensorrt, got {values['backend']!r}")
+    thr = float(values["threshold"])
+    if math.isinf(thr):
+        raise ValueError(f"parameter threshold must be finite or NaN (= the model's), got {thr}")
+    for name in ("lidar_to_camera.xyz", "lidar_to_camera.rpy"):
+        v = list(values[name])
+        if len(v) != 3 or not all(math.isfinite(float(x)) for x in v):
+            raise ValueError(f"parameter {name} must be 3 finite numbers, got {v}")
+    m = values.get(MATRIX_PARAM)
+    if m is not None:
+        a = np.asarray(list(m), float)
+        if a.size != 16 or not np.all(np.isfinite(a)) or not np.allclose(a.reshape(4, 4)[3], [0, 0, 0, 1]):
+            raise ValueError(f"parameter {MATRIX_PARAM} must be 16 finite numbers (row-major 4x4, last row 0 0 0 1)")
+
+
+def fusion_config_kwargs(values: Mapping[str, Any]) -> dict[str, Any]:
+    """:class:`FusionConfig` keyword arguments for the parameters present in ``values``
+    (``threshold`` NaN -> None = the model's; any of raise_k/raise_n/clear_frames/cooldown_s ->
+    ``alert``, the missing ones at their parameter defaults)."""
+    out: dict[str, Any] = {}
+    for key in _FUSION_FIELDS:
+        if key in values:
+            out[key] = type(_DEFAULTS[key])(values[key])
+    if "threshold" in values:
+        thr = float(values["threshold"])
+        out["threshold"] = None if math.isnan(thr) else thr
+    if any(k in values for k in _ALERT_FIELDS):
+        out["alert"] = AlertConfig(*(type(_DEFAULTS[k])(values.get(k, _DEFAULTS[k])) for k in _ALERT_FIELDS))
+    return out
+
+
+def sync_kwargs(values: Mapping[str, Any]) -> dict[str, Any]:
+    """:class:`ApproximateSync` keyword arguments for the parameters present in ``values``."""
+    return {arg: type(_DEFAULTS[key])(values[key]) for key, arg in SYNC_PARAMS.items() if key in values}
+
+
+def extrinsics_from_params(values: Mapping[str, Any]) -> np.ndarray:
+    """T_cam_lidar (LiDAR -> camera optical frame): ``lidar_to_camera.matrix`` when set, else the
+    inverse of the camera pose ``lidar_to_camera.xyz`` + ``.rpy`` in the LiDAR frame (missing keys at
+    their defaults: the camera at the LiDAR origin looking forward). A TF lookup would replace this
+    where tf2_ros is installed."""
+    m = values.get(MATRIX_PARAM)
+    if m is not None:
+        a = np.asarray(list(m), float)
+        if a.size != 16:
+            raise ValueError(f"parameter {MATRIX_PARAM} must be 16 numbers (row-major 4x4), got {a.size}")
+        return a.reshape(4, 4)
+    xyz = values.get("lidar_to_camera.xyz", _DEFAULTS["lidar_to_camera.xyz"])
+    rpy = values.get("lidar_to_camera.rpy", _DEFAULTS["lidar_to_camera.rpy"])
+    return np.linalg.inv(transform_from_xyz_rpy(xyz, rpy))
+
+
+@dataclass
+class FrameSettings:
+    """What the frame processor and the input decoding need, from the node's parameters.
+
+    Attributes:
+        fusion: the pipeline's configuration.
+        sync: :class:`ApproximateSync` keyword arguments.
+        T_cam_lidar: 4x4 extrinsics (LiDAR -> camera optical frame).
+        intensity_field, negate_lidar_y, max_points: PointCloud2 decoding.
+        publish_points, publish_markers: which optional outputs are published.
+    """
+
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    sync: dict[str, Any] = field(default_factory=dict)
+    T_cam_lidar: np.ndarray = field(default_factory=lambda: extrinsics_from_params({}))
+    intensity_field: str = "intensity"
+    negate_lidar_y: bool = False
+    max_points: int = 2_000_000
+    publish_points: bool = True
+    publish_markers: bool = True
+
+    @classmethod
+    def from_params(cls, values: Mapping[str, Any]) -> FrameSettings:
+        """Validate ``values`` (missing parameters take their defaults; unknown keys are ignored)
+        and map them. Raises ValueError naming a bad value."""
+        full = {**_DEFAULTS, **{k: v for k, v in values.items() if k in _DEFAULTS}}
+        validate_fusion_params(full)
+        return cls(
+            fusion=FusionConfig(**fusion_config_kwargs(full)),
+            sync=sync_kwargs(full),
+            T_cam_lidar=extrinsics_from_params(full),
+            intensity_field=str(full["intensity_field"]),
+            negate_lidar_y=bool(full["negate_lidar_y"]),
+            max_points=int(full["max_points"]),
+            publish_points=bool(full["publish_points"]),
+            publish_markers=bool(full["publish_markers"]),
+        )
+
+
+@dataclass(frozen=True)
+class FrameHeader:
+    """A ROS-free ``std_msgs/Header``: stamp in integer nanoseconds (exact) and frame id."""
+
+    stamp_ns: int
+    frame_id: str
+
+    @classmethod
+    def of(cls, header: Any) -> FrameHeader:
+        """From any header-like object (rclpy or rosbags ``std_msgs/Header``)."""
+        return cls(int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec), str(header.frame_id))
+
+    @property
+    def sec(self) -> int:
+        """Whole seconds of the stamp."""
+        return self.stamp_ns // 1_000_000_000
+
+    @property
+    def nanosec(self) -> int:
+        """Nanoseconds part of the stamp."""
+        return self.stamp_ns % 1_000_000_000
+
+    @property
+    def stamp(self) -> float:
+        """The stamp in float seconds (the synchroniser's unit), ``sec + nanosec * 1e-9``."""
+        return self.sec + self.nanosec * 1e-9
+
+
+@dataclass
+class CameraInput:
+    """A decoded camera image: RGB uint8 ``[H, W, 3]``, its header, and an opaque ``source``
+    (e.g. the original message, for label look-ups in replay). ``received`` is the wall
+    (monotonic) time of arrival, for latency figures only."""
+
+    header: FrameHeader
+    image: np.ndarray
+    source: Any = None
+    received: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class LidarInput:
+    """A decoded LiDAR cloud: float32 ``[N, 4]`` x, y, z, intensity (finite points only)."""
+
+    header: FrameHeader
+    points: np.ndarray
+    source: Any = None
+    received: float = field(default_factory=time.monotonic)
+
+
+@dataclass(frozen=True)
+class Note:
+    """Something a caller should count and log: ``bad`` ones are bad inputs (counted on
+    /diagnostics per ``reason``), the others informational (e.g. a clock reset)."""
+
+    reason: str
+    detail: str
+    bad: bool = True
+
+
+@dataclass
+class FrameOutputs:
+    """Everything published for one synchronised frame.
+
+    Attributes:
+        result: the pipeline's result.
+        header: header of ood/mask, ood/score, ood/alerts and ood/markers: the camera image's, or
+            without a camera image the LiDAR stamp with the last camera frame id seen.
+        points_header: header of ood/points (the LiDAR's), None when no scored points are published.
+        T_cam_lidar: extrinsics used to express 3D regions in ``header.frame_id``.
+        camera, lidar: the inputs of the frame.
+        calib: the calibration the pipeline used (None without CameraInfo).
+        points: the LiDAR points given to the pipeline (None when not projectable).
+        notes: bad-input notes of this frame.
+    """
+
+    result: FusionResult
+    header: FrameHeader
+    points_header: FrameHeader | None
+    T_cam_lidar: np.ndarray
+    camera: CameraInput | None
+    lidar: LidarInput | None
+    calib: Calibration | None
+    points: np.ndarray | None
+    notes: list[Note] = field(default_factory=list)
+
+    @property
+    def publish_mask(self) -> bool:
+        """Whether ood/mask and ood/score are published (the frame was scored)."""
+        return self.result.mask is not None
+
+
+def stale_reasons(frame: SyncedFrame, sync: ApproximateSync, now: float | None = None) -> list[str]:
+    """Why a modality is missing from ``frame`` (``"lidar stale for 0.80 s"``, ``"camera never received"``)."""
+    reasons = []
+    for name, part in (("camera", frame.camera), ("lidar", frame.lidar)):
+        if part is None:
+            age = sync.age(name, now)
+            reasons.append(f"{name} {'never received' if age is None else f'stale for {age:.2f} s'}")
+    return reasons
+
+
+def sync_note(stream: str, stamp: float, outcome: str) -> Note | None:
+    """The note for an :meth:`ApproximateSync.add` outcome (None when nothing to report)."""
+    if outcome == "rejected_zero":
+        return Note("zero_stamp", f"{stream} message with stamp 0 ignored")
+    if outcome == "rejected_old":
+        return Note("old_stamp", f"{stream} stamp {stamp:.3f} is older than the last processed frame")
+    if outcome == "duplicate":
+        return Note("duplicate_stamp", f"{stream} stamp {stamp:.3f} repeated; the newer message replaces it")
+    if outcome == "reset":
+        return Note("clock_reset", f"{stream} stamp jumped back to {stamp:.3f}: sync and alert history reset", bad=False)
+    return None
+
+
+class FusionFrameProcessor:
+    """Synchroniser + calibration + pipeline: decoded inputs in, :class:`FrameOutputs` out.
+
+    Args:
+        pipeline: the :class:`FusionPipeline` (its config is the caller's; see :meth:`build`).
+        settings: the mapped parameters.
+        clock: arrival time source [s]; the node passes its ROS clock, replay the bag time.
+    """
+
+    def __init__(self, pipeline: FusionPipeline, settings: FrameSettings | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.pipeline = pipeline
+        self.settings = settings or FrameSettings()
+        self.sync = ApproximateSync(**{**self.settings.sync, "clock": clock})
+        self.calib: Calibration | None = None  # intrinsics from the latest CameraInfo
+        self.camera_frame = ""
+
+    @classmethod
+    def build(cls, backend: Any, settings: FrameSettings, clock: Callable[[], float] = time.monotonic) -> FusionFrameProcessor:
+        """A processor with a new :class:`FusionPipeline` around ``backend`` and ``settings.fusion``."""
+        return cls(FusionPipeline(backend, settings.fusion), settings, clock)
+
+    # -- inputs ------------------------------------------------------------------------------
+
+    def set_camera_info(self, calib: Calibration) -> None:
+        """The latest CameraInfo's intrinsics (its extrinsics are replaced by the settings')."""
+        self.calib = calib
+
+    def add_camera(self, cam: CameraInput, arrival: float | None = None) -> list[Note]:
+        """Offer a decoded camera image to the synchroniser (``arrival`` None = the clock now)."""
+        self.camera_frame = cam.header.frame_id or self.camera_frame
+        return self._offer("camera", cam.header.stamp, cam, arrival)
+
+    def add_lidar(self, lid: LidarInput, arrival: float | None = None) -> list[Note]:
+        """Offer a decoded LiDAR cloud to the synchroniser."""
+        return self._offer("lidar", lid.header.stamp, lid, arrival)
+
+    def _offer(self, stream: str, stamp: float, payload: Any, arrival: float | None) -> list[Note]:
+        note = sync_note(stream, stamp, self.sync.add(stream, stamp, payload, arrival=arrival))
+        return [note] if note is not None else []
+
+    def take(self) -> SyncedFrame | None:
+        """The frame waiting to be processed, if any (never blocks)."""
+        return self.sync.take()
+
+    def wait(self, timeout: float | None = None) -> SyncedFrame | None:
+        """Block until a frame is ready (worker threads)."""
+        return self.sync.wait(timeout)
+
+    # -- the frame ---------------------------------------------------------------------------
+
+    def process(self, frame: SyncedFrame) -> FrameOutputs:
+        """Run the pipeline on a synchronised frame and say what to publish."""
+        cam: CameraInput | None = frame.camera.msg if frame.camera is not None else None
+        lid: LidarInput | None = frame.lidar.msg if frame.lidar is not None else None
+        image = cam.image if cam is not None else None
+        points = lid.points if lid is not None else None
+        notes: list[Note] = []
+        T = self.settings.T_cam_lidar
+        calib = None
+        if self.calib is not None:
+            calib = Calibration(self.calib.K, self.calib.width, self.calib.height, T)
+            if image is not None and image.shape[:2] != (calib.height, calib.width):
+                notes.append(Note("camera_info_size_mismatch",
+                                  f"CameraInfo is {calib.width}x{calib.height}, image {image.shape[1]}x{image.shape[0]}: rescaled"))
+                calib = calib.scaled(image.shape[1], image.shape[0])
+        elif points is not None:
+            notes.append(Note("missing_camera_info", "no CameraInfo received yet: LiDAR cannot be projected"))
+        if image is None and calib is None:
+            points = None  # nothing to project onto
+        reasons = stale_reasons(frame, self.sync)
+        result = self.pipeline.process(
+            FusionFrame(stamp=frame.stamp, image=image, points=points, calib=calib, degraded="; ".join(reasons) or None)
+        )
+        if cam is not None:
+            header = cam.header
+        else:  # LiDAR alone: its stamp, in the camera frame the outputs are always given in
+            assert lid is not None
+            header = FrameHeader(lid.header.stamp_ns, self.camera_frame or lid.header.frame_id)
+        points_header = lid.header if (lid is not None and self.settings.publish_points and result.mask is not None) else None
+        return FrameOutputs(result, header, points_header, T, cam, lid, calib, points, notes)

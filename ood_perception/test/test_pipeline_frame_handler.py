@@ -1,0 +1,153 @@
+"""The node/replay shared frame logic: parameter mapping, headers, stale reasons, calibration notes,
+start-up grace on the message clock (pipeline/frame_handler.py)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from test_pipeline import CALIB, H, RednessBackend, W
+
+from ood_perception.geometry import Calibration
+from ood_perception.pipeline import AlertConfig, ApproximateSync, FusionConfig
+from ood_perception.pipeline.frame_handler import (
+    CameraInput,
+    FrameHeader,
+    FrameSettings,
+    FusionFrameProcessor,
+    LidarInput,
+    extrinsics_from_params,
+    fusion_config_kwargs,
+    sync_kwargs,
+)
+
+
+class Clock:
+    def __init__(self, t: float = 50.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def cam(stamp_ns: int, frame: str = "cam_optical", red: bool = False) -> CameraInput:
+    img = np.full((H, W, 3), 40, np.uint8)
+    if red:
+        img[20:60, 30:90] = (250, 10, 10)
+    return CameraInput(FrameHeader(stamp_ns, frame), img)
+
+
+def lid(stamp_ns: int, n: int = 200) -> LidarInput:
+    rng = np.random.default_rng(stamp_ns % 1000)
+    pts = np.column_stack([rng.uniform(-2, 2, n), rng.uniform(-1, 1, n), rng.uniform(4, 9, n), np.zeros(n)]).astype(np.float32)
+    return LidarInput(FrameHeader(stamp_ns, "lidar"), pts)
+
+
+def test_defaults_agree_with_the_objects_they_configure():
+    s = FrameSettings.from_params({})
+    assert s.fusion == FusionConfig()
+    sync = ApproximateSync(**s.sync)
+    ref = ApproximateSync()
+    assert (sync.slop, sync.stale_timeout, sync.clock_jump, sync.queue_size) == (
+        ref.slop, ref.stale_timeout, ref.clock_jump, ref.queue_size)
+    # default extrinsics: camera at the LiDAR looking forward -> LiDAR x (forward) is camera z,
+    # LiDAR y (left) is camera -x, LiDAR z (up) is camera -y
+    T = s.T_cam_lidar
+    np.testing.assert_allclose(T[:3, :3] @ [1, 0, 0], [0, 0, 1], atol=1e-12)
+    np.testing.assert_allclose(T[:3, :3] @ [0, 1, 0], [-1, 0, 0], atol=1e-12)
+    np.testing.assert_allclose(T[:3, :3] @ [0, 0, 1], [0, -1, 0], atol=1e-12)
+
+
+def test_mapping_of_given_values_and_partial_dicts():
+    s = FrameSettings.from_params({"threshold": 0.7, "raise_k": 2, "slop": 0.1, "sync_queue_size": 3,
+                                   "negate_lidar_y": True, "publish_points": False, "unknown": 1})
+    assert s.fusion.threshold == 0.7 and s.fusion.alert == AlertConfig(2, 5, 5, 1.0)
+    assert s.sync == {"slop": 0.1, "stale_timeout": 0.5, "clock_jump": 1.0, "queue_size": 3}
+    assert s.negate_lidar_y and not s.publish_points
+    assert fusion_config_kwargs({"threshold": math.nan}) == {"threshold": None}
+    assert sync_kwargs({"stale_timeout": 2}) == {"stale_timeout": 2.0}
+    T = np.arange(16.0).reshape(4, 4)
+    T[3] = [0, 0, 0, 1]
+    np.testing.assert_array_equal(extrinsics_from_params({"lidar_to_camera.matrix": T.ravel().tolist()}), T)
+    # xyz/rpy are the camera pose in the LiDAR frame: a camera 1 m up sees the LiDAR origin 1 m below (camera +y)
+    T_up = extrinsics_from_params({"lidar_to_camera.xyz": [0, 0, 1.0]})
+    np.testing.assert_allclose(T_up @ [0, 0, 0, 1], [0, 1, 0, 1], atol=1e-12)
+
+
+@pytest.mark.parametrize(("values", "match"), [
+    ({"slop": 0}, "slop"), ({"raise_k": 6}, "raise_k"), ({"threshold": math.inf}, "threshold"),
+    ({"reliability": "sometimes"}, "reliability"), ({"lidar_to_camera.xyz": [0, 0]}, "xyz"),
+    ({"lidar_to_camera.matrix": [1.0] * 16}, "matrix"), ({"frame_score_percentile": 101}, "percentile"),
+])
+def test_bad_values_are_named(values, match):
+    with pytest.raises(ValueError, match=match):
+        FrameSettings.from_params(values)
+
+
+def test_headers_notes_and_stale_reasons():
+    clock = Clock()
+    proc = FusionFrameProcessor.build(RednessBackend(), FrameSettings.from_params({"stale_timeout": 0.5, "raise_k": 1}),
+                                      clock=clock)
+    # LiDAR before any CameraInfo: counted, not projected
+    proc.add_camera(cam(1_000_000_000))
+    proc.add_lidar(lid(1_010_000_000))
+    out = proc.process(proc.take())
+    assert [n.reason for n in out.notes] == ["missing_camera_info"]
+    assert out.result.modalities == ["camera"] and len(out.result.points) == 0
+    assert "no CameraInfo" in out.result.decision.description
+    assert out.header == FrameHeader(1_000_000_000, "cam_optical")  # the camera's header
+    assert out.points_header == FrameHeader(1_010_000_000, "lidar")  # (empty) scored points, LiDAR header
+    # CameraInfo of another size: rescaled, noted
+    proc.set_camera_info(Calibration(CALIB.K * np.array([[2], [2], [1]]), 2 * W, 2 * H))
+    clock.t += 0.1
+    proc.add_camera(cam(1_100_000_000, red=True))
+    proc.add_lidar(lid(1_100_000_000))
+    out = proc.process(proc.take())
+    assert [n.reason for n in out.notes] == ["camera_info_size_mismatch"]
+    assert (out.calib.width, out.calib.height) == (W, H) and out.points is not None
+    np.testing.assert_allclose(out.calib.T_cam_lidar, proc.settings.T_cam_lidar)
+    assert out.points_header == FrameHeader(1_100_000_000, "lidar") and out.result.mask is not None
+    # camera goes silent: after stale_timeout of the clock a LiDAR goes out alone, in the camera frame
+    clock.t += 0.8
+    proc.add_lidar(lid(1_900_000_000))
+    out = proc.process(proc.take())
+    assert out.camera is None and out.header == FrameHeader(1_900_000_000, "cam_optical")
+    assert "camera stale for 0.80 s" in out.result.decision.description
+    np.testing.assert_allclose(out.T_cam_lidar, proc.settings.T_cam_lidar)
+
+
+def test_points_header_follows_publish_points():
+    proc = FusionFrameProcessor.build(RednessBackend(), FrameSettings.from_params({"publish_points": False}), clock=Clock())
+    proc.set_camera_info(CALIB)
+    proc.add_camera(cam(2_000_000_000))
+    proc.add_lidar(lid(2_000_000_000))
+    out = proc.process(proc.take())
+    assert out.publish_mask and out.points_header is None
+
+
+def test_startup_grace_counts_from_the_first_message():
+    """A processor created long before its first message still pairs that message (the live node
+    waited for discovery; replay starts at the bag's first message): no 'never received' frame."""
+    clock = Clock(10.0)
+    proc = FusionFrameProcessor.build(RednessBackend(), FrameSettings.from_params({"stale_timeout": 0.5}), clock=clock)
+    clock.t = 100.0  # e.g. 90 s of DDS discovery / sim clock before data flows
+    proc.add_camera(cam(5_000_000_000))
+    assert proc.take() is None  # waiting for its partner, not sent alone
+    clock.t += 0.02
+    proc.add_lidar(lid(5_010_000_000))
+    frame = proc.take()
+    assert frame.camera is not None and frame.lidar is not None
+    clock.t += 0.6  # now the LiDAR has been silent past the timeout
+    proc.add_camera(cam(5_600_000_000))
+    frame = proc.take()
+    assert frame.lidar is None and "lidar stale for 0.60 s" in proc.process(frame).result.decision.description
+
+
+def test_stamp_conversion_matches_the_node_conversion():
+    from ood_perception.ros.conversions import stamp_to_sec
+
+    for ns in (1_100_000_000, 1_700_000_123_456_789_0 // 10, 3):
+        h = FrameHeader(ns, "x")
+        stamp = type("T", (), {"sec": h.sec, "nanosec": h.nanosec})()
+        assert h.stamp == stamp_to_sec(stamp)
