@@ -121,6 +121,7 @@ def test_pipeline_result_matches_the_model_and_onnx(tmp_path):
     assert r.ood_score == pytest.approx(1 - float(p.max()), abs=1e-5)  # MSP score = 1 - max softmax
     assert r.is_ood == (r.ood_score > 0.5)
     assert r.stamp_start == pytest.approx(10.0) and r.stamp_end == pytest.approx(10.5) and r.frames == 6
+    assert r.clip_duration == pytest.approx(0.5)
     pv = torch.softmax(out["video_logits"][0], 0)
     assert r.modality_scores["video"] == pytest.approx(1 - float(pv.max()), abs=1e-5)
     onnx_path = export_recognition_onnx(m, tmp_path / "rec.onnx", clip_len=6, size=32)

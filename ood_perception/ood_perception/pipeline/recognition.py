@@ -55,6 +55,11 @@ class RecognitionResult:
     frames: int = 0
     latency_s: float = 0.0
 
+    @property
+    def clip_duration(self) -> float:
+        """Seconds from the first to the last frame (``Recognition.clip_duration``)."""
+        return self.stamp_end - self.stamp_start
+
 
 class ClipBuffer:
     """Ring buffer of resized RGB frames; emits a clip every ``stride`` frames once full.
