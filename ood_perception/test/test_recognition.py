@@ -120,11 +120,25 @@ def test_pipeline_result_matches_the_model_and_onnx(tmp_path):
     assert r.confidence == pytest.approx(float(p.max()), abs=1e-5)
     assert r.ood_score == pytest.approx(1 - float(p.max()), abs=1e-5)  # MSP score = 1 - max softmax
     assert r.is_ood == (r.ood_score > 0.5)
-    assert r.stamp_start == pytest.approx(10.0) and r.stamp_end == pytest.approx(10.5) and r.frames == 6
+    assert r.stamp_start == pytest.approx(10.0) and r.stamp_end == pytest.approx(10.5) and r.num_frames == 6
     assert r.clip_duration == pytest.approx(0.5)
     pv = torch.softmax(out["video_logits"][0], 0)
-    assert r.modality_scores["video"] == pytest.approx(1 - float(pv.max()), abs=1e-5)
+    assert r.modality_names == ["video", "flow"] and r.score_name == "msp"
+    assert r.modality_scores[0] == pytest.approx(1 - float(pv.max()), abs=1e-5)
     onnx_path = export_recognition_onnx(m, tmp_path / "rec.onnx", clip_len=6, size=32)
     r2 = RecognitionPipeline(str(onnx_path), ["x", "y", "z"], threshold=0.5, clip_len=6, size=32).process_clip(clip)
     assert r2.class_id == r.class_id and r2.ood_score == pytest.approx(r.ood_score, abs=1e-4)
-    assert r2.modality_scores["flow"] == pytest.approx(r.modality_scores["flow"], abs=1e-4)
+    assert r2.modality_scores[1] == pytest.approx(r.modality_scores[1], abs=1e-4)
+    # the node's entry point over a runtime-style backend (infer + spec)
+    from types import SimpleNamespace
+
+    from ood_perception.pipeline.recognition import ClipRecognizer, _OnnxBackend
+
+    ort = _OnnxBackend(onnx_path)
+    rt = SimpleNamespace(infer=lambda x: ort(x["video"], x["flow"]),
+                         spec={"class_names": ["x", "y", "z"], "threshold": 0.5, "clip_len": 6, "size": 32})
+    rec = ClipRecognizer(rt, stride=6)
+    out3 = [rec.push(f, float(i)) for i, f in enumerate(clip)]
+    assert out3[-1].ood_score == pytest.approx(r.ood_score, abs=1e-4) and out3[-1].threshold == 0.5
+    with pytest.raises(ValueError, match="threshold"):
+        ClipRecognizer(SimpleNamespace(infer=rt.infer, spec={"class_names": ["x"]}))

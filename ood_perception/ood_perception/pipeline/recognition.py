@@ -29,16 +29,18 @@ from ood_perception.data.clips import FlowParams, compute_flow, normalise_flow, 
 
 @dataclass
 class RecognitionResult:
-    """The recognition of one clip (what the node publishes as ``ood_perception_msgs/Recognition``).
+    """The recognition of one clip (fields named as in ``ood_perception_msgs/Recognition``).
 
     Attributes:
         class_id: predicted in-distribution class (joint head), ``class_name`` its name.
         confidence: softmax probability of that class.
-        ood_score: joint-head OOD score (higher = more anomalous); ``is_ood``: above ``threshold``.
-        modality_scores: ``{"joint", "video", "flow"}`` -> score of each head (same scorer).
-        modality_classes: ``{"video", "flow"}`` -> each expert's predicted class id.
+        ood_score: joint-head OOD score (higher = more anomalous) by ``score_name``;
+            ``is_ood``: ``ood_score > threshold``.
+        modality_names, modality_scores: the experts (``["video", "flow"]``) and the score of each
+            expert head (same scorer; NaN for feature-based scorers, fitted on the joint head only).
+        modality_classes: each expert's predicted class id.
         stamp_start, stamp_end: stamps of the first and last frame of the clip.
-        frames: clip length; latency_s: flow + inference wall time.
+        num_frames: clip length; latency_s: flow + inference wall time.
     """
 
     class_id: int
@@ -47,12 +49,13 @@ class RecognitionResult:
     ood_score: float
     is_ood: bool
     threshold: float
-    scorer: str
-    modality_scores: dict[str, float] = field(default_factory=dict)
+    score_name: str
+    modality_names: list[str] = field(default_factory=list)
+    modality_scores: list[float] = field(default_factory=list)
     modality_classes: dict[str, int] = field(default_factory=dict)
     stamp_start: float = 0.0
     stamp_end: float = 0.0
-    frames: int = 0
+    num_frames: int = 0
     latency_s: float = 0.0
 
     @property
@@ -133,6 +136,21 @@ class _OnnxBackend:
         return dict(zip(self.outputs, res, strict=True))
 
 
+class _RuntimeBackend:
+    """An ``ood_perception.runtime`` Backend (``infer({"video", "flow"}) -> dict``) of an exported
+    recognition graph with the :data:`ONNX_OUTPUTS`."""
+
+    def __init__(self, backend) -> None:
+        self.backend = backend
+
+    def __call__(self, video: np.ndarray, flow: np.ndarray) -> dict[str, np.ndarray]:
+        out = dict(self.backend.infer({"video": video, "flow": flow}))
+        missing = [k for k in ("logits", "video_logits", "flow_logits") if k not in out]
+        if missing:
+            raise ValueError(f"recognition backend returned no {missing}; outputs: {sorted(out)}")
+        return out
+
+
 #: Outputs of the exported recognition graph.
 ONNX_OUTPUTS: tuple[str, ...] = ("logits", "video_logits", "flow_logits", "features", "video_features", "flow_features")
 
@@ -190,6 +208,8 @@ class RecognitionPipeline:
 
         if isinstance(backend, (str, os.PathLike)):
             self.backend = _OnnxBackend(backend)
+        elif hasattr(backend, "infer"):  # an ood_perception.runtime Backend
+            self.backend = _RuntimeBackend(backend)
         else:
             self.backend = _TorchBackend(backend, device)
         self.scorer = get_scorer(scorer) if isinstance(scorer, str) else scorer
@@ -235,17 +255,17 @@ class RecognitionPipeline:
         p = np.exp(logits - logits.max())
         p /= p.sum()
         cid = int(np.argmax(logits))
-        joint = self._score(out["logits"], out["features"])
-        per = {"joint": joint}
+        joint = self._score(out["logits"], out.get("features"))
+        names = ["video", "flow"]
         # expert scores: the expert's own head; feature-based scorers are fitted on the joint head only
-        for m in ("video", "flow"):
-            per[m] = self._score(out[f"{m}_logits"], None) if not self.scorer.needs_features else float("nan")
+        per = [self._score(out[f"{m}_logits"], None) if not self.scorer.needs_features else float("nan") for m in names]
         st = np.asarray(stamps if stamps is not None else [0.0, 0.0], float)
         return RecognitionResult(
             class_id=cid, class_name=self.class_names[cid], confidence=float(p[cid]), ood_score=joint,
-            is_ood=bool(joint > self.threshold), threshold=self.threshold, scorer=self.scorer.name,
-            modality_scores=per, modality_classes={m: int(np.argmax(out[f"{m}_logits"][0])) for m in ("video", "flow")},
-            stamp_start=float(st[0]), stamp_end=float(st[-1]), frames=len(clip), latency_s=time.perf_counter() - t0,
+            is_ood=bool(joint > self.threshold), threshold=self.threshold, score_name=self.scorer.name,
+            modality_names=names, modality_scores=per,
+            modality_classes={m: int(np.argmax(out[f"{m}_logits"][0])) for m in names},
+            stamp_start=float(st[0]), stamp_end=float(st[-1]), num_frames=len(clip), latency_s=time.perf_counter() - t0,
         )
 
     def push(self, frame_rgb: np.ndarray, stamp: float) -> RecognitionResult | None:
@@ -254,3 +274,31 @@ class RecognitionPipeline:
         if ready is None:
             return None
         return self.process_clip(*ready)
+
+
+class ClipRecognizer(RecognitionPipeline):
+    """The recognition node's entry point (``ros/recognition_node.py``): a :class:`RecognitionPipeline`
+    built from a runtime backend whose ``spec`` (model.json) names ``class_names`` and, optionally,
+    ``threshold``, ``score``, ``clip_len``/``clip_length`` and ``size``.
+
+    Args:
+        backend: a runtime Backend (``infer``/``spec``), a RecognitionNet, or an ONNX path.
+        clip_length, stride: clip geometry (``clip_length`` defaults to the spec's, else 16).
+        threshold: OOD threshold; None = the spec's ``threshold`` (error when it has none).
+        class_names: override of the spec's class names.
+    """
+
+    def __init__(self, backend, clip_length: int | None = None, stride: int = 8, threshold: float | None = None,
+                 class_names: Sequence[str] | None = None, scorer: Any = None, size: int | None = None,
+                 device: str = "cpu") -> None:
+        spec = getattr(backend, "spec", None) or {}
+        spec = spec if isinstance(spec, dict) else getattr(spec, "__dict__", {})
+        names = class_names if class_names is not None else spec.get("class_names")
+        if not names:
+            raise ValueError("ClipRecognizer needs class_names (argument or the backend spec's class_names)")
+        thr = threshold if threshold is not None else spec.get("threshold")
+        if thr is None:
+            raise ValueError("ClipRecognizer needs a threshold (argument or the backend spec's threshold)")
+        clip_len = int(clip_length or spec.get("clip_len") or spec.get("clip_length") or 16)
+        super().__init__(backend, names, float(thr), scorer or spec.get("score", "msp"), clip_len, stride,
+                         int(size or spec.get("size") or 64), device=device)
