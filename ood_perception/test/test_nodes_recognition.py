@@ -1,9 +1,8 @@
 """The action recognition node over DDS with a small clip recogniser implementing the
-``ClipRecognizer.push`` contract: results per clip, alerts from is_ood, DEGRADED when stale."""
+``RecognitionPipeline.push`` contract (returns real ``RecognitionResult`` objects): results per
+clip, alerts from is_ood, DEGRADED when stale."""
 
 from __future__ import annotations
-
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -12,6 +11,7 @@ pytestmark = pytest.mark.ros
 pytest.importorskip("rclpy", reason="rclpy is installed by `make setup`")
 
 from conftest import spin_until  # noqa: E402
+from ood_perception.pipeline.recognition import RecognitionResult  # noqa: E402
 from ood_perception.ros import conversions as conv  # noqa: E402
 from ood_perception.ros.common import stamp_from_sec  # noqa: E402
 
@@ -31,10 +31,11 @@ class MeanRednessClips:
         frames = np.stack([f for f, _ in self.buf])
         red = float((frames[..., 0] - 0.5 * (frames[..., 1] + frames[..., 2])).mean())
         dur = self.buf[-1][1] - self.buf[0][1]
+        self.stamp0 = self.buf[0][1]
         self.buf = []
-        return SimpleNamespace(class_id=1, class_name="walking", confidence=0.9, ood_score=red, score_name="redness",
-                               threshold=0.3, is_ood=red > 0.3, modality_names=["video"], modality_scores=[red],
-                               num_frames=4, clip_duration=dur)
+        return RecognitionResult(class_id=1, class_name="walking", confidence=0.9, ood_score=red, is_ood=red > 0.3,
+                                 threshold=0.3, score_name="redness", modality_names=["video"], modality_scores=[red],
+                                 stamp_start=self.stamp0, stamp_end=self.stamp0 + dur, num_frames=4)
 
 
 def test_recognition_node_results_alerts_and_stale(rclpy_context):

@@ -52,6 +52,7 @@ PARAMETERS: list[tuple[str, Any, str]] = [
     ("clip_stride", 8, "frames between the starts of consecutive clips"),
     ("frame_queue", 64, "frames buffered for the worker; older ones are dropped and counted"),
     ("stale_timeout", 1.0, "video silent this long [s] -> DEGRADED alert"),
+    ("clock_jump", 1.0, "a stamp this far [s] behind the newest resets the clip buffer and alert history (bag loops)"),
     ("raise_k", 2, "ALERT when raise_k of the last raise_n clips are OOD"),
     ("raise_n", 3, "window of the k-of-n rule [clips]"),
     ("clear_frames", 2, "consecutive in-distribution clips needed to clear an ALERT"),
@@ -65,7 +66,7 @@ def _validate(v: dict[str, Any]) -> None:
     for name in ("qos_depth", "clip_length", "clip_stride", "frame_queue", "raise_k", "raise_n", "clear_frames"):
         if int(v[name]) < 1:
             raise ValueError(f"parameter {name} must be >= 1, got {v[name]}")
-    for name in ("diagnostics_period", "log_throttle_s", "stale_timeout"):
+    for name in ("diagnostics_period", "log_throttle_s", "stale_timeout", "clock_jump"):
         if not float(v[name]) > 0:
             raise ValueError(f"parameter {name} must be > 0, got {v[name]}")
     if v["reliability"] not in RELIABILITY:
@@ -113,6 +114,8 @@ class ActionRecognitionNode(LifecycleNode):
         self._clips = 0
         self._last_arrival: float | None = None
         self._last_header: Any = None
+        self._newest_stamp: float | None = None
+        self._resets = 0
         self._subs: list[Any] = []
         self._pubs: dict[str, Any] = {}
         self._diag_pub: Any = None
@@ -235,7 +238,20 @@ class ActionRecognitionNode(LifecycleNode):
                 self.bad.report("zero_stamp", "video frame with stamp 0 ignored")
                 return
             rgb = conv.image_to_rgb8(msg)
+            newest = self._newest_stamp
+            reset = newest is not None and stamp < newest - float(self.params["clock_jump"])
+            if not reset and newest is not None and stamp <= newest:
+                # the clip buffer would drop it silently; say so and count it
+                reason = "duplicate_stamp" if stamp == newest else "old_stamp"
+                self.bad.report(reason, f"video stamp {stamp:.3f} not after the newest {newest:.3f}: frame ignored")
+                return
+            self._newest_stamp = stamp
             with self._cond:
+                if reset:  # bag loop / simulator restart: start clips and alert history afresh
+                    self._frames.clear()
+                    self._frames.append((None, None, 0.0))
+                    self._resets += 1
+                    self.get_logger().warning(f"video stamp jumped back to {stamp:.3f}: clip buffer and alerts reset")
                 self._frames.append((msg.header, rgb, time.monotonic()))
                 while len(self._frames) > int(self.params["frame_queue"]):
                     self._frames.popleft()
@@ -256,6 +272,12 @@ class ActionRecognitionNode(LifecycleNode):
                 if not self._frames:
                     continue
                 header, rgb, arrival = self._frames.popleft()
+            if header is None:  # reset marker (clock jump)
+                buffer = getattr(self.recognizer, "buffer", None)
+                if buffer is not None and hasattr(buffer, "reset"):
+                    buffer.reset()
+                self.alerts.reset()
+                continue
             try:
                 result = self.recognizer.push(rgb, conv.stamp_to_sec(header.stamp))
                 if result is not None:
@@ -311,9 +333,9 @@ class ActionRecognitionNode(LifecycleNode):
         values = {
             "state": self._state, "alert_level": LEVEL_NAMES.get(self._level, "?"),
             "video_rate_hz": self.rate.rate(), "video_age_s": float("nan") if age is None else age,
-            "clips": self._clips, "dropped_frames": self._dropped,
+            "clips": self._clips, "dropped_frames": self._dropped, "clock_resets": self._resets,
             "latency_p50_ms": p50 * 1e3, "latency_p95_ms": p95 * 1e3,
-            "backend": getattr(self.backend, "name", "none"),
+            "backend": getattr(self.backend, "name", type(self.backend).__name__ if self.backend is not None else "none"),
             "model_sha256": spec_sha256(spec) if spec is not None else "", "model_error": self._model_error,
             "bad_inputs": sum(bad.values()),
         }
