@@ -71,7 +71,7 @@ FUSION_PARAMETERS: list[tuple[str, Any, str]] = [
     ("min_region_points", 5, "smallest 3D anomalous cluster counted as evidence [points]"),
     ("cluster_eps", 0.6, "DBSCAN radius for anomalous points [m]"),
     ("cluster_min_points", 5, "DBSCAN min_points"),
-    ("max_cluster_points", 20000, "anomalous points beyond this are subsampled before DBSCAN"),
+    ("max_cluster_points", 5000, "more anomalous points than this are voxel-downsampled (eps/2 grid) before DBSCAN"),
     ("frame_score_percentile", 99.0, "percentile of the score map reported as the frame score"),
     ("raise_k", 3, "ALERT when raise_k of the last raise_n frames had an anomalous region"),
     ("raise_n", 5, "window of the k-of-n rule [frames]"),

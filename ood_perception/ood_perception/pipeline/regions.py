@@ -79,8 +79,15 @@ def cluster_points(
 ) -> tuple[list[Region], np.ndarray]:
     """DBSCAN clusters (Open3D) of anomalous points ``[M, 3]`` with their scores ``[M]``.
 
-    More than ``max_points`` points are subsampled with a fixed stride first (DBSCAN is
-    superlinear); unsampled points get label -1.
+    DBSCAN is superlinear (Open3D: 1.4 ms for 2k, 16 ms for 8k, 55 ms for 20k points on one core
+    of the project's 2-core CI machine), so more than ``max_points`` points are first
+    voxel-downsampled on a grid of ``eps / 2``: DBSCAN runs on the voxel centroids and every point
+    takes its voxel's cluster (a spatially uniform reduction, unlike a stride over an organised
+    scan, and no point is left unlabelled). The density test then counts voxels, not points, so
+    sparse clusters near ``min_points`` may become noise: an approximation for very large anomalous
+    sets only. When even the centroids exceed ``max_points`` they are stride-subsampled and the
+    points of unsampled voxels get -1. Region statistics (centroid, size, counts, scores) are
+    always computed on the original points.
 
     Returns:
         ``(regions, labels)``: clusters sorted by size and the ``int32 [M]`` cluster index per
@@ -99,9 +106,14 @@ def cluster_points(
     import open3d as o3d
 
     idx = np.arange(m)
+    voxel_of = None  # point -> voxel index when downsampled
+    cloud = xyz
     if m > max_points:
-        idx = idx[:: int(np.ceil(m / max_points))]
-    pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(xyz[idx]))
+        cloud, voxel_of = _voxel_centroids(xyz, eps / 2.0)
+        idx = np.arange(len(cloud))
+        if len(cloud) > max_points:
+            idx = idx[:: int(np.ceil(len(cloud) / max_points))]
+    pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(cloud[idx]))
     sub = np.asarray(pcd.cluster_dbscan(eps=float(eps), min_points=int(min_points), print_progress=False), np.int32)
     k = int(sub.max()) + 1 if sub.size else 0
     if k == 0:
@@ -111,7 +123,17 @@ def cluster_points(
     rank = np.empty(k, np.int32)
     rank[order] = np.arange(k, dtype=np.int32)
     sub = np.where(sub >= 0, rank[np.maximum(sub, 0)], -1)
-    labels[idx] = sub
+    if voxel_of is None:
+        labels[idx] = sub
+    else:
+        vlab = np.full(len(cloud), -1, np.int32)
+        vlab[idx] = sub
+        labels = vlab[voxel_of]
+        counts = np.bincount(labels[labels >= 0], minlength=k)  # re-rank by point counts
+        order = np.argsort(-counts, kind="stable")
+        rank = np.empty(k, np.int32)
+        rank[order] = np.arange(k, dtype=np.int32)
+        labels = np.where(labels >= 0, rank[np.maximum(labels, 0)], -1).astype(np.int32)
     sel = labels >= 0
     lab, pts, sc = labels[sel], xyz[sel], scores[sel]
     cnt = np.bincount(lab, minlength=k).astype(np.float64)
@@ -135,6 +157,20 @@ def cluster_points(
         for c in range(k)
     ]
     return regions, labels
+
+
+def _voxel_centroids(xyz: np.ndarray, voxel: float) -> tuple[np.ndarray, np.ndarray]:
+    """Centroids of the occupied cells of a ``voxel``-sized grid and each point's cell index."""
+    key = np.floor(xyz / voxel).astype(np.int64)
+    key -= key.min(axis=0)
+    dims = key.max(axis=0) + 1
+    flat = (key[:, 0] * dims[1] + key[:, 1]) * dims[2] + key[:, 2]
+    _, inverse = np.unique(flat, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    n = int(inverse.max()) + 1
+    cnt = np.bincount(inverse, minlength=n).astype(np.float64)
+    centroids = np.stack([np.bincount(inverse, weights=xyz[:, j], minlength=n) / cnt for j in range(3)], axis=1)
+    return centroids, inverse
 
 
 def merge_regions(
