@@ -130,7 +130,8 @@ def render_markdown(results: list[dict[str, Any]], setup: dict[str, Any]) -> str
                      if held else
                      "**Not clearly, on this set-up**: the FM-vs-none difference is "
                      + ("in the paper's direction but within the seed spread." if d_fpr < 0 else
-                        "not in the paper's direction.")),
+                        f"not in the paper's direction (and {abs(d_fpr):.1f} points is within the seed std of "
+                        f"up to {spread:.1f}).")),
                     ""]
         if by["NP-Mix"]:
             (fnp, snp), (anp, sanp) = stats("fpr95", "NP-Mix"), stats("auroc", "NP-Mix")
@@ -153,7 +154,8 @@ def render_markdown(results: list[dict[str, Any]], setup: dict[str, Any]) -> str
             if "train_step" in b:
                 verdict.append(f"FM is {100 * b['train_step']['fm_share']:.3f}% of a training step of this set-up.")
         nb = [x["fpr95"] for x in by["none"]]
-        verdict += ["", f"Baseline check: none's FPR95 is {100 * np.mean(nb):.1f}% "
+        verdict += ["", f"Baseline check: none's FPR95 is {100 * np.mean(nb):.1f}% (per seed: "
+                    + ", ".join(f"{100 * v:.1f}" for v in nb) + ") "
                     + ("(inside the required 20-80% band)." if 0.2 <= np.mean(nb) <= 0.8 else
                        "(OUTSIDE the required 20-80% band: the world needs to be harder/easier, not the metric changed)."),
                     ""]
