@@ -22,6 +22,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "torch", "tensorrt"])
     p.add_argument("--workers", type=int, default=1, help="bags replayed in parallel processes (default 1)")
     p.add_argument("--shard", help="i/n: replay only every n-th bag from i (bags sorted by path)")
+    p.add_argument("--calib", metavar="CALIB_TXT",
+                   help="KITTI calib.txt whose Tr (P2 offset folded in) gives the LiDAR->camera extrinsics, "
+                   "overriding the params file's (e.g. DATA/sequences/00/calib.txt of `ood-perception synth --bag`)")
     p.add_argument("--labels", help="SemanticKITTI-layout folder with labels (else the bag's camera/labels topic)")
     p.add_argument("--sequence", help="sequence of --labels to use (default: all, in order)")
     p.add_argument("--dataset-config", help="dataset.yaml of the label ids (default: the label folder's, else SemanticKITTI)")
@@ -39,12 +42,19 @@ def handler(args: argparse.Namespace) -> int:
     import sys
 
     from ood_perception.replay.engine import ReplaySettings
-    from ood_perception.replay.params import node_parameters, parse_topic_overrides, settings_from_params
+    from ood_perception.replay.params import (
+        extrinsics_from_kitti_calib,
+        node_parameters,
+        parse_topic_overrides,
+        settings_from_params,
+    )
     from ood_perception.replay.run import run_replay
 
     settings = ReplaySettings(distro=args.distro, max_frames=args.max_frames)
     if args.params:
         settings = settings_from_params(node_parameters(args.params), settings)
+    if args.calib:
+        settings.T_cam_lidar = extrinsics_from_kitti_calib(args.calib)
     settings.topics.update(parse_topic_overrides(args.topic))
     if args.workers < 1:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")

@@ -59,10 +59,12 @@ class BagWriter:
         storage: ``sqlite3`` or ``mcap``.
         camera_rate, lidar_rate: Hz of the camera and LiDAR topics.
         overwrite: replace an existing bag at ``path``.
+        start_ns: added to every stamp (header and bag time); ROS reads a zero stamp as unset, so
+            a drive whose first frame is at t = 0 needs an offset for the nodes to accept it.
     """
 
     def __init__(self, path: str | os.PathLike[str], storage: str = "sqlite3", camera_rate: float = 10.0,
-                 lidar_rate: float = 10.0, overwrite: bool = False) -> None:
+                 lidar_rate: float = 10.0, overwrite: bool = False, start_ns: int = 0) -> None:
         from rosbags.rosbag2 import StoragePlugin, Writer
 
         plugins = {"sqlite3": StoragePlugin.SQLITE3, "mcap": StoragePlugin.MCAP}
@@ -77,6 +79,9 @@ class BagWriter:
         self._tmpdir = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", dir=self.path.parent))
         self._tmp = self._tmpdir / self.path.name
         self.overwrite = overwrite
+        if start_ns < 0:
+            raise ValueError(f"start_ns must be >= 0, got {start_ns}")
+        self.start_ns = int(start_ns)
         self.ts = get_typestore()
         self.periods = {"camera": 1.0 / camera_rate, "lidar": 1.0 / lidar_rate}
         self._next: dict[str, int | None] = {"camera": None, "lidar": None}
@@ -133,7 +138,7 @@ class BagWriter:
         if frame.stamp is None:
             raise ValueError(f"frame {frame.sequence}/{frame.frame_id} has no stamp; bags need stamps")
         t = self.ts.types
-        stamp_ns = int(round(frame.stamp * 1e9))
+        stamp_ns = int(round(frame.stamp * 1e9)) + self.start_ns
         calib = frame.calib
         if not self._static_written:
             tf = self._transform(stamp_ns, LIDAR_FRAME, CAMERA_FRAME, np.linalg.inv(calib.T_cam_lidar))

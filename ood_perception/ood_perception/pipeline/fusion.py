@@ -253,15 +253,13 @@ class FusionPipeline:
         modalities: list[str],
         degraded: str | None,
     ) -> FusionResult:
-        import cv2
-
         cfg, thr = self.config, self.threshold
         if frame.image is not None:
             H, W = frame.image.shape[:2]
         else:
             H, W = frame.calib.height, frame.calib.width  # type: ignore[union-attr]
-        score = cv2.resize(score_m, (W, H), interpolation=cv2.INTER_LINEAR) if score_m.shape != (H, W) else score_m
-        classes = cv2.resize(class_m, (W, H), interpolation=cv2.INTER_NEAREST) if class_m.shape != (H, W) else class_m
+        score = upsample_score_map(score_m, (H, W))
+        classes = upsample_class_map(class_m, (H, W))
         valid = np.isfinite(score)
         anomalous = valid & (score >= thr)
         mask = anomalous.astype(np.uint8) * 255
@@ -284,9 +282,7 @@ class FusionPipeline:
             labels = class_m.reshape(-1)[pix]
             pscores = score_m.reshape(-1)[pix]
             # A point hidden behind a nearer one at its pixel was not seen by the model: no score.
-            rng = np.linalg.norm(pts[:, :3], axis=1)
-            nearest = range_m.reshape(-1)[pix]
-            occluded = rng > nearest + cfg.occlusion_tol + cfg.occlusion_rel * nearest
+            occluded = occluded_points(pts, pix, range_m, cfg.occlusion_tol, cfg.occlusion_rel)
             pscores = np.where(occluded, np.nan, pscores).astype(np.float32)
             labels = np.where(occluded, -1, labels)
             hot = np.flatnonzero(pscores >= thr)
@@ -326,6 +322,52 @@ class FusionPipeline:
         decision = self.alerts.update(frame.stamp, None, reason)
         assert decision.level == DEGRADED
         return FusionResult(stamp=frame.stamp, decision=decision, modalities=modalities, threshold=self.threshold, error=error)
+
+
+def upsample_score_map(score_m: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """A model-resolution score map ``[h, w]`` at camera resolution ``hw = (H, W)``, as the node
+    publishes it: OpenCV bilinear (``cv2.INTER_LINEAR``, pixel centres aligned), float32; returned
+    unchanged when already ``hw``. Evaluation scores pixels with this same function."""
+    import cv2
+
+    score_m = np.asarray(score_m, np.float32)
+    H, W = int(hw[0]), int(hw[1])
+    if score_m.shape == (H, W):
+        return score_m
+    return cv2.resize(score_m, (W, H), interpolation=cv2.INTER_LINEAR)
+
+
+def upsample_class_map(class_m: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """A model-resolution class map ``[h, w]`` at camera resolution ``hw = (H, W)`` by nearest
+    neighbour (``cv2.INTER_NEAREST``), int32; as the node publishes it and evaluation scores it."""
+    import cv2
+
+    class_m = np.asarray(class_m).astype(np.int32, copy=False)
+    H, W = int(hw[0]), int(hw[1])
+    if class_m.shape == (H, W):
+        return class_m
+    return cv2.resize(class_m, (W, H), interpolation=cv2.INTER_NEAREST)
+
+
+def occluded_points(points: np.ndarray, pixel_index: np.ndarray, range_map: np.ndarray, tol: float,
+                    rel: float) -> np.ndarray:
+    """Which in-view points the model did not see: farther than ``tol + rel * r`` behind the
+    nearest point at their model-resolution pixel (range ``r`` from the LiDAR tensor's range
+    channel). The pipeline gives such points no score (NaN) and no class (-1); evaluation leaves
+    them out with this same rule.
+
+    Args:
+        points: ``[M, >=3]`` in-view points (x, y, z in the LiDAR frame; ranges taken in float32).
+        pixel_index: ``[M]`` flat pixel index of each point at model resolution (all >= 0).
+        range_map: ``[h, w]`` range channel of :func:`ood_perception.geometry.lidar_to_camera_tensor`.
+        tol, rel: :class:`FusionConfig` ``occlusion_tol`` [m] and ``occlusion_rel``.
+
+    Returns:
+        bool ``[M]``, True for occluded points.
+    """
+    rng = np.linalg.norm(np.asarray(points, np.float32)[:, :3], axis=1)
+    nearest = np.asarray(range_map).reshape(-1)[pixel_index]
+    return rng > nearest + tol + rel * nearest
 
 
 def frustum_candidates(points: np.ndarray, calib: Calibration, margin_px: float = 2.0) -> np.ndarray | None:

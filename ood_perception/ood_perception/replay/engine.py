@@ -11,8 +11,9 @@ synchroniser forms (a live node under load may drop some: latest-only), so repla
 reference a live run converges to when it keeps up.
 
 Labels (optional): a ``camera/labels`` mono16 image topic with raw ids (matched to the camera image
-by stamp), or a SemanticKITTI-layout folder (camera frame *i* of the bag = frame *i* of the
-sequence), plus per-point raw ids from a ``label`` field of the cloud. They feed
+by stamp), or a SemanticKITTI-layout folder (the bag's *i*-th camera message = frame *i* of the
+sequence, counting messages the node drops too, e.g. a zero stamp), plus per-point raw ids from a
+``label`` field of the cloud (or the folder's point labels). They feed
 :class:`~ood_perception.replay.scoring.MetricsAccumulator`.
 """
 
@@ -298,7 +299,8 @@ def replay_bag(
         first_ns: int | None = None
         last_ns: int | None = None
         error: str | None = None
-        camera_index = 0
+        image_index: dict[int, int] = {}  # camera stamp -> position among the bag's camera messages
+        images_seen = 0
         total = src.message_count(by_topic)
         bar = None
         if progress:
@@ -330,6 +332,11 @@ def replay_bag(
                         if len(pending_labels) > 64:
                             pending_labels.pop(next(iter(pending_labels)))
                     continue
+                if kind == "image":  # label folder frame i = the bag's i-th camera message, dropped or not
+                    image_index[_stamp_ns(m.msg.header)] = images_seen
+                    images_seen += 1
+                    while len(image_index) > 256:
+                        image_index.pop(next(iter(image_index)))
                 # what the fusion node's callbacks and worker do (ros/fusion_node.py), with the same objects
                 t0 = time.perf_counter()
                 try:
@@ -359,11 +366,9 @@ def replay_bag(
                 pt_raw = None
                 has_folder_pix = False
                 pix_raw = None
-                if cam is not None and label_folder is not None:
-                    pix_raw, pt_raw = label_folder.get(camera_index)
+                if cam is not None and label_folder is not None and cam.header.stamp_ns in image_index:
+                    pix_raw, pt_raw = label_folder.get(image_index[cam.header.stamp_ns])
                     has_folder_pix = pix_raw is not None
-                if cam is not None:
-                    camera_index += 1
                 if lid is not None and pt_raw is None:
                     cloud = pointcloud2_to_array(lid.source)
                     if settings.label_field in (cloud.dtype.names or ()):

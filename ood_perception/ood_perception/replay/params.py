@@ -9,6 +9,12 @@ overriding it) and maps the parameters with the node's own code
 extrinsics (``lidar_to_camera.matrix``, else the camera pose ``lidar_to_camera.xyz`` +
 ``.rpy`` in the LiDAR frame, inverted), ``intensity_field``, ``negate_lidar_y``. Input topics come
 from ``--topic`` (the node's are remapped at launch, not parameters).
+
+``--calib calib.txt`` (a KITTI / SemanticKITTI calibration file, e.g. a synthetic sequence's
+``sequences/XX/calib.txt``) sets the extrinsics from its ``Tr`` (with ``P2``'s offset folded in,
+as the dataset readers do: :func:`extrinsics_from_kitti_calib`) and overrides the params file's;
+the intrinsics always come from the bag's CameraInfo. With it, replay of an ``ood-perception synth
+--bag`` drive feeds the model the same LiDAR tensors as ``ood-perception evaluate`` on the dataset.
 """
 
 from __future__ import annotations
@@ -94,6 +100,19 @@ def settings_from_params(params: dict[str, Any], base: ReplaySettings | None = N
     if "publish_points" in params:
         s.publish_points = bool(params["publish_points"])
     return s
+
+
+def extrinsics_from_kitti_calib(path: str | Path, camera: str = "P2") -> Any:
+    """T_cam_lidar (4x4, LiDAR -> camera optical frame) from a KITTI ``calib.txt``: ``Tr`` with the
+    offset of the projection ``camera`` folded in, read by :func:`ood_perception.geometry.load_kitti_calib`
+    (the same function the SemanticKITTI reader uses, so the numbers are identical).
+
+    Raises:
+        FileNotFoundError: no such file. ValueError: a malformed file (names the file and key).
+    """
+    from ood_perception.geometry import load_kitti_calib
+
+    return load_kitti_calib(path, 1, 1, camera=camera).T_cam_lidar  # size is irrelevant to the extrinsics
 
 
 def parse_topic_overrides(items: list[str] | None) -> dict[str, str]:

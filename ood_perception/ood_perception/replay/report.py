@@ -261,9 +261,10 @@ def render_html(
                          (f"{kind} AUPR-out", m["aupr_out"]), (f"{kind}s ID / OOD", f"{m['n_id']} / {m['n_ood']}")]
             else:
                 rows.append((f"{kind} metrics", m.get("reason", "n/a")))
-        seg = summary.get("segmentation", {})
-        if seg.get("available"):
-            rows.append(("closed-set mIoU", seg["miou"]))
+        for key, level in (("segmentation", "pixel"), ("segmentation_point", "point")):
+            seg = summary.get(key, {})
+            if seg.get("available"):
+                rows.append((f"closed-set mIoU ({level} level)", seg["miou"]))
         parts.append(_table(rows))
         parts.append(_img(fig_roc(metrics, summary), "ROC curves"))
     parts.append(_img(fig_histograms(metrics, threshold), "score histograms"))

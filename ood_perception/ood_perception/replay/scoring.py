@@ -1,10 +1,22 @@
 """Metrics of a replay against labels, computed with :mod:`ood_perception.metrics` (as evaluate does).
 
-Pixel set: camera-resolution pixels of each labelled frame whose ground truth is an
-in-distribution class or an anomaly (unlabelled/ignored pixels are left out) and whose score is
-finite; OOD = raw id in the dataset's ``ood_ids`` (positive class). Point set: in-view LiDAR points
-(the ones the pipeline scores) with the same rule. Closed-set mIoU: the class map against train
-ids on pixels that are not ignore. All scores are kept (float32) so AUROC/FPR95 are exact.
+The metrics convention shared with ``ood-perception evaluate`` (its default ``--resolution
+camera``), so both give the same numbers on the same frames and model:
+
+* pixels: the camera-resolution maps the fusion node publishes (score map upsampled bilinearly by
+  :func:`ood_perception.pipeline.fusion.upsample_score_map`, class map by nearest neighbour)
+  against the raw labels at camera resolution (:func:`pixel_truth`: resized nearest only when the
+  label image has another size); the OOD set is :func:`labelled` (in-distribution class or anomaly;
+  unlabelled/ignored pixels are left out) with a finite score; OOD = raw id in the dataset's
+  ``ood_ids`` (positive class);
+* points: the points the pipeline scores: in view at the model input size and not occluded at
+  their model pixel (:func:`ood_perception.pipeline.fusion.occluded_points`; occluded points get
+  a NaN score and class -1), with the same labelled rule; each carries its model pixel's score
+  and class;
+* closed-set mIoU (pixel and point level): the class map against train ids where the label is an
+  in-distribution class.
+
+All scores are kept (float32) so AUROC/FPR95 are exact.
 """
 
 from __future__ import annotations
@@ -12,6 +24,23 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+
+
+def pixel_truth(raw: np.ndarray, hw: tuple[int, int], config: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Raw semantic label ids ``[h, w]`` -> (train ids uint8-valued ``[H, W]``, 255 = ignore; OOD
+    mask bool ``[H, W]``) at camera resolution ``hw`` (labels resized by nearest neighbour only
+    when their size differs)."""
+    from ood_perception.data.transforms import resize_labels
+
+    raw = np.asarray(raw)
+    if raw.shape != tuple(hw):
+        raw = resize_labels(raw, hw)
+    return config.to_train_ids(raw), config.ood_mask(raw)
+
+
+def labelled(train: np.ndarray, ood: np.ndarray) -> np.ndarray:
+    """The items that enter the OOD metrics: an in-distribution class (train id != 255) or an anomaly."""
+    return (np.asarray(train) != 255) | np.asarray(ood, bool)
 
 
 class MetricsAccumulator:
@@ -33,6 +62,7 @@ class MetricsAccumulator:
         self._pt_scores: list[np.ndarray] = []
         self._pt_ood: list[np.ndarray] = []
         self.confusion = np.zeros((self.num_classes, self.num_classes), np.int64)
+        self.point_confusion = np.zeros((self.num_classes, self.num_classes), np.int64)
         self.frames = 0
 
     # ------------------------------------------------------------------ collecting
@@ -46,14 +76,8 @@ class MetricsAccumulator:
             return out
         self.frames += 1
         if pixel_raw is not None:
-            raw = np.asarray(pixel_raw)
-            if raw.shape != result.score.shape:
-                import cv2
-
-                raw = cv2.resize(raw.astype(np.uint16), result.score.shape[::-1], interpolation=cv2.INTER_NEAREST)
-            train = self.config.to_train_ids(raw)
-            ood = self.config.ood_mask(raw)
-            keep = ((train != 255) | ood) & np.isfinite(result.score)
+            train, ood = pixel_truth(pixel_raw, result.score.shape, self.config)
+            keep = labelled(train, ood) & np.isfinite(result.score)
             s, y = result.score[keep].astype(np.float32), ood[keep]
             self._pix_scores.append(s)
             self._pix_ood.append(y)
@@ -73,9 +97,12 @@ class MetricsAccumulator:
                 raw = np.asarray(point_raw)[inview]
                 train = self.config.to_train_ids(raw)
                 ood = self.config.ood_mask(raw)
-                keep = ((train != 255) | ood) & np.isfinite(result.point_scores)
+                keep = labelled(train, ood) & np.isfinite(result.point_scores)
                 self._pt_scores.append(result.point_scores[keep].astype(np.float32))
                 self._pt_ood.append(ood[keep])
+                seg = keep & (train != 255) & (result.point_labels >= 0)
+                self.point_confusion += confusion_matrix(train[seg], result.point_labels[seg], self.num_classes,
+                                                         ignore_index=None)
         return out
 
     def _inview(self, points: np.ndarray, calib: Any) -> np.ndarray | None:
@@ -94,6 +121,7 @@ class MetricsAccumulator:
         self._pt_scores += other._pt_scores
         self._pt_ood += other._pt_ood
         self.confusion += other.confusion
+        self.point_confusion += other.point_confusion
         self.frames += other.frames
 
     # ------------------------------------------------------------------ results
@@ -105,8 +133,9 @@ class MetricsAccumulator:
         return np.concatenate(s), np.concatenate(y)
 
     def summary(self) -> dict[str, Any]:
-        """``{"pixel": {...}, "point": {...}, "segmentation": {...}}``: for each set either the
-        :func:`~ood_perception.metrics.ood_metrics` dict or ``{"available": False, "reason": ...}``."""
+        """``{"pixel": {...}, "point": {...}, "segmentation": {...}, "segmentation_point": {...}}``:
+        for each set either the :func:`~ood_perception.metrics.ood_metrics` dict (``miou``,
+        ``per_class_iou`` ... for the segmentation sets) or ``{"available": False, "reason": ...}``."""
         from ood_perception.metrics import mean_iou, ood_metrics, per_class_iou
 
         out: dict[str, Any] = {"frames_with_labels": self.frames}
@@ -125,16 +154,17 @@ class MetricsAccumulator:
                         "fpr": float((s[~y] >= self.threshold).mean()),
                     }
                 out[kind] = {"available": True, **m}
-        if self.confusion.sum():
-            iou = per_class_iou(self.confusion)
-            out["segmentation"] = {
-                "available": True,
-                "miou": mean_iou(self.confusion),
-                "per_class_iou": {n: (None if np.isnan(v) else float(v)) for n, v in zip(self.config.class_names, iou, strict=True)},
-                "pixel_accuracy": float(np.trace(self.confusion) / self.confusion.sum()),
-            }
-        else:
-            out["segmentation"] = {"available": False, "reason": "no labelled pixels"}
+        for key, conf, level in (("segmentation", self.confusion, "pixel"), ("segmentation_point", self.point_confusion, "point")):
+            if conf.sum():
+                iou = per_class_iou(conf)
+                out[key] = {
+                    "available": True,
+                    "miou": mean_iou(conf),
+                    "per_class_iou": {n: (None if np.isnan(v) else float(v)) for n, v in zip(self.config.class_names, iou, strict=True)},
+                    f"{level}_accuracy": float(np.trace(conf) / conf.sum()),
+                }
+            else:
+                out[key] = {"available": False, "reason": f"no labelled {level}s"}
         return out
 
     def roc(self, kind: str = "pixel", max_points: int = 400) -> tuple[np.ndarray, np.ndarray] | None:

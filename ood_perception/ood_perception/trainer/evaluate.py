@@ -7,8 +7,24 @@ at pixel and point level (OOD = positive; ID = labelled in-distribution pixels/p
 unlabelled ones are left out). Figures (matplotlib PNGs): ROC curves, ID-vs-OOD score histograms,
 overlays (image | prediction | score | ground-truth anomaly).
 
+Metrics convention (``--resolution camera``, the default; shared with ``ood-perception replay``,
+see :mod:`ood_perception.replay.scoring`, so both give the same numbers on the same frames):
+
+* pixels: at the label (camera) resolution; score maps upsampled from the model's input size by
+  :func:`ood_perception.pipeline.fusion.upsample_score_map` (OpenCV bilinear) and class maps by
+  :func:`~ood_perception.pipeline.fusion.upsample_class_map` (nearest), exactly what the fusion
+  node publishes; labels as stored (resized nearest only when their size differs from the image's);
+* points: in view at the model's input size and not occluded at their model pixel
+  (:func:`ood_perception.pipeline.fusion.occluded_points` with the pipeline's default
+  ``occlusion_tol``/``occlusion_rel``: the points the pipeline scores), each taking the score and
+  class of its model-resolution pixel.
+
+``--resolution input`` is the cheaper training-time view: pixels at the input size with labels
+downsampled (nearest), all in-view points; its numbers are not comparable with replay's.
+
 HIMPLoS is fitted on the training split's features (pixels subsampled, labels at the feature
-resolution); its per-pixel score at stride 4 is upsampled bilinearly to the input size.
+resolution); its per-pixel score at stride 4 is upsampled bilinearly to the input size (as the
+exported graph does).
 """
 
 from __future__ import annotations
@@ -23,6 +39,9 @@ import numpy as np
 
 #: Scorers evaluated by default (the first is the headline one).
 DEFAULT_SCORERS: tuple[str, ...] = ("maxlogit", "energy", "msp", "entropy", "gen", "himplos")
+
+#: Where pixel metrics are computed (see the module docstring); the first is the default.
+RESOLUTIONS: tuple[str, ...] = ("camera", "input")
 
 
 def _pick_split(root: Path, wanted: str | None, schema: Any) -> str | None:
@@ -68,20 +87,100 @@ def _fit_himplos(model: Any, data: Any, mean: Any, std: Any, device: Any, max_fr
 
 def evaluate_model(model: Any, ckpt: dict[str, Any], data: Any, scorers: tuple[str, ...] = DEFAULT_SCORERS,
                    train_data: Any = None, batch_size: int = 4, device: Any = "cpu",
-                   overlay_count: int = 0) -> tuple[dict[str, Any], dict[str, Any]]:
+                   overlay_count: int = 0, resolution: str = "camera") -> tuple[dict[str, Any], dict[str, Any]]:
     """Metrics of ``model`` on ``data`` (:class:`SegmentationData`).
+
+    Args:
+        resolution: ``camera`` (default: the convention replay shares, see the module docstring;
+            reads each frame's labels and points again from ``data.reader``) or ``input``.
 
     Returns:
         ``(metrics, raw)`` where raw holds per-scorer ID/OOD score arrays (for plots) and overlays.
+
+    Raises:
+        ValueError: unknown ``resolution``.
     """
     import torch
 
+    if resolution not in RESOLUTIONS:
+        raise ValueError(f"resolution must be one of {RESOLUTIONS}, got {resolution!r}")
     with torch.no_grad():
-        return _evaluate_model(model, ckpt, data, scorers, train_data, batch_size, torch.device(device), overlay_count)
+        return _evaluate_model(model, ckpt, data, scorers, train_data, batch_size, torch.device(device), overlay_count,
+                               resolution)
+
+
+class _Collector:
+    """Per-level labels, predictions and scores of the evaluated frames."""
+
+    def __init__(self, heads: tuple[str, ...], scorers: Any) -> None:
+        self.heads = heads
+        self.gt: dict[str, list[np.ndarray]] = {"pixel": [], "point": []}
+        self.pred: dict[str, dict[str, list[np.ndarray]]] = {lvl: {h: [] for h in heads} for lvl in ("pixel", "point")}
+        self.scores: dict[str, dict[str, list[np.ndarray]]] = {lvl: {s: [] for s in scorers} for lvl in ("pixel", "point")}
+        self.is_ood: dict[str, list[np.ndarray]] = {"pixel": [], "point": []}
+
+    def add(self, level: str, train: np.ndarray, ood: np.ndarray, preds: dict[str, np.ndarray],
+            scores: dict[str, np.ndarray]) -> None:
+        """One frame's labelled items: train ids (255 = ignore/OOD), OOD flags, per-head classes and
+        per-scorer scores, all aligned; items with a non-finite score in any scorer are left out of
+        the OOD metrics (as replay leaves out pixels without a finite score)."""
+        self.gt[level].append(train.astype(np.uint8, copy=False))
+        for h in self.heads:
+            self.pred[level][h].append(preds[h].astype(np.int64, copy=False))
+        finite = np.ones(train.shape, bool)
+        for v in scores.values():
+            finite &= np.isfinite(v)
+        self.is_ood[level].append(ood[finite])
+        for name, v in scores.items():
+            self.scores[level][name].append(v[finite].astype(np.float32, copy=False))
+
+
+def _add_input_resolution(col: _Collector, s: Any, maps: dict[str, np.ndarray], preds: dict[str, np.ndarray]) -> None:
+    """``resolution=input``: pixels at the input size (labels downsampled), all in-view points."""
+    if s.has_pixel_labels:
+        tgt, ood = s.target.ravel(), s.pixel_ood.ravel()
+        sel = (tgt != 255) | ood
+        col.add("pixel", tgt[sel], ood[sel], {h: p.ravel()[sel] for h, p in preds.items()},
+                {n: m.ravel()[sel] for n, m in maps.items()})
+    lab = (s.flat_index >= 0) & ((s.point_target != 255) | s.point_ood)
+    if lab.any():
+        fi = s.flat_index[lab]
+        col.add("point", s.point_target[lab], s.point_ood[lab], {h: p.ravel()[fi] for h, p in preds.items()},
+                {n: m.ravel()[fi] for n, m in maps.items()})
+
+
+def _add_camera_resolution(col: _Collector, s: Any, frame: Any, config: Any, maps: dict[str, np.ndarray],
+                           preds: dict[str, np.ndarray]) -> None:
+    """``resolution=camera``: the convention replay shares (module docstring)."""
+    from ood_perception.pipeline.fusion import (
+        FusionConfig,
+        occluded_points,
+        upsample_class_map,
+        upsample_score_map,
+    )
+    from ood_perception.replay.scoring import labelled, pixel_truth
+
+    hw = frame.image.shape[:2]
+    if frame.pixel_labels is not None:
+        train, ood = pixel_truth(frame.pixel_labels, hw, config)
+        sel = labelled(train, ood)
+        col.add("pixel", train[sel], ood[sel], {h: upsample_class_map(p, hw)[sel] for h, p in preds.items()},
+                {n: upsample_score_map(m, hw)[sel] for n, m in maps.items()})
+    inview = np.flatnonzero(s.flat_index >= 0)
+    if inview.size:
+        fc = FusionConfig()
+        pix = s.flat_index[inview]
+        visible = ~occluded_points(frame.points[inview], pix, s.lidar[3], fc.occlusion_tol, fc.occlusion_rel)
+        sel = visible & labelled(s.point_target[inview], s.point_ood[inview])
+        if sel.any():
+            idx, fi = inview[sel], pix[sel]
+            col.add("point", s.point_target[idx], s.point_ood[idx], {h: p.ravel()[fi] for h, p in preds.items()},
+                    {n: m.ravel()[fi] for n, m in maps.items()})
 
 
 def _evaluate_model(model: Any, ckpt: dict[str, Any], data: Any, scorers: tuple[str, ...], train_data: Any,
-                    batch_size: int, device: Any, overlay_count: int) -> tuple[dict[str, Any], dict[str, Any]]:
+                    batch_size: int, device: Any, overlay_count: int,
+                    resolution: str = "camera") -> tuple[dict[str, Any], dict[str, Any]]:
     import torch.nn.functional as F
 
     from ood_perception.metrics import ood_metrics, segmentation_metrics
@@ -100,12 +199,10 @@ def _evaluate_model(model: Any, ckpt: dict[str, Any], data: Any, scorers: tuple[
         else:
             built[name] = get_scorer(name).to(device)
     heads = ("logits", "camera_logits", "lidar_logits")
-    pix_gt: list[np.ndarray] = []
-    pix_pred: dict[str, list[np.ndarray]] = {h: [] for h in heads}
-    pt_gt: list[np.ndarray] = []
-    pt_pred: dict[str, list[np.ndarray]] = {h: [] for h in heads}
-    scores: dict[str, dict[str, list[np.ndarray]]] = {lvl: {s: [] for s in built} for lvl in ("pixel", "point")}
-    is_ood: dict[str, list[np.ndarray]] = {"pixel": [], "point": []}
+    col = _Collector(heads, built)
+    reader = getattr(data, "reader", None)
+    if resolution == "camera" and reader is None:
+        raise ValueError("resolution 'camera' needs the data's frame reader (SegmentationData.reader)")
     overlays = []
     for start in range(0, len(data), batch_size):
         samples = [data[i] for i in range(start, min(start + batch_size, len(data)))]
@@ -122,51 +219,40 @@ def _evaluate_model(model: Any, ckpt: dict[str, Any], data: Any, scorers: tuple[
             maps[name] = m.float().cpu().numpy()
         preds = {h: out[h].argmax(1).cpu().numpy() for h in heads}
         for b, s in enumerate(samples):
-            if s.has_pixel_labels:
-                pix_gt.append(s.target.ravel())
-                for h in heads:
-                    pix_pred[h].append(preds[h][b].ravel())
-                sel = (s.target.ravel() != 255) | s.pixel_ood.ravel()
-                is_ood["pixel"].append(s.pixel_ood.ravel()[sel])
-                for name in built:
-                    scores["pixel"][name].append(maps[name][b].ravel()[sel])
-            inview = s.flat_index >= 0
-            lab = inview & ((s.point_target != 255) | s.point_ood)
-            if lab.any():
-                fi = s.flat_index[lab]
-                pt_gt.append(s.point_target[lab])
-                for h in heads:
-                    pt_pred[h].append(preds[h][b].ravel()[fi])
-                is_ood["point"].append(s.point_ood[lab])
-                for name in built:
-                    scores["point"][name].append(maps[name][b].ravel()[fi])
+            fmaps = {name: m[b] for name, m in maps.items()}
+            fpreds = {h: p[b] for h, p in preds.items()}
+            if resolution == "camera":
+                _add_camera_resolution(col, s, reader[start + b], data.config, fmaps, fpreds)
+            else:
+                _add_input_resolution(col, s, fmaps, fpreds)
             if len(overlays) < overlay_count and s.pixel_ood.any():
                 first = scorers[0] if scorers[0] in maps else next(iter(maps))
                 overlays.append({"name": s.name, "image": s.image, "pred": preds["logits"][b],
                                  "score": maps[first][b], "ood": s.pixel_ood, "scorer": first})
     names = ckpt.get("class_names")
-    metrics: dict[str, Any] = {"num_frames": len(data), "classes": names, "segmentation": {}, "ood": {}}
-    for level, gt, pred in (("pixel", pix_gt, pix_pred), ("point", pt_gt, pt_pred)):
-        if not gt:
+    metrics: dict[str, Any] = {"num_frames": len(data), "classes": names, "resolution": resolution,
+                               "segmentation": {}, "ood": {}}
+    for level in ("pixel", "point"):
+        if not col.gt[level]:
             continue
-        g = np.concatenate(gt).astype(np.int64)
+        g = np.concatenate(col.gt[level]).astype(np.int64)
         metrics["segmentation"][level] = {}
         for h in heads:
-            sm = segmentation_metrics(g, np.concatenate(pred[h]).astype(np.int64), k, 255, names)
+            sm = segmentation_metrics(g, np.concatenate(col.pred[level][h]), k, 255, names)
             sm.pop("confusion_matrix")
             metrics["segmentation"][level][h.replace("_logits", "") if h != "logits" else "fused"] = sm
     raw: dict[str, Any] = {"scores": {}, "overlays": overlays}
     for level in ("pixel", "point"):
-        if not is_ood[level]:
+        if not col.is_ood[level]:
             continue
-        y = np.concatenate(is_ood[level])
+        y = np.concatenate(col.is_ood[level])
         if y.all() or not y.any():
             metrics["ood"][level] = {"skipped": "needs both ID and OOD samples", "n_ood": int(y.sum()), "n": int(y.size)}
             continue
         metrics["ood"][level] = {}
         raw["scores"][level] = {}
         for name in built:
-            s = np.concatenate(scores[level][name]).astype(np.float64)
+            s = np.concatenate(col.scores[level][name])
             metrics["ood"][level][name] = ood_metrics(s, y)
             raw["scores"][level][name] = (s, y)
     return metrics, raw
@@ -259,8 +345,9 @@ def _report(metrics: dict[str, Any], figures: list[str], header: dict[str, Any])
 def evaluate(checkpoint: str | os.PathLike[str], data_root: str | os.PathLike[str], out_dir: str | os.PathLike[str],
              split: str | None = None, scorers: tuple[str, ...] = DEFAULT_SCORERS, schema: Any = None,
              cache_dir: str | None = None, device: str = "cpu", overlays: int = 6, plots: bool = True,
-             fit_split: str | None = "train", show_progress: bool = True) -> dict[str, Any]:
-    """Evaluate a checkpoint; writes metrics.json, report.md and figures to ``out_dir``."""
+             fit_split: str | None = "train", show_progress: bool = True, resolution: str = "camera") -> dict[str, Any]:
+    """Evaluate a checkpoint; writes metrics.json, report.md and figures to ``out_dir``
+    (``resolution``: see :func:`evaluate_model` and the module docstring)."""
     from ood_perception.data.config import atomic_write_bytes
     from ood_perception.models import load_checkpoint
     from ood_perception.trainer.seg_data import SegmentationData
@@ -276,7 +363,7 @@ def evaluate(checkpoint: str | os.PathLike[str], data_root: str | os.PathLike[st
     if "himplos" in scorers and fit_split:
         train_data = SegmentationData(root, fit_split, size, cache_dir, schema, show_progress=show_progress)
     metrics, raw = evaluate_model(model, ckpt, data, tuple(scorers), train_data, device=device,
-                                  overlay_count=overlays if plots else 0)
+                                  overlay_count=overlays if plots else 0, resolution=resolution)
     metrics["checkpoint"] = str(Path(checkpoint).resolve())
     metrics["data"] = str(root.resolve())
     metrics["split"] = split
@@ -285,7 +372,7 @@ def evaluate(checkpoint: str | os.PathLike[str], data_root: str | os.PathLike[st
     figures = _plots(raw, out, np.asarray(ckpt.get("colors") or data.config.colors, dtype=np.uint8)) if plots else []
     atomic_write_bytes(out / "metrics.json", json.dumps(metrics, indent=2).encode())
     header = {"checkpoint": metrics["checkpoint"], "data": metrics["data"], "split": split,
-              "frames": len(data), "input size": size}
+              "frames": len(data), "input size": size, "metrics at": f"{resolution} resolution"}
     atomic_write_bytes(out / "report.md", _report(metrics, figures, header).encode())
     return metrics
 
@@ -301,6 +388,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--overlays", type=int, default=6, help="overlay images to draw")
+    parser.add_argument("--resolution", choices=RESOLUTIONS, default=RESOLUTIONS[0],
+                        help="camera: pixel metrics at the label (camera) resolution with the node's upsampling and "
+                        "the pipeline's visible points, as `ood-perception replay` computes them; input: at the "
+                        "model input size, labels downsampled, all in-view points (default: %(default)s)")
     parser.add_argument("--no-plots", action="store_true")
     parser.add_argument("--quiet", action="store_true")
 
@@ -313,7 +404,7 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or str(Path(args.checkpoint).resolve().parent / "eval")
     scorers = tuple(s.strip() for s in args.scorers.split(",") if s.strip())
     m = evaluate(args.checkpoint, args.data, out, args.split, scorers, args.schema, args.cache_dir, args.device,
-                 args.overlays, not args.no_plots, show_progress=not args.quiet)
+                 args.overlays, not args.no_plots, show_progress=not args.quiet, resolution=args.resolution)
     seg = m["segmentation"].get("pixel") or m["segmentation"].get("point")
     ood = m["ood"].get("pixel") or m["ood"].get("point") or {}
     head = scorers[0]

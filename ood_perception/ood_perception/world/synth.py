@@ -1,4 +1,5 @@
-"""Generate a synthetic dataset on disk: SemanticKITTI layout (+ dataset.yaml), optional rosbag2 per sequence.
+"""Generate a synthetic dataset on disk: SemanticKITTI layout (+ dataset.yaml), optional rosbag2 per sequence
+(stamps = ``times.txt`` + :data:`BAG_START_NS`).
 
 The same arguments give byte-identical files: planning and rendering are seeded per sequence and
 frame, PNGs are encoded with fixed parameters, and no file records wall-clock time. Sequences are
@@ -16,6 +17,10 @@ from typing import Any
 from ood_perception.world.config import WorldConfig
 from ood_perception.world.labels import world_dataset_config
 from ood_perception.world.scenario import DatasetPlan, SequencePlan, plan_dataset
+
+#: ROS time of a bag's first frame (``times.txt`` starts at 0, which ROS reads as an unset stamp
+#: and the fusion node drops): bag stamps are ``times.txt`` + 1 s.
+BAG_START_NS = 1_000_000_000
 
 
 def dataset_config_for(plan: DatasetPlan, extra: dict[str, Any] | None = None):
@@ -60,7 +65,7 @@ def render_sequence(plan: SequencePlan, config: WorldConfig, out: str | os.PathL
         from ood_perception.data.bag import BagWriter
 
         bag_writer = BagWriter(Path(out) / "bags" / plan.name, storage=bag, camera_rate=config.frame_rate,
-                               lidar_rate=config.frame_rate, overwrite=overwrite)
+                               lidar_rate=config.frame_rate, overwrite=overwrite, start_ns=BAG_START_NS)
     t_build = time.perf_counter() - t0
     t_write = 0.0
     try:
