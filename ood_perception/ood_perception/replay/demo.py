@@ -5,7 +5,8 @@ Steps, each real (nothing is faked; a missing piece stops the demo with one line
 1. the default model (``runtime.default_model_dir()``, or ``--model``) is checked first;
 2. a short synthetic drive with anomalies is synthesised as an MCAP bag with the world's
    ``synth --bag`` command, cached under ``<out>/cache/`` (same seed -> reused);
-3. the drive is replayed through the fusion pipeline (:func:`ood_perception.replay.run.run_job`):
+3. the drive is replayed through the fusion pipeline, with the drive's ``calib.txt`` extrinsics
+   (:func:`drive_params`) (:func:`ood_perception.replay.run.run_job`):
    output bag, metrics against the world's exact labels, report;
 4. the real fusion node runs in-process over rclpy, fed the same bag (:func:`~.live.run_live`);
    its masks and alerts are compared with replay's, frame by frame;
@@ -53,7 +54,7 @@ def synthesize_drive(cache: Path, frames: int, seed: int) -> Path:
     """The cached demo drive bag (synthesised with ``ood-perception synth --bag mcap`` if absent)."""
     from ood_perception import cli
 
-    target = cache / f"drive_f{frames}_s{seed}"
+    target = cache / f"drive_v2_f{frames}_s{seed}"  # v2: bag stamps start at 1 s (world.synth.BAG_START_NS)
     done = target / "DONE"
     if done.exists():
         return _find_bag(target)
@@ -83,6 +84,19 @@ def _find_bag(root: Path) -> Path:
 def _dataset_yaml(root: Path) -> Path | None:
     found = sorted(root.rglob("dataset.yaml"))
     return found[0] if found else None
+
+
+def drive_params(root: Path) -> dict[str, Any]:
+    """:data:`DEMO_PARAMS` plus the drive's extrinsics (``lidar_to_camera.matrix`` from its
+    ``calib.txt`` Tr), so replay and the live node project the LiDAR as the world rendered it."""
+    from ood_perception.pipeline.frame_handler import MATRIX_PARAM
+    from ood_perception.replay.params import extrinsics_from_kitti_calib
+
+    calibs = sorted(root.rglob("calib.txt"))
+    if not calibs:
+        raise DemoError(f"the synthetic drive under {root} has no calib.txt")
+    T = extrinsics_from_kitti_calib(calibs[0])
+    return {**DEMO_PARAMS, MATRIX_PARAM: [float(v) for v in T.ravel()]}
 
 
 def recognition_section(quick: bool) -> tuple[str, list[str]]:
@@ -123,7 +137,8 @@ def run_demo(out: str | Path = "demo_out", model_dir: str | Path | None = None, 
     frames = 12 if quick else 40
     print(f"[1/4] drive: {frames} frames of the synthetic world (cached in {out / 'cache'})", flush=True)
     bag = synthesize_drive(out / "cache", frames, seed)
-    settings = settings_from_params(DEMO_PARAMS, ReplaySettings())
+    params = drive_params(next((p for p in bag.parents if (p / "sequences").is_dir()), bag.parent))
+    settings = settings_from_params(params, ReplaySettings())
     print("[2/4] replay through the fusion pipeline", flush=True)
     ds = _dataset_yaml(bag if bag.is_dir() else bag.parent) or _dataset_yaml(out / "cache")
     job = ReplayJob(bag=bag, out_dir=out / "replay", model_dir=model, backend=backend, settings=settings,
@@ -132,7 +147,7 @@ def run_demo(out: str | Path = "demo_out", model_dir: str | Path | None = None, 
     print("[3/4] live: the fusion node over rclpy, fed the same bag", flush=True)
     pipeline = build_pipeline(model, backend, settings, threads=2)
     live = run_live(bag, {f.bag_time_ns: f.stamp_ns for f in rep.frames},
-                    {**DEMO_PARAMS, "model_dir": str(model), "backend": backend}, backend=pipeline.backend,
+                    {**params, "model_dir": str(model), "backend": backend}, backend=pipeline.backend,
                     topics=settings.topics)
     same_alerts = sum(1 for f in rep.frames if live.alerts.get(f.stamp_ns, (None,))[0] == f.level)
     live_section = (f"<p>The fusion node ran live over DDS on the same bag: {len(live.alerts)} alerts received, "

@@ -128,7 +128,18 @@ def run_live(bag: str | Path, frame_stamps: dict[int, int], params: dict[str, An
         with BagSource(bag) as src:
             resolved = {k: src.resolve(names[k]) for k in ("image", "camera_info", "points")}
             kinds = {v: k for k, v in resolved.items()}
+            pending: tuple[int, int] | None = None  # (bag time, frame stamp) whose alert is awaited
+
+            def await_alert(stamp: int) -> None:
+                if not spin_until(lambda s=stamp: s in rec.alerts, timeout_s):
+                    raise RuntimeError(f"no alert from the live node for frame stamp {stamp} within {timeout_s} s")
+
             for m in src.messages(kinds):
+                # camera, CameraInfo and LiDAR often share a bag time: the frame is awaited only after
+                # every message of that bag time went out (replay processed it at one of them)
+                if pending is not None and m.timestamp_ns != pending[0]:
+                    await_alert(pending[1])
+                    pending = None
                 if clock_pub is not None:
                     t = m.timestamp_ns
                     clock_pub.publish(Clock(clock=_time_msg(t)))
@@ -138,8 +149,10 @@ def run_live(bag: str | Path, frame_stamps: dict[int, int], params: dict[str, An
                 pubs[kinds[m.topic]].publish(msg)
                 ex.spin_once(timeout_sec=0.0)
                 stamp = frame_stamps.get(m.timestamp_ns)
-                if stamp is not None and not spin_until(lambda s=stamp: s in rec.alerts, timeout_s):
-                    raise RuntimeError(f"no alert from the live node for frame stamp {stamp} within {timeout_s} s")
+                if stamp is not None:
+                    pending = (m.timestamp_ns, stamp)
+            if pending is not None:
+                await_alert(pending[1])
         rec.wall_s = time.perf_counter() - t0
         spin_until(lambda: False, 0.2)
         ex.shutdown()
