@@ -141,6 +141,14 @@ def _fmt(vals: list[float], pct: bool = True) -> str:
     return f"{a.mean():.1f} ± {a.std(ddof=1) if len(a) > 1 else 0.0:.1f}"
 
 
+def rewrite_report(json_path: str | os.PathLike, report: str | os.PathLike | None = None) -> Path:
+    """Re-render a report from the raw ``.json`` of a run (findings recomputed, numbers unchanged)."""
+    raw = json.loads(Path(json_path).read_text())
+    meta = dict(raw["meta"])
+    meta["findings"] = findings(raw["results"])
+    return write_report(raw["results"], meta, report or Path(json_path).with_suffix(".md"))
+
+
 def write_report(results: list[dict], meta: dict, path: str | os.PathLike) -> Path:
     """Markdown report (mean ± std over seeds) written atomically; raw numbers go to a .json beside it."""
     path = Path(path)
@@ -237,6 +245,14 @@ def findings(results: list[dict]) -> list[str]:
     acc = {row: float(np.mean([r["rows"][row]["id_acc"] for r in results])) for row in results[0]["rows"]}
     out.append(f"- ID accuracy: Vanilla {acc['Vanilla'] * 100:.1f}%, Ours {acc['Ours'] * 100:.1f}%, "
                f"Ensemble {acc['Ensemble'] * 100:.1f}%, FM + Ours {acc['FM + Ours'] * 100:.1f}%.")
+    wv = float(np.mean([r["rows"]["Ours"].get("teacher_w_video", np.nan) for r in results]))
+    ev = float(np.mean([r["expert_acc"]["video"] for r in results]))
+    ef = float(np.mean([r["expert_acc"]["flow"] for r in results]))
+    out.append(f"- Teacher weights: the video expert's mean weight was {wv:.3f}. The weights come from the experts' "
+               "CE on the *training* batch (as in the paper); when both experts fit the training set that CE is "
+               "near zero for both, softmax(-CE) is near uniform and Ours can only match Uniform KD. "
+               f"Expert test accuracy: video {ev * 100:.1f}%, flow {ef * 100:.1f}% "
+               f"({'flow weaker, as intended' if ef < ev - 0.02 else 'flow was NOT clearly weaker than video here'}).")
     out.append("- Differences smaller than the std over seeds are not evidence either way (3 seeds, "
                "~200 ID test clips and 160 OOD clips per split).")
     return out
