@@ -110,6 +110,7 @@ def test_replay_metrics_equal_evaluate_metrics(results) -> None:
     assert ev["resolution"] == "camera"
     m = rp["metrics"]
     assert m["frames_with_labels"] == FRAMES and rp["info"]["score"] == "maxlogit"
+    assert rp["bags"][0]["extrinsics"]["status"] == "agrees"  # --calib matches the bag's /tf_static
     for level in ("pixel", "point"):
         e, r = ev["ood"][level]["maxlogit"], m[level]
         assert r["available"]
@@ -153,3 +154,22 @@ def test_calib_option_gives_the_dataset_extrinsics(drive) -> None:
     assert not np.allclose(T, node_default_extrinsics(), atol=1e-3)
     with pytest.raises(FileNotFoundError, match="nope.txt"):
         extrinsics_from_kitti_calib(ds / "nope.txt")
+
+
+def test_tf_static_check_flags_wrong_extrinsics(drive) -> None:
+    """Replay warns (metrics.json ``bags[].extrinsics``) when its extrinsics differ from the bag's
+    /tf_static, e.g. the node's default instead of the rig's: the offset is the camera mount."""
+    from ood_perception.replay.bag import BagSource
+    from ood_perception.replay.engine import check_tf_static, node_default_extrinsics
+    from ood_perception.replay.params import extrinsics_from_kitti_calib
+    from ood_perception.world.config import WorldConfig
+
+    _, ds, _ = drive
+    with BagSource(ds / "bags" / "00") as src:
+        good = check_tf_static(src, "camera_optical", "lidar", extrinsics_from_kitti_calib(ds / "sequences/00/calib.txt"))
+        bad = check_tf_static(src, "camera_optical", "lidar", node_default_extrinsics())
+        unknown = check_tf_static(src, "other_camera", "lidar", node_default_extrinsics())
+    assert good["status"] == "agrees" and good["translation_m"] < 1e-6
+    mount = np.linalg.norm(WorldConfig().camera.xyz)
+    assert bad["status"] == "differs" and bad["translation_m"] == pytest.approx(mount, abs=1e-6)
+    assert unknown == {"status": "absent"}

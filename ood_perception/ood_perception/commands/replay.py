@@ -66,6 +66,12 @@ def handler(args: argparse.Namespace) -> int:
     damaged = [r for r in results if r.error]
     for r in results:
         print(f"{r.bag}: {len(r.frames)} frames, {r.duration_s:.1f} s of bag time at {r.x_real_time:.2f}x real time")
+    for r in results:
+        if r.extrinsics.get("status") == "differs":
+            e = r.extrinsics
+            print(f"ood-perception replay: warning: {r.bag}: the extrinsics used differ from the bag's /tf_static "
+                  f"({e['frames']}) by {e['translation_m']:.3f} m, {e['rotation_deg']:.2f} deg; give --calib or "
+                  "lidar_to_camera.* in --params", file=sys.stderr)
     for r in damaged:
         print(f"ood-perception replay: error: {r.error} (results up to there were written)", file=sys.stderr)
     print(f"report: {args.out}/report.html")

@@ -123,6 +123,7 @@ class BagReplay:
     salvaged: bool = False
     bad_inputs: dict[str, int] = field(default_factory=dict)  # per reason, as the node counts them
     thumbnails: dict[str, list[tuple[int, np.ndarray]]] = field(default_factory=dict)
+    extrinsics: dict[str, Any] = field(default_factory=dict)  # check against the bag's /tf_static
 
     @property
     def x_real_time(self) -> float:
@@ -215,6 +216,51 @@ class LabelFolder:
         return f.pixel_labels, f.point_labels
 
 
+#: The extrinsics in use "agree" with the bag's /tf_static within these bounds.
+TF_TOLERANCE_M = 1e-3
+TF_TOLERANCE_DEG = 0.05
+
+
+def check_tf_static(src: BagSource, camera_frame: str, lidar_frame: str, T_cam_lidar: np.ndarray) -> dict[str, Any]:
+    """Compare the extrinsics replay uses with the bag's ``/tf_static`` (a direct transform between
+    the cloud's and the image's frame ids, either direction; chains are not followed).
+
+    Returns:
+        ``{"status": "agrees" | "differs" | "absent" | "unreadable", ...}`` with, when a transform
+        was found, the translation [m] and rotation [deg] between the two. Replay never uses the
+        bag's TF for projection (the node does not either); this only warns about a mismatch.
+    """
+    topic = src.resolve("/tf_static", required=False)
+    if topic is None or not camera_frame or not lidar_frame:
+        return {"status": "absent"}
+    from scipy.spatial.transform import Rotation
+
+    strip = lambda f: f.lstrip("/")  # noqa: E731
+    cam, lid = strip(camera_frame), strip(lidar_frame)
+    try:
+        for k, m in enumerate(src.messages([topic])):
+            if k >= 16:  # static transforms come first; do not scan a long recording for more
+                break
+            for tf in m.msg.transforms:
+                parent, child = strip(tf.header.frame_id), strip(tf.child_frame_id)
+                if {parent, child} != {cam, lid}:
+                    continue
+                t, q = tf.transform.translation, tf.transform.rotation
+                pose = np.eye(4)
+                pose[:3, :3] = Rotation.from_quat([q.x, q.y, q.z, q.w]).as_matrix()
+                pose[:3, 3] = (t.x, t.y, t.z)
+                T_tf = np.linalg.inv(pose) if parent == lid else pose  # pose of child in parent
+                diff = T_tf @ np.linalg.inv(np.asarray(T_cam_lidar, float))
+                dist = float(np.linalg.norm(diff[:3, 3]))
+                angle = float(np.degrees(Rotation.from_matrix(diff[:3, :3]).magnitude()))
+                ok = dist <= TF_TOLERANCE_M and angle <= TF_TOLERANCE_DEG
+                return {"status": "agrees" if ok else "differs", "frames": f"{lid} -> {cam}",
+                        "translation_m": round(dist, 6), "rotation_deg": round(angle, 4)}
+    except Exception as exc:  # noqa: BLE001 - a bad /tf_static must not stop a replay
+        return {"status": "unreadable", "error": f"{type(exc).__name__}: {exc}"}
+    return {"status": "absent"}
+
+
 def replay_bag(
     bag_path: str | Path,
     pipeline: Any,
@@ -299,6 +345,7 @@ def replay_bag(
         first_ns: int | None = None
         last_ns: int | None = None
         error: str | None = None
+        lidar_frame = [""]  # frame id of the first cloud (for the /tf_static check)
         image_index: dict[int, int] = {}  # camera stamp -> position among the bag's camera messages
         images_seen = 0
         total = src.message_count(by_topic)
@@ -343,6 +390,7 @@ def replay_bag(
                     if kind == "image":
                         notes = proc.add_camera(inputs.decode_camera(m.msg, source=m.msg))
                     else:
+                        lidar_frame[0] = lidar_frame[0] or str(m.msg.header.frame_id)
                         lid_in, notes = inputs.decode_lidar(m.msg, fs, source=m.msg)
                         notes += proc.add_lidar(lid_in)
                 except ConversionError:
@@ -404,13 +452,14 @@ def replay_bag(
             awaiting.clear()
             if bar is not None:
                 bar.close()
+        extrinsics = check_tf_static(src, proc.camera_frame, lidar_frame[0], settings.T_cam_lidar)
         sync_counters = {k: getattr(sync.counters, k) for k in sync.counters.__dataclass_fields__}
         duration = ((last_ns - first_ns) * 1e-9) if first_ns is not None and last_ns is not None else 0.0
         return BagReplay(
             bag=str(bag_path), frames=frames, metrics=metrics, duration_s=duration,
             wall_s=time.perf_counter() - t_wall, topics={k: v for k, v in topics.items() if v},
             sync_counters=sync_counters, error=error, salvaged=src.salvaged, thumbnails=thumbs.result(),
-            bad_inputs=dict(sorted(bad.items())),
+            bad_inputs=dict(sorted(bad.items())), extrinsics=extrinsics,
         )
     finally:
         src.close()
