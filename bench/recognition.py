@@ -33,13 +33,16 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     import torch
 
+    from ood_perception import runtime
     from ood_perception.data.clips import compute_flow, normalise_flow, normalise_frames
     from ood_perception.models.recognition import (
         RecognitionConfig,
         build_recognition_model,
         load_recognition_checkpoint,
     )
-    from ood_perception.pipeline.recognition import RecognitionPipeline, _OnnxBackend, export_recognition_onnx
+    from ood_perception.pipeline.recognition import RecognitionPipeline
+    from ood_perception.trainer.export import export_recognition
+    from ood_perception.trainer.recognition import save_recognition_checkpoint
     from ood_perception.world.clips import ID_CLASSES, ClipConfig, clip_rng, render_clip
 
     torch.set_num_threads(args.threads)
@@ -54,10 +57,13 @@ def main(argv: list[str] | None = None) -> int:
     flow = compute_flow(clip)
     v, f = normalise_frames(clip)[None], normalise_flow(flow)[None]
     with tempfile.TemporaryDirectory() as tmp:
-        onnx_path = export_recognition_onnx(model, Path(tmp) / "rec.onnx", frames, size)
-        ort = _OnnxBackend(onnx_path)
+        # the deployed export: model + MSP scorer in one graph (ood-perception export)
+        save_recognition_checkpoint(Path(tmp) / "rec.pt", model, list(names), {"clip_len": frames, "size": size})
+        export_recognition(Path(tmp) / "rec.pt", Path(tmp) / "rec", score="msp")
+        backend = runtime.load(Path(tmp) / "rec", intra_op_threads=args.threads)
+        ort = lambda v_, f_: backend.infer({"video": v_, "flow": f_})  # noqa: E731
         pipe_t = RecognitionPipeline(model, names, 0.5, "msp", frames, frames, size)
-        pipe_o = RecognitionPipeline(str(onnx_path), names, 0.5, "msp", frames, frames, size)
+        pipe_o = RecognitionPipeline(backend, names, 0.5, None, frames, frames, size)
         tv, tf = torch.from_numpy(v), torch.from_numpy(f)
 
         def torch_infer():

@@ -198,20 +198,44 @@ def test_recognition_export_round_trip(tmp_path):
     cfg = {"num_classes": 3, "embed_dim": 16, "width": 4}
     model = build_recognition_model(cfg).eval()
     torch.save({"task": "recognition", "model_config": cfg, "state_dict": model.state_dict(),
-                "class_names": ["walk", "run", "wave"], "clip_len": 4, "size": 16}, tmp_path / "r.pt")
+                "class_names": ["walk", "run", "wave"], "clip_len": 4, "size": 16,
+                "flow_params": {"winsize": 9}}, tmp_path / "r.pt")
     rng = np.random.default_rng(0)
     v = rng.normal(size=(10, 3, 4, 16, 16)).astype(np.float32)
-    f = rng.normal(size=(10, 2, 4, 16, 16)).astype(np.float32)
+    f = rng.normal(size=(10, 2, 3, 16, 16)).astype(np.float32)  # flow has T-1 steps
     spec = export_recognition(tmp_path / "r.pt", tmp_path / "m", calib_clips=(v, f))
     assert spec.kind == "recognition" and spec.input_names == ["video", "flow"]
+    assert spec.input("flow").shape == ("batch", 2, 3, 16, 16) and spec.input_size == [16, 16]
+    assert spec.extra["clip_len"] == 4 and spec.extra["flow_params"] == {"winsize": 9}
+    assert spec.extra["flow_scale"] == 4.0 and spec.mean == spec.std == [0.5, 0.5, 0.5]
+    assert spec.score["name"] == "msp" and spec.score["unimodal"] == "msp"  # logit-only joint scorer reused
     out = runtime.load(tmp_path / "m", intra_op_threads=1).infer({"video": v[:3], "flow": f[:3]})
     with torch.no_grad():
         ref = model(torch.from_numpy(v[:3]), torch.from_numpy(f[:3]))
     p = torch.softmax(ref["logits"], 1).numpy()
     np.testing.assert_allclose(out["score"], 1.0 - p.max(1), atol=1e-5)  # MSP score: 1 - max probability
+    np.testing.assert_allclose(out["confidence"], p.max(1), atol=1e-5)
     np.testing.assert_array_equal(out["class"], p.argmax(1))
+    for m in ("video", "flow"):  # expert heads: their own argmax and MSP
+        pm = torch.softmax(ref[f"{m}_logits"], 1).numpy()
+        np.testing.assert_array_equal(out[f"{m}_class"], pm.argmax(1))
+        np.testing.assert_allclose(out[f"{m}_score"], 1.0 - pm.max(1), atol=1e-5)
     torch_out = runtime.load(tmp_path / "m", backend="torch").infer({"video": v[:3], "flow": f[:3]})
-    np.testing.assert_allclose(torch_out["video_score"], out["video_score"], atol=1e-4)
+    for name in ("confidence", "score", "video_score", "flow_score"):
+        np.testing.assert_allclose(torch_out[name], out[name], atol=1e-4)
     all_scores = np.sort(1.0 - torch.softmax(model(torch.from_numpy(v), torch.from_numpy(f))["logits"], 1)
                          .max(1).values.detach().numpy())
     assert spec.threshold == pytest.approx(float(all_scores[int(np.ceil(0.95 * 10)) - 1]), abs=1e-5)
+    with pytest.raises(runtime.InferenceInputError, match="flow"):  # T frames of flow instead of T-1
+        runtime.load(tmp_path / "m", intra_op_threads=1).infer({"video": v[:1], "flow": np.zeros((1, 2, 4, 16, 16), np.float32)})
+    with pytest.raises(ValueError, match="calibration clips"):
+        export_recognition(tmp_path / "r.pt", tmp_path / "m2", calib_clips=(v, v[:, :2]))
+    with pytest.raises(ValueError, match="logit-only"):
+        export_recognition(tmp_path / "r.pt", tmp_path / "m2", unimodal_score="vim")
+    # a feature scorer on the joint head: experts fall back to maxlogit
+    with pytest.raises(ValueError, match="needs fitting"):
+        export_recognition(tmp_path / "r.pt", tmp_path / "m3", score="react")
+    spec2 = export_recognition(tmp_path / "r.pt", tmp_path / "m3", score="react", fit_clips=(v, f, np.arange(10) % 3))
+    assert spec2.score["unimodal"] == "maxlogit" and spec2.threshold is None
+    out2 = runtime.load(tmp_path / "m3", backend="torch").infer({"video": v[:3], "flow": f[:3]})
+    np.testing.assert_allclose(out2["video_score"], -ref["video_logits"].max(1).values.numpy(), atol=1e-5)

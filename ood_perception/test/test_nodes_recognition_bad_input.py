@@ -217,7 +217,7 @@ def test_recognition_node_without_usable_model_fails_activation_clearly(rclpy_co
     finally:
         node.destroy_node()
     bad = ActionRecognitionNode("rec_badparam", context=rclpy_context,
-                                parameter_overrides=[Parameter("clip_length", value=0)])
+                                parameter_overrides=[Parameter("clip_length", value=-1)])
     try:
         assert bad.trigger_configure() == TransitionCallbackReturn.FAILURE
     finally:

@@ -13,7 +13,7 @@ from ood_perception.models.recognition import (
     build_recognition_model,
     load_recognition_checkpoint,
 )
-from ood_perception.pipeline.recognition import ClipBuffer, RecognitionPipeline, export_recognition_onnx
+from ood_perception.pipeline.recognition import ClipBuffer, ClipRecognizer, RecognitionPipeline
 from ood_perception.trainer import recognition as tr
 from ood_perception.world.clips import ClipConfig, clip_rng, render_clip
 
@@ -112,6 +112,7 @@ def test_pipeline_result_matches_the_model_and_onnx(tmp_path):
     assert results[:5] == [None] * 5
     r = results[5]
     from ood_perception.data.clips import compute_flow, normalise_flow, normalise_frames
+    from ood_perception.pipeline.recognition import _TorchBackend
 
     with torch.no_grad():
         out = m(torch.from_numpy(normalise_frames(clip)[None]), torch.from_numpy(normalise_flow(compute_flow(clip))[None]))
@@ -125,20 +126,34 @@ def test_pipeline_result_matches_the_model_and_onnx(tmp_path):
     pv = torch.softmax(out["video_logits"][0], 0)
     assert r.modality_names == ["video", "flow"] and r.score_name == "msp"
     assert r.modality_scores[0] == pytest.approx(1 - float(pv.max()), abs=1e-5)
-    onnx_path = export_recognition_onnx(m, tmp_path / "rec.onnx", clip_len=6, size=32)
-    r2 = RecognitionPipeline(str(onnx_path), ["x", "y", "z"], threshold=0.5, clip_len=6, size=32).process_clip(clip)
-    assert r2.class_id == r.class_id and r2.ood_score == pytest.approx(r.ood_score, abs=1e-4)
-    assert r2.modality_scores[1] == pytest.approx(r.modality_scores[1], abs=1e-4)
-    # the node's entry point over a runtime-style backend (infer + spec)
+    # the one recognition export (model dir, scorer inside the graph) through the runtime
     from types import SimpleNamespace
 
-    from ood_perception.pipeline.recognition import ClipRecognizer, _OnnxBackend
+    from ood_perception import runtime
+    from ood_perception.trainer.export import export_recognition
 
-    ort = _OnnxBackend(onnx_path)
-    rt = SimpleNamespace(infer=lambda x: ort(x["video"], x["flow"]),
-                         spec={"class_names": ["x", "y", "z"], "threshold": 0.5, "clip_len": 6, "size": 32})
-    rec = ClipRecognizer(rt, stride=6)
+    tr.save_recognition_checkpoint(tmp_path / "m.pt", m, ["x", "y", "z"], {"clip_len": 6, "size": 32})
+    export_recognition(tmp_path / "m.pt", tmp_path / "dir", calib_clips=(
+        np.stack([normalise_frames(clip)] * 2), np.stack([normalise_flow(compute_flow(clip))] * 2)))
+    r2 = RecognitionPipeline(str(tmp_path / "dir"), ["x", "y", "z"], threshold=0.5, scorer=None, clip_len=6,
+                             size=32).process_clip(clip)
+    assert r2.class_id == r.class_id and r2.ood_score == pytest.approx(r.ood_score, abs=1e-4)
+    assert r2.confidence == pytest.approx(r.confidence, abs=1e-4) and r2.score_name == "msp"
+    assert r2.modality_scores == pytest.approx(r.modality_scores, abs=1e-4) and r2.modality_classes == r.modality_classes
+    with pytest.raises(ValueError, match="inside its graph"):
+        RecognitionPipeline(str(tmp_path / "dir"), ["x", "y", "z"], threshold=0.5, scorer="energy", clip_len=6, size=32)
+    # the node's entry point: geometry, names and threshold from model.json (calibrated on the 2 copies)
+    rec = ClipRecognizer(runtime.load(tmp_path / "dir", intra_op_threads=1), stride=6)
+    assert rec.buffer.clip_len == 6 and rec.buffer.size == 32 and rec.threshold == pytest.approx(r.ood_score, abs=1e-4)
     out3 = [rec.push(f, float(i)) for i, f in enumerate(clip)]
-    assert out3[-1].ood_score == pytest.approx(r.ood_score, abs=1e-4) and out3[-1].threshold == 0.5
+    assert out3[-1].ood_score == pytest.approx(r.ood_score, abs=1e-4) and out3[-1].class_name == r.class_name
+    with pytest.raises(ValueError, match="clip_len 6"):
+        ClipRecognizer(runtime.load(tmp_path / "dir", intra_op_threads=1), clip_length=8)
+    # a logits-returning runtime-style backend (infer + spec) is scored by the pipeline
+    rt = SimpleNamespace(infer=lambda x: _TorchBackend(m)(x["video"], x["flow"]),
+                         spec={"class_names": ["x", "y", "z"], "threshold": 0.5, "clip_len": 6, "size": 32})
+    rec4 = ClipRecognizer(rt, stride=6)
+    out4 = [rec4.push(f, float(i)) for i, f in enumerate(clip)]
+    assert out4[-1].ood_score == pytest.approx(r.ood_score, abs=1e-5) and out4[-1].threshold == 0.5
     with pytest.raises(ValueError, match="threshold"):
         ClipRecognizer(SimpleNamespace(infer=rt.infer, spec={"class_names": ["x"]}))

@@ -3,12 +3,16 @@
 The recognition node (``ros`` room) feeds frames with their stamps into
 :meth:`RecognitionPipeline.push`; every ``stride`` frames, once ``clip_len`` frames are buffered,
 the pipeline computes Farneback flow over the clip, runs the video + flow network (torch or ONNX
-Runtime), scores the joint head's logits and returns a :class:`RecognitionResult`. numpy, OpenCV
-and torch / onnxruntime only (no rclpy).
+Runtime through ``ood_perception.runtime``), scores it and returns a :class:`RecognitionResult`.
+An exported model directory (``ood-perception export`` of a recognition checkpoint,
+``trainer.export.export_recognition``) carries the scorer inside its graph and its calibrated
+threshold in ``model.json``; a torch RecognitionNet is scored here. numpy, OpenCV and torch /
+onnxruntime only (no rclpy).
 
 Score convention: higher = more anomalous; ``is_ood = ood_score > threshold`` where the threshold
-keeps 95% of ID test clips (``ood_perception.metrics.calibrate_threshold``), stored in the
-checkpoint by ``ood-perception train recognition``.
+keeps 95% of ID clips (``ood_perception.metrics.calibrate_threshold``): of the ID test clips in the
+checkpoint (``ood-perception train recognition``), of ID validation clips in an exported
+``model.json``.
 """
 
 from __future__ import annotations
@@ -18,7 +22,6 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import cv2
@@ -122,107 +125,112 @@ class _TorchBackend:
         return {k: v.cpu().numpy() for k, v in out.items()}
 
 
-class _OnnxBackend:
-    def __init__(self, path: str | os.PathLike) -> None:
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = max(1, min(2, os.cpu_count() or 1))
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        self.outputs = [o.name for o in self.session.get_outputs()]
-
-    def __call__(self, video: np.ndarray, flow: np.ndarray) -> dict[str, np.ndarray]:
-        res = self.session.run(self.outputs, {"video": video, "flow": flow})
-        return dict(zip(self.outputs, res, strict=True))
-
-
 class _RuntimeBackend:
-    """An ``ood_perception.runtime`` Backend (``infer({"video", "flow"}) -> dict``) of an exported
-    recognition graph with the :data:`ONNX_OUTPUTS`."""
+    """An ``ood_perception.runtime`` Backend (``infer({"video", "flow"}) -> dict``): an exported
+    recognition model directory (:data:`GRAPH_OUTPUTS`, scorer inside the graph) or any object
+    returning the network's ``logits``, ``video_logits``, ``flow_logits`` (scored here)."""
 
     def __init__(self, backend) -> None:
         self.backend = backend
 
     def __call__(self, video: np.ndarray, flow: np.ndarray) -> dict[str, np.ndarray]:
         out = dict(self.backend.infer({"video": video, "flow": flow}))
-        missing = [k for k in ("logits", "video_logits", "flow_logits") if k not in out]
+        if "logits" in out:
+            need = ("logits", "video_logits", "flow_logits")
+        else:
+            need = GRAPH_OUTPUTS
+        missing = [k for k in need if k not in out]
         if missing:
             raise ValueError(f"recognition backend returned no {missing}; outputs: {sorted(out)}")
         return out
 
 
-#: Outputs of the exported recognition graph.
-ONNX_OUTPUTS: tuple[str, ...] = ("logits", "video_logits", "flow_logits", "features", "video_features", "flow_features")
+#: Outputs of an exported recognition model directory that the pipeline reads
+#: (``ood_perception.runtime.spec.RECOGNITION_OUTPUTS``; ``trainer.export.export_recognition``).
+GRAPH_OUTPUTS: tuple[str, ...] = ("class", "confidence", "score", "video_class", "video_score", "flow_class", "flow_score")
+#: Modalities of the recognition network, in ``modality_names`` order.
+MODALITIES: tuple[str, ...] = ("video", "flow")
 
 
-def export_recognition_onnx(model, path: str | os.PathLike, clip_len: int = 16, size: int = 64, opset: int = 17) -> Path:
-    """Export a :class:`~ood_perception.models.recognition.RecognitionNet` to ONNX (dynamic batch), atomically."""
-    import tempfile
-
-    import torch
-
-    class _Wrap(torch.nn.Module):
-        def __init__(self, m) -> None:
-            super().__init__()
-            self.m = m
-
-        def forward(self, video, flow):
-            out = self.m(video, flow)
-            return tuple(out[k] for k in ONNX_OUTPUTS)
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    model = model.cpu().eval()
-    v = torch.zeros(1, 3, clip_len, size, size)
-    f = torch.zeros(1, 2, clip_len - 1, size, size)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.onnx.export(_Wrap(model), (v, f), tmp, input_names=["video", "flow"], output_names=list(ONNX_OUTPUTS),
-                          dynamic_axes={"video": {0: "batch"}, "flow": {0: "batch"}, **{o: {0: "batch"} for o in ONNX_OUTPUTS}},
-                          opset_version=opset, dynamo=False)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+def spec_fields(spec: Any) -> dict[str, Any]:
+    """A backend spec as a flat dict: a ``runtime.ModelSpec`` (its fields plus the extra
+    ``model.json`` keys such as ``clip_len``, ``flow_params``), a dict, or None (empty)."""
+    if spec is None:
+        return {}
+    if isinstance(spec, dict):
+        return dict(spec)
+    fields = getattr(spec, "__dataclass_fields__", None)
+    d = {k: getattr(spec, k) for k in fields if k != "extra"} if fields else dict(getattr(spec, "__dict__", {}))
+    d.update(getattr(spec, "extra", None) or {})
+    return d
 
 
 class RecognitionPipeline:
     """Clip buffer + flow + network + scorer.
 
     Args:
-        backend: a :class:`~ood_perception.models.recognition.RecognitionNet` (torch) or the path of
-            an ONNX model from :func:`export_recognition_onnx`.
+        backend: a :class:`~ood_perception.models.recognition.RecognitionNet` (torch; scored here),
+            an exported recognition model directory (``str``/``PathLike``, loaded with
+            ``ood_perception.runtime.load``) or a runtime Backend (``infer``); an exported graph
+            scores inside (``class``, ``confidence``, ``score``, ``video_*``, ``flow_*`` outputs).
         class_names: K names of the ID classes.
         threshold: OOD threshold on the score (higher = more anomalous).
-        scorer: a logit-based scorer name of :mod:`ood_perception.scoring` (default ``msp``) or a
-            fitted :class:`~ood_perception.scoring.Scorer` (feature scorers get the features).
+        scorer: for a torch model or a logits backend: a logit-based scorer name of
+            :mod:`ood_perception.scoring` (default ``msp``) or a fitted
+            :class:`~ood_perception.scoring.Scorer` (feature scorers get the features); for an
+            exported graph: None or the graph's scorer name (its ``score_name``).
         clip_len, stride, size: clip buffer geometry (the model's training clip length and size).
+        unimodal_scorer: scorer of the expert heads (logits only); None = ``scorer`` when it needs
+            no features, else the expert scores are NaN.
+        flow_scale: flow in pixels is divided by this (``model.json`` ``flow_scale``).
     """
 
     def __init__(self, backend, class_names: Sequence[str], threshold: float, scorer: Any = "msp",
                  clip_len: int = 16, stride: int = 8, size: int = 64, flow_params: FlowParams = FlowParams(),
-                 device: str = "cpu") -> None:
+                 device: str = "cpu", unimodal_scorer: Any = None, flow_scale: float = 4.0) -> None:
         from ood_perception.scoring import get_scorer
 
         if isinstance(backend, (str, os.PathLike)):
-            self.backend = _OnnxBackend(backend)
-        elif hasattr(backend, "infer"):  # an ood_perception.runtime Backend
+            from ood_perception import runtime
+
+            backend = runtime.load(backend, device=device, intra_op_threads=max(1, min(2, os.cpu_count() or 1)))
+        self.model_spec = spec_fields(getattr(backend, "spec", None)) if hasattr(backend, "infer") else {}
+        self.graph_scored = self.model_spec.get("kind") == "recognition"
+        if self.model_spec.get("kind") not in (None, "recognition"):
+            raise ValueError(f"backend holds a {self.model_spec['kind']!r} model, not a recognition model "
+                             "(export a recognition checkpoint: ood-perception export)")
+        if hasattr(backend, "infer"):  # an ood_perception.runtime Backend
             self.backend = _RuntimeBackend(backend)
         else:
             self.backend = _TorchBackend(backend, device)
-        self.scorer = get_scorer(scorer) if isinstance(scorer, str) else scorer
-        if self.scorer.requires_fit and not self.scorer.fitted:
-            raise ValueError(f"scorer {self.scorer.name!r} needs fitting before use in the pipeline")
+        if self.graph_scored:
+            graph_score = _score_name(self.model_spec.get("score"))
+            if scorer is not None and (scorer if isinstance(scorer, str) else getattr(scorer, "name", None)) != graph_score:
+                raise ValueError(f"the exported model scores with {graph_score!r} inside its graph; cannot use scorer "
+                                 f"{scorer!r} (export again with --score)")
+            self.scorer = None
+            self.unimodal_scorer = None
+            self.score_name = graph_score
+        else:
+            self.scorer = get_scorer(scorer or "msp") if isinstance(scorer, str) or scorer is None else scorer
+            if self.scorer.requires_fit and not self.scorer.fitted:
+                raise ValueError(f"scorer {self.scorer.name!r} needs fitting before use in the pipeline")
+            uni = unimodal_scorer if unimodal_scorer is not None else (None if self.scorer.needs_features else self.scorer)
+            self.unimodal_scorer = get_scorer(uni) if isinstance(uni, str) else uni
+            if self.unimodal_scorer is not None and self.unimodal_scorer.needs_features:
+                raise ValueError(f"unimodal scorer {self.unimodal_scorer.name!r} needs features; the expert heads give logits only")
+            self.score_name = self.scorer.name
         self.class_names = list(class_names)
         self.threshold = float(threshold)
         self.buffer = ClipBuffer(clip_len, stride, size)
         self.flow_params = flow_params
+        if not flow_scale > 0:
+            raise ValueError(f"flow_scale must be > 0, got {flow_scale}")
+        self.flow_scale = float(flow_scale)
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, threshold: float | None = None, stride: int = 8,
-                        device: str = "cpu") -> RecognitionPipeline:
+                        device: str = "cpu", unimodal_scorer: Any = None) -> RecognitionPipeline:
         """Build from a recognition checkpoint (its clip geometry, class names and MSP threshold)."""
         from ood_perception.models.recognition import load_recognition_checkpoint
 
@@ -234,37 +242,46 @@ class RecognitionPipeline:
                 raise ValueError(f"checkpoint {path} stores no OOD threshold; pass threshold=")
         scorer = (ckpt.get("metrics") or {}).get("threshold", {}).get("scorer", "msp")
         return cls(model, ckpt["class_names"], thr, scorer, int(ckpt.get("clip_len", 16)), stride,
-                   int(ckpt.get("size", 64)), FlowParams(**ckpt.get("flow_params", {})), device)
+                   int(ckpt.get("size", 64)), FlowParams(**ckpt.get("flow_params", {})), device,
+                   unimodal_scorer=unimodal_scorer)
 
-    def _score(self, logits: np.ndarray, features: np.ndarray | None) -> float:
+    @staticmethod
+    def _score(scorer, logits: np.ndarray, features: np.ndarray | None) -> float:
         import torch
 
+        if scorer is None or (scorer.needs_features and features is None):
+            return float("nan")
         lg = torch.from_numpy(np.asarray(logits, np.float32))
         ft = torch.from_numpy(np.asarray(features, np.float32)) if features is not None else None
-        if self.scorer.needs_features and ft is None:
-            return float("nan")
         with torch.no_grad():
-            return float(self.scorer(lg, ft)[0])
+            return float(scorer(lg, ft)[0])
+
+    def _read(self, out: dict[str, np.ndarray]) -> tuple[int, float, float, list[float], dict[str, int]]:
+        """(class id, confidence, joint score, expert scores, expert classes) of batch item 0."""
+        if "logits" not in out:  # exported graph: the scorer ran inside it
+            return (int(out["class"][0]), float(out["confidence"][0]), float(out["score"][0]),
+                    [float(out[f"{m}_score"][0]) for m in MODALITIES], {m: int(out[f"{m}_class"][0]) for m in MODALITIES})
+        logits = np.asarray(out["logits"][0], np.float64)
+        p = np.exp(logits - logits.max())
+        p /= p.sum()
+        cid = int(np.argmax(logits))
+        joint = self._score(self.scorer, out["logits"], out.get("features"))
+        per = [self._score(self.unimodal_scorer, out[f"{m}_logits"], None) for m in MODALITIES]
+        return cid, float(p[cid]), joint, per, {m: int(np.argmax(out[f"{m}_logits"][0])) for m in MODALITIES}
 
     def process_clip(self, clip: np.ndarray, stamps: Sequence[float] | None = None) -> RecognitionResult:
         """Recognise one uint8 ``[T, H, W, 3]`` RGB clip (already at the model's size)."""
         t0 = time.perf_counter()
         flow = compute_flow(clip, self.flow_params)
-        out = self.backend(normalise_frames(clip)[None], normalise_flow(flow)[None])
-        logits = out["logits"][0]
-        p = np.exp(logits - logits.max())
-        p /= p.sum()
-        cid = int(np.argmax(logits))
-        joint = self._score(out["logits"], out.get("features"))
-        names = ["video", "flow"]
-        # expert scores: the expert's own head; feature-based scorers are fitted on the joint head only
-        per = [self._score(out[f"{m}_logits"], None) if not self.scorer.needs_features else float("nan") for m in names]
+        out = self.backend(normalise_frames(clip)[None], normalise_flow(flow, self.flow_scale)[None])
+        cid, conf, joint, per, classes = self._read(out)
+        if not 0 <= cid < len(self.class_names):
+            raise ValueError(f"model predicted class {cid} but only {len(self.class_names)} class names are known")
         st = np.asarray(stamps if stamps is not None else [0.0, 0.0], float)
         return RecognitionResult(
-            class_id=cid, class_name=self.class_names[cid], confidence=float(p[cid]), ood_score=joint,
-            is_ood=bool(joint > self.threshold), threshold=self.threshold, score_name=self.scorer.name,
-            modality_names=names, modality_scores=per,
-            modality_classes={m: int(np.argmax(out[f"{m}_logits"][0])) for m in names},
+            class_id=cid, class_name=self.class_names[cid], confidence=conf, ood_score=joint,
+            is_ood=bool(joint > self.threshold), threshold=self.threshold, score_name=self.score_name,
+            modality_names=list(MODALITIES), modality_scores=per, modality_classes=classes,
             stamp_start=float(st[0]), stamp_end=float(st[-1]), num_frames=len(clip), latency_s=time.perf_counter() - t0,
         )
 
@@ -276,29 +293,71 @@ class RecognitionPipeline:
         return self.process_clip(*ready)
 
 
+def _score_name(score: Any) -> str:
+    """The scorer name of a spec's ``score`` (``{"name": ...}`` in ``model.json``, or a plain name)."""
+    if isinstance(score, dict):
+        return str(score.get("name", ""))
+    return str(score or "msp")
+
+
 class ClipRecognizer(RecognitionPipeline):
     """The recognition node's entry point (``ros/recognition_node.py``): a :class:`RecognitionPipeline`
-    built from a runtime backend whose ``spec`` (model.json) names ``class_names`` and, optionally,
-    ``threshold``, ``score``, ``clip_len``/``clip_length`` and ``size``.
+    built from a runtime backend of an exported recognition model directory
+    (``ood_perception.runtime.load(model_dir)``; ``model.json`` gives ``class_names``,
+    ``threshold``, ``score``, ``clip_len``, ``input_size``, ``flow_params``, ``flow_scale``).
 
     Args:
-        backend: a runtime Backend (``infer``/``spec``), a RecognitionNet, or an ONNX path.
-        clip_length, stride: clip geometry (``clip_length`` defaults to the spec's, else 16).
-        threshold: OOD threshold; None = the spec's ``threshold`` (error when it has none).
+        backend: a runtime Backend (``infer``/``spec``), an exported model directory, or a
+            RecognitionNet (then ``class_names`` and ``threshold`` are required).
+        clip_length: frames per clip; None = the model's ``clip_len`` (else 16). A value differing
+            from the model's ``clip_len`` is refused.
+        stride: frames between the starts of consecutive clips.
+        threshold: OOD threshold; None = the spec's calibrated ``threshold`` (error when it has none).
         class_names: override of the spec's class names.
+        scorer: see :class:`RecognitionPipeline` (an exported graph has its scorer inside).
+        size: frame side; None = the model's ``input_size``.
     """
 
     def __init__(self, backend, clip_length: int | None = None, stride: int = 8, threshold: float | None = None,
                  class_names: Sequence[str] | None = None, scorer: Any = None, size: int | None = None,
                  device: str = "cpu") -> None:
-        spec = getattr(backend, "spec", None) or {}
-        spec = spec if isinstance(spec, dict) else getattr(spec, "__dict__", {})
+        if isinstance(backend, (str, os.PathLike)):
+            from ood_perception import runtime
+
+            backend = runtime.load(backend, device=device, intra_op_threads=max(1, min(2, os.cpu_count() or 1)))
+        spec = spec_fields(getattr(backend, "spec", None))
         names = class_names if class_names is not None else spec.get("class_names")
         if not names:
             raise ValueError("ClipRecognizer needs class_names (argument or the backend spec's class_names)")
         thr = threshold if threshold is not None else spec.get("threshold")
         if thr is None:
             raise ValueError("ClipRecognizer needs a threshold (argument or the backend spec's threshold)")
-        clip_len = int(clip_length or spec.get("clip_len") or spec.get("clip_length") or 16)
-        super().__init__(backend, names, float(thr), scorer or spec.get("score", "msp"), clip_len, stride,
-                         int(size or spec.get("size") or 64), device=device)
+        model_len = spec.get("clip_len") or spec.get("clip_length")
+        if clip_length and model_len and int(clip_length) != int(model_len):
+            raise ValueError(f"clip_length {clip_length} differs from the model's clip_len {model_len} "
+                             "(use the model's, e.g. clip_length 0 on the node)")
+        clip_len = int(clip_length or model_len or 16)
+        model_size = spec.get("size")
+        hw = spec.get("input_size") or []
+        if model_size is None and spec.get("kind") == "recognition" and len(hw) == 2:
+            if int(hw[0]) != int(hw[1]):
+                raise ValueError(f"recognition model input_size {list(hw)} is not square; the clip buffer needs H == W")
+            model_size = int(hw[0])
+        if size is not None and model_size is not None and int(size) != int(model_size):
+            raise ValueError(f"size {size} differs from the model's frame size {model_size}")
+        if scorer is None and spec.get("kind") != "recognition":
+            scorer = _score_name(spec.get("score"))
+        super().__init__(backend, names, float(thr), scorer, clip_len, stride, int(size or model_size or 64),
+                         FlowParams(**dict(spec.get("flow_params") or {})), device=device,
+                         flow_scale=float(spec.get("flow_scale") or 4.0))
+
+    @classmethod
+    def from_model_dir(cls, model_dir: str | os.PathLike | None = None, backend: str = "onnxruntime",
+                       device: str = "cpu", **kwargs: Any) -> ClipRecognizer:
+        """Load an exported recognition model directory (None: ``runtime.default_recognition_model_dir()``)
+        with ``runtime.load(model_dir, backend, device)``; ``kwargs`` go to :class:`ClipRecognizer`."""
+        from ood_perception import runtime
+
+        model_dir = runtime.default_recognition_model_dir() if model_dir is None else model_dir
+        opts = {"intra_op_threads": max(1, min(2, os.cpu_count() or 1))} if backend == "onnxruntime" else {}
+        return cls(runtime.load(model_dir, backend=backend, device=device, **opts), device=device, **kwargs)

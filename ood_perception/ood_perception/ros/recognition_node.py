@@ -41,14 +41,15 @@ from ood_perception.ros.common import (
 NODE_NAME = "action_recognition"
 
 PARAMETERS: list[tuple[str, Any, str]] = [
-    ("model_dir", "", "exported recognition model directory with model.json"),
+    ("model_dir", "", "exported recognition model directory with model.json; empty = the default recognition "
+     "model (runtime.default_recognition_model_dir(), docs/recognition_model.md)"),
     ("backend", "onnxruntime", "inference backend: onnxruntime, torch or tensorrt"),
     ("device", "cpu", "cpu or cuda[:N]"),
     ("threshold", float("nan"), "OOD threshold; NaN = the model's calibrated threshold"),
     ("autostart", False, "configure and activate right after start"),
     ("reliability", "best_effort", "input QoS reliability: best_effort or reliable"),
     ("qos_depth", 5, "input QoS depth"),
-    ("clip_length", 16, "frames per clip"),
+    ("clip_length", 0, "frames per clip; 0 = the model's clip_len (another value must equal it)"),
     ("clip_stride", 8, "frames between the starts of consecutive clips"),
     ("frame_queue", 64, "frames buffered for the worker; older ones are dropped and counted"),
     ("stale_timeout", 1.0, "video silent this long [s] -> DEGRADED alert"),
@@ -64,8 +65,8 @@ PARAMETERS: list[tuple[str, Any, str]] = [
 
 def _validate(v: dict[str, Any]) -> None:
     for name in ("qos_depth", "clip_length", "clip_stride", "frame_queue", "raise_k", "raise_n", "clear_frames"):
-        if int(v[name]) < 1:
-            raise ValueError(f"parameter {name} must be >= 1, got {v[name]}")
+        if int(v[name]) < (0 if name == "clip_length" else 1):
+            raise ValueError(f"parameter {name} must be >= {0 if name == 'clip_length' else 1}, got {v[name]}")
     for name in ("diagnostics_period", "log_throttle_s", "stale_timeout", "clock_jump"):
         if not float(v[name]) > 0:
             raise ValueError(f"parameter {name} must be > 0, got {v[name]}")
@@ -83,7 +84,7 @@ def make_recognizer(backend: Any, params: dict[str, Any]) -> Any:
     from ood_perception.pipeline.recognition import ClipRecognizer
 
     thr = float(params["threshold"])
-    offered = {"clip_length": int(params["clip_length"]), "stride": int(params["clip_stride"]),
+    offered = {"clip_length": int(params["clip_length"]) or None, "stride": int(params["clip_stride"]),
                "clip_stride": int(params["clip_stride"]), "threshold": None if math.isnan(thr) else thr}
     accepted = inspect.signature(ClipRecognizer).parameters
     return ClipRecognizer(backend, **{k: v for k, v in offered.items() if k in accepted})
@@ -181,7 +182,8 @@ class ActionRecognitionNode(LifecycleNode):
             else:
                 from ood_perception import runtime
 
-                self.backend = runtime.load(p["model_dir"] or None, backend=p["backend"], device=p["device"])
+                model_dir = p["model_dir"] or runtime.default_recognition_model_dir()
+                self.backend = runtime.load(model_dir, backend=p["backend"], device=p["device"])
                 self.recognizer = make_recognizer(self.backend, p)
         except Exception as exc:  # noqa: BLE001 - fail the transition with a clear reason
             self._model_error = f"{type(exc).__name__}: {exc}"

@@ -3,8 +3,11 @@
 ``load(model_dir, backend="onnxruntime", device="cpu", **opts)`` reads and validates
 ``model.json``, checks the model files' sha256, and returns a :class:`Backend` whose
 ``infer({"image": ..., "lidar": ...})`` gives ``class_map``, ``score_map`` and the unimodal
-``camera_*`` / ``lidar_*`` maps (see docs/architecture.md, "Runtime"). ``default_model_dir()`` is
-the small model committed with the package (docs/model.md).
+``camera_*`` / ``lidar_*`` maps (see docs/architecture.md, "Runtime"); a ``recognition`` model
+directory takes ``{"video": ..., "flow": ...}`` and gives ``class``, ``confidence``, ``score`` and the
+``video_*`` / ``flow_*`` expert outputs. ``default_model_dir()`` is the small segmentation model
+committed with the package (docs/model.md), ``default_recognition_model_dir()`` the small video +
+optical-flow recognition model (docs/recognition_model.md).
 
 Importing this package imports neither torch nor onnxruntime; backends import them when created.
 """
@@ -31,6 +34,8 @@ from ood_perception.runtime.spec import ModelSpec, load_spec
 BACKENDS = ("onnxruntime", "torch", "tensorrt")
 #: Environment variable overriding :func:`default_model_dir`.
 MODEL_ENV = "OOD_PERCEPTION_MODEL"
+#: Environment variable overriding :func:`default_recognition_model_dir`.
+RECOGNITION_MODEL_ENV = "OOD_PERCEPTION_RECOGNITION_MODEL"
 
 
 def default_model_dir() -> Path:
@@ -40,6 +45,17 @@ def default_model_dir() -> Path:
     if env:
         return Path(env)
     return Path(__file__).resolve().parent.parent / "assets" / "default_model"
+
+
+def default_recognition_model_dir() -> Path:
+    """Directory of the default recognition (video + optical flow) model:
+    ``$OOD_PERCEPTION_RECOGNITION_MODEL`` when set, else the one shipped in
+    ``ood_perception/assets/default_recognition_model`` (trained on the synthetic action clips by
+    ``ood-perception train recognition``; see docs/recognition_model.md)."""
+    env = os.environ.get(RECOGNITION_MODEL_ENV)
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parent.parent / "assets" / "default_recognition_model"
 
 
 def load(
@@ -95,7 +111,9 @@ __all__ = [
     "ModelNotFoundError",
     "ModelSpec",
     "ParityError",
+    "RECOGNITION_MODEL_ENV",
     "default_model_dir",
+    "default_recognition_model_dir",
     "load",
     "load_spec",
 ]

@@ -22,8 +22,13 @@ Format (``format_version`` 1)::
       "provenance": {"checkpoint": ..., "train": {...}, "metrics": {...}, "exported_at": ..., ...}
     }
 
-A ``recognition`` model has inputs ``video`` ``[B, 3, T, H, W]`` and ``flow`` ``[B, 2, T, H, W]`` and
-outputs ``class`` / ``score`` ``[B]`` (joint head) and ``video_*`` / ``flow_*`` (experts).
+A ``recognition`` model has inputs ``video`` ``[B, 3, T, H, W]`` (``frames / 127.5 - 1``, i.e.
+mean = std = 0.5) and ``flow`` ``[B, 2, T-1, H, W]`` (Farneback flow in pixels / ``flow_scale``) and
+outputs ``class``, ``confidence`` (softmax probability of that class), ``score`` ``[B]`` (joint head,
+the scorer inside the graph) and ``video_class`` / ``video_score`` / ``flow_class`` / ``flow_score``
+(the video-only and flow-only expert heads). Its ``model.json`` adds ``clip_len`` (T),
+``input_size`` ``[H, W]`` (the frame size), ``flow_params`` (Farneback parameters, see
+``ood_perception.data.clips.FlowParams``), ``flow_scale`` and ``normalisation`` (text).
 
 Symbolic dimensions in shapes are strings (``"batch"``); fixed ones are ints.
 """
@@ -58,7 +63,7 @@ SEGMENTATION_OUTPUTS = (
 )
 #: Inputs and outputs of a recognition (video + optical flow clip) model directory.
 RECOGNITION_INPUTS = ("video", "flow")
-RECOGNITION_OUTPUTS = ("class", "score", "video_class", "video_score", "flow_class", "flow_score")
+RECOGNITION_OUTPUTS = ("class", "confidence", "score", "video_class", "video_score", "flow_class", "flow_score")
 
 
 @dataclass(frozen=True)

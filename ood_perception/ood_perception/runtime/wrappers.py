@@ -89,8 +89,10 @@ class ScoredSegmentation(nn.Module):
 
 
 class ScoredRecognition(nn.Module):
-    """``RecognitionNet`` + OOD scorer -> ``class``, ``score`` ``[B]`` of the joint head and the
-    ``video_*`` / ``flow_*`` class and score of the experts (:data:`RECOGNITION_OUTPUTS` order).
+    """``RecognitionNet`` + OOD scorer -> the recognition runtime outputs (:data:`RECOGNITION_OUTPUTS`
+    order): ``class`` (argmax of the joint head, int64 ``[B]``), ``confidence`` (its softmax
+    probability), ``score`` (joint-head OOD score, higher = more anomalous), then ``video_class``,
+    ``video_score``, ``flow_class``, ``flow_score`` of the video-only and flow-only expert heads.
 
     The joint scorer gets the joint head's ``features`` (``[B, 2D]``) when it needs them; the
     expert heads are scored from their logits by ``unimodal_scorer`` (None: ``scorer``, logit-only).
@@ -116,6 +118,7 @@ class ScoredRecognition(nn.Module):
         v, f = out["video_logits"], out["flow_logits"]
         return (
             logits.argmax(dim=1),
+            torch.softmax(logits.float(), dim=1).amax(dim=1),
             self.scorer(logits, feats).float(),
             v.argmax(dim=1),
             uni(v).float(),
