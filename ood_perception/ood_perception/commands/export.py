@@ -2,6 +2,9 @@
 
 The checkpoint's kind is detected (segmentation, or ``task: recognition``). With ``--calib-data``
 the deployment threshold is calibrated at ``--tpr`` (default 95%) of ID validation pixels/clips.
+A recognition model (inputs video + flow clip; outputs class, confidence, OOD score and the
+video-only / flow-only expert scores) can also be evaluated on held-out clips (``--eval-data``:
+accuracy, AUROC, FPR95 recorded in ``model.json`` provenance).
 """
 
 from __future__ import annotations
@@ -35,11 +38,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="OOD scorer of the fused/joint head (default: maxlogit for segmentation, msp for recognition)")
     p.add_argument("--score-param", action="append", type=_param, default=[], metavar="NAME=VALUE",
                    help="scorer parameter (repeatable; VALUE parsed as JSON when possible)")
-    p.add_argument("--unimodal-score", default="maxlogit",
-                   help="logit-only scorer of the unimodal expert heads")
+    p.add_argument("--unimodal-score", default=None,
+                   help="logit-only scorer of the unimodal expert heads (default: maxlogit for segmentation; "
+                        "for recognition the joint scorer when it is logit-only and unfitted, else maxlogit)")
     p.add_argument("--calib-data", default=None, metavar="DIR",
                    help="ID dataset root (e.g. `ood-perception synth` output) for the threshold and fitted scorers")
-    p.add_argument("--calib-split", default="val", help="split of --calib-data used for the threshold")
+    p.add_argument("--calib-split", default=None,
+                   help="split of --calib-data used for the threshold (default: val for segmentation, "
+                        "test for a recognition clip dataset: give a clip dataset of another data seed)")
+    p.add_argument("--eval-data", default=None, metavar="DIR",
+                   help="recognition only: held-out clip dataset (test + near/far OOD splits) evaluated into model.json")
     p.add_argument("--calib-frames", type=int, default=64, help="at most this many calibration frames")
     p.add_argument("--tpr", type=float, default=0.95, help="share of ID pixels below the threshold")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset")
@@ -63,21 +71,29 @@ def handler(args: argparse.Namespace) -> int:
     if not ckpt_path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {ckpt_path}")
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    common = dict(score_params=dict(args.score_param), unimodal_score=args.unimodal_score, tpr=args.tpr,
+    common = dict(score_params=dict(args.score_param), tpr=args.tpr,
                   opset=args.opset, exporter=args.exporter, overwrite=True)
     if isinstance(ckpt, dict) and ckpt.get("task") == "recognition":
         from ood_perception.trainer.export import export_recognition_from_data
 
         spec = export_recognition_from_data(ckpt_path, out, calib_data=args.calib_data,
-                                            score=args.score or "msp", **common)
+                                            calib_split=args.calib_split or "test", eval_data=args.eval_data,
+                                            score=args.score or "msp", unimodal_score=args.unimodal_score, **common)
     else:
+        if args.eval_data is not None:
+            raise ValueError("--eval-data is for recognition checkpoints; evaluate segmentation with `ood-perception evaluate`")
         from ood_perception.trainer.export import export_segmentation_from_data
 
         spec = export_segmentation_from_data(
-            ckpt_path, out, calib_data=args.calib_data, calib_split=args.calib_split,
-            max_calib_frames=args.calib_frames, score=args.score or "maxlogit", **common,
+            ckpt_path, out, calib_data=args.calib_data, calib_split=args.calib_split or "val",
+            max_calib_frames=args.calib_frames, score=args.score or "maxlogit",
+            unimodal_score=args.unimodal_score or "maxlogit", **common,
         )
     thr = "none (no --calib-data)" if spec.threshold is None else f"{spec.threshold:.4f}"
     print(f"wrote {out}: kind={spec.kind} classes={len(spec.class_names)} score={spec.score_name} "
           f"threshold={thr} onnx sha256={spec.files['onnx'].sha256[:16]}...")
+    ev = spec.provenance.get("evaluation")
+    if ev:
+        ood = ", ".join(f"{k} AUROC {v['auroc']:.3f} FPR95 {v['fpr95']:.3f}" for k, v in ev["ood"].items())
+        print(f"held-out {ev['id_split']}: accuracy {ev['accuracy']['joint']:.3f}; {ood}")
     return 0
