@@ -865,9 +865,20 @@ def export_recognition_from_data(
             raise FileNotFoundError(f"{what} not found: {root}")
         return load_splits(root, t, s, progress=False)[0]
 
+    def describe(path: str | os.PathLike[str]) -> dict[str, Any]:
+        """Path plus, for a synthetic clip dataset, its data seed and generator."""
+        info: dict[str, Any] = {"data": str(path)}
+        meta_path = Path(path) / "dataset.yaml"
+        if meta_path.is_file():
+            import yaml
+
+            meta = yaml.safe_load(meta_path.read_text()) or {}
+            info.update({k: meta[k] for k in ("generator", "seed") if k in meta})
+        return info
+
     if eval_data is not None:
         kwargs["eval_splits"] = read(eval_data, "evaluation data")
-        kwargs["eval_info"] = {"data": str(eval_data)}
+        kwargs["eval_info"] = describe(eval_data)
     if calib_data is None:
         return export_recognition(checkpoint, out_dir, **kwargs)
     splits = read(calib_data, "calibration data")
@@ -876,6 +887,6 @@ def export_recognition_from_data(
     v, f, y = splits[calib_split]
     if np.any(np.asarray(y) < 0):
         raise ValueError(f"{calib_data} split {calib_split!r} holds OOD clips (label -1); calibrate on ID clips")
-    info = {"data": str(calib_data), "split": calib_split, "id": "ID clips of the split"}
+    info = {**describe(calib_data), "split": calib_split, "id": "ID clips of the split"}
     return export_recognition(checkpoint, out_dir, calib_clips=(v, f), fit_clips=splits.get("train"),
                               calib_info=info, **kwargs)

@@ -1,0 +1,87 @@
+"""The action recognition node with the shipped default recognition model over real DDS: a synthetic
+clip streamed as ``sensor_msgs/Image`` gives a ``recognition/result`` whose Recognition.msg fields
+equal an independent ``ClipRecognizer`` over the same model directory and frames."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.ros
+pytest.importorskip("rclpy", reason="rclpy is installed by `make setup`")
+
+from conftest import spin_until  # noqa: E402
+from ood_perception import runtime  # noqa: E402
+from ood_perception.ros import conversions as conv  # noqa: E402
+from ood_perception.ros.common import stamp_from_sec  # noqa: E402
+
+MODEL = runtime.default_recognition_model_dir()
+
+
+@pytest.mark.skipif(not (MODEL / "model.json").is_file(), reason="default recognition model not built")
+def test_node_with_default_recognition_model_publishes_results(rclpy_context, monkeypatch):
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.parameter import Parameter
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+
+    from ood_perception.pipeline.recognition import ClipRecognizer
+    from ood_perception.ros.recognition_node import ActionRecognitionNode
+    from ood_perception.world.clips import ClipConfig, clip_rng, render_clip
+    from ood_perception_msgs.msg import OodAlert, Recognition
+
+    monkeypatch.delenv(runtime.RECOGNITION_MODEL_ENV, raising=False)
+    spec = runtime.load_spec(MODEL)
+    T, size = int(spec.extra["clip_len"]), int(spec.input_size[0])
+    # one ID clip then one far-OOD clip, back to back (stride = clip length: one result per clip)
+    frames = [*render_clip("walking", clip_rng(123, "node", 0), ClipConfig(frames=T, size=size)).frames,
+              *render_clip("falling", clip_rng(123, "node", 1), ClipConfig(frames=T, size=size)).frames]
+    stamps = [5.0 + i / 15 for i in range(len(frames))]
+    params = {"autostart": True, "clip_stride": T, "reliability": "reliable", "qos_depth": 50}
+    node = ActionRecognitionNode("rec_default", context=rclpy_context,
+                                 parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
+    io = rclpy.create_node("rec_default_io", context=rclpy_context)
+    qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+    pub = io.create_publisher(Image, "video/image", qos)
+    results, alerts = [], []
+    io.create_subscription(Recognition, "recognition/result", results.append, qos)
+    io.create_subscription(OodAlert, "ood/alerts", alerts.append, qos)
+    ex = SingleThreadedExecutor(context=rclpy_context)
+    ex.add_node(node)
+    ex.add_node(io)
+    try:
+        assert node._state == "active", node.diagnostics_values()["model_error"]
+        assert node.backend.model_dir.resolve() == MODEL.resolve() and node.backend.spec.kind == "recognition"
+        assert spin_until(ex, lambda: pub.get_subscription_count() > 0, 10.0)
+        for f, t in zip(frames, stamps, strict=True):
+            m = conv.numpy_to_image(np.ascontiguousarray(f[..., ::-1]), "bgr8")  # the node converts any encoding
+            m.header.stamp = stamp_from_sec(t)
+            m.header.frame_id = "camera"
+            pub.publish(m)
+            spin_until(ex, lambda: False, timeout=0.01, step=0.005)
+        clip_alerts = lambda: [a for a in alerts if a.header.frame_id == "camera"]  # noqa: E731
+        assert spin_until(ex, lambda: len(results) >= 2 and len(clip_alerts()) >= 2, 10.0), node.diagnostics_values()
+    finally:
+        ex.shutdown()
+        node.destroy_node()
+        io.destroy_node()
+    # independent recogniser on the same frames and the same model directory
+    ref = ClipRecognizer.from_model_dir(MODEL, stride=T)
+    expected = [r for r in (ref.push(f, t) for f, t in zip(frames, stamps, strict=True)) if r is not None]
+    assert len(expected) == 2
+    for msg, exp in zip(results, expected, strict=True):
+        assert msg.class_id == exp.class_id and msg.class_name == exp.class_name in spec.class_names
+        assert 0.0 < msg.confidence <= 1.0 and msg.confidence == pytest.approx(exp.confidence, abs=1e-5)
+        assert math.isfinite(msg.ood_score) and msg.ood_score == pytest.approx(exp.ood_score, abs=1e-5)
+        assert msg.threshold == pytest.approx(spec.threshold) and msg.score_name == spec.score_name
+        assert msg.is_ood == (msg.ood_score > msg.threshold) == exp.is_ood
+        assert list(msg.modality_names) == ["video", "flow"]
+        assert list(msg.modality_scores) == pytest.approx(exp.modality_scores, abs=1e-5)
+        assert msg.num_frames == T and msg.clip_duration == pytest.approx((T - 1) / 15, abs=1e-6)
+        assert msg.header.frame_id == "camera"
+    assert results[1].header.stamp.sec == int(stamps[-1])
+    assert all(a.source == "action_recognition" for a in clip_alerts())
+    assert [a.score for a in clip_alerts()[:2]] == pytest.approx([r.ood_score for r in results[:2]], abs=1e-6)

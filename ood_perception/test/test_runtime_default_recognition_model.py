@@ -1,0 +1,75 @@
+"""The shipped default recognition model (assets/default_recognition_model, docs/recognition_model.md):
+small, verified, self-describing, its threshold reproducible from its validation clips, and the same
+through ONNX Runtime and torch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ood_perception import runtime
+from ood_perception.data.clips import FlowParams, compute_flow, normalise_flow, normalise_frames
+from ood_perception.metrics import calibrate_threshold
+from ood_perception.pipeline.recognition import ClipRecognizer
+from ood_perception.world.clips import ClipConfig, ClipDatasetSpec, clip_rng, iter_split, render_clip
+
+MODEL = runtime.default_recognition_model_dir()
+pytestmark = pytest.mark.skipif(not (MODEL / "model.json").is_file(), reason="default recognition model not built")
+
+
+def test_default_recognition_model_dir_and_env(monkeypatch, tmp_path):
+    monkeypatch.delenv(runtime.RECOGNITION_MODEL_ENV, raising=False)
+    assert runtime.default_recognition_model_dir().name == "default_recognition_model"
+    monkeypatch.setenv(runtime.RECOGNITION_MODEL_ENV, str(tmp_path))
+    assert runtime.default_recognition_model_dir() == tmp_path
+
+
+def test_default_recognition_model_is_small_and_documented():
+    size = sum(p.stat().st_size for p in MODEL.iterdir() if p.is_file())
+    assert size < 5 * 1024 * 1024, f"{MODEL} is {size / 1e6:.1f} MB"
+    spec = runtime.load_spec(MODEL)
+    assert spec.kind == "recognition" and len(spec.class_names) == 7 and spec.threshold is not None
+    assert spec.extra["clip_len"] == 16 and spec.input_size == [64, 64] and spec.score_name == "msp"
+    assert spec.calibration["tpr"] == 0.95 and spec.calibration["seed"] == 1  # ID validation clips: data seed 1
+    prov = spec.provenance
+    assert "train recognition" in prov["train"]["command"] and prov["train"]["seed"] == 0
+    ev = prov["evaluation"]
+    assert ev["seed"] == 0 and ev["id_split"] == "test" and set(ev["ood"]) == {"near_ood", "far_ood"}
+    assert ev["accuracy"]["joint"] > 0.7  # 7 classes: chance is 0.14
+    for m in ev["ood"].values():
+        assert 0.6 < m["auroc"] <= 1.0 and 0.0 <= m["fpr95"] <= 1.0
+    assert ev["accuracy"]["joint"] == pytest.approx(prov["metrics"]["acc_joint"], abs=1e-6)
+
+
+@pytest.fixture(scope="module")
+def val_inputs():
+    """Network inputs of the seed-1 ID validation clips, regenerated as the Makefile recipe writes them."""
+    spec = runtime.load_spec(MODEL)
+    vspec = ClipDatasetSpec(train_per_class=1, test_per_class=30, near_per_class=1, far_per_class=1)
+    clips = [c.frames for c in iter_split("test", vspec, seed=1, config=ClipConfig())]
+    fp = FlowParams(**spec.extra["flow_params"])
+    video = np.stack([normalise_frames(c) for c in clips])
+    flow = np.stack([normalise_flow(compute_flow(c, fp), spec.extra["flow_scale"]) for c in clips])
+    return video, flow
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+def test_default_threshold_reproduces_from_its_validation_clips(backend, val_inputs):
+    """95% of the seed-1 ID validation clips (regenerated here) score at or below the threshold."""
+    spec = runtime.load_spec(MODEL)
+    be = runtime.load(MODEL, backend=backend)
+    video, flow = val_inputs
+    assert len(video) == spec.calibration["n_clips"]
+    scores = np.concatenate([be.infer({"video": video[i:i + 35], "flow": flow[i:i + 35]})["score"]
+                             for i in range(0, len(video), 35)])
+    assert calibrate_threshold(scores, 0.95) == pytest.approx(spec.threshold, abs=1e-4)
+
+
+def test_default_model_same_result_through_both_backends():
+    a = ClipRecognizer.from_model_dir(None, backend="onnxruntime", stride=16)
+    b = ClipRecognizer.from_model_dir(None, backend="torch", stride=16)
+    clip = render_clip("jogging", clip_rng(7, "default", 0), ClipConfig()).frames
+    ra, rb = a.process_clip(clip), b.process_clip(clip)
+    assert ra.class_id == rb.class_id and ra.is_ood == rb.is_ood
+    assert ra.ood_score == pytest.approx(rb.ood_score, abs=1e-4) and ra.confidence == pytest.approx(rb.confidence, abs=1e-4)
+    assert ra.modality_scores == pytest.approx(rb.modality_scores, abs=1e-4)
