@@ -97,3 +97,14 @@ default-model: setup
 	$(PY) -c "from ood_perception.trainer.toy import make_toy_dataset; make_toy_dataset('$(DM)/data', frames={'00': 48, '01': 16}, size=(128, 256), seed=0)"
 	$(VENV)/bin/ood-perception train segmentation --data $(DM)/data --out $(DM)/run $(DM_MODEL) --no-resume --quiet
 	$(VENV)/bin/ood-perception export $(DM)/run/model.pt --out ood_perception/ood_perception/assets/default_model --calib-data $(DM)/data --force
+
+# The default recognition model shipped in ood_perception/assets/default_recognition_model
+# (docs/recognition_model.md; ~5 min on 2 CPU cores): ID validation clips (data seed 1) for the
+# threshold, then `ood-perception train recognition` on generated clips (data + training seed 0),
+# export with the threshold at 95% TPR of the validation clips and held-out metrics in model.json.
+DRM := build/default_recognition_model
+default-recognition-model: setup
+	rm -rf $(DRM) && mkdir -p $(DRM)
+	$(PY) -c "from ood_perception.world.clips import ClipDatasetSpec, write_clip_dataset; write_clip_dataset('$(DRM)/val', ClipDatasetSpec(train_per_class=1, test_per_class=30, near_per_class=1, far_per_class=1), seed=1, progress=False)"
+	$(VENV)/bin/ood-perception train recognition --data $(DRM)/clips --out $(DRM)/model.pt --seed 0 --clips-per-class 120 --epochs 20 --embed-dim 64 --threads 2
+	$(VENV)/bin/ood-perception export $(DRM)/model.pt --out ood_perception/ood_perception/assets/default_recognition_model --calib-data $(DRM)/val --calib-split test --eval-data $(DRM)/clips --force
