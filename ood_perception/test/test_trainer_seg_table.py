@@ -32,3 +32,27 @@ def test_table_negative_verdict_and_baseline_band() -> None:
     md = render_markdown(_rows([0.1, 0.12, 0.11], [0.2, 0.1, 0.15]), SETUP)
     assert "**Not clearly" in md
     assert "OUTSIDE the required 20-80% band" in md
+
+
+def test_table_flags_a_seed_outside_the_band_and_names_the_knob() -> None:
+    md = render_markdown(_rows([0.44, 0.89, 0.97], [0.5, 0.6, 0.7]), SETUP)
+    assert "the mean is inside the required 20-80% band" in md  # mean 76.7
+    assert "seed(s) 1, 2 OUTSIDE it" in md
+    assert "made easier" in md and "mimic_prob" in md
+    md = render_markdown(_rows([0.1, 0.12, 0.11], [0.2, 0.1, 0.15]), SETUP)
+    assert "made harder" in md
+
+
+def test_table_difference_and_world_test_comparison() -> None:
+    rows = _rows([0.6, 0.5, 0.55], [0.3, 0.35, 0.32])
+    for x in rows:
+        x["world_test"] = {"miou": 0.4, "fpr95": 0.9 if x["row"] == "none" else 0.7, "auroc": 0.7, "aupr": 0.01,
+                           "test_data": "w", "split": "test", "n_frames": 40, "n_ood": 123, "n_id": 4567}
+    md = render_markdown(rows, SETUP)
+    d = np.mean([0.3, 0.35, 0.32]) * 100 - np.mean([0.6, 0.5, 0.55]) * 100
+    s = np.hypot(np.std([30, 35, 32], ddof=1), np.std([60, 50, 55], ddof=1))
+    assert f"difference FM - none {d:+.1f} ± {s:.1f} points" in md
+    assert "Per seed, FM - none FPR95: -30.0, -15.0, -23.0 points." in md
+    assert "## For comparison: the world's own test split" in md
+    assert "| none | 40.0 ± 0.0 | 90.0 ± 0.0 | 70.0 ± 0.0 | 1.0 ± 0.0 | 90.0, 90.0, 90.0 |" in md
+    assert "123 anomaly pixels vs 4567 ID pixels" in md
