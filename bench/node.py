@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ood_perception.atomic import atomic_path, atomic_write_text
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -250,11 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     rclpy.shutdown()
 
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmpname = tempfile.mkstemp(prefix=".node.", dir=out.parent)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(results, fh, indent=2)
-    os.replace(tmpname, out)
+    atomic_write_text(out, json.dumps(results, indent=2))
     try:
         import matplotlib
 
@@ -272,10 +270,8 @@ def main(argv: list[str] | None = None) -> int:
         ax[1].legend()
         fig.tight_layout()
         png = out.with_suffix(".png")
-        fd, tmpname = tempfile.mkstemp(prefix=".node.", suffix=".png", dir=out.parent)
-        os.close(fd)
-        fig.savefig(tmpname, dpi=80)
-        os.replace(tmpname, png)
+        with atomic_path(png, suffix=".png") as tmpname:
+            fig.savefig(tmpname, dpi=80)
     except Exception as exc:  # noqa: BLE001 - the figure is optional
         print(f"figure not written: {exc}", file=sys.stderr)
     print(json.dumps({k: v for k, v in results.items() if k != "soak"}, indent=2))

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from ood_perception.atomic import replace_dir
 from ood_perception.data.frame import Frame
 
 CAMERA_FRAME = "camera_optical"
@@ -184,9 +185,7 @@ class BagWriter:
         if self._closed:
             return self.path
         self._writer.close()
-        if self.path.exists():
-            shutil.rmtree(self.path) if self.path.is_dir() else self.path.unlink()
-        os.replace(self._tmp, self.path)
+        replace_dir(self._tmp, self.path)
         shutil.rmtree(self._tmpdir, ignore_errors=True)
         self._closed = True
         return self.path

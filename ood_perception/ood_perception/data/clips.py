@@ -18,13 +18,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from ood_perception.atomic import atomic_path
 
 VIDEO_EXTENSIONS: tuple[str, ...] = (".avi", ".mp4", ".mov", ".mkv", ".webm")
 
@@ -92,16 +93,8 @@ class FlowCache:
             frames = loader()
         flow = compute_flow(frames, self.params).astype(np.float16)  # what the cache holds, so hits == misses
         self.computed += 1
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=p.name + ".", suffix=".tmp", dir=p.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.save(fh, flow)
-            os.replace(tmp, p)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_path(p) as tmp, open(tmp, "wb") as fh:
+            np.save(fh, flow)
         return flow.astype(np.float32)
 
 
@@ -228,11 +221,8 @@ class VideoFolderDataset:
             frames = np.load(fpath)
         else:
             frames = read_video_clip(path, self.clip_len, self.size)
-            fpath.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=fpath.name + ".", suffix=".tmp", dir=fpath.parent)
-            with os.fdopen(fd, "wb") as fh:
+            with atomic_path(fpath) as tmp, open(tmp, "wb") as fh:
                 np.save(fh, frames)
-            os.replace(tmp, fpath)
         return ClipSample(frames, self.cache.get(clip_id, frames), label, name, clip_id)
 
 

@@ -9,13 +9,14 @@ of the semantic-kitti-api) is used.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ood_perception.atomic import atomic_write_bytes
 
 #: Train id of ignored pixels/points (unlabelled, and OOD during training).
 IGNORE_ID = 255
@@ -242,17 +243,3 @@ def _seq_name(seq: Any) -> str:
     return f"{int(text):02d}" if text.isdigit() else text
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same directory and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            os.fchmod(fh.fileno(), 0o644)
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

@@ -20,13 +20,14 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ood_perception.atomic import atomic_write_text
 
 #: Scorers of the table (those of the distillation paper, plus HIMPLoS).
 SCORERS: tuple[str, ...] = ("msp", "maxlogit", "energy", "gen", "react", "ash", "vim", "himplos")
@@ -206,10 +207,7 @@ def write_report(results: list[dict], meta: dict, path: str | os.PathLike) -> Pa
     lines += [f"Wall time: {meta['seconds']:.0f} s on {meta['machine']}.", ""]
     text = "\n".join(lines)
     for target, content in ((path, text), (path.with_suffix(".json"), json.dumps({"meta": meta, "results": results}, indent=1))):
-        fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(content)
-        os.replace(tmp, target)
+        atomic_write_text(target, content)
     return path
 
 

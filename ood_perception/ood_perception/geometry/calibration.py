@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from ood_perception.atomic import atomic_write_text
 
 
 def rpy_to_matrix(roll: float, pitch: float, yaw: float) -> np.ndarray:
@@ -139,7 +140,4 @@ def write_kitti_calib(path: str | os.PathLike[str], calib: Calibration) -> None:
     p = np.hstack([calib.K, np.zeros((3, 1))])
     lines = [f"P{i}: " + " ".join(f"{v:.12e}" for v in p.ravel()) for i in range(4)]
     lines.append("Tr: " + " ".join(f"{v:.12e}" for v in calib.T_cam_lidar[:3].ravel()))
-    fd, tmp = tempfile.mkstemp(prefix=".calib.", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write("\n".join(lines) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, "\n".join(lines) + "\n")

@@ -38,11 +38,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ood_perception.atomic import atomic_write_text
 from ood_perception.runtime.errors import ModelCorruptError, ModelMismatchError, ModelNotFoundError
 
 #: Version of the ``model.json`` layout written by this code; readers refuse newer versions.
@@ -288,12 +288,4 @@ def write_spec(path: str | os.PathLike[str], spec: ModelSpec) -> None:
     """Write ``spec`` as JSON to ``path`` atomically (temp file in the same directory + rename)."""
     path = Path(path)
     text = json.dumps(spec.to_dict(), indent=2, sort_keys=False) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_text(path, text)

@@ -34,13 +34,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ood_perception.atomic import atomic_write_bytes
 from ood_perception.runtime.base import Backend
 from ood_perception.runtime.errors import BackendUnavailableError, ModelCorruptError, ParityError
 from ood_perception.runtime.spec import ModelSpec, read_verified
@@ -89,21 +89,6 @@ def engine_cache_path(cache_dir: str | os.PathLike[str], key: str, onnx_sha256: 
     """Path of the engine file for ``key``: ``<cache_dir>/<onnx sha[:12]>-<precision>-<key[:16]>.engine``
     (readable prefix, so stale engines of a model are easy to find and delete)."""
     return Path(cache_dir) / f"{onnx_sha256[:12]}-{precision}-{key[:16]}.engine"
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same directory and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def inputs_digest(batches: list[dict[str, np.ndarray]]) -> str:

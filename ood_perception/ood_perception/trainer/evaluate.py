@@ -37,6 +37,8 @@ from typing import Any
 
 import numpy as np
 
+from ood_perception.atomic import atomic_path
+
 #: Scorers evaluated by default (the first is the headline one).
 DEFAULT_SCORERS: tuple[str, ...] = ("maxlogit", "energy", "msp", "entropy", "gen", "himplos")
 
@@ -268,10 +270,11 @@ def _plots(raw: dict[str, Any], out: Path, colors: np.ndarray) -> list[str]:
     written = []
 
     def save(fig: Any, name: str) -> None:
-        tmp = out / f".{name}.tmp.png"
-        fig.savefig(tmp, dpi=90, bbox_inches="tight")
-        plt.close(fig)
-        os.replace(tmp, out / name)
+        try:
+            with atomic_path(out / name, suffix=".png") as tmp:
+                fig.savefig(tmp, dpi=90, bbox_inches="tight")
+        finally:
+            plt.close(fig)
         written.append(name)
 
     for level, per in raw["scores"].items():

@@ -21,9 +21,7 @@ import datetime as _dt
 import io
 import os
 import platform
-import shutil
 import sys
-import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -33,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ood_perception.atomic import atomic_dir
 from ood_perception.runtime.spec import (
     FORMAT_VERSION,
     SPEC_NAME,
@@ -108,8 +107,7 @@ def export_model(
     if len(reference) != len(output_names):
         raise ValueError(f"module returns {len(reference)} outputs but {len(output_names)} output names were given")
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:
         onnx_path = tmp / ONNX_NAME
         _torch_to_onnx(module, args, input_names, list(output_names), onnx_path, dynamic_batch, opset, exporter)
         model_proto = onnx.load(str(onnx_path))
@@ -172,11 +170,6 @@ def export_model(
         )
         ModelSpec.from_dict(spec.to_dict(), source=tmp / SPEC_NAME)  # validate before writing
         write_spec(tmp / SPEC_NAME, spec)
-        _make_readable(tmp)
-        _replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return spec
 
 
@@ -247,33 +240,6 @@ def _check_onnx_parity(
             diff = float(np.max(np.abs(out.astype(np.float64) - ref_np))) if out.size else 0.0
             if not diff <= atol * (1.0 + float(np.max(np.abs(ref_np))) if ref_np.size else 1.0):
                 raise RuntimeError(f"ONNX output {name!r} differs from torch by {diff:.3g} (> {atol})")
-
-
-def _make_readable(directory: Path) -> None:
-    """Give the model directory and its files the usual permissions (mkdtemp/mkstemp make them
-    private): 0o777 / 0o666 minus the process umask."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(directory, 0o777 & ~umask)
-    for p in directory.iterdir():
-        os.chmod(p, 0o666 & ~umask)
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Move the finished ``src`` directory onto ``dst`` (old ``dst`` kept until the rename succeeded)."""
-    old = None
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(dst, old)
-    try:
-        os.replace(src, dst)
-    except BaseException:
-        if old is not None:
-            os.replace(old, dst)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -34,6 +33,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
+from ood_perception.atomic import atomic_path, atomic_write_text
 
 #: In-distribution motion classes (train ids are the positions in this tuple).
 ID_CLASSES: tuple[str, ...] = ("standing", "walking", "running", "crossing", "waving", "cycling", "jumping")
@@ -425,22 +426,8 @@ def iter_split(split: str, spec: ClipDatasetSpec, seed: int, config: ClipConfig 
 
 
 def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez_compressed(fh, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(fh, **arrays)
 
 
 def write_clip_dataset(
@@ -490,5 +477,5 @@ def write_clip_dataset(
         "spec": asdict(spec),
         "splits": counts,
     }
-    _atomic_write_text(root / "dataset.yaml", yaml.safe_dump(meta, sort_keys=False))
+    atomic_write_text(root / "dataset.yaml", yaml.safe_dump(meta, sort_keys=False))
     return root
