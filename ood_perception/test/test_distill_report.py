@@ -70,3 +70,55 @@ def test_committed_report_is_complete():
         assert len(re.findall(rf"^\| {re.escape(row)} \|", text, re.M)) == 4
     assert text.count("±") > 100
     assert "## What held and what did not" in text
+
+
+def _fake_seg(seeds=(0, 1, 2)):
+    from ood_perception.distill.seg_ablation import SEG_SCORERS
+
+    g = np.random.default_rng(1)
+
+    def row(scorers):
+        r = {"miou": float(g.uniform(0.3, 0.4)), "miou_camera": 0.26, "miou_lidar": 0.26}
+        r.update({s: {"fpr95": float(g.uniform(0.4, 0.99)), "auroc": float(g.uniform(0.5, 0.9))} for s in scorers})
+        return r
+
+    res = [{"seed": s, "rows": {r: row(SEG_SCORERS if r != "Ensemble" else SEG_SCORERS[:3])
+                                for r in ("Vanilla", "Ensemble", "Uniform KD", "Best KD", "Ours")}} for s in seeds]
+    meta = {"command": "python -m ood_perception.distill.seg_ablation ck.pt --data w", "checkpoint": "ck.pt",
+            "data": "w", "input_size": [128, 256], "train_frames": 176, "test_frames": 48, "seeds": list(seeds),
+            "distill": {"epochs": 8, "lr": 0.01, "batch_size": 8, "alpha": 0.5}, "seconds": 1.0, "machine": "test"}
+    return {"meta": meta, "results": res, "checkpoint_row": row(SEG_SCORERS)}
+
+
+def test_segmentation_section_is_rendered_and_kept(tmp_path):
+    res = _fake_results()
+    meta = {"command": "ood-perception train distill --ablation", "data_seed": 0, "counts": {"train": 10},
+            "frames": 16, "size": 64, "seeds": [0, 1, 2], "train": {"epochs": 1},
+            "distill": {"epochs": 1, "lr": 1e-3, "alpha": 0.5, "fm_channels": 32, "fm_weight": 1.0},
+            "findings": findings(res), "seconds": 1.0, "machine": "test"}
+    seg = _fake_seg()
+    p = write_report(res, meta, tmp_path / "d.md", seg)
+    text = p.read_text()
+    assert "## Segmentation benchmark" in text and "**not run**" not in text
+    vals = np.array([r["rows"]["Best KD"]["himplos"]["fpr95"] for r in seg["results"]]) * 100
+    seg_text = text.split("## Segmentation benchmark")[1]
+    line = next(x for x in seg_text.splitlines() if x.startswith("| Best KD |"))
+    assert f"{vals.mean():.1f} ± {vals.std(ddof=1):.1f}" in line
+    assert "| Ensemble |" in text and "n/a | n/a" in text
+    # re-rendering the recognition part alone keeps the segmentation section from the .json
+    p = write_report(res, meta, tmp_path / "d.md")
+    assert "## Segmentation benchmark" in p.read_text()
+    assert json.loads(p.with_suffix(".json").read_text())["segmentation"]["meta"]["seeds"] == [0, 1, 2]
+
+
+@pytest.mark.skipif(not REPORT.is_file(), reason="docs/results/distillation.md not generated yet")
+def test_committed_report_has_the_segmentation_rows():
+    raw = json.loads(REPORT.with_suffix(".json").read_text())
+    if "segmentation" not in raw:
+        pytest.skip("segmentation ablation not run")
+    seg = raw["segmentation"]
+    assert seg["meta"]["seeds"] == [0, 1, 2] and len(seg["results"]) == 3
+    text = REPORT.read_text().split("## Segmentation benchmark")[1]
+    assert "Made by: `python -m ood_perception.distill.seg_ablation" in text
+    for row in ("Vanilla", "Ensemble", "Uniform KD", "Best KD", "Ours"):
+        assert re.search(rf"^\| {re.escape(row)} \| \d+\.\d ± \d+\.\d \|", text, re.M), row

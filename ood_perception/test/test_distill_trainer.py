@@ -87,3 +87,40 @@ def test_config_validation():
         DistillConfig(teacher="oracle")
     with pytest.raises(ValueError, match="alpha"):
         DistillConfig(alpha=-1)
+
+
+def test_cached_segmentation_distillation_matches_the_full_model_step():
+    """Training on cached features = training through the frozen network (one full-batch Adam step)."""
+    import torch.nn.functional as F
+
+    from ood_perception.distill.trainer import cache_segmentation_features, distill_segmentation_cached
+    from ood_perception.models import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(num_classes=3, camera_backbone="tiny", camera_channels=8, lidar_channels=8,
+                                    lidar_width=4, head_channels=8, tiny_width=4)).eval()
+    g = torch.Generator().manual_seed(1)
+    target = torch.randint(0, 3, (3, 32, 64), generator=g)
+    target[:, :6] = 255
+    batch = (torch.randn(3, 3, 32, 64, generator=g), torch.randn(3, 6, 32, 64, generator=g), target)
+    cache = cache_segmentation_features(model, [batch])
+    with torch.no_grad():
+        out = model(batch[0], batch[1])
+    up = F.interpolate(cache["camera_logits"], size=(32, 64), mode="bilinear", align_corners=False)
+    assert torch.allclose(up, out["camera_logits"], atol=1e-6)
+    assert torch.allclose(cache["features"], out["features"], atol=1e-6)
+    assert torch.equal(cache["target"].long(), target)
+    cls0 = {k: v.clone() for k, v in model.classifier.state_dict().items()}
+    before = _snapshot(model, "fusion.classifier.")
+    cfg = DistillConfig(epochs=1, lr=1e-2, batch_size=3, teacher="uniform")
+    h_full = distill_segmentation(model, [batch], cfg)
+    full = {k: v.clone() for k, v in model.classifier.state_dict().items()}
+    model.classifier.load_state_dict(cls0)
+    h_cached = distill_segmentation_cached(model.classifier, cache, cfg)
+    for k, v in model.classifier.state_dict().items():
+        assert torch.allclose(v, full[k], atol=1e-6), k
+    assert h_cached[0]["loss"] == pytest.approx(h_full[0]["loss"], rel=1e-5)
+    after = _snapshot(model, "fusion.classifier.")
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    with pytest.raises(ValueError, match="labelled pixels"):
+        distill_segmentation_cached(model.classifier, {**cache, "target": torch.full_like(cache["target"], 255)}, cfg)

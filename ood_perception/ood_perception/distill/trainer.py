@@ -183,3 +183,77 @@ def distill_segmentation(model, batches: Iterable[tuple[torch.Tensor, torch.Tens
     for p in model.parameters():
         p.requires_grad_(True)
     return history
+
+
+def cache_segmentation_features(model, batches: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+                                device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Run the frozen FusionSegNet once per frame and keep what head retraining needs.
+
+    Returns ``features`` ``[N, D, h, w]`` (input of ``model.classifier``), ``camera_logits`` and
+    ``lidar_logits`` ``[N, K, h, w]`` at the feature resolution (the model's forward upsamples these
+    bilinearly to the input size, which :func:`distill_segmentation_cached` repeats, so training on
+    the cache sees exactly the teachers of :func:`distill_segmentation`) and ``target`` ``[N, H, W]``.
+    """
+    model.to(device).eval()
+    keep: dict[str, list[torch.Tensor]] = {"features": [], "camera_logits": [], "lidar_logits": [], "target": []}
+    with torch.no_grad():
+        for image, lidar, target in batches:
+            fc, fl = model.encode(image.to(device), lidar.to(device))
+            feats, _ = model.fused_head(torch.cat([fc, fl], 1))
+            keep["features"].append(feats.cpu())
+            keep["camera_logits"].append(model.camera_head(fc)[1].cpu())
+            keep["lidar_logits"].append(model.lidar_head(fl)[1].cpu())
+            keep["target"].append(target.to(torch.uint8 if int(target.max()) < 256 else torch.long).cpu())
+    if not keep["target"]:
+        raise ValueError("no frames to cache")
+    return {k: torch.cat(v) for k, v in keep.items()}
+
+
+def distill_segmentation_cached(head: nn.Conv2d, cache: dict[str, torch.Tensor], cfg: DistillConfig = DistillConfig(),
+                                ignore_index: int = 255) -> list[dict[str, float]]:
+    """Retrain the fused 1x1 ``head`` on cached features (:func:`cache_segmentation_features`).
+
+    Same loss as :func:`distill_segmentation` (student and expert logits upsampled bilinearly to the
+    target size, teacher per pixel, ``ignore_index`` left out), frames shuffled per epoch with
+    ``cfg.seed``; ``cfg.alpha = cfg.beta = 0`` gives plain CE retraining. Only ``head`` is trained
+    (the experts are not touched: their logits are cached tensors).
+    """
+    feats, cam, lid, tgt = cache["features"], cache["camera_logits"], cache["lidar_logits"], cache["target"]
+    if not (len(feats) == len(cam) == len(lid) == len(tgt)) or len(tgt) == 0:
+        raise ValueError("cache tensors must be non-empty and equally long")
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    if cfg.reinit:
+        head.reset_parameters()
+    for p in head.parameters():
+        p.requires_grad_(True)
+    opt = torch.optim.Adam(head.parameters(), lr=cfg.lr)
+    size = tgt.shape[-2:]
+
+    def up(x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+    history = []
+    for _ in range(cfg.epochs):
+        sums: dict[str, float] = {}
+        n = 0
+        perm = torch.randperm(len(tgt), generator=gen)
+        for s in range(0, len(tgt), cfg.batch_size):
+            idx = perm[s:s + cfg.batch_size]
+            target = tgt[idx].long()
+            if not bool((target != ignore_index).any()):
+                continue
+            p_t, w = teacher_probs([up(cam[idx]), up(lid[idx])], target, cfg.teacher, cfg.temperature, ignore_index)
+            z_s = up(head(feats[idx]))
+            parts = dkd_loss(z_s, p_t, target, cfg.alpha, cfg.beta, cfg.temperature, ignore_index)
+            opt.zero_grad(set_to_none=True)
+            parts["loss"].backward()
+            opt.step()
+            parts["w_camera"], parts["w_lidar"] = w[0], w[1]
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + float(torch.as_tensor(v).detach())
+            n += 1
+        if n == 0:
+            raise ValueError("no batch with labelled pixels (all targets are ignore_index)")
+        history.append({k: v / n for k, v in sums.items()})
+    return history
