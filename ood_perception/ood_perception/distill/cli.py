@@ -6,7 +6,9 @@
 
 The first two freeze the experts and retrain only the joint (fused) head (:mod:`.trainer`), then
 write a new checkpoint (atomically) with the distillation settings and before/after metrics.
-``--ablation`` runs the whole ablation (:mod:`.ablation`) and writes the report.
+``--ablation`` runs the whole ablation (:mod:`.ablation`) and writes the report;
+``--task segmentation --ablation CHECKPOINT --data DIR`` adds the segmentation section
+(:mod:`.seg_ablation`, its own schedule: 8 epochs, lr 1e-2, batch 8).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ab.add_argument("--report", default="docs/results/distillation.md")
     ab.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ab.add_argument("--train-epochs", type=int, default=12, help="expert training epochs per seed")
+    ab.add_argument("--cache-dir", help="preprocessed-frame cache (segmentation ablation)")
     ab.add_argument("--clips-per-class", type=int, default=60, help="train clips per class when generating")
 
 
@@ -134,9 +137,17 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     torch.set_num_threads(max(1, args.threads))
+    if args.ablation and args.task == "segmentation":
+        if not args.checkpoint or not args.data:
+            raise ValueError("--task segmentation --ablation needs CHECKPOINT and --data DIR")
+        from ood_perception.distill.seg_ablation import main as seg_main
+
+        argv = [args.checkpoint, "--data", args.data, "--report", args.report, "--seeds", *map(str, args.seeds),
+                "--threads", str(args.threads), "--all-rows"]
+        if args.cache_dir:
+            argv += ["--cache-dir", args.cache_dir]
+        return seg_main(argv)
     if args.ablation:
-        if args.task != "recognition":
-            raise ValueError("--ablation runs on the synthetic clips only (--task recognition)")
         if not args.data:
             raise ValueError("--ablation needs --data DIR (generated there when empty)")
         from ood_perception.distill.ablation import run_ablation
