@@ -42,6 +42,10 @@ VTEST_AVI = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
 #: stale_timeout is long because the live node's start-up grace is wall time, replay's bag time.
 DEMO_PARAMS = {"stale_timeout": 60.0, "diagnostics_period": 1.0}
 
+#: Inference threads of replay and the live node: 1 replayed faster than 2 on a shared 2-CPU box
+#: (bench/results/replay.md: 0.89x vs 0.66x real time at load average 3-5).
+REPLAY_THREADS = 1
+
 #: Split name of the world clips the demo renders: ``world.clips.clip_rng`` hashes it, so these
 #: clips differ from the recognition model's training (``train``/``test``) and calibration clips.
 DEMO_CLIP_SPLIT = "demo"
@@ -62,7 +66,7 @@ class DemoSize:
 
 
 #: The full demo (under 5 minutes on 2 CPU cores after set-up) and ``--quick`` (CI).
-FULL = DemoSize(frames=40, clips_per_motion=4, video_frames=400, video_stride=16)
+FULL = DemoSize(frames=40, clips_per_motion=4, video_frames=800, video_stride=16)
 QUICK = DemoSize(frames=8, clips_per_motion=1, video_frames=48, video_stride=16)
 
 
@@ -271,35 +275,27 @@ def world_summary(rows: Sequence[ClipRow], class_names: Sequence[str]) -> dict[s
     return out
 
 
-def read_video(path: Path, max_frames: int) -> tuple[list[np.ndarray], float]:
-    """Up to ``max_frames`` RGB frames of a video file and its frame rate (OpenCV); DemoError when unreadable."""
+def open_video(path: Path) -> tuple[Any, float, tuple[int, int]]:
+    """An OpenCV capture of a video file, its frame rate and ``(height, width)``; DemoError when unreadable."""
     import cv2
 
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
         raise DemoError(f"OpenCV cannot open the video {path}")
     fps = float(cap.get(cv2.CAP_PROP_FPS)) or 10.0
-    frames = []
-    try:
-        while len(frames) < max_frames:
-            ok, bgr = cap.read()
-            if not ok:
-                break
-            frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-    finally:
-        cap.release()
-    if len(frames) < 2:
-        raise DemoError(f"the video {path} gave {len(frames)} frame(s)")
-    return frames, fps
+    hw = (int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)), int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)))
+    return cap, fps, hw
 
 
-def recognize_video_live(frames: Sequence[np.ndarray], fps: float, model_dir: Path, stride: int,
-                         timeout_s: float = 60.0, name: str = "video") -> tuple[list[ClipRow], dict[str, Any]]:
-    """Stream ``frames`` (RGB) to the real ``ActionRecognitionNode`` in-process over rclpy (as
-    ``bgr8`` ``video/image`` messages stamped 1 s + i / fps, reliable QoS, every frame waited
-    for) and record its ``recognition/result`` and ``ood/alerts``. An independent
-    ``ClipRecognizer`` over the same model directory and frames checks every result (same class,
-    score within 1e-5). Returns the rows (thumbnail: the clip's middle frame) and node facts."""
+def recognize_video_live(path: Path, max_frames: int, model_dir: Path, stride: int,
+                         timeout_s: float = 60.0) -> tuple[list[ClipRow], dict[str, Any]]:
+    """Stream up to ``max_frames`` frames of the video at ``path`` to the real
+    ``ActionRecognitionNode`` in-process over rclpy (as ``bgr8`` ``video/image`` messages stamped
+    1 s + i / fps, reliable QoS, each frame awaited until the node took it) and record its
+    ``recognition/result`` and ``ood/alerts``. An independent ``ClipRecognizer`` over the same
+    model directory, fed the same frames, checks every result (same class and decision, score
+    within 1e-5). Frames are streamed, not held (a thumbnail of each clip's middle frame is kept).
+    Returns the rows and node facts."""
     import cv2
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
@@ -313,18 +309,20 @@ def recognize_video_live(frames: Sequence[np.ndarray], fps: float, model_dir: Pa
     from ood_perception.ros.recognition_node import ActionRecognitionNode
     from ood_perception_msgs.msg import OodAlert, Recognition
 
-    stamps = [1.0 + i / fps for i in range(len(frames))]
+    cap, fps, hw = open_video(path)
     ref = ClipRecognizer.from_model_dir(model_dir, stride=stride)
-    expected = [(i, r) for i, r in ((i, ref.push(f, t)) for i, (f, t) in enumerate(zip(frames, stamps, strict=True)))
-                if r is not None]
+    clip_len = ref.buffer.clip_len
+    recent: list[np.ndarray] = []  # thumbnails of the last clip_len frames
+    expected: list[tuple[int, Any, np.ndarray]] = []  # (last frame index, reference result, middle-frame thumbnail)
     ctx = rclpy.context.Context()
     rclpy.init(context=ctx)
     results: list[Any] = []
     alerts: list[Any] = []
+    n = 0
     t0 = time.perf_counter()
     try:
         params = {"autostart": True, "model_dir": str(model_dir), "clip_stride": stride, "reliability": "reliable",
-                  "qos_depth": 50, "frame_queue": len(frames) + 1, "stale_timeout": 60.0}
+                  "qos_depth": 50, "frame_queue": max_frames + 1, "stale_timeout": 60.0}
         node = ActionRecognitionNode("action_recognition", context=ctx,
                                      parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
         if node._state != "active":  # noqa: SLF001 - the node's lifecycle state
@@ -348,14 +346,26 @@ def recognize_video_live(frames: Sequence[np.ndarray], fps: float, model_dir: Pa
 
         if not spin_until(lambda: pub.get_subscription_count() > 0, 15.0):
             raise DemoError("the recognition node's video/image subscription was not discovered within 15 s")
-        for f, t in zip(frames, stamps, strict=True):
-            msg = conv.numpy_to_image(np.ascontiguousarray(f[..., ::-1]), "bgr8")
+        while n < max_frames:
+            ok, bgr = cap.read()
+            if not ok:
+                break
+            t = 1.0 + n / fps
+            msg = conv.numpy_to_image(bgr, "bgr8")
             msg.header.stamp = stamp_from_sec(t)
             msg.header.frame_id = "camera"
             pub.publish(msg)
+            rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            recent = [*recent[-(clip_len - 1):], cv2.resize(rgb, (192, round(192 * hw[0] / hw[1])), interpolation=cv2.INTER_AREA)]
+            r = ref.push(rgb, t)
+            if r is not None:
+                expected.append((n, r, recent[len(recent) // 2]))
             # wait until the node took this frame (its newest accepted stamp), so none is lost
             if not spin_until(lambda t=t: node._newest_stamp is not None and node._newest_stamp >= t - 1e-9, timeout_s):  # noqa: SLF001
                 raise DemoError(f"the recognition node did not receive the frame stamped {t:.3f} s within {timeout_s} s")
+            n += 1
+        if n < 2:
+            raise DemoError(f"the video {path} gave {n} frame(s)")
         if not spin_until(lambda: len(results) >= len(expected) and len(alerts) >= len(expected), timeout_s):
             raise DemoError(f"the recognition node published {len(results)} of {len(expected)} clip results within {timeout_s} s")
         diag = node.diagnostics_values()
@@ -363,23 +373,21 @@ def recognize_video_live(frames: Sequence[np.ndarray], fps: float, model_dir: Pa
         node.destroy_node()
         io.destroy_node()
     finally:
+        cap.release()
         if ctx.ok():
             rclpy.shutdown(context=ctx)
     wall = time.perf_counter() - t0
     level_names = {0: "CLEAR", 1: "WARNING", 2: "ALERT", 3: "DEGRADED"}
     rows = []
-    for (end, exp), msg, alert in zip(expected, results, alerts, strict=False):
+    for (end, exp, thumb), msg, alert in zip(expected, results, alerts, strict=False):
         first = end - exp.num_frames + 1
-        mid = frames[(first + end) // 2]
-        thumb = cv2.resize(mid, (192, round(192 * mid.shape[0] / mid.shape[1])), interpolation=cv2.INTER_AREA)
         agrees = (msg.class_id == exp.class_id and abs(msg.ood_score - exp.ood_score) <= 1e-5
                   and bool(msg.is_ood) == exp.is_ood)
-        res = _result_from_msg(msg)
-        rows.append(ClipRow(name, f"frames {first}-{end} ({stamps[first] - 1:.1f}-{stamps[end] - 1:.1f} s)", "real video",
-                            None, res, thumb, agrees, {"alert": level_names.get(int(alert.level), "?")}))
-    info = {"frames": len(frames), "fps": fps, "clip_stride": stride, "clips_expected": len(expected),
+        rows.append(ClipRow(path.name, f"frames {first}-{end} ({first / fps:.1f}-{end / fps:.1f} s)", "real video",
+                            None, _result_from_msg(msg), thumb, agrees, {"alert": level_names.get(int(alert.level), "?")}))
+    info = {"frames": n, "fps": fps, "clip_stride": stride, "clips_expected": len(expected),
             "results_received": len(results), "dropped_frames": int(diag["dropped_frames"]),
-            "latency_p50_ms": float(diag["latency_p50_ms"]), "wall_s": wall, "frame_size": list(frames[0].shape[:2])}
+            "latency_p50_ms": float(diag["latency_p50_ms"]), "wall_s": wall, "frame_size": list(hw)}
     return rows, info
 
 
@@ -505,11 +513,11 @@ def run_demo(out: str | Path = "demo_out", model_dir: str | Path | None = None, 
     print("[2/5] replay through the fusion pipeline", flush=True)
     ds = _dataset_yaml(bag if bag.is_dir() else bag.parent) or _dataset_yaml(out / "cache")
     job = ReplayJob(bag=bag, out_dir=out / "replay", model_dir=model, backend=backend, settings=settings,
-                    dataset_config=ds, progress=True, threads=2)
+                    dataset_config=ds, progress=True, threads=REPLAY_THREADS)
     rep = run_job(job)
     print(f"      {len(rep.frames)} frames at {rep.x_real_time:.1f}x real time", flush=True)
     print("[3/5] live: the fusion node over rclpy, fed the same bag", flush=True)
-    pipeline = build_pipeline(model, backend, settings, threads=2)
+    pipeline = build_pipeline(model, backend, settings, threads=REPLAY_THREADS)
     live = run_live(bag, {f.bag_time_ns: f.stamp_ns for f in rep.frames},
                     {**params, "model_dir": str(model), "backend": backend}, backend=pipeline.backend,
                     topics=settings.topics)
@@ -537,14 +545,14 @@ def run_demo(out: str | Path = "demo_out", model_dir: str | Path | None = None, 
         print(f"[5/5] recognition node on a real video: skipped ({note})", flush=True)
     else:
         print(f"[5/5] recognition node over rclpy on {video_path} ({size.video_frames} frames at most)", flush=True)
-        frames, fps = read_video(video_path, size.video_frames)
-        video_rows, video_info = recognize_video_live(frames, fps, rec_model, size.video_stride, name=video_path.name)
-        del frames
+        video_rows, video_info = recognize_video_live(video_path, size.video_frames, rec_model, size.video_stride)
         print(f"      {len(video_rows)} clips, {sum(r.result.is_ood for r in video_rows)} flagged OOD, node = reference on "
               f"{sum(1 for r in video_rows if r.reference_agrees)}", flush=True)
     rec_html = recognition_html(world, summary, video_rows, video_info, note, rec_model, spec)
     # overlays as files, for the README and quick looks
     import cv2
+
+    from ood_perception.atomic import atomic_write_bytes
 
     written = []
     for name in ("worst", "best"):
@@ -553,9 +561,7 @@ def run_demo(out: str | Path = "demo_out", model_dir: str | Path | None = None, 
             ok, buf = cv2.imencode(".png", np.ascontiguousarray(img[:, :, ::-1]))
             if not ok:
                 raise DemoError(f"cannot encode {p}")
-            tmp = p.with_name(f".{p.name}.tmp")
-            tmp.write_bytes(buf.tobytes())
-            tmp.replace(p)
+            atomic_write_bytes(p, buf.tobytes())
             written.append(p)
     wall = round(time.perf_counter() - t0, 1)
     info = {"model": str(model), "recognition model": str(rec_model), "backend": backend, "bag": str(bag),
