@@ -229,13 +229,11 @@ def demo_motions(size: DemoSize) -> list[tuple[str, str]]:
     return [(m, g) for motions, g in groups for m in motions for _ in range(size.clips_per_motion)]
 
 
-def _strip(frames: np.ndarray, picks: int = 4, scale: int = 2) -> np.ndarray:
-    """A horizontal strip of ``picks`` evenly spaced clip frames, upscaled by ``scale`` (nearest)."""
-    import cv2
-
+def _strip(frames: np.ndarray, picks: int = 4) -> np.ndarray:
+    """A horizontal strip of ``picks`` evenly spaced clip frames at their own size (1-pixel white gaps)."""
     idx = np.linspace(0, len(frames) - 1, picks).round().astype(int)
     row = np.concatenate([np.pad(frames[i], ((0, 0), (0, 1), (0, 0)), constant_values=255) for i in idx], axis=1)
-    return cv2.resize(row, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
+    return row
 
 
 def recognize_world_clips(recognizer: Any, size: DemoSize, seed: int) -> list[ClipRow]:
@@ -412,9 +410,19 @@ def _fmt(v: Any) -> str:
     return html.escape(str(v))
 
 
-def _rows_table(rows: Sequence[ClipRow], thumbs: set[int], with_truth: bool, with_node: bool) -> str:
-    from ood_perception.replay.report import png_b64
+def jpeg_b64(rgb: np.ndarray, quality: int = 85) -> str:
+    """An RGB uint8 image as base64 JPEG (clip thumbnails: noisy frames compress poorly as PNG)."""
+    import base64
 
+    import cv2
+
+    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(rgb[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise ValueError("cannot encode thumbnail")
+    return base64.b64encode(buf.tobytes()).decode()
+
+
+def _rows_table(rows: Sequence[ClipRow], thumbs: set[int], with_truth: bool, with_node: bool) -> str:
     head = ["clip", *(["group", "true motion"] if with_truth else []), "class", "confidence", "OOD score", "OOD?",
             *(["node alert", "= reference"] if with_node else []), "frames"]
     out = ["<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
@@ -427,7 +435,10 @@ def _rows_table(rows: Sequence[ClipRow], thumbs: set[int], with_truth: bool, wit
         cells += [html.escape(res.class_name), _fmt(res.confidence), _fmt(res.ood_score), "yes" if res.is_ood else "no"]
         if with_node:
             cells += [html.escape(str(r.extra.get("alert", ""))), {True: "yes", False: "NO", None: "n/a"}[r.reference_agrees]]
-        img = f'<img alt="{html.escape(r.name)}" src="data:image/png;base64,{png_b64(r.thumb)}">' if i in thumbs else ""
+        # small clip frames are shown at twice their size, pixelated (keeps the report small)
+        zoom = 2 if r.thumb.shape[0] <= 96 else 1
+        img = (f'<img alt="{html.escape(r.name)}" width="{r.thumb.shape[1] * zoom}" style="image-rendering:pixelated" '
+               f'src="data:image/jpeg;base64,{jpeg_b64(r.thumb)}">') if i in thumbs else ""
         cells.append(img)
         out.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     out.append("</table>")

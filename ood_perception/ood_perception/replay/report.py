@@ -13,8 +13,6 @@ import html
 import io
 import json
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,18 +24,11 @@ LEVEL_COLOURS = ["#2e7d32", "#f9a825", "#c62828", "#6d6d6d"]
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename, with the
+    usual ``0o666 & ~umask`` mode (``ood_perception.atomic.atomic_write_text``)."""
+    from ood_perception.atomic import atomic_write_text as _write
+
+    return _write(path, text)
 
 
 def _clean(obj: Any) -> Any:
