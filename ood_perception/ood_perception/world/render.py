@@ -136,7 +136,10 @@ class SequenceRenderer:
         pix = np.stack([u.ravel(), v.ravel(), np.ones(u.size)], 1)
         rays_opt = pix @ np.linalg.inv(self.calib.K).T  # z = 1: t_hit is the depth
         t_lidar_opt = np.linalg.inv(self.calib.T_cam_lidar)
-        self._cam_dirs_lidar = _rotate(rays_opt, t_lidar_opt[:3, :3]).astype(np.float32)
+        d = _rotate(rays_opt, t_lidar_opt[:3, :3])
+        #: Unit camera ray directions in the LiDAR frame (static per sequence): cast unit rays, so t_hit is the distance.
+        self._cam_unit_lidar = (d / np.linalg.norm(d, axis=1, keepdims=True)).astype(np.float32)
+        self._fog_rgb = np.asarray(self.light["fog"], np.float32)
         self._cam_origin_lidar = t_lidar_opt[:3, 3]
         self._agent_cache: dict[int, list[M.Part]] = {}
         self._lamps = [it for it in plan.items if it.kind == "lamp"]
@@ -249,37 +252,54 @@ class SequenceRenderer:
         return b.build()
 
     # -- casting -----------------------------------------------------------------------------
-    def _cast(self, origin: np.ndarray, dirs: np.ndarray, dyn_scene, dyn: M.SceneMesh) -> dict[str, np.ndarray]:
+    def _cast(self, origin: np.ndarray, dirs: np.ndarray, dyn_scene, dyn: M.SceneMesh,
+              keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+        """Cast ``dirs`` from ``origin`` into the static and dynamic scenes; the nearer hit wins.
+
+        Returns ``t`` (ray parameter, inf on a miss), ``hit`` and ``h`` (indices of hit rays) over all
+        rays, and ``normal`` plus the mesh attributes named in ``keys`` for the hit rays only (in ``h``
+        order): per-triangle attributes are gathered once, for hits, not for every ray.
+        """
         o3d = self._o3d
         rays = np.empty((dirs.shape[0], 6), dtype=np.float32)
         rays[:, :3] = origin
         rays[:, 3:] = dirs
-        rt = o3d.core.Tensor(rays)
+        rt = o3d.core.Tensor.from_numpy(rays)
         nth = int(self.config.threads)
         res = self.static_scene.cast_rays(rt, nthreads=nth)
         t = res["t_hit"].numpy()
-        prim = res["primitive_ids"].numpy().astype(np.int64)
+        prim = res["primitive_ids"].numpy()
         nrm = res["primitive_normals"].numpy()
-        hit = np.isfinite(t)
-        sm = self.static_mesh
-        idx = np.where(hit, prim, 0)
-        out = {
-            "t": t, "hit": hit,
-            "sem": np.where(hit, sm.sem[idx], 0).astype(np.uint16),
-            "inst": np.where(hit, sm.inst[idx], 0).astype(np.uint16),
-            "color": sm.color[idx], "refl": sm.refl[idx], "tex": sm.tex[idx], "anchor": sm.anchor[idx], "normal": nrm,
-        }
+        use = None
         if dyn.num_triangles:
             rd = dyn_scene.cast_rays(rt, nthreads=nth)
             td = rd["t_hit"].numpy()
-            use = np.isfinite(td) & (td < t)
+            use = td < t  # false where td is inf (no dynamic hit)
             if use.any():
-                pd = rd["primitive_ids"].numpy().astype(np.int64)[use]
-                out["t"] = np.where(use, td, t)
-                out["hit"] = hit | use
-                for key in ("sem", "inst", "color", "refl", "tex", "anchor"):
-                    out[key][use] = getattr(dyn, key)[pd]
-                out["normal"][use] = rd["primitive_normals"].numpy()[use]
+                t = np.where(use, td, t)
+            else:
+                use = None
+        hit = np.isfinite(t)
+        h = np.flatnonzero(hit)
+        out = {"t": t, "hit": hit, "h": h}
+        sm = self.static_mesh
+        if use is None:
+            idx = prim[h]
+            out["normal"] = nrm[h]
+            for key in keys:
+                out[key] = getattr(sm, key)[idx]
+            return out
+        uh = use[h]
+        hd = h[uh]  # the few hit rays whose nearer hit is a moving object or anomaly
+        ps = np.where(uh, 0, prim[h])  # static primitive per hit ray (a placeholder where the dynamic hit wins)
+        pd = rd["primitive_ids"].numpy()[hd]
+        normal = nrm[h]
+        normal[uh] = rd["primitive_normals"].numpy()[hd]
+        out["normal"] = normal
+        for key in keys:
+            v = getattr(sm, key)[ps]
+            v[uh] = getattr(dyn, key)[pd]
+            out[key] = v
         return out
 
     def lidar_pose_world(self, i: int) -> np.ndarray:
@@ -299,22 +319,20 @@ class SequenceRenderer:
         tw = self.lidar_pose_world(i)
         r = tw[:3, :3]
         origin = (tw[:3, :3] @ self._cam_origin_lidar + tw[:3, 3]).astype(np.float32)
-        dirs = _rotate(self._cam_dirs_lidar, r)
-        c = self._cast(origin, dirs, dyn_scene, dyn)
-        hit, t = c["hit"], c["t"]
-        n = len(t)
+        unit = _rotate(self._cam_unit_lidar, r)
+        c = self._cast(origin, unit, dyn_scene, dyn, ("sem", "inst", "color", "tex", "anchor"))
+        dist, h = c["t"], c["h"]
+        n = len(dist)
         lt = self.light
-        dir_len = np.linalg.norm(dirs, axis=1)
-        dist = np.where(hit, t * dir_len, np.inf)
-        unit = dirs / dir_len[:, None]
-        rgb = np.zeros((n, 3), dtype=np.float32)
-        h = np.flatnonzero(hit)
-        p = origin + unit[h] * dist[h, None]
-        nrm = c["normal"][h]
-        flip = np.sum(nrm * unit[h], axis=1) > 0
+        rgb = np.empty((n, 3), dtype=np.float32)
+        uh = unit[h]
+        dh = dist[h]
+        p = origin + uh * dh[:, None]
+        nrm = c["normal"]
+        flip = np.einsum("ij,ij->i", nrm, uh) > 0
         nrm[flip] *= -1
-        albedo = shade_albedo(c["color"][h], c["tex"][h], (p - c["anchor"][h]).astype(np.float32), nrm)
-        light = np.tile(np.asarray(lt["ambient"], np.float32), (len(h), 1)) * (0.75 + 0.25 * nrm[:, 2:3]).astype(np.float32)
+        albedo = shade_albedo(c["color"], c["tex"], p - c["anchor"], nrm)
+        light = np.asarray(lt["ambient"], np.float32) * (np.float32(0.75) + np.float32(0.25) * nrm[:, 2:3])
         sun = self._sun()
         if sun[2] > 0 and max(lt["sun"]) > 0:
             ndl = np.clip(_dot(nrm, sun), 0, None)
@@ -331,9 +349,9 @@ class SequenceRenderer:
             light += ndl[:, None].astype(np.float32) * np.asarray(lt["sun"], np.float32)
         if self.plan.weather == "night":
             fwd = r[:, 0]
-            cosang = _dot(unit[h], fwd)
-            cone_w = np.clip((cosang - 0.82) / 0.12, 0, 1) * (unit[h, 2] < 0.05)
-            head = np.clip(-np.sum(nrm * unit[h], 1), 0, 1) * cone_w / (1 + (dist[h] / 18.0) ** 2)
+            cosang = _dot(uh, fwd)
+            cone_w = np.clip((cosang - 0.82) / 0.12, 0, 1) * (uh[:, 2] < 0.05)
+            head = np.clip(-np.einsum("ij,ij->i", nrm, uh), 0, 1) * cone_w / (1 + (dh / 18.0) ** 2)
             light += 1.6 * head[:, None].astype(np.float32) * np.array([1.0, 0.95, 0.85], np.float32)
             ex = tw[0, 3]
             for lamp in self._lamps:
@@ -347,32 +365,25 @@ class SequenceRenderer:
                 light += (0.7 * ndl / (1 + (dd / 7.0) ** 2))[:, None].astype(np.float32) * np.array([1.0, 0.78, 0.5], np.float32)
         col = albedo * light
         if self.plan.weather == "rain":
-            wet = np.isin(c["sem"][h], [L.ROAD, L.LANE_MARKING, L.SIDEWALK])
+            wet = np.isin(c["sem"], [L.ROAD, L.LANE_MARKING, L.SIDEWALK])
             col[wet] = col[wet] * 0.7 + 0.18 * np.asarray(lt["fog"], np.float32)
-        rgb[h] = col
-        # sky
-        miss = ~hit
-        if miss.any():
-            up = np.clip(unit[miss, 2], 0, 1)[:, None]
-            if self.plan.weather == "day":
-                sky = (1 - up) * np.array([0.75, 0.82, 0.92]) + up * np.array([0.35, 0.55, 0.9])
-            elif self.plan.weather == "dusk":
-                sky = (1 - up) * np.array([0.95, 0.6, 0.35]) + up * np.array([0.3, 0.3, 0.55])
-            else:
-                sky = np.tile(np.asarray(lt["fog"]), (int(miss.sum()), 1)) * (1 - 0.3 * up)
-            rgb[miss] = sky
-        # haze / fog (Koschmieder: extinction = 3.912 / visibility)
-        beta = 3.912 / self.plan.weather_params["visibility"]
-        f = np.exp(-beta * np.where(hit, dist, 1e6))[:, None].astype(np.float32)
-        rgb = rgb * f + np.asarray(lt["fog"], np.float32) * (1 - f)
-        img = rgb.reshape(cam.height, cam.width, 3) * lt["exposure"]
+        # haze / fog (Koschmieder: extinction = 3.912 / visibility); the sky (no hit) is the fog colour
+        beta = np.float32(3.912 / self.plan.weather_params["visibility"])
+        f = np.exp(-beta * dh)[:, None]
+        fog = self._fog_rgb
+        rgb[:] = fog
+        rgb[h] = (col - fog) * f + fog
+        img = rgb.reshape(cam.height, cam.width, 3)
+        img *= np.float32(lt["exposure"])
         if self.plan.weather == "rain":
             img = self._rain_streaks(img, rng)
         img = img + rng.standard_normal(img.shape, dtype=np.float32) * np.float32(lt["noise"] * cam.noise)
         image = _GAMMA_LUT[(np.clip(img, 0.0, 1.0) * 4095.0 + 0.5).astype(np.int32)]
-        sem = c["sem"].reshape(cam.height, cam.width)
-        inst = c["inst"].reshape(cam.height, cam.width)
-        return image, sem, inst
+        sem = np.zeros(n, np.uint16)
+        sem[h] = c["sem"]
+        inst = np.zeros(n, np.uint16)
+        inst[h] = c["inst"]
+        return image, sem.reshape(cam.height, cam.width), inst.reshape(cam.height, cam.width)
 
     def _rain_streaks(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         import cv2
@@ -393,13 +404,15 @@ class SequenceRenderer:
         lt = self.light
         tw = self.lidar_pose_world(i)
         dirs_w = _rotate(self._lidar_dirs, tw[:3, :3])
-        c = self._cast(tw[:3, 3], dirs_w, dyn_scene, dyn)
-        t = c["t"]
+        c = self._cast(tw[:3, 3], dirs_w, dyn_scene, dyn, ("sem", "inst", "refl"))
+        t, h = c["t"], c["h"]
         n = len(t)
         valid = c["hit"] & (t >= lid.min_range) & (t <= lid.max_range)
         beta = 3.912 / self.plan.weather_params["visibility"]
-        cosi = np.abs(np.sum(c["normal"] * dirs_w, axis=1))
-        clean = c["refl"] * (0.25 + 0.75 * cosi) * np.exp(-2 * beta * np.where(valid, t, 0.0))
+        th = t[h]
+        cosi = np.abs(np.einsum("ij,ij->i", c["normal"], dirs_w[h]))
+        clean = np.zeros(n, np.float32)  # no return where nothing is hit
+        clean[h] = c["refl"] * (0.25 + 0.75 * cosi) * np.exp(np.float32(-2 * beta) * np.where(valid[h], th, 0.0))
         # weak returns are lost more often; plus random dropouts
         drop = rng.random(n) < lid.dropout * lt["lidar_drop"]
         drop |= (clean < 0.02) & (rng.random(n) < 0.6)
@@ -407,8 +420,10 @@ class SequenceRenderer:
         rng_noise = rng.normal(0.0, lid.range_noise * lt["lidar_noise"], n)
         rng_m = t + rng_noise
         inten = np.clip(clean + rng.normal(0, 0.01, n), 0.0, 1.0)
-        sem = c["sem"].astype(np.uint32)
-        inst = c["inst"].astype(np.uint32)
+        sem = np.zeros(n, np.uint32)
+        sem[h] = c["sem"]
+        inst = np.zeros(n, np.uint32)
+        inst[h] = c["inst"]
         if lt["spurious"] > 0:  # backscatter from fog droplets / rain drops: near returns, unlabelled
             sp = rng.random(n) < lt["spurious"]
             far = min(0.35 * self.plan.weather_params["visibility"], 20.0)
