@@ -108,6 +108,27 @@ def shade_albedo(color: np.ndarray, tex: np.ndarray, p_local: np.ndarray, normal
     return np.clip(out * f[:, None], 0.0, 1.0)
 
 
+_RAY_CACHE: dict[bytes, np.ndarray] = {}
+
+
+def camera_unit_rays(calib: Calibration) -> np.ndarray:
+    """Unit ray directions ``[height * width, 3]`` (float32, row-major pixels) of the camera's pixel centres
+    ``(u + 0.5, v + 0.5)`` in the LiDAR frame; cached per process for a given calibration (read-only)."""
+    key = np.ascontiguousarray(calib.K, np.float64).tobytes() + np.ascontiguousarray(calib.T_cam_lidar, np.float64).tobytes() \
+        + np.array([calib.width, calib.height], np.int64).tobytes()
+    d = _RAY_CACHE.get(key)
+    if d is None:
+        u, v = np.meshgrid(np.arange(calib.width) + 0.5, np.arange(calib.height) + 0.5)
+        pix = np.stack([u.ravel(), v.ravel(), np.ones(u.size)], 1)
+        rays_opt = pix @ np.linalg.inv(calib.K).T
+        d = _rotate(rays_opt, np.linalg.inv(calib.T_cam_lidar)[:3, :3])
+        d = (d / np.linalg.norm(d, axis=1, keepdims=True)).astype(np.float32)
+        d.flags.writeable = False
+        _RAY_CACHE.clear()  # one camera per process in practice: keep only the latest
+        _RAY_CACHE[key] = d
+    return d
+
+
 #: Display gamma (1/1.3) as a 12-bit lookup table: cheaper than a power per pixel.
 _GAMMA_LUT = np.clip(np.rint((np.arange(4096) / 4095.0) ** (1 / 1.3) * 255.0), 0, 255).astype(np.uint8)
 
@@ -131,16 +152,10 @@ class SequenceRenderer:
         self.static_mesh = self._build_static()
         self.static_scene = self._scene(self.static_mesh)
         self._lidar_dirs = lidar_directions(config).astype(np.float32)
-        cam = config.camera
-        u, v = np.meshgrid(np.arange(cam.width) + 0.5, np.arange(cam.height) + 0.5)
-        pix = np.stack([u.ravel(), v.ravel(), np.ones(u.size)], 1)
-        rays_opt = pix @ np.linalg.inv(self.calib.K).T  # z = 1: t_hit is the depth
-        t_lidar_opt = np.linalg.inv(self.calib.T_cam_lidar)
-        d = _rotate(rays_opt, t_lidar_opt[:3, :3])
-        #: Unit camera ray directions in the LiDAR frame (static per sequence): cast unit rays, so t_hit is the distance.
-        self._cam_unit_lidar = (d / np.linalg.norm(d, axis=1, keepdims=True)).astype(np.float32)
+        #: Unit camera ray directions in the LiDAR frame (static): cast unit rays, so t_hit is the distance.
+        self._cam_unit_lidar = camera_unit_rays(self.calib)
+        self._cam_origin_lidar = np.linalg.inv(self.calib.T_cam_lidar)[:3, 3]
         self._fog_rgb = np.asarray(self.light["fog"], np.float32)
-        self._cam_origin_lidar = t_lidar_opt[:3, 3]
         self._agent_cache: dict[int, list[M.Part]] = {}
         self._lamps = [it for it in plan.items if it.kind == "lamp"]
         self._t0_inv = np.linalg.inv(self.lidar_pose_world(0))
@@ -377,8 +392,13 @@ class SequenceRenderer:
         img *= np.float32(lt["exposure"])
         if self.plan.weather == "rain":
             img = self._rain_streaks(img, rng)
-        img = img + rng.standard_normal(img.shape, dtype=np.float32) * np.float32(lt["noise"] * cam.noise)
-        image = _GAMMA_LUT[(np.clip(img, 0.0, 1.0) * 4095.0 + 0.5).astype(np.int32)]
+        noise = rng.standard_normal(img.shape, dtype=np.float32)
+        noise *= np.float32(lt["noise"] * cam.noise)
+        img += noise
+        np.clip(img, 0.0, 1.0, out=img)
+        img *= np.float32(4095.0)
+        img += np.float32(0.5)
+        image = _GAMMA_LUT[img.astype(np.int32)]
         sem = np.zeros(n, np.uint16)
         sem[h] = c["sem"]
         inst = np.zeros(n, np.uint16)
