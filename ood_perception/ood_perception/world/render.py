@@ -81,8 +81,12 @@ def shade_albedo(color: np.ndarray, tex: np.ndarray, p_local: np.ndarray, normal
     """Albedo of hits: base colour times a procedural texture evaluated at the object-local point."""
     f = np.ones(len(tex), dtype=np.float32)
     out = color.copy()
-    for kind in np.unique(tex):
-        m = tex == kind
+    # group hits by texture once (a stable sort) instead of one full-length mask per texture kind
+    order = np.argsort(tex, kind="stable")
+    kinds, starts = np.unique(tex[order], return_index=True)
+    ends = np.append(starts[1:], len(tex))
+    for kind, a, b in zip(kinds.tolist(), starts.tolist(), ends.tolist(), strict=True):
+        m = order[a:b]  # hit indices of this texture kind
         p = p_local[m]
         if kind == M.TEX_PLAIN:
             f[m] = 0.96 + 0.08 * _hash01(p, 0.5)
@@ -95,7 +99,7 @@ def shade_albedo(color: np.ndarray, tex: np.ndarray, p_local: np.ndarray, normal
             win = (np.mod(p[:, 2], 3.0) > 1.0) & (np.mod(p[:, 2], 3.0) < 2.3) & (np.mod(along, 2.6) > 0.7) & (np.mod(along, 2.6) < 1.9)
             win &= p[:, 2] > 0.8
             f[m] = 0.9 + 0.15 * _hash01(p, 0.7, 5)
-            sub = np.flatnonzero(m)[win]
+            sub = m[win]
             out[sub] = np.array([0.12, 0.15, 0.2], np.float32) + 0.15 * _hash01(p[win], 3.0, 6)[:, None]
         elif kind == M.TEX_STRIPES:
             s = np.floor((p[:, 0] + p[:, 1] + p[:, 2]) / 0.18).astype(np.int64) % 2
@@ -354,13 +358,16 @@ class SequenceRenderer:
             lit = ndl > 0
             if self.plan.weather in ("day", "dusk") and lit.any():
                 sh = np.zeros((int(lit.sum()), 6), np.float32)
-                sh[:, :3] = p[lit] + nrm[lit] * 0.03
+                li = np.flatnonzero(lit)
+                sh[:, :3] = nrm[li]
+                sh[:, :3] *= np.float32(0.03)
+                sh[:, :3] += p[li]
                 sh[:, 3:] = sun
                 st = self._o3d.core.Tensor(sh)
                 occ = self.static_scene.test_occlusions(st, nthreads=int(self.config.threads)).numpy()
                 if dyn.num_triangles:
                     occ |= dyn_scene.test_occlusions(st, nthreads=int(self.config.threads)).numpy()
-                ndl[np.flatnonzero(lit)[occ]] = 0.0
+                ndl[li[occ]] = 0.0
             light += ndl[:, None].astype(np.float32) * np.asarray(lt["sun"], np.float32)
         if self.plan.weather == "night":
             fwd = r[:, 0]
