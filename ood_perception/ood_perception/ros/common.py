@@ -103,3 +103,36 @@ def stamp_from_sec(sec: float) -> Any:
 
     s = int(sec // 1)
     return Time(sec=s, nanosec=min(int(round((sec - s) * 1e9)), 999_999_999))
+
+
+def run_node_main(node_cls: Any, prog: str, argv: list[str] | None = None) -> int:
+    """Console entry point shared by the nodes: ``PROG [--autostart] [--ros-args ...]``.
+
+    Initialises rclpy with the ROS arguments, builds ``node_cls`` (with ``autostart`` set when
+    ``--autostart`` is given, i.e. straight to active), spins it on a MultiThreadedExecutor until
+    Ctrl-C, and shuts down cleanly.
+    """
+    import argparse
+    import sys
+
+    import rclpy
+    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.parameter import Parameter
+
+    argv = list(sys.argv if argv is None else argv)
+    parser = argparse.ArgumentParser(prog=prog)
+    parser.add_argument("--autostart", action="store_true", help="configure and activate immediately")
+    args, _ = parser.parse_known_args(rclpy.utilities.remove_ros_args(argv)[1:])
+    rclpy.init(args=argv)
+    node = node_cls(parameter_overrides=[Parameter("autostart", value=True)] if args.autostart else [])
+    ex = MultiThreadedExecutor()
+    ex.add_node(node)
+    try:
+        ex.spin()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+    return 0

@@ -34,7 +34,6 @@ registries this project uses (see :mod:`ood_perception.pipeline.sync` and
 
 from __future__ import annotations
 
-import argparse
 import sys
 import threading
 import time
@@ -65,6 +64,7 @@ from ood_perception.ros.common import (
     declare,
     diagnostic_status,
     output_qos,
+    run_node_main,
     sensor_qos,
 )
 
@@ -451,26 +451,7 @@ class FusionSegmentationNode(LifecycleNode):
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point ``fusion_segmentation_node [--autostart] [--ros-args ...]``."""
-    import rclpy
-    from rclpy.executors import MultiThreadedExecutor
-
-    argv = list(sys.argv if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="fusion_segmentation_node")
-    parser.add_argument("--autostart", action="store_true", help="configure and activate immediately")
-    args, _ = parser.parse_known_args(rclpy.utilities.remove_ros_args(argv)[1:])
-    rclpy.init(args=argv)
-    node = FusionSegmentationNode(parameter_overrides=[Parameter("autostart", value=True)] if args.autostart else [])
-    ex = MultiThreadedExecutor()
-    ex.add_node(node)
-    try:
-        ex.spin()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
-    return 0
+    return run_node_main(FusionSegmentationNode, "fusion_segmentation_node", argv)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ Lifecycle as in :mod:`ood_perception.ros.fusion_node`.
 
 from __future__ import annotations
 
-import argparse
 import inspect
 import math
 import sys
@@ -35,6 +34,7 @@ from ood_perception.ros.common import (
     declare,
     diagnostic_status,
     output_qos,
+    run_node_main,
     sensor_qos,
 )
 
@@ -371,26 +371,7 @@ class ActionRecognitionNode(LifecycleNode):
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point ``action_recognition_node [--autostart] [--ros-args ...]``."""
-    import rclpy
-    from rclpy.executors import MultiThreadedExecutor
-
-    argv = list(sys.argv if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="action_recognition_node")
-    parser.add_argument("--autostart", action="store_true", help="configure and activate immediately")
-    args, _ = parser.parse_known_args(rclpy.utilities.remove_ros_args(argv)[1:])
-    rclpy.init(args=argv)
-    node = ActionRecognitionNode(parameter_overrides=[Parameter("autostart", value=True)] if args.autostart else [])
-    ex = MultiThreadedExecutor()
-    ex.add_node(node)
-    try:
-        ex.spin()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
-    return 0
+    return run_node_main(ActionRecognitionNode, "action_recognition_node", argv)
 
 
 if __name__ == "__main__":
