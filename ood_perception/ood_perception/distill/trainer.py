@@ -135,6 +135,20 @@ def distill_recognition_head(model, zv: np.ndarray | torch.Tensor, zf: np.ndarra
     return history
 
 
+def _seg_dkd_step(z_s: torch.Tensor, camera_logits: torch.Tensor, lidar_logits: torch.Tensor, target: torch.Tensor,
+                  cfg: DistillConfig, opt: torch.optim.Optimizer, sums: dict[str, float], ignore_index: int) -> None:
+    """One per-pixel distillation step of the student logits ``z_s`` (at the target's size) against
+    the camera/LiDAR teachers; adds the loss parts and teacher weights to ``sums``."""
+    p_t, w = teacher_probs([camera_logits, lidar_logits], target, cfg.teacher, cfg.temperature, ignore_index)
+    parts = dkd_loss(z_s, p_t, target, cfg.alpha, cfg.beta, cfg.temperature, ignore_index)
+    opt.zero_grad(set_to_none=True)
+    parts["loss"].backward()
+    opt.step()
+    parts["w_camera"], parts["w_lidar"] = w[0], w[1]
+    for k, v in parts.items():
+        sums[k] = sums.get(k, 0.0) + float(torch.as_tensor(v).detach())
+
+
 def distill_segmentation(model, batches: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
                          cfg: DistillConfig = DistillConfig(), ignore_index: int = 255,
                          device: str | torch.device = "cpu") -> list[dict[str, float]]:
@@ -166,16 +180,8 @@ def distill_segmentation(model, batches: Iterable[tuple[torch.Tensor, torch.Tens
                 out = model(image, lidar)
             if not bool((target != ignore_index).any()):
                 continue
-            p_t, w = teacher_probs([out["camera_logits"], out["lidar_logits"]], target, cfg.teacher,
-                                   cfg.temperature, ignore_index)
             z_s = F.interpolate(head(out["features"]), size=target.shape[-2:], mode="bilinear", align_corners=False)
-            parts = dkd_loss(z_s, p_t, target, cfg.alpha, cfg.beta, cfg.temperature, ignore_index)
-            opt.zero_grad(set_to_none=True)
-            parts["loss"].backward()
-            opt.step()
-            parts["w_camera"], parts["w_lidar"] = w[0], w[1]
-            for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + float(torch.as_tensor(v).detach())
+            _seg_dkd_step(z_s, out["camera_logits"], out["lidar_logits"], target, cfg, opt, sums, ignore_index)
             n += 1
         if n == 0:
             raise ValueError("no batch with labelled pixels (all targets are ignore_index)")
@@ -243,15 +249,7 @@ def distill_segmentation_cached(head: nn.Conv2d, cache: dict[str, torch.Tensor],
             target = tgt[idx].long()
             if not bool((target != ignore_index).any()):
                 continue
-            p_t, w = teacher_probs([up(cam[idx]), up(lid[idx])], target, cfg.teacher, cfg.temperature, ignore_index)
-            z_s = up(head(feats[idx]))
-            parts = dkd_loss(z_s, p_t, target, cfg.alpha, cfg.beta, cfg.temperature, ignore_index)
-            opt.zero_grad(set_to_none=True)
-            parts["loss"].backward()
-            opt.step()
-            parts["w_camera"], parts["w_lidar"] = w[0], w[1]
-            for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + float(torch.as_tensor(v).detach())
+            _seg_dkd_step(up(head(feats[idx])), up(cam[idx]), up(lid[idx]), target, cfg, opt, sums, ignore_index)
             n += 1
         if n == 0:
             raise ValueError("no batch with labelled pixels (all targets are ignore_index)")
