@@ -19,8 +19,16 @@ from ood_perception.pipeline.frame_handler import (
     FrameOutputs,
     FrameSettings,
     FusionFrameProcessor,
+    StartedFrame,
 )
-from ood_perception.pipeline.fusion import Backend, FusionConfig, FusionFrame, FusionPipeline, FusionResult
+from ood_perception.pipeline.fusion import (
+    Backend,
+    FusionConfig,
+    FusionFrame,
+    FusionPipeline,
+    FusionResult,
+    PendingFrame,
+)
 from ood_perception.pipeline.regions import Region, cluster_points, mask_regions, merge_regions
 from ood_perception.pipeline.stats import LatencyStats, RateMeter
 from ood_perception.pipeline.sync import ApproximateSync, SyncedFrame
@@ -45,8 +53,10 @@ __all__ = [
     "FusionPipeline",
     "FusionResult",
     "LatencyStats",
+    "PendingFrame",
     "RateMeter",
     "Region",
+    "StartedFrame",
     "SyncedFrame",
     "cluster_points",
     "mask_regions",

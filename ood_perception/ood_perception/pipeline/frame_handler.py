@@ -31,7 +31,13 @@ import numpy as np
 
 from ood_perception.geometry import Calibration, transform_from_xyz_rpy
 from ood_perception.pipeline.alerts import AlertConfig
-from ood_perception.pipeline.fusion import FusionConfig, FusionFrame, FusionPipeline, FusionResult
+from ood_perception.pipeline.fusion import (
+    FusionConfig,
+    FusionFrame,
+    FusionPipeline,
+    FusionResult,
+    PendingFrame,
+)
 from ood_perception.pipeline.sync import ApproximateSync, SyncedFrame
 
 #: Orientation of a camera optical frame (x right, y down, z forward) in a REP 103 LiDAR frame
@@ -326,6 +332,19 @@ def sync_note(stream: str, stamp: float, outcome: str) -> Note | None:
     return None
 
 
+@dataclass
+class StartedFrame:
+    """A frame between :meth:`FusionFrameProcessor.start` and :meth:`FusionFrameProcessor.complete`."""
+
+    pending: PendingFrame
+    camera: CameraInput | None
+    lidar: LidarInput | None
+    calib: Calibration | None
+    points: np.ndarray | None
+    notes: list[Note]
+    T_cam_lidar: np.ndarray
+
+
 class FusionFrameProcessor:
     """Synchroniser + calibration + pipeline: decoded inputs in, :class:`FrameOutputs` out.
 
@@ -378,7 +397,18 @@ class FusionFrameProcessor:
     # -- the frame ---------------------------------------------------------------------------
 
     def process(self, frame: SyncedFrame) -> FrameOutputs:
-        """Run the pipeline on a synchronised frame and say what to publish."""
+        """Run the pipeline on a synchronised frame and say what to publish.
+
+        The same as ``complete(start(frame))`` with the model run in between; replay calls
+        :meth:`start`, runs ``pipeline.infer`` on another thread and calls :meth:`complete` later.
+        """
+        started = self.start(frame)
+        self.pipeline.infer(started.pending)
+        return self.complete(started)
+
+    def start(self, frame: SyncedFrame) -> StartedFrame:
+        """Calibration, stale-sensor reasons (read now, from the synchroniser's current state) and
+        the pipeline's :meth:`~ood_perception.pipeline.FusionPipeline.begin`."""
         cam: CameraInput | None = frame.camera.msg if frame.camera is not None else None
         lid: LidarInput | None = frame.lidar.msg if frame.lidar is not None else None
         image = cam.image if cam is not None else None
@@ -397,13 +427,21 @@ class FusionFrameProcessor:
         if image is None and calib is None:
             points = None  # nothing to project onto
         reasons = stale_reasons(frame, self.sync)
-        result = self.pipeline.process(
+        pending = self.pipeline.begin(
             FusionFrame(stamp=frame.stamp, image=image, points=points, calib=calib, degraded="; ".join(reasons) or None)
         )
+        return StartedFrame(pending, cam, lid, calib, points, notes, T)
+
+    def complete(self, started: StartedFrame) -> FrameOutputs:
+        """The pipeline's :meth:`~ood_perception.pipeline.FusionPipeline.finish` (in frame order)
+        and the headers to publish with."""
+        result = self.pipeline.finish(started.pending)
+        cam, lid = started.camera, started.lidar
         if cam is not None:
             header = cam.header
         else:  # LiDAR alone: its stamp, in the camera frame the outputs are always given in
             assert lid is not None
             header = FrameHeader(lid.header.stamp_ns, self.camera_frame or lid.header.frame_id)
         points_header = lid.header if (lid is not None and self.settings.publish_points and result.mask is not None) else None
-        return FrameOutputs(result, header, points_header, T, cam, lid, calib, points, notes)
+        return FrameOutputs(result, header, points_header, started.T_cam_lidar, cam, lid, started.calib, started.points,
+                            started.notes)

@@ -150,6 +150,26 @@ class FusionResult:
         return self.decision.level
 
 
+@dataclass
+class PendingFrame:
+    """A frame between :meth:`FusionPipeline.begin` and :meth:`FusionPipeline.finish`: the model
+    inputs, then the model-resolution maps, or why the frame is not scored."""
+
+    frame: FusionFrame
+    degraded: str | None
+    modalities: list[str]
+    key: str  # output name prefix: "" fused, "camera_" / "lidar_" unimodal
+    inputs: dict[str, np.ndarray] | None = None
+    flat: np.ndarray | None = None
+    score_m: np.ndarray | None = None
+    class_m: np.ndarray | None = None
+    skip: str | None = None  # not scored, and why (no model failure)
+    error: BaseException | None = None  # preparing or running the model failed
+    t_begin: float = 0.0
+    t_prepared: float = 0.0
+    t_infer: float = 0.0
+
+
 class FusionPipeline:
     """Camera + LiDAR frame pipeline around one backend (see the module docstring)."""
 
@@ -206,41 +226,80 @@ class FusionPipeline:
     # ------------------------------------------------------------------ the frame
 
     def process(self, frame: FusionFrame) -> FusionResult:
-        """Run one frame. Model failures give a DEGRADED result (with ``error``), never an exception."""
-        cfg = self.config
+        """Run one frame. Model failures give a DEGRADED result (with ``error``), never an exception.
+
+        The same as ``finish(infer(begin(frame)))``: callers that overlap frames (replay runs the
+        model of frame *k* while it post-processes frame *k-1*) call the three steps themselves.
+        """
+        return self.finish(self.infer(self.begin(frame)))
+
+    def begin(self, frame: FusionFrame) -> PendingFrame:
+        """Step 1 of :meth:`process`: pick the head for the available modalities and prepare the
+        model inputs. Touches no state: frames may be begun ahead of earlier frames' :meth:`finish`."""
         t0 = time.perf_counter()
-        if self._last_stamp is not None and frame.stamp < self._last_stamp - cfg.clock_jump:
-            self.alerts.reset()
-        self._last_stamp = frame.stamp
         has_cam = frame.image is not None
         has_lidar = frame.points is not None and frame.calib is not None
         degraded = frame.degraded
         if frame.points is not None and frame.calib is None:
             degraded = _join(degraded, "no CameraInfo: LiDAR cannot be projected")
+        pending = PendingFrame(frame, degraded, [], "", t_begin=t0)
         if not has_cam and not has_lidar:
-            return self._unscored(frame, _join(degraded, "no usable modality"), [])
+            pending.skip = "no usable modality"
+            return pending
         if has_cam and has_lidar:
-            key, modalities = "", ["camera", "lidar"]
+            pending.key, pending.modalities = "", ["camera", "lidar"]
         elif has_cam:
-            key, modalities = "camera_", ["camera"]
+            pending.key, pending.modalities = "camera_", ["camera"]
         else:
-            key, modalities = "lidar_", ["lidar"]
-        if key and not self.unimodal[modalities[0]]:
-            return self._unscored(frame, _join(degraded, f"model has no {modalities[0]}-only head"), [])
+            pending.key, pending.modalities = "lidar_", ["lidar"]
+        if pending.key and not self.unimodal[pending.modalities[0]]:
+            pending.skip = f"model has no {pending.modalities[0]}-only head"
+            return pending
         try:
-            inputs, flat = self.prepare(frame)
-            t1 = time.perf_counter()
-            out = self.backend.infer(inputs)
-            score_m = np.asarray(out[key + "score_map"], np.float32)[0]
-            class_m = np.asarray(out[key + "class_map"])[0].astype(np.int32)
+            pending.inputs, pending.flat = self.prepare(frame)
         except Exception as exc:  # noqa: BLE001 - any model failure must become DEGRADED, not a crash
+            pending.error = exc
+        pending.t_prepared = time.perf_counter()
+        return pending
+
+    def infer(self, pending: PendingFrame) -> PendingFrame:
+        """Step 2 of :meth:`process`: run the backend on the prepared inputs (nothing when the
+        frame is not scored). Touches no pipeline state; safe to run in another thread."""
+        if pending.inputs is None or pending.error is not None:
+            return pending
+        t1 = time.perf_counter()
+        try:
+            out = self.backend.infer(pending.inputs)
+            key = pending.key
+            pending.score_m = np.asarray(out[key + "score_map"], np.float32)[0]
+            pending.class_m = np.asarray(out[key + "class_map"])[0].astype(np.int32)
+        except Exception as exc:  # noqa: BLE001 - any model failure must become DEGRADED, not a crash
+            pending.error = exc
+        pending.t_infer = time.perf_counter() - t1
+        return pending
+
+    def finish(self, pending: PendingFrame) -> FusionResult:
+        """Step 3 of :meth:`process`: upsample, mask, regions, and the alert state machine.
+        Frames must be finished in stamp order (the alert history is sequential)."""
+        cfg, frame = self.config, pending.frame
+        if self._last_stamp is not None and frame.stamp < self._last_stamp - cfg.clock_jump:
+            self.alerts.reset()
+        self._last_stamp = frame.stamp
+        degraded, modalities = pending.degraded, pending.modalities
+        if pending.skip is not None:
+            return self._unscored(frame, _join(degraded, pending.skip), modalities)
+        if pending.error is not None or pending.score_m is None or pending.class_m is None:
+            exc = pending.error or RuntimeError("infer() was not run")
             return self._unscored(frame, _join(degraded, f"model failure: {type(exc).__name__}: {exc}"), modalities, str(exc))
         t2 = time.perf_counter()
-        if not has_cam:  # LiDAR-only: only pixels the scan covers carry evidence
+        score_m, inputs = pending.score_m, pending.inputs
+        assert inputs is not None
+        if frame.image is None:  # LiDAR-only: only pixels the scan covers carry evidence
             score_m = np.where(inputs["lidar"][0, 5] > 0, score_m, np.nan).astype(np.float32)
-        result = self._postprocess(frame, score_m, class_m, flat, inputs["lidar"][0, 3], modalities, degraded)
-        t3 = time.perf_counter()
-        result.timings = {"prepare": t1 - t0, "infer": t2 - t1, "post": t3 - t2, "total": t3 - t0}
+        result = self._postprocess(frame, score_m, pending.class_m, pending.flat, inputs["lidar"][0, 3], modalities, degraded)
+        post = time.perf_counter() - t2
+        prep = pending.t_prepared - pending.t_begin
+        result.timings = {"prepare": prep, "infer": pending.t_infer, "post": post, "total": prep + pending.t_infer + post}
         return result
 
     def _postprocess(
