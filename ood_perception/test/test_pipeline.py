@@ -108,6 +108,7 @@ def test_point_scores_are_the_model_scores_at_their_pixels_and_cluster_found():
     proj = project_points(pts, CALIB.scaled(W_IN, H_IN))
     assert len(r.points) == int(proj.in_view.sum())
     np.testing.assert_array_equal(r.points, pts[proj.in_view])
+    np.testing.assert_array_equal(r.in_view, proj.in_view)  # what replay's metrics reuse
     # each visible point scores the model's fused score at its pixel: 2 * intensity for the blob
     # (it is in front) and the grey camera score for the wall; wall points behind the blob: NaN
     hot = r.points[:, 3] == 1.0

@@ -125,7 +125,8 @@ class FusionResult:
     ``score`` float32 / ``classes`` int32 / ``mask`` uint8 (255 anomalous) are ``[H, W]`` at camera
     resolution, None when the frame could not be scored; pixels without evidence (LiDAR-only
     frames off the scan) have score NaN and mask 0. ``points`` ``[M, 4]`` are the in-view points
-    with ``point_labels`` and ``point_scores`` (NaN / -1 for points occluded at their pixel).
+    with ``point_labels`` and ``point_scores`` (NaN / -1 for points occluded at their pixel);
+    ``in_view`` bool ``[N]`` says which of the frame's input points they are (None without points).
     """
 
     stamp: float
@@ -138,6 +139,7 @@ class FusionResult:
     points: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
     point_labels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
     point_scores: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    in_view: np.ndarray | None = None
     regions: list[Region] = field(default_factory=list)
     frame_score: float = float("nan")
     anomalous_fraction: float = 0.0
@@ -334,6 +336,7 @@ class FusionPipeline:
         labels = np.zeros(0, np.int32)
         pscores = np.zeros(0, np.float32)
         regions_3d: list[Region] = []
+        inview = None
         if flat is not None and frame.points is not None:
             inview = flat >= 0
             pts = np.asarray(frame.points, np.float32)[inview]
@@ -372,6 +375,7 @@ class FusionPipeline:
             points=pts,
             point_labels=labels.astype(np.int32, copy=False),
             point_scores=pscores.astype(np.float32, copy=False),
+            in_view=inview,
             regions=regions,
             frame_score=frame_score,
             anomalous_fraction=fraction,

@@ -92,7 +92,9 @@ class MetricsAccumulator:
                 valid = train != 255
                 self.confusion += confusion_matrix(train[valid], result.classes[valid], self.num_classes, ignore_index=None)
         if point_raw is not None and points is not None and len(result.point_scores):
-            inview = self._inview(points, calib)
+            inview = getattr(result, "in_view", None)  # the pipeline's own view test, when it kept it
+            if inview is None or len(inview) != len(points):
+                inview = self._inview(points, calib)
             if inview is not None and len(point_raw) == len(points):
                 raw = np.asarray(point_raw)[inview]
                 train = self.config.to_train_ids(raw)
