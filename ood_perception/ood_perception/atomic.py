@@ -82,19 +82,29 @@ def atomic_path(path: str | os.PathLike[str], suffix: str = "", fsync: bool = Tr
         yield tmp
         if not tmp.is_file():
             raise FileNotFoundError(f"the writer did not leave a file at the temporary path {tmp} for {path}")
-        if fsync:
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        os.chmod(tmp, 0o666 & ~current_umask())
-        os.replace(tmp, path)
+        commit_file(tmp, path, fsync=fsync)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def commit_file(tmp: str | os.PathLike[str], path: str | os.PathLike[str], fsync: bool = True) -> Path:
+    """Move a finished file ``tmp`` (same filesystem) onto ``path`` atomically: fsynced (when
+    ``fsync``), mode ``0o666 & ~umask``, ``os.replace``d, its folder fsynced. For writers that
+    choose their own temporary file (e.g. a bag writer's folder); :func:`atomic_path` ends with it.
+    Returns ``path``."""
+    tmp, path = Path(tmp), Path(path)
+    if fsync:
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    os.chmod(tmp, 0o666 & ~current_umask())
+    os.replace(tmp, path)
     if fsync:
         _fsync_dir(path.parent)
+    return path
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, fsync: bool = True) -> Path:

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ood_perception.atomic import commit_file
 from ood_perception.ros.conversions import SCORED_POINT_DTYPE
 
 #: The message types of ood_perception_msgs, in dependency order.
@@ -193,7 +194,7 @@ class OutputBag:
         """Finish the file and move it into place; returns the final path."""
         self._writer.close()
         (storage,) = [p for p in self._bagdir.iterdir() if p.suffix in (".mcap", ".db3")]
-        os.replace(storage, self.path)
+        commit_file(storage, self.path)
         shutil.rmtree(self._tmpdir, ignore_errors=True)
         return self.path
 
