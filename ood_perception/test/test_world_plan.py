@@ -71,3 +71,11 @@ def test_bad_knobs_are_named():
         WorldConfig.from_dict({"anomalies": {"sise": 1}})
     with pytest.raises(ValueError, match="anomaly rates"):
         WorldConfig.from_dict({"anomalies": {"rate": 1.5}})
+
+
+def test_shipped_world_yaml_lists_the_defaults():
+    """config/world.yaml (the file `synth --help` points to) is WorldConfig's defaults, knob for knob."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "config" / "world.yaml"
+    assert WorldConfig.from_yaml(path).to_dict() == WorldConfig().to_dict()

@@ -47,11 +47,12 @@ def test_layout_dataset_yaml_and_reader(tmp_path):
     assert meta["splits"] == {"train": ["00"], "val": ["01"], "test": ["02"]}
     assert {v["weather"] for v in meta["sequence_info"].values()} == {"rain"}
     cfg = DatasetConfig.from_yaml(tmp_path / "dataset.yaml")
-    assert cfg.num_classes == 14 and cfg.class_names[0] == "car"
+    assert cfg.num_classes == 15 and cfg.class_names[0] == "car" and cfg.class_names[-1] == "sky"
     reader = SemanticKittiReader(tmp_path, sequences="test")
     assert len(reader) == 2 and reader.config.ood_ids == cfg.ood_ids
     f = reader[1]
     assert f.image.shape == (80, 160, 3) and f.pixel_labels.shape == (80, 160)
+    assert (f.pixel_labels[0] == 100).any() and not (f.pixel_labels == 0).any()  # no hit = sky, a known class
     assert f.stamp == 0.1 and f.pose[0, 3] > 0.3  # moved forward at >= 5 m/s
     assert np.allclose(f.pose[3], [0, 0, 0, 1])
     for seq in ("00", "01", "02"):

@@ -3,6 +3,9 @@
 In-distribution classes keep SemanticKITTI's raw ids (moving agents use the 25x ``moving-*`` ids),
 so a model trained here names classes like one trained on SemanticKITTI. Anomaly types get new raw
 ids (200..209) which the learning map sends to 0 (ignore) and ``dataset.yaml`` lists in ``ood_ids``.
+The sky, which SemanticKITTI does not label (its LiDAR never hits it), is a known class here with
+the new raw id 100: a camera model that never learned the sky scores it as anomalous, and a vehicle's
+camera sees the sky in every frame (Cityscapes and CARLA label it too).
 *Near* anomalies resemble known classes (a trailer, an overturned car), *far* ones do not.
 """
 
@@ -19,10 +22,14 @@ CAR, BICYCLE, TRUCK, PERSON, BICYCLIST = 10, 11, 18, 30, 31
 ROAD, SIDEWALK, BUILDING, FENCE, LANE_MARKING = 40, 48, 50, 51, 60
 VEGETATION, TRUNK, TERRAIN, POLE, TRAFFIC_SIGN = 70, 71, 72, 80, 81
 MOVING_CAR, MOVING_BICYCLIST, MOVING_PERSON = 252, 253, 254
+#: The sky: not a SemanticKITTI class (raw id 100 is unused there); only the camera sees it.
+SKY = 100
+SKY_NAME = "sky"
+SKY_COLOR_BGR = (180, 130, 70)  # Cityscapes' sky colour (70, 130, 180) in BGR
 
 #: In-distribution classes in learning-id order (learning id = index + 1, train id = index).
 ID_CLASSES: tuple[int, ...] = (CAR, BICYCLE, TRUCK, PERSON, BICYCLIST, ROAD, SIDEWALK, BUILDING, FENCE,
-                               VEGETATION, TRUNK, TERRAIN, POLE, TRAFFIC_SIGN)
+                               VEGETATION, TRUNK, TERRAIN, POLE, TRAFFIC_SIGN, SKY)
 #: Raw ids mapped onto an in-distribution class (SemanticKITTI's own merges).
 ALIASES: dict[int, int] = {LANE_MARKING: ROAD, MOVING_CAR: CAR, MOVING_BICYCLIST: BICYCLIST, MOVING_PERSON: PERSON}
 
@@ -58,8 +65,10 @@ def world_dataset_config(splits: dict[str, list[str]] | None = None, extra: dict
     names = SEMANTIC_KITTI["labels"]
     colors = SEMANTIC_KITTI["color_map"]
     used = (UNLABELED, *ID_CLASSES, *ALIASES)
-    labels = {i: names[i] for i in used}
-    color_map = {i: list(colors[i]) for i in used}
+    labels = {i: names[i] for i in used if i != SKY}
+    color_map = {i: list(colors[i]) for i in used if i != SKY}
+    labels[SKY] = SKY_NAME
+    color_map[SKY] = list(SKY_COLOR_BGR)
     learning_map = {UNLABELED: 0}
     for lid, raw in enumerate(ID_CLASSES, 1):
         learning_map[raw] = lid

@@ -406,7 +406,7 @@ class SequenceRenderer:
         img *= np.float32(4095.0)
         img += np.float32(0.5)
         image = _GAMMA_LUT[img.astype(np.int32)]
-        sem = np.zeros(n, np.uint16)
+        sem = np.full(n, L.SKY, np.uint16)  # no hit: the sky (a known class, see labels.py)
         sem[h] = c["sem"]
         inst = np.zeros(n, np.uint16)
         inst[h] = c["inst"]
