@@ -35,12 +35,11 @@ registries this project uses (see :mod:`ood_perception.pipeline.sync` and
 from __future__ import annotations
 
 import sys
-import threading
 import time
 from typing import Any
 
 import numpy as np
-from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.lifecycle import LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 
 from ood_perception.pipeline.alerts import DEGRADED, LEVEL_NAMES
@@ -67,6 +66,7 @@ from ood_perception.ros.common import (
     run_node_main,
     sensor_qos,
 )
+from ood_perception.ros.lifecycle import WorkerLifecycleNode
 
 NODE_NAME = "fusion_segmentation"
 
@@ -85,7 +85,7 @@ def _validate(values: dict[str, Any]) -> None:
     validate_fusion_params(values)
 
 
-class FusionSegmentationNode(LifecycleNode):
+class FusionSegmentationNode(WorkerLifecycleNode):
     """The camera + LiDAR OOD segmentation node (see the module docstring).
 
     Args:
@@ -107,7 +107,6 @@ class FusionSegmentationNode(LifecycleNode):
         )
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self._injected_backend = backend
-        self.backend: Any = None
         self.pipeline: FusionPipeline | None = None
         self.processor: FusionFrameProcessor | None = None
         self.settings = FrameSettings()
@@ -116,16 +115,9 @@ class FusionSegmentationNode(LifecycleNode):
         self.latency = LatencyStats()
         self.model_latency = LatencyStats()
         self.sync: ApproximateSync | None = None
-        self._subs: list[Any] = []
-        self._pubs: dict[str, Any] = {}
-        self._diag_pub: Any = None
-        self._diag_timer: Any = None
-        self._worker: threading.Thread | None = None
-        self._stop = threading.Event()
         self._T = np.eye(4)
         self._last_alert: Any = None
         self._last_level = DEGRADED
-        self._state = "unconfigured"
         self._frames = 0
         self._model_error = ""
         self.params: dict[str, Any] = {}
@@ -163,12 +155,6 @@ class FusionSegmentationNode(LifecycleNode):
         return self.get_clock().now().nanoseconds * 1e-9
 
     # ------------------------------------------------------------------ lifecycle
-
-    def autostart(self) -> bool:
-        """Configure and activate; True when the node is active."""
-        return self.trigger_configure() == TransitionCallbackReturn.SUCCESS and (
-            self.trigger_activate() == TransitionCallbackReturn.SUCCESS
-        )
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
@@ -225,59 +211,15 @@ class FusionSegmentationNode(LifecycleNode):
             self.create_subscription(CameraInfo, "camera/camera_info", self._on_camera_info, qos),
             self.create_subscription(PointCloud2, "lidar/points", self._on_points, qos),
         ]
-        self._stop.clear()
-        self._worker = threading.Thread(target=self._work, name=f"{self.get_name()}_worker", daemon=True)
-        self._worker.start()
+        self._start_worker()
         self._state = "active"
         return super().on_activate(state)
 
-    def _stop_worker(self) -> None:
-        self._stop.set()
+    def _wake_worker(self) -> None:
         if self.sync is not None:
             self.sync.close()
-        if self._worker is not None:
-            self._worker.join(timeout=10.0)
-            self._worker = None
-        for s in self._subs:
-            self.destroy_subscription(s)
-        self._subs = []
 
-    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._stop_worker()
-        self._state = "inactive"
-        return super().on_deactivate(state)
-
-    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._release()
-        self._state = "unconfigured"
-        return super().on_cleanup(state)
-
-    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._stop_worker()
-        self._release()
-        self._state = "finalized"
-        return super().on_shutdown(state)
-
-    def destroy_node(self) -> None:
-        """Stop the worker thread, then destroy the node."""
-        self._stop_worker()
-        super().destroy_node()
-
-    def _release(self) -> None:
-        for pub in self._pubs.values():
-            self.destroy_lifecycle_publisher(pub)
-        self._pubs = {}
-        if self._diag_timer is not None:
-            self.destroy_timer(self._diag_timer)
-            self._diag_timer = None
-        if self._diag_pub is not None:
-            self.destroy_publisher(self._diag_pub)
-            self._diag_pub = None
-        if self.backend is not None and self.backend is not self._injected_backend:
-            close = getattr(self.backend, "close", None)
-            if close:
-                close()
-        self.backend = None
+    def _forget(self) -> None:
         self.pipeline = None
         self.processor = None
 

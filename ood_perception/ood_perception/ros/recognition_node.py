@@ -21,7 +21,7 @@ import time
 from collections import deque
 from typing import Any
 
-from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.lifecycle import LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 
 from ood_perception.pipeline.alerts import ALERT, DEGRADED, LEVEL_NAMES, AlertConfig, AlertStateMachine
@@ -37,6 +37,7 @@ from ood_perception.ros.common import (
     run_node_main,
     sensor_qos,
 )
+from ood_perception.ros.lifecycle import WorkerLifecycleNode
 
 NODE_NAME = "action_recognition"
 
@@ -90,7 +91,7 @@ def make_recognizer(backend: Any, params: dict[str, Any]) -> Any:
     return ClipRecognizer(backend, **{k: v for k, v in offered.items() if k in accepted})
 
 
-class ActionRecognitionNode(LifecycleNode):
+class ActionRecognitionNode(WorkerLifecycleNode):
     """The clip recognition node (see the module docstring).
 
     Args:
@@ -105,7 +106,6 @@ class ActionRecognitionNode(LifecycleNode):
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self._injected = recognizer
         self.recognizer: Any = None
-        self.backend: Any = None
         self.bad = BadInputLog(self.get_logger())
         self.rate = RateMeter()
         self.latency = LatencyStats()
@@ -117,13 +117,6 @@ class ActionRecognitionNode(LifecycleNode):
         self._last_header: Any = None
         self._newest_stamp: float | None = None
         self._resets = 0
-        self._subs: list[Any] = []
-        self._pubs: dict[str, Any] = {}
-        self._diag_pub: Any = None
-        self._timer: Any = None
-        self._worker: threading.Thread | None = None
-        self._stop = threading.Event()
-        self._state = "unconfigured"
         self._model_error = ""
         self._level = DEGRADED
         self.params: dict[str, Any] = {}
@@ -143,12 +136,6 @@ class ActionRecognitionNode(LifecycleNode):
         except (ValueError, TypeError) as exc:
             return SetParametersResult(successful=False, reason=str(exc))
         return SetParametersResult(successful=True, reason="takes effect at the next configure")
-
-    def autostart(self) -> bool:
-        """Configure and activate; True when active."""
-        return self.trigger_configure() == TransitionCallbackReturn.SUCCESS and (
-            self.trigger_activate() == TransitionCallbackReturn.SUCCESS
-        )
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
@@ -170,7 +157,7 @@ class ActionRecognitionNode(LifecycleNode):
             "alerts": self.create_lifecycle_publisher(OodAlert, "ood/alerts", output_qos(10)),
         }
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self._timer = self.create_timer(float(values["diagnostics_period"]), self._on_timer)
+        self._diag_timer = self.create_timer(float(values["diagnostics_period"]), self._on_timer)
         self._state = "inactive"
         return super().on_configure(state)
 
@@ -193,42 +180,16 @@ class ActionRecognitionNode(LifecycleNode):
 
         self._subs = [self.create_subscription(Image, "video/image", self._on_image,
                                                sensor_qos(p["reliability"], int(p["qos_depth"])))]
-        self._stop.clear()
-        self._worker = threading.Thread(target=self._work, name=f"{self.get_name()}_worker", daemon=True)
-        self._worker.start()
+        self._start_worker()
         self._state = "active"
         return super().on_activate(state)
 
-    def _stop_worker(self) -> None:
-        self._stop.set()
+    def _wake_worker(self) -> None:
         with self._cond:
             self._cond.notify_all()
-        if self._worker is not None:
-            self._worker.join(timeout=10.0)
-            self._worker = None
-        for s in self._subs:
-            self.destroy_subscription(s)
-        self._subs = []
 
-    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._stop_worker()
-        self._state = "inactive"
-        return super().on_deactivate(state)
-
-    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
-        for pub in self._pubs.values():
-            self.destroy_lifecycle_publisher(pub)
-        self._pubs = {}
-        if self._timer is not None:
-            self.destroy_timer(self._timer)
-            self._timer = None
-        self._state = "unconfigured"
-        return super().on_cleanup(state)
-
-    def destroy_node(self) -> None:
-        """Stop the worker thread, then destroy the node."""
-        self._stop_worker()
-        super().destroy_node()
+    def _forget(self) -> None:
+        self.recognizer = None
 
     # ------------------------------------------------------------------ callbacks / worker
 
