@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from ood_perception.trainer.seg_table import render_markdown
 
@@ -56,3 +57,48 @@ def test_table_difference_and_world_test_comparison() -> None:
     assert "## For comparison: the world's own test split" in md
     assert "| none | 40.0 ± 0.0 | 90.0 ± 0.0 | 70.0 ± 0.0 | 1.0 ± 0.0 | 90.0, 90.0, 90.0 |" in md
     assert "123 anomaly pixels vs 4567 ID pixels" in md
+
+
+def test_table_explains_where_the_baseline_fails() -> None:
+    rows = _rows([0.85, 0.8, 0.9], [0.7, 0.75, 0.8])
+    for x in rows:
+        if x["row"] == "none":
+            x["hard_pixels"] = {"pred_hard": {"car": 0.9, "road": 0.1}, "pred_all": {"car": 0.5, "truck": 0.5},
+                                "type_hard": {"overturned-car": 0.7, "box": 0.3}, "type_all": {"overturned-car": 1.0},
+                                "id_above_threshold": x["fpr95"]}
+    md = render_markdown(rows, SETUP)
+    assert "## Where the baseline fails" in md
+    assert "the model predicts there: car 90%, road 10% (over all anomaly pixels: car 50%, truck 50%)" in md
+    assert "anomaly types: overturned-car 70%, box 30%" in md
+    assert "than 85% of the ID pixels" in md
+
+
+def test_hard_pixel_breakdown_counts_the_hardest_five_percent(tmp_path) -> None:
+    """On a real (untrained) model and toy data: 5% of the anomaly pixels are 'hard', shares sum to 1,
+    and the threshold is the one FPR95 is read at."""
+    import torch
+    import yaml
+
+    from ood_perception.models import build_model
+    from ood_perception.trainer import seg_table
+    from ood_perception.trainer.toy import make_toy_dataset
+
+    root = make_toy_dataset(tmp_path / "data", {"00": 2, "01": 3}, seed=3)
+    split = next(k for k, v in yaml.safe_load((root / "dataset.yaml").read_text())["splits"].items() if v)
+    torch.manual_seed(0)
+    model = build_model({"num_classes": 3, "camera_backbone": "tiny", "lidar_width": 8, "camera_channels": 16,
+                         "lidar_channels": 16, "head_channels": 16, "tiny_width": 8}).eval()
+    (tmp_path / "run").mkdir()
+    torch.save({"model_config": model.config.to_dict(), "state_dict": model.state_dict(),
+                "class_names": ["car", "road", "building"], "colors": [[0, 0, 255], [128, 128, 128], [255, 0, 0]],
+                "input_size": list(seg_table.TABLE_SIZE), "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+               tmp_path / "run" / "model.pt")
+    got = seg_table.hard_pixel_breakdown(tmp_path / "run", root, split, tmp_path / "cache")
+    assert got["n_ood"] > 100 and abs(got["n_hard"] - 0.05 * got["n_ood"]) <= 0.01 * got["n_ood"] + 1
+    for key in ("type_all", "type_hard", "pred_all", "pred_hard"):
+        assert abs(sum(got[key].values()) - 1.0) < 1e-9 and got[key]
+    assert set(got["pred_all"]) <= {"car", "road", "building"}
+    assert all(not k.isdigit() for k in got["type_all"])  # anomaly ids named from dataset.yaml
+    # its threshold is the one FPR95 is read at: the ID share above it is evaluate_run's FPR95
+    ev = seg_table.evaluate_run(tmp_path / "run", root, split, tmp_path / "cache", "camera")
+    assert got["id_above_threshold"] == pytest.approx(ev["fpr95"], abs=0.02)
