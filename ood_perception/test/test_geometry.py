@@ -135,3 +135,17 @@ def test_spherical_range_image_rows_follow_elevation():
     assert rc[0, 0] < rc[1, 0]  # higher elevation -> upper row
     assert img.shape == (5, 64, 1024)
     assert img[3, rc[0, 0], rc[0, 1]] == pytest.approx(np.linalg.norm(pts[0, :3]), rel=1e-6)
+
+
+def test_apply_affine_equals_matmul_without_blas():
+    """apply_affine (used instead of ``@`` so no BLAS thread pool wakes up) is points @ M.T + t."""
+    from ood_perception.geometry import apply_affine
+
+    rng = np.random.default_rng(0)
+    M, t = rng.normal(size=(3, 3)), rng.normal(size=3)
+    for dtype, tol in ((np.float64, 1e-12), (np.float32, 1e-5)):
+        pts = rng.normal(size=(1000, 3)).astype(dtype)
+        got = apply_affine(pts, M, t)
+        assert got.dtype == dtype
+        np.testing.assert_allclose(got, pts.astype(np.float64) @ M.T + t, rtol=tol, atol=tol)
+    np.testing.assert_array_equal(apply_affine(np.zeros((0, 4)), M), np.zeros((0, 3)))

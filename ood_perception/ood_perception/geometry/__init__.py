@@ -17,6 +17,7 @@ from ood_perception.geometry.calibration import (
 from ood_perception.geometry.projection import (
     LIDAR_CHANNELS,
     ProjectedPoints,
+    apply_affine,
     lidar_to_camera_tensor,
     project_points,
     spherical_range_image,
@@ -26,6 +27,7 @@ __all__ = [
     "Calibration",
     "LIDAR_CHANNELS",
     "ProjectedPoints",
+    "apply_affine",
     "intrinsics_from_fov",
     "lidar_to_camera_tensor",
     "load_kitti_calib",

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ood_perception.geometry import Calibration, project_points
+from ood_perception.geometry import Calibration, apply_affine, project_points
 from ood_perception.pipeline.alerts import DEGRADED, AlertConfig, AlertDecision, AlertStateMachine
 from ood_perception.pipeline.regions import Region, cluster_points, mask_regions, merge_regions
 
@@ -444,8 +444,7 @@ def frustum_candidates(points: np.ndarray, calib: Calibration, margin_px: float 
     if K[0, 1] != 0 or K[1, 0] != 0 or not np.array_equal(K[2], [0.0, 0.0, 1.0]):
         return None
     T = calib.T_cam_lidar.astype(np.float32)
-    xyz = np.asarray(points[:, :3], np.float32)
-    cam = xyz @ T[:3, :3].T + T[:3, 3]
+    cam = apply_affine(np.asarray(points[:, :3], np.float32), T[:3, :3], T[:3, 3])  # float32, no BLAS
     z = cam[:, 2]
     fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
     with np.errstate(invalid="ignore"):

@@ -49,10 +49,11 @@ def mask_regions(mask: np.ndarray, score: np.ndarray, min_pixels: int = 1, conne
     n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=connectivity)
     if n <= 1:
         return [], np.zeros(mask.shape, np.int32)
-    flat = labels.reshape(-1)
-    sums = np.bincount(flat, weights=score.reshape(-1).astype(np.float64), minlength=n)
+    on = mask.reshape(-1)  # components are made of mask pixels only: sum and max over those
+    comp, vals = labels.reshape(-1)[on], score.reshape(-1)[on]
+    sums = np.bincount(comp, weights=vals.astype(np.float64), minlength=n)
     maxes = np.full(n, -np.inf)
-    np.maximum.at(maxes, flat[mask.reshape(-1)], score.reshape(-1)[mask.reshape(-1)])
+    np.maximum.at(maxes, comp, vals)
     areas = stats[:, cv2.CC_STAT_AREA]
     keep = [i for i in np.argsort(-areas[1:], kind="stable") + 1 if areas[i] >= min_pixels]
     remap = np.zeros(n, np.int32)

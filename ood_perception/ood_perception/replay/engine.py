@@ -158,12 +158,13 @@ def _stamp_ns(header: Any) -> int:
 
 
 class _Thumbs:
-    """Keeps overlays of the k best and k worst frames by a key (no per-frame image kept)."""
+    """Keeps the k best and k worst frames by a key and renders their overlays at the end (a
+    candidate holds its frame's arrays until it is evicted; no per-frame image is kept)."""
 
     def __init__(self, k: int) -> None:
         self.k = k
-        self.best: list[tuple[float, int, np.ndarray]] = []
-        self.worst: list[tuple[float, int, np.ndarray]] = []
+        self.best: list[tuple[float, int, Callable[[], np.ndarray]]] = []
+        self.worst: list[tuple[float, int, Callable[[], np.ndarray]]] = []
 
     def offer(self, key: float, index: int, make: Callable[[], np.ndarray]) -> None:
         if self.k <= 0 or not np.isfinite(key):
@@ -172,8 +173,7 @@ class _Thumbs:
             # best: highest key; worst: lowest key. Stored so that bucket[0] is the one to evict.
             entry = (-sign * key, index)
             if len(bucket) < self.k or entry > (bucket[0][0], bucket[0][1]):
-                img = make()
-                bucket.append((entry[0], index, img))
+                bucket.append((entry[0], index, make))
                 bucket.sort(key=lambda e: (e[0], e[1]))
                 if len(bucket) > self.k:
                     bucket.pop(0)
@@ -181,7 +181,7 @@ class _Thumbs:
     def result(self) -> dict[str, list[tuple[int, np.ndarray]]]:
         best = sorted(self.best, key=lambda e: (-e[0], e[1]))
         worst = sorted(self.worst, key=lambda e: (-e[0], e[1]))
-        return {"best": [(i, im) for _, i, im in best], "worst": [(i, im) for _, i, im in worst]}
+        return {"best": [(i, make()) for _, i, make in best], "worst": [(i, make()) for _, i, make in worst]}
 
 
 def overlay(rgb: np.ndarray, mask: np.ndarray | None, gt_ood: np.ndarray | None = None, width: int = 320) -> np.ndarray:
@@ -346,7 +346,8 @@ def replay_bag(
                 key = rec.ood_iou if rec.ood_iou is not None else rec.frame_auroc
                 if key is None:  # without labels: most / least anomalous frames
                     key = rec.frame_score
-                thumbs.offer(float(key), rec.index, lambda: overlay(item.rgb, result.mask, gt_ood))
+                thumbs.offer(float(key), rec.index,  # rendered at the end, only for the frames kept
+                             lambda rgb=item.rgb, mask=result.mask, gt=gt_ood: overlay(rgb, mask, gt))
         def emit(started: Any, future: Any, bag_ns: int, t0: float) -> None:
             """Complete a started frame (in frame order): output bag, labels, metrics, record."""
             if future is not None:

@@ -261,11 +261,14 @@ def pointcloud2_to_xyzi(msg: Any, intensity_field: str = "intensity", negate_y: 
     has_i = intensity_field in names
     pts[:, 3] = cloud_field(arr, intensity_field) if has_i else 0.0
     finite = np.isfinite(pts[:, :3]).all(axis=1)
-    pts = pts[finite]
-    pts[:, 3] = np.nan_to_num(pts[:, 3], nan=0.0, posinf=0.0, neginf=0.0)
+    n_bad = int(finite.size - np.count_nonzero(finite))
+    if n_bad:  # dense clouds (the usual case) skip this copy
+        pts = pts[finite]
+    if not np.isfinite(pts[:, 3]).all():
+        pts[:, 3] = np.nan_to_num(pts[:, 3], nan=0.0, posinf=0.0, neginf=0.0)
     if negate_y:
         pts[:, 1] = -pts[:, 1]
-    return CloudXYZI(points=pts, num_input=int(arr.shape[0]), num_nonfinite=int((~finite).sum()), has_intensity=has_i)
+    return CloudXYZI(points=pts, num_input=int(arr.shape[0]), num_nonfinite=n_bad, has_intensity=has_i)
 
 
 def array_to_pointcloud2(arr: np.ndarray, header: Any = None, msg_type: Any = None, field_type: Any = None) -> Any:
