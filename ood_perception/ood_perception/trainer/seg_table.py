@@ -293,10 +293,10 @@ def render_markdown(results: list[dict[str, Any]], setup: dict[str, Any]) -> str
         if not mean_in or out_seeds:
             too_hard = float(np.mean(nb)) > hi or all(v > hi for v in nb if not lo <= v <= hi)
             check += (" The world would have to be made " + ("easier" if too_hard else "harder")
-                      + " (docs/world.md difficulty knobs: "
+                      + " (docs/world.md difficulty knobs, e.g. "
                       + ("lower `anomalies.mimic_prob` / raise `anomalies.size_scale`" if too_hard else
                          "raise `anomalies.mimic_prob` / lower `anomalies.size_scale`")
-                      + "), not the metric changed.")
+                      + ", and what changing them did), not the metric changed.")
             if not mean_in:
                 check += (" With the baseline outside the band the FM-vs-none comparison cannot show an effect reliably: "
                           "read the verdict above as 'not shown on this set-up', not as 'refuted'.")
