@@ -20,6 +20,7 @@ sequence, counting messages the node drops too, e.g. a zero stamp), plus per-poi
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,6 +139,9 @@ class BagReplay:
 
 #: A processed frame waits this many frames for its label image before it is scored without it.
 LABEL_WAIT_FRAMES = 4
+#: Frames whose model may be queued or running ahead of the frame being finished (overlapped replay):
+#: 2 keeps the model thread fed through the main thread's frame-to-frame jitter.
+OVERLAP_DEPTH = 2
 
 
 @dataclass
@@ -400,7 +404,9 @@ def replay_bag(
             from concurrent.futures import ThreadPoolExecutor
 
             executor = ThreadPoolExecutor(1, thread_name_prefix="replay-infer")
-        inflight: list[tuple[Any, Any, int, float]] = []  # (started frame, model future, bag time, t0): at most one
+        # (started frame, model future, bag time, t0), oldest first: at most OVERLAP_DEPTH frames whose model is
+        # queued or running while earlier ones are finished, so the model thread always has the next frame
+        inflight: deque[tuple[Any, Any, int, float]] = deque()
         n_started = 0
         first_ns: int | None = None
         last_ns: int | None = None
@@ -463,9 +469,9 @@ def replay_bag(
                 started = proc.start(synced)
                 if executor is not None:  # the model of this frame runs while the previous one is finished
                     future = executor.submit(proc.pipeline.infer, started.pending)
-                    if inflight:
-                        emit(*inflight.pop())
                     inflight.append((started, future, m.timestamp_ns, t0))
+                    if len(inflight) > OVERLAP_DEPTH:
+                        emit(*inflight.popleft())
                 else:
                     proc.pipeline.infer(started.pending)
                     emit(started, None, m.timestamp_ns, t0)
@@ -476,8 +482,8 @@ def replay_bag(
             error = str(exc)
         finally:
             try:
-                while inflight:  # the frame whose model was running when the bag ended (or broke)
-                    emit(*inflight.pop())
+                while inflight:  # the frames whose model was queued or running when the bag ended (or broke)
+                    emit(*inflight.popleft())
             finally:
                 if executor is not None:
                     executor.shutdown(wait=True)
