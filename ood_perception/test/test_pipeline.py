@@ -203,3 +203,28 @@ def test_cluster_points_two_blobs_and_merge():
     merged = merge_regions(two_d, regions, comp, labels)
     assert len(merged) == 2 and merged[0].has_2d and merged[0].has_3d and merged[0].num_points == 40
     assert not merged[1].has_2d and merged[1].has_3d
+
+
+def test_pipeline_asks_a_pruning_backend_for_the_maps_it_uses():
+    """A backend whose infer takes ``outputs`` is asked for the fused maps on a fused frame and the
+    camera maps on a camera-only frame; the result equals that of a backend without the option."""
+
+    class Picky(RednessBackend):
+        def __init__(self):
+            super().__init__()
+            self.asked = []
+
+        def infer(self, inputs, outputs=None):
+            self.asked.append(outputs)
+            out = super().infer(inputs)
+            return out if outputs is None else {k: out[k] for k in outputs}
+
+    img, pts = scene(red=True, hot_points=True)
+    picky = Picky()
+    frame = FusionFrame(stamp=1.0, image=img, points=pts, calib=CALIB)
+    a = FusionPipeline(picky, FusionConfig(min_region_pixels=10)).process(frame)
+    b = FusionPipeline(RednessBackend(), FusionConfig(min_region_pixels=10)).process(frame)
+    np.testing.assert_array_equal(a.score, b.score)
+    np.testing.assert_array_equal(a.point_scores, b.point_scores)
+    FusionPipeline(picky, FusionConfig()).process(FusionFrame(stamp=2.0, image=img, calib=CALIB))
+    assert picky.asked == [["score_map", "class_map"], ["camera_score_map", "camera_class_map"]]

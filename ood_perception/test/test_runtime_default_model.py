@@ -109,6 +109,29 @@ def test_default_model_parity_on_world_frames(default_dir, world_frames):
         assert len(np.unique(a["class_map"])) >= 2
 
 
+def test_output_subsets_equal_the_full_graph(default_dir, world_frames):
+    """infer(outputs=...) runs a pruned graph under ONNX Runtime (the fused maps alone skip both
+    unimodal heads): same values as the full graph; torch computes all and returns the subset."""
+    from ood_perception.runtime.errors import InferenceInputError
+
+    spec = runtime.load_spec(default_dir)
+    ort_b = runtime.load(default_dir, intra_op_threads=1)
+    torch_b = runtime.load(default_dir, backend="torch")
+    x = _inputs(world_frames["anomaly"], spec)
+    full = ort_b.infer(x)
+    for subset in (["score_map", "class_map"], ["camera_score_map", "camera_class_map"], ["lidar_score_map"]):
+        got = ort_b.infer(x, outputs=subset)
+        assert list(got) == subset
+        for name in subset:
+            np.testing.assert_array_equal(got[name], full[name], err_msg=name)
+        assert list(torch_b.infer(x, outputs=subset)) == subset
+    assert len(ort_b._subsets) == 3  # one pruned session per subset, reused
+    ort_b.infer(x, outputs=["class_map", "score_map"])
+    assert len(ort_b._subsets) == 3
+    with pytest.raises(InferenceInputError, match="no output"):
+        ort_b.infer(x, outputs=["logits"])
+
+
 def test_default_model_detects_world_anomaly(default_dir, world_frames):
     from sklearn.metrics import roc_auc_score
 

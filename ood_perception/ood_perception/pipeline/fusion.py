@@ -18,6 +18,7 @@ replay equals live. Steps per frame:
 
 from __future__ import annotations
 
+import inspect
 import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -39,7 +40,10 @@ class Backend(Protocol):
     spec: Any
 
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Named float inputs with a batch axis -> named outputs (``class_map``, ``score_map``, ...)."""
+        """Named float inputs with a batch axis -> named outputs (``class_map``, ``score_map``, ...).
+
+        A backend whose ``infer`` also takes ``outputs=[names]`` (``runtime.Backend``) is asked
+        for the two maps the frame uses only."""
         ...
 
 
@@ -190,6 +194,11 @@ class FusionPipeline:
         self.unimodal = {"camera": "camera_score_map" in outputs, "lidar": "lidar_score_map" in outputs}
         self.alerts = AlertStateMachine(self.config.alert)
         self._last_stamp: float | None = None
+        # ask only for the maps a frame uses when the backend can prune its graph (runtime.Backend.infer)
+        try:
+            self._pick_outputs = "outputs" in inspect.signature(backend.infer).parameters
+        except (TypeError, ValueError):
+            self._pick_outputs = False
 
     # ------------------------------------------------------------------ preprocessing
 
@@ -271,8 +280,11 @@ class FusionPipeline:
             return pending
         t1 = time.perf_counter()
         try:
-            out = self.backend.infer(pending.inputs)
             key = pending.key
+            if self._pick_outputs:
+                out = self.backend.infer(pending.inputs, outputs=[key + "score_map", key + "class_map"])
+            else:
+                out = self.backend.infer(pending.inputs)
             pending.score_m = np.asarray(out[key + "score_map"], np.float32)[0]
             pending.class_m = np.asarray(out[key + "class_map"])[0].astype(np.int32)
         except Exception as exc:  # noqa: BLE001 - any model failure must become DEGRADED, not a crash

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,23 +31,42 @@ class Backend(ABC):
         self.spec = spec
         self.device = device
 
-    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def infer(self, inputs: dict[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """Run the model on ``inputs`` (the spec's input names -> float arrays with a batch axis).
 
-        Returns a dict with every output declared in ``model.json`` (for segmentation:
-        ``class_map`` int64 ``[B, H, W]``, ``score_map`` float32 ``[B, H, W]`` and the unimodal
-        ``camera_*`` / ``lidar_*`` maps).
+        Args:
+            outputs: the output names wanted (default: all). Backends that can run part of the graph
+                compute only what these need (ONNX Runtime: a pruned copy of the graph, built once per
+                subset; the fused maps alone skip both unimodal heads); the others compute every
+                output and return the subset. Values are the same either way (tested).
+
+        Returns a dict with the requested outputs, by default every output declared in
+        ``model.json`` (for segmentation: ``class_map`` int64 ``[B, H, W]``, ``score_map`` float32
+        ``[B, H, W]`` and the unimodal ``camera_*`` / ``lidar_*`` maps).
 
         Raises:
-            InferenceInputError: an input is missing, unexpected, or of the wrong rank/shape.
+            InferenceInputError: an input is missing, unexpected, or of the wrong rank/shape, or an
+                output name is not one of the model's.
         """
         arrays = self.check_inputs(inputs)
-        outputs = self._run(arrays)
-        return {name: outputs[name] for name in self.spec.output_names}
+        if outputs is None:
+            names = list(self.spec.output_names)
+            got = self._run(arrays)
+        else:
+            names = list(dict.fromkeys(outputs))
+            unknown = [n for n in names if n not in self.spec.output_names]
+            if unknown or not names:
+                raise InferenceInputError(f"model has no output(s) {unknown or names}; its outputs: {self.spec.output_names}")
+            got = self._run_subset(arrays, names) if len(names) < len(self.spec.output_names) else self._run(arrays)
+        return {name: got[name] for name in names}
 
     @abstractmethod
     def _run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run validated, contiguous float32 inputs; return all outputs by name."""
+
+    def _run_subset(self, inputs: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
+        """Outputs ``names`` only (a strict subset); by default all are computed (override to prune)."""
+        return self._run(inputs)
 
     def describe(self) -> dict[str, Any]:
         """Human/JSON-friendly description: backend, device, model and its provenance summary."""

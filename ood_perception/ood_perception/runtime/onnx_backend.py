@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any
 
 import numpy as np
@@ -64,6 +65,9 @@ class OnnxRuntimeBackend(Backend):
         self.intra_op_threads = intra_op_threads
         onnx_path = self.model_dir / spec.files["onnx"].path
         data = read_verified(self.model_dir, spec, "onnx")
+        self._onnx_bytes, self._sess_options, self._providers = data, opts, providers  # for pruned subsets
+        self._subsets: dict[tuple[str, ...], Any] = {}
+        self._subset_lock = threading.Lock()
         try:
             self.session = ort.InferenceSession(data, sess_options=opts, providers=providers)
         except Exception as exc:  # onnxruntime raises its own InvalidProtobuf/Fail types
@@ -81,6 +85,27 @@ class OnnxRuntimeBackend(Backend):
         values = self.session.run(names, inputs)
         return dict(zip(names, values, strict=True))
 
+    def _run_subset(self, inputs: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
+        """Run a copy of the graph pruned to ``names`` (ONNX Runtime runs every node of a session
+        whatever outputs are asked for; the pruned fused-only graph of the default model has 254 of
+        348 nodes and runs ~25% faster). Built on first use per subset with the same options."""
+        key = tuple(sorted(names))
+        with self._subset_lock:
+            session = self._subsets.get(key)
+            if session is None:
+                session = self._subsets[key] = self._pruned_session(list(key))
+        values = session.run(list(key), inputs)
+        return dict(zip(key, values, strict=True))
+
+    def _pruned_session(self, names: list[str]) -> Any:
+        import onnx
+        import onnxruntime as ort
+        from onnx.utils import Extractor
+
+        model = onnx.load_model_from_string(self._onnx_bytes)
+        sub = Extractor(model).extract_model([i.name for i in self.session.get_inputs()], names)
+        return ort.InferenceSession(sub.SerializeToString(), sess_options=self._sess_options, providers=self._providers)
+
     def describe(self) -> dict[str, Any]:
         d = super().describe()
         import onnxruntime as ort
@@ -94,6 +119,7 @@ class OnnxRuntimeBackend(Backend):
 
     def close(self) -> None:
         self.session = None  # type: ignore[assignment]
+        self._subsets = {}
 
 
 def _providers_for(device: str, available: list[str]) -> list[Any]:
