@@ -195,11 +195,12 @@ def test_cli_outputs_deterministic_and_report(tmp_path, monkeypatch):
     dataset_config().write_yaml(cfg)
     bag = write_drive_bag(tmp_path / "a", frames=5)
     outs = []
-    for k in range(2):
-        run_mod.run_replay([bag], tmp_path / f"out{k}", settings(), dataset_config=cfg, progress=False)
+    for k, overlap in enumerate((True, True, False)):  # the third run: --serial
+        run_mod.run_replay([bag], tmp_path / f"out{k}", settings(overlap=overlap), dataset_config=cfg, progress=False)
         outs.append(tmp_path / f"out{k}")
-    assert (outs[0] / "output.mcap").read_bytes() == (outs[1] / "output.mcap").read_bytes()
-    assert (outs[0] / "metrics.json").read_bytes() == (outs[1] / "metrics.json").read_bytes()
+    for k in (1, 2):
+        assert (outs[0] / "output.mcap").read_bytes() == (outs[k] / "output.mcap").read_bytes()
+        assert (outs[0] / "metrics.json").read_bytes() == (outs[k] / "metrics.json").read_bytes()
     data = json.loads((outs[0] / "metrics.json").read_text())
     assert data["metrics"]["pixel"]["available"] and len(data["bags"][0]["per_frame"]) == 5
     html = (outs[0] / "report.html").read_text()

@@ -33,6 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--distro", default="kilted", choices=["humble", "jazzy", "kilted"],
                    help="message types for bags without embedded definitions (default kilted)")
     p.add_argument("--max-frames", type=int, help="stop each bag after this many frames")
+    p.add_argument("--serial", action="store_true",
+                   help="one frame after the other: do not run the model of the next frame on a second thread while "
+                   "the previous one is finished (same outputs; for single-core machines or with --workers >= cores)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=handler)
 
@@ -50,7 +53,7 @@ def handler(args: argparse.Namespace) -> int:
     )
     from ood_perception.replay.run import run_replay
 
-    settings = ReplaySettings(distro=args.distro, max_frames=args.max_frames)
+    settings = ReplaySettings(distro=args.distro, max_frames=args.max_frames, overlap=not args.serial)
     if args.params:
         settings = settings_from_params(node_parameters(args.params), settings)
     if args.calib:

@@ -352,6 +352,7 @@ def replay_bag(
                     key = rec.frame_score
                 thumbs.offer(float(key), rec.index,  # rendered at the end, only for the frames kept
                              lambda rgb=item.rgb, mask=result.mask, gt=gt_ood: overlay(rgb, mask, gt))
+
         def emit(started: Any, future: Any, bag_ns: int, t0: float) -> None:
             """Complete a started frame (in frame order): output bag, labels, metrics, record."""
             if future is not None:
