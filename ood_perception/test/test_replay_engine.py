@@ -130,7 +130,7 @@ def test_overlapped_inference_gives_the_serial_outputs(tmp_path, backend):
         seen = []
         with OutputBag(tmp_path / f"out_{overlap}.mcap") as out:
             res = replay_bag(bag, FusionPipeline(backend(), cfg), settings(overlap=overlap), out, dataset_config(),
-                             on_frame=lambda rec, r: seen.append(rec.index))
+                             on_frame=lambda rec, r, seen=seen: seen.append(rec.index))
         runs[overlap] = (res, read_outputs(tmp_path / f"out_{overlap}.mcap"), seen)
     (a, out_a, seen_a), (b, out_b, seen_b) = runs[False], runs[True]
     assert len(a.frames) == len(b.frames) == 8 and seen_a == seen_b == list(range(8))
@@ -141,8 +141,8 @@ def test_overlapped_inference_gives_the_serial_outputs(tmp_path, backend):
     assert out_a["alerts"] == out_b["alerts"]
     for k in ("mask", "score"):
         assert len(out_a[k]) == len(out_b[k]) and all(
-            x[:2] == y[:2] and np.array_equal(x[2], y[2], equal_nan=True) for x, y in zip(out_a[k], out_b[k]))
-    assert all(np.array_equal(x, y) for x, y in zip(out_a["points"], out_b["points"]))
+            x[:2] == y[:2] and np.array_equal(x[2], y[2], equal_nan=True) for x, y in zip(out_a[k], out_b[k], strict=True))
+    assert all(np.array_equal(x, y) for x, y in zip(out_a["points"], out_b["points"], strict=True))
     assert a.metrics.summary()["pixel"] == b.metrics.summary()["pixel"]
 
 
