@@ -160,6 +160,7 @@ def test_missing_unimodal_head_model_failure_and_no_calib():
     img, pts = scene(red=True, hot_points=False)
     r = make_pipeline(RednessBackend(unimodal=False)).process(FusionFrame(stamp=1.0, image=img, degraded="lidar stale"))
     assert r.level == DEGRADED and r.mask is None and "no camera-only head" in r.decision.description
+    assert r.modalities == []  # nothing was scored
     r = make_pipeline(RednessBackend(fail=True)).process(FusionFrame(stamp=1.0, image=img, points=pts, calib=CALIB))
     assert r.level == DEGRADED and "engine exploded" in r.error and r.mask is None
     r = make_pipeline().process(FusionFrame(stamp=1.0, image=img, points=pts, calib=None))

@@ -342,7 +342,6 @@ class StartedFrame:
     calib: Calibration | None
     points: np.ndarray | None
     notes: list[Note]
-    T_cam_lidar: np.ndarray
 
 
 class FusionFrameProcessor:
@@ -430,7 +429,7 @@ class FusionFrameProcessor:
         pending = self.pipeline.begin(
             FusionFrame(stamp=frame.stamp, image=image, points=points, calib=calib, degraded="; ".join(reasons) or None)
         )
-        return StartedFrame(pending, cam, lid, calib, points, notes, T)
+        return StartedFrame(pending, cam, lid, calib, points, notes)
 
     def complete(self, started: StartedFrame) -> FrameOutputs:
         """The pipeline's :meth:`~ood_perception.pipeline.FusionPipeline.finish` (in frame order)
@@ -443,5 +442,5 @@ class FusionFrameProcessor:
             assert lid is not None
             header = FrameHeader(lid.header.stamp_ns, self.camera_frame or lid.header.frame_id)
         points_header = lid.header if (lid is not None and self.settings.publish_points and result.mask is not None) else None
-        return FrameOutputs(result, header, points_header, started.T_cam_lidar, cam, lid, started.calib, started.points,
-                            started.notes)
+        return FrameOutputs(result, header, points_header, self.settings.T_cam_lidar, cam, lid, started.calib,
+                            started.points, started.notes)

@@ -300,8 +300,8 @@ class FusionPipeline:
             self.alerts.reset()
         self._last_stamp = frame.stamp
         degraded, modalities = pending.degraded, pending.modalities
-        if pending.skip is not None:
-            return self._unscored(frame, _join(degraded, pending.skip), modalities)
+        if pending.skip is not None:  # nothing was scored: no modality is reported
+            return self._unscored(frame, _join(degraded, pending.skip), [])
         if pending.error is not None or pending.score_m is None or pending.class_m is None:
             exc = pending.error or RuntimeError("infer() was not run")
             return self._unscored(frame, _join(degraded, f"model failure: {type(exc).__name__}: {exc}"), modalities, str(exc))

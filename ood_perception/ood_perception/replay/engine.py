@@ -405,9 +405,10 @@ def replay_bag(
             from concurrent.futures import ThreadPoolExecutor
 
             executor = ThreadPoolExecutor(1, thread_name_prefix="replay-infer")
-        # (started frame, model future, bag time, t0), oldest first: at most OVERLAP_DEPTH frames whose model is
-        # queued or running while earlier ones are finished, so the model thread always has the next frame
+        # (started frame, model future or None, bag time, t0), oldest first: overlapped, up to OVERLAP_DEPTH
+        # frames whose model is queued or running while earlier ones are finished; serial, none
         inflight: deque[tuple[Any, Any, int, float]] = deque()
+        depth = OVERLAP_DEPTH if executor is not None else 0
         n_started = 0
         first_ns: int | None = None
         last_ns: int | None = None
@@ -468,14 +469,14 @@ def replay_bag(
                 if synced is None:
                     continue
                 started = proc.start(synced)
-                if executor is not None:  # the model of this frame runs while the previous one is finished
+                future = None
+                if executor is not None:  # the model of this frame runs while earlier ones are finished
                     future = executor.submit(proc.pipeline.infer, started.pending)
-                    inflight.append((started, future, m.timestamp_ns, t0))
-                    if len(inflight) > OVERLAP_DEPTH:
-                        emit(*inflight.popleft())
                 else:
                     proc.pipeline.infer(started.pending)
-                    emit(started, None, m.timestamp_ns, t0)
+                inflight.append((started, future, m.timestamp_ns, t0))
+                while len(inflight) > depth:
+                    emit(*inflight.popleft())
                 n_started += 1
                 if settings.max_frames is not None and n_started >= settings.max_frames:
                     break
