@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append([name, fm, entry["npmix_256_s"], entry["ratio_npmix256_over_fm"], entry["npmix_4096_s"],
                      entry["ratio_npmix4096_over_fm"]])
 
-    # FM's share of one training step of the table's model (tiny camera + LiDAR, 64x128, batch 4)
+    # FM's share of one training step of the table's model (seg_table.TABLE_MODEL at TABLE_SIZE, batch 4)
     from ood_perception.models import build_model
     from ood_perception.trainer.seg_table import TABLE_MODEL, TABLE_SIZE
     from ood_perception.trainer.seg_train import SegTrainModule

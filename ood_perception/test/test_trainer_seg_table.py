@@ -102,3 +102,50 @@ def test_hard_pixel_breakdown_counts_the_hardest_five_percent(tmp_path) -> None:
     # its threshold is the one FPR95 is read at: the ID share above it is evaluate_run's FPR95
     ev = seg_table.evaluate_run(tmp_path / "run", root, split, tmp_path / "cache", "camera")
     assert got["id_above_threshold"] == pytest.approx(ev["fpr95"], abs=0.02)
+
+
+def test_table_end_to_end_parallel_equals_serial_and_guards_settings(tmp_path) -> None:
+    """The one command on toy data: 2 runs trained side by side (``--jobs 2``, spawned processes)
+    give the page and json; a second call reuses the finished runs and writes the same table; a call
+    asking for other settings refuses the cached runs instead of mixing them in."""
+    import json
+
+    from ood_perception.trainer import seg_table
+    from ood_perception.trainer.toy import make_toy_dataset
+
+    root = make_toy_dataset(tmp_path / "data", {"00": 4, "01": 3}, seed=1)
+    base = ["--data", str(root), "--test-data", str(root), "--runs", str(tmp_path / "runs"), "--seeds", "0"]
+    args = [*base, "--epochs", "1", "--rows", "none", "FM"]
+    assert seg_table.main([*args, "--jobs", "2", "--out", str(tmp_path / "par")]) == 0
+    par = json.loads((tmp_path / "par" / "segmentation.json").read_text())
+    assert [(r["row"], r["seed"]) for r in par["results"]] == [("none", 0), ("FM", 0)]
+    assert "hard_pixels" in par["results"][0] and par["setup"]["jobs"] == 2
+    for r in par["results"]:
+        assert 0.0 <= r["fpr95"] <= 1.0 and r["steps"] >= 1
+        done = json.loads((tmp_path / "runs" / r["row"] / "seed0" / "result.json").read_text())
+        assert done["settings"] == seg_table.run_settings(r["row"], 1, root)
+    md = (tmp_path / "par" / "segmentation.md").read_text()
+    assert "| none |" in md and "| FM |" in md and "2 run(s) side by side" in md
+
+    assert seg_table.main([*args, "--out", str(tmp_path / "ser")]) == 0  # cached runs, serial
+    ser = json.loads((tmp_path / "ser" / "segmentation.json").read_text())
+    for a, b in zip(par["results"], ser["results"], strict=True):
+        assert {k: a[k] for k in ("row", "seed", "miou", "fpr95", "auroc", "aupr")} == \
+               {k: b[k] for k in ("row", "seed", "miou", "fpr95", "auroc", "aupr")}
+
+    with pytest.raises(SystemExit, match="other settings"):
+        seg_table.main([*base, "--epochs", "2", "--rows", "none", "--out", str(tmp_path / "other")])
+    assert not (tmp_path / "other" / "segmentation.md").exists()
+
+
+def test_table_refuses_a_world_rendered_with_other_settings(tmp_path) -> None:
+    """--world pointing at a dataset that is not the world the table would render is an error, not
+    silently trained on (use --data for that)."""
+    from ood_perception.trainer import seg_table
+    from ood_perception.trainer.toy import make_toy_dataset
+
+    root = make_toy_dataset(tmp_path / "data", {"00": 2, "01": 2}, seed=1)
+    with pytest.raises(SystemExit, match="pass another --world"):
+        seg_table.main(["--world", str(root), "--test-data", str(root), "--runs", str(tmp_path / "runs"),
+                        "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "runs").exists()
