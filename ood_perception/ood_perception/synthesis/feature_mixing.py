@@ -82,10 +82,12 @@ def feature_mixing(fc: torch.Tensor, fl: torch.Tensor, n: int = DEFAULT_N, per_s
         raise ValueError(f"Fc {tuple(fc.shape)} and Fl {tuple(fl.shape)} must share batch and spatial shape")
     m, dc = min(fc.shape[1], fl.shape[1]), fc.shape[1]
     _, idx = swap_mask(fc.shape[0], m, n, per_sample, generator, fc.device)
-    # One pass to build Fo = [Fc || Fl], then overwrite only the 2N swapped channels per sample.
+    # One pass to build Fo = [Fc || Fl], then overwrite only the 2N swapped channels per sample, in
+    # place: Fo is our own fresh tensor and cat's backward does not need it, so autograd allows it
+    # (out-of-place index_put copied Fo twice more: 3x the time at the paper's scale).
     fo = torch.cat([fc, fl], dim=1)
     rows = torch.arange(fc.shape[0], device=fc.device).unsqueeze(1)
     cols = idx.expand(fc.shape[0], n)
-    fo = fo.index_put((rows, cols), fl[rows, cols])
-    fo = fo.index_put((rows, cols + dc), fc[rows, cols])
+    fo.index_put_((rows, cols), fl[rows, cols])
+    fo.index_put_((rows, cols + dc), fc[rows, cols])
     return MixResult(outliers=fo, camera=fo[:, :dc], lidar=fo[:, dc:], indices=idx)
