@@ -31,8 +31,11 @@ def test_table_mean_std_and_positive_verdict() -> None:
 
 def test_table_negative_verdict_and_baseline_band() -> None:
     md = render_markdown(_rows([0.1, 0.12, 0.11], [0.2, 0.1, 0.15]), SETUP)
-    assert "**Not clearly" in md
+    assert "**Not clearly" in md  # FM worse on average, but not on every seed
     assert "OUTSIDE the required 20-80% band" in md
+    md = render_markdown(_rows([0.6, 0.5, 0.55], [0.61, 0.56, 0.6]), SETUP)  # worse on every seed
+    assert "**No, on this set-up**: FM's FPR95 is higher than none's for every seed (paired +4.0 points)" in md
+    assert "weak evidence" in md
 
 
 def test_table_flags_a_seed_outside_the_band_and_names_the_knob() -> None:
@@ -53,7 +56,9 @@ def test_table_difference_and_world_test_comparison() -> None:
     d = np.mean([0.3, 0.35, 0.32]) * 100 - np.mean([0.6, 0.5, 0.55]) * 100
     s = np.hypot(np.std([30, 35, 32], ddof=1), np.std([60, 50, 55], ddof=1))
     assert f"difference FM - none {d:+.1f} ± {s:.1f} points" in md
-    assert "Per seed, FM - none FPR95: -30.0, -15.0, -23.0 points." in md
+    pd = [-30.0, -15.0, -23.0]
+    assert (f"Per seed, FM - none FPR95: -30.0, -15.0, -23.0 points; paired over seeds {np.mean(pd):+.1f} ± "
+            f"{np.std(pd, ddof=1):.1f}") in md and "same sign for every seed" in md
     assert "## For comparison: the world's own test split" in md
     assert "| none | 40.0 ± 0.0 | 90.0 ± 0.0 | 70.0 ± 0.0 | 1.0 ± 0.0 | 90.0, 90.0, 90.0 |" in md
     assert "123 anomaly pixels vs 4567 ID pixels" in md
