@@ -337,7 +337,8 @@ def render_markdown(results: list[dict[str, Any]], setup: dict[str, Any]) -> str
                       + " (docs/world.md difficulty knobs, e.g. "
                       + ("lower `anomalies.mimic_prob` / raise `anomalies.size_scale`" if too_hard else
                          "raise `anomalies.mimic_prob` / lower `anomalies.size_scale`")
-                      + ", and what changing them did), not the metric changed.")
+                      + ") or the table model " + ("stronger" if too_hard else "weaker")
+                      + " (docs/world.md: what changing each did), not the metric changed.")
             if not mean_in:
                 check += (" With the baseline outside the band the FM-vs-none comparison cannot show an effect reliably: "
                           "read the verdict above as 'not shown on this set-up', not as 'refuted'.")
@@ -526,6 +527,8 @@ def main(argv: list[str] | None = None) -> int:
                 done[futures[fut]] = fut.result()
                 report(done[futures[fut]])
         results = [done[j] for j in jobs]
+    for r in results:  # this call's wall time (~0 for cached runs): printed, not recorded
+        r.pop("wall_s", None)
     n_train = len(SegmentationData(data, "train", TABLE_SIZE, cache, show_progress=False))
     info = test_meta.get("sequence_info") or {}
     n_anom = sum(int((info.get(q) or info.get(str(q)) or {}).get("anomaly_frames", 0)) for q in test_split)
