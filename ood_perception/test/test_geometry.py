@@ -86,6 +86,20 @@ def test_occluded_point_not_visible_and_nearest_wins_in_tensor():
     assert tensor[5].sum() == 1.0  # exactly one valid pixel
 
 
+def test_nearest_wins_whatever_the_order_and_ties_go_to_the_last_point():
+    """The rasteriser writes each pixel's z-buffer winner: the nearer point whether it comes first or
+    last, and among equally near points the last one (as a stable far-to-near write order would)."""
+    calib = _calib()
+    a, b, c = [5.0, 0.0, 0.0, 0.1], [5.0, 0.0, 0.0, 0.7], [9.0, 0.0, 0.0, 0.4]  # a, b tie; c behind
+    for pts, want in (([c, a], 0.1), ([a, c], 0.1), ([a, b, c], 0.7), ([b, c, a], 0.1)):
+        tensor, flat = lidar_to_camera_tensor(np.array(pts, np.float32), calib)
+        pix = np.unravel_index(flat[0], (32, 64))
+        assert tensor[4][pix] == pytest.approx(want) and tensor[3][pix] == pytest.approx(5.0)
+        assert tensor[5].sum() == 1.0
+    proj = project_points(np.array([a, c, [-3.0, 0, 0, 0]], np.float32), calib)
+    assert proj.nearest.tolist() == [5.0, 5.0, float("inf")]
+
+
 def test_kitti_calib_roundtrip_and_offset(tmp_path):
     calib = Calibration(np.array([[500.0, 0, 320], [0, 500.0, 120], [0, 0, 1]]), 640, 240,
                         transform_from_xyz_rpy([0.1, -0.2, 0.3], [0.01, 0.02, 0.03]) @ LIDAR_TO_OPTICAL)
