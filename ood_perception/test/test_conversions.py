@@ -181,6 +181,33 @@ def test_nonfinite_points_dropped_and_counted_and_y_negated():
     np.testing.assert_array_equal(out.points[:, 1], -raw_values_y[keep])
 
 
+def test_nonfinite_z_drops_the_point_and_nonfinite_intensity_becomes_zero():
+    """Only a non-finite x, y or z drops a point; a non-finite intensity keeps it with intensity 0;
+    a finite cloud passes through unchanged."""
+    fields, step = CARLA
+    rng = np.random.default_rng(4)
+    values = {k: rng.normal(scale=20, size=12).astype(np.float32) for k in fields}
+    values["z"][[1, 7]] = [np.nan, -np.inf]
+    values["intensity"][[2, 7, 9]] = [np.inf, np.nan, np.nan]
+    buf = bytearray(step * 12)
+    for i in range(12):
+        for name, (off, _, code) in fields.items():
+            struct.pack_into("<" + code, buf, i * step + off, values[name][i].item())
+    msg = PointCloud2(height=1, width=12, is_bigendian=False, point_step=step, row_step=step * 12)
+    msg.fields = [PointField(name=k, offset=o, datatype=d, count=1) for k, (o, d, _) in fields.items()]
+    msg.data = array.array("B", bytes(buf))
+    out = cv.pointcloud2_to_xyzi(msg)
+    keep = np.ones(12, bool)
+    keep[[1, 7]] = False
+    assert out.num_input == 12 and out.num_nonfinite == 2 and np.isfinite(out.points).all()
+    np.testing.assert_array_equal(out.points[:, 2], values["z"][keep])
+    want_i = np.nan_to_num(values["intensity"], nan=0.0, posinf=0.0, neginf=0.0)[keep]
+    np.testing.assert_array_equal(out.points[:, 3], want_i)
+    ok_msg, _ = _cloud(CARLA, 1, 6, seed=5)
+    fine = cv.pointcloud2_to_xyzi(ok_msg)
+    assert fine.num_nonfinite == 0 and len(fine.points) == 6
+
+
 def test_cloud_without_intensity_and_empty_cloud():
     fields = ({k: v for k, v in CARLA[0].items() if k != "intensity"}, 12)
     raw, values = _cloud(fields, 1, 4, seed=2)

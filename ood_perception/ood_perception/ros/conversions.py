@@ -260,12 +260,14 @@ def pointcloud2_to_xyzi(msg: Any, intensity_field: str = "intensity", negate_y: 
         pts[:, i] = cloud_field(arr, c)
     has_i = intensity_field in names
     pts[:, 3] = cloud_field(arr, intensity_field) if has_i else 0.0
-    finite = np.isfinite(pts[:, :3]).all(axis=1)
-    n_bad = int(finite.size - np.count_nonzero(finite))
-    if n_bad:  # dense clouds (the usual case) skip this copy
-        pts = pts[finite]
-    if not np.isfinite(pts[:, 3]).all():
-        pts[:, 3] = np.nan_to_num(pts[:, 3], nan=0.0, posinf=0.0, neginf=0.0)
+    n_bad = 0
+    if not np.isfinite(pts).all():  # dense, finite clouds (the usual case) stop at this one cheap pass
+        finite = np.isfinite(pts[:, 0]) & np.isfinite(pts[:, 1]) & np.isfinite(pts[:, 2])
+        n_bad = int(finite.size - np.count_nonzero(finite))
+        if n_bad:
+            pts = pts[finite]
+        if not np.isfinite(pts[:, 3]).all():
+            pts[:, 3] = np.nan_to_num(pts[:, 3], nan=0.0, posinf=0.0, neginf=0.0)
     if negate_y:
         pts[:, 1] = -pts[:, 1]
     return CloudXYZI(points=pts, num_input=int(arr.shape[0]), num_nonfinite=n_bad, has_intensity=has_i)
