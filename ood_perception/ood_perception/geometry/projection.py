@@ -31,7 +31,7 @@ class ProjectedPoints:
     depth: np.ndarray
     in_view: np.ndarray
     visible: np.ndarray
-    nearest: np.ndarray | None = None
+    nearest: np.ndarray
 
     def flat_index(self, width: int) -> np.ndarray:
         """Flattened pixel index ``v * width + u`` per point, -1 where not in view."""

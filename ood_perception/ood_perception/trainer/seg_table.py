@@ -195,27 +195,19 @@ def hard_pixel_breakdown(run_dir: Path, test_root: Path, split: str, cache: Path
 
 def cached_eval(run_dir: Path, tag: str, test_root: Path, split: str, cache: Path, resolution: str,
                 reeval: bool) -> dict[str, Any]:
-    """:func:`evaluate_run`, cached in ``run_dir/eval_<tag>_<resolution>.json`` (recomputed when
-    ``reeval`` is set, or when the cached file names another test set)."""
-    from ood_perception.data.config import atomic_write_bytes
-
-    path = run_dir / f"eval_{tag}_{resolution}.json"
-    if path.is_file() and not reeval:
-        got = json.loads(path.read_text())
-        if got.get("test_data") == str(test_root) and got.get("split") == split:
-            return got
-    got = evaluate_run(run_dir, test_root, split, cache, resolution)
-    atomic_write_bytes(path, json.dumps(got, indent=2).encode())
-    return got
+    """:func:`evaluate_run`, cached in ``run_dir/eval_<tag>_<resolution>.json`` (see :func:`cached_json`)."""
+    return cached_json(run_dir / f"eval_{tag}_{resolution}.json", reeval, {"test_data": str(test_root), "split": split},
+                       lambda: evaluate_run(run_dir, test_root, split, cache, resolution))
 
 
-def cached_json(path: Path, reeval: bool, test_data: str, compute: Any) -> dict[str, Any]:
-    """``compute()``'s dict, cached in ``path`` (recomputed when ``reeval`` or another test set)."""
+def cached_json(path: Path, reeval: bool, match: dict[str, Any], compute: Any) -> dict[str, Any]:
+    """``compute()``'s dict, cached in ``path``; recomputed when ``reeval`` is set or when the cached
+    dict's values for ``match``'s keys differ (another test set or split)."""
     from ood_perception.data.config import atomic_write_bytes
 
     if path.is_file() and not reeval:
         got = json.loads(path.read_text())
-        if got.get("test_data") == test_data:
+        if all(got.get(k) == v for k, v in match.items()):
             return got
     got = compute()
     atomic_write_bytes(path, json.dumps(got, indent=2).encode())
@@ -421,7 +413,7 @@ def table_run(name: str, seed: int, data: Path, runs: Path, epochs: int, cache: 
     r = {"row": name, "seed": seed, **big, "epoch_time_s": rec["epoch_time_s"], "steps": rec["steps"],
          "final_loss": rec["final_loss"], "world_test": own, "at_training_input_resolution": at_training}
     if name == "none":  # where the baseline fails (cached like the evaluations)
-        r["hard_pixels"] = cached_json(run_dir / f"hard_{test_root.name}.json", reeval, str(test_root),
+        r["hard_pixels"] = cached_json(run_dir / f"hard_{test_root.name}.json", reeval, {"test_data": str(test_root)},
                                        lambda: hard_pixel_breakdown(run_dir, test_root, "test", cache))
     r["wall_s"] = time.time() - t
     return r
@@ -499,8 +491,8 @@ def main(argv: list[str] | None = None) -> int:
     from ood_perception.trainer.seg_data import SegmentationData
 
     # build the sample caches once, before any worker could build them side by side
-    for root, split in ((data, "train"), (data, "test"), (test_root, "test")):
-        SegmentationData(root, split, TABLE_SIZE, cache, show_progress=False)
+    built = {(root, split): SegmentationData(root, split, TABLE_SIZE, cache, show_progress=False)
+             for root, split in ((data, "train"), (data, "test"), (test_root, "test"))}
     jobs = [(name, seed) for seed in args.seeds for name in args.rows]
     common = {"data": data, "runs": runs, "epochs": args.epochs, "cache": cache, "test_root": test_root,
               "resolution": args.resolution, "reeval": args.reeval}
@@ -529,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
         results = [done[j] for j in jobs]
     for r in results:  # this call's wall time (~0 for cached runs): printed, not recorded
         r.pop("wall_s", None)
-    n_train = len(SegmentationData(data, "train", TABLE_SIZE, cache, show_progress=False))
+    n_train = len(built[(data, "train")])
     info = test_meta.get("sequence_info") or {}
     n_anom = sum(int((info.get(q) or info.get(str(q)) or {}).get("anomaly_frames", 0)) for q in test_split)
     cam = (gen.get("config") or {}).get("camera") or {}
