@@ -103,7 +103,7 @@ DM_OOD := $(VENV)/bin/ood-perception
 define DM_RECORD
 import json, os, sys
 import yaml
-from ood_perception.runtime.spec import SPEC_NAME, load_spec, write_spec
+from ood_perception.models.spec import SPEC_NAME, load_spec, write_spec
 model_dir, dm, synth_args, score = sys.argv[1:5]
 def rel(p):
     return os.path.relpath(p) if isinstance(p, str) and os.path.isabs(p) else p

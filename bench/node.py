@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from ood_perception.atomic import atomic_path, atomic_write_text
+from ood_perception.ros import messages as rosmsg
 
 HERE = Path(__file__).resolve().parent
 
@@ -69,7 +70,7 @@ def cloud_msg(h: int, w: int, seed: int = 0):
     """Ouster-like organised cloud (x,y,z,intensity f32, t u32, reflectivity/ring/ambient u16, range u32; step 48)."""
     from sensor_msgs.msg import PointCloud2, PointField
 
-    from ood_perception.ros import conversions as conv
+    from ood_perception.codec import conversions as conv
 
     rng = np.random.default_rng(seed)
     dt = np.dtype({"names": ["x", "y", "z", "intensity", "t", "reflectivity", "ring", "ambient", "range"],
@@ -108,8 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
     from ood_perception import runtime
+    from ood_perception.codec import conversions as conv
     from ood_perception.pipeline.fusion import FusionConfig, FusionFrame, FusionPipeline
-    from ood_perception.ros import conversions as conv
     from ood_perception.ros.common import stamp_from_sec
     from ood_perception.ros.fusion_node import FusionSegmentationNode
 
@@ -179,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     spin.start()
     while pubs["pts"].get_subscription_count() == 0:
         time.sleep(0.05)
-    img_msg = conv.numpy_to_image(image, "rgb8")
+    img_msg = rosmsg.image_msg(image, "rgb8")
     img_msg.header.frame_id, cloud.header.frame_id = "camera", "lidar"
 
     def send_camera(t: float) -> None:

@@ -48,8 +48,8 @@ TARGET = 3.0
 
 def _one_pass(bag: Path, pipeline: Any, settings: Any) -> dict[str, Any]:
     """Replay ``bag`` once (output bag to a temporary folder); wall time, frames and per-frame timings."""
+    from ood_perception.data.bag_output import OutputBag
     from ood_perception.replay.engine import replay_bag
-    from ood_perception.replay.outbag import OutputBag
 
     timings: list[dict[str, float]] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)
-    from ood_perception.replay.demo import DemoError, check_model, drive_params, synthesize_drive
+    from ood_perception.app.demo import DemoError, check_model, drive_params, synthesize_drive
     from ood_perception.replay.engine import ReplaySettings, replay_bag
     from ood_perception.replay.params import settings_from_params
     from ood_perception.replay.run import build_pipeline
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     load_after = os.getloadavg()[0]
     runs = [{"mode": mode, "threads": th, **_summarise(ps)} for (mode, th), ps in passes.items()]
     image_hw = None
-    from ood_perception.replay.bag import BagSource
+    from ood_perception.data.bag_reader import BagSource
 
     with BagSource(bag) as src:
         for m in src.messages([src.resolve(base.topics["image"])]):

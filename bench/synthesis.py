@@ -72,8 +72,8 @@ def main(argv: list[str] | None = None) -> int:
                      entry["ratio_npmix4096_over_fm"]])
 
     # FM's share of one training step of the table's model (seg_table.TABLE_MODEL at TABLE_SIZE, batch 4)
+    from ood_perception.experiments.seg_table import TABLE_MODEL, TABLE_SIZE
     from ood_perception.models import build_model
-    from ood_perception.trainer.seg_table import TABLE_MODEL, TABLE_SIZE
     from ood_perception.trainer.seg_train import SegTrainModule
     from ood_perception.trainer.segmentation import load_config
 

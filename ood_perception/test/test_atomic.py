@@ -166,8 +166,8 @@ def test_replace_dir_over_a_file_and_missing_target(tmp_path):
 
 def test_write_spec_gives_model_json_the_umask_mode(tmp_path, umask_027):
     """Regression: runtime.spec.write_spec used mkstemp directly and left model.json at 0600."""
+    from ood_perception.models.spec import load_spec, write_spec
     from ood_perception.runtime import default_model_dir
-    from ood_perception.runtime.spec import load_spec, write_spec
 
     spec = load_spec(default_model_dir())
     write_spec(tmp_path / "model.json", spec)

@@ -29,3 +29,22 @@ def test_console_script_runs_in_a_fresh_interpreter():
     out = subprocess.run([sys.executable, "-m", "ood_perception.cli", "--version"], capture_output=True,
                          text=True, check=True)
     assert out.stdout.strip().startswith("ood-perception ")
+
+
+def test_help_does_not_import_torch_and_a_broken_task_says_so() -> None:
+    """``--help`` imports no task module (torch stays out); a task that cannot be imported is
+    reported in one line when asked for, not silently dropped from the list."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from ood_perception import cli; p = cli.build_parser(); "
+            "print('torch' in sys.modules, 'rclpy' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
+    from ood_perception.commands import train as train_cmd
+
+    train_cmd.TASKS["broken"] = ("ood_perception.trainer.no_such_module", "a task whose module is missing")
+    try:
+        assert cli.main(["train", "broken"]) == 1
+    finally:
+        del train_cmd.TASKS["broken"]

@@ -20,7 +20,8 @@ rosbags_typesys = pytest.importorskip("rosbags.typesys", reason="rosbags is a pr
 from rclpy.serialization import serialize_message  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField  # noqa: E402
 
-from ood_perception.ros import conversions as cv  # noqa: E402
+from ood_perception.codec import conversions as cv  # noqa: E402
+from ood_perception.ros import messages as rosmsg  # noqa: E402
 
 TYPESTORE = rosbags_typesys.get_typestore(rosbags_typesys.Stores.ROS2_KILTED)
 
@@ -83,7 +84,7 @@ def test_big_endian_images_are_byteswapped(encoding):
 @pytest.mark.parametrize("encoding", list(ENCODINGS))
 def test_image_encode_read_back_by_rosbags(encoding):
     arr = _random_image(encoding, seed=9)
-    msg = via_rosbags(cv.numpy_to_image(arr, encoding), "sensor_msgs/msg/Image")
+    msg = via_rosbags(rosmsg.image_msg(arr, encoding), "sensor_msgs/msg/Image")
     dtype, ch = ENCODINGS[encoding]
     assert (msg.height, msg.width, msg.encoding, msg.step) == (7, 11, encoding, 11 * ch * np.dtype(dtype).itemsize)
     back = np.frombuffer(msg.data.tobytes(), dtype=np.dtype(dtype).newbyteorder("<")).reshape(arr.shape)
@@ -243,7 +244,7 @@ def test_scored_points_read_back_by_rosbags_and_struct():
     pts = rng.normal(size=(13, 4)).astype(np.float32)
     labels = rng.integers(-1, 19, 13).astype(np.int32)
     scores = rng.normal(size=13).astype(np.float32)
-    msg = via_rosbags(cv.scored_points_to_pointcloud2(pts, labels, scores), "sensor_msgs/msg/PointCloud2")
+    msg = via_rosbags(rosmsg.scored_cloud_msg(pts, labels, scores), "sensor_msgs/msg/PointCloud2")
     assert [f.name for f in msg.fields] == ["x", "y", "z", "intensity", "label", "ood_score"]
     assert msg.point_step == 24 and msg.width == 13 and msg.height == 1
     data = msg.data.tobytes()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ood_perception.data.transforms import IMAGENET_MEAN, IMAGENET_STD, prepare_inputs, resize_labels
 from ood_perception.geometry import Calibration
+from ood_perception.geometry.inputs import IMAGENET_MEAN, IMAGENET_STD, prepare_inputs, resize_labels
 
 
 def _calib():

@@ -21,7 +21,7 @@ def test_demo_without_model_fails_with_one_line(tmp_path):
 
 
 def test_vtest_path_is_debian_opencv_doc():
-    from ood_perception.replay.demo import VTEST_AVI
+    from ood_perception.app.demo import VTEST_AVI
 
     assert str(VTEST_AVI) == "/usr/share/doc/opencv-doc/examples/data/vtest.avi"
 
@@ -40,8 +40,8 @@ def test_quick_demo_writes_the_report_with_every_section(tmp_path):
 
     pytest.importorskip("rclpy", reason="rclpy is installed by `make setup`")
     from ood_perception import runtime
+    from ood_perception.app.demo import DEMO_CLIP_SPLIT, QUICK, VTEST_AVI, demo_motions
     from ood_perception.pipeline.recognition import ClipRecognizer
-    from ood_perception.replay.demo import DEMO_CLIP_SPLIT, QUICK, VTEST_AVI, demo_motions
     from ood_perception.world.clips import ClipConfig, clip_rng, render_clip
 
     env = {k: v for k, v in os.environ.items() if k not in (runtime.MODEL_ENV, runtime.RECOGNITION_MODEL_ENV)}

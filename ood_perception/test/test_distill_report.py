@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ood_perception.distill.ablation import SCORERS, findings, row_configs, score_head, write_report
-from ood_perception.distill.trainer import DistillConfig
+from ood_perception.experiments.distill_table import SCORERS, findings, row_configs, score_head, write_report
+from ood_perception.trainer.distill import DistillConfig
 
 REPORT = Path(__file__).resolve().parents[2] / "docs" / "results" / "distillation.md"
 ROWS = ["Vanilla", "Ensemble", "Uniform KD", "Best KD", "Ours", "TCKD only", "NCKD only", "FM", "FM + Ours"]
@@ -73,7 +73,7 @@ def test_committed_report_is_complete():
 
 
 def _fake_seg(seeds=(0, 1, 2)):
-    from ood_perception.distill.seg_ablation import SEG_SCORERS
+    from ood_perception.experiments.distill_seg_table import SEG_SCORERS
 
     g = np.random.default_rng(1)
 
@@ -84,7 +84,7 @@ def _fake_seg(seeds=(0, 1, 2)):
 
     res = [{"seed": s, "rows": {r: row(SEG_SCORERS if r != "Ensemble" else SEG_SCORERS[:3])
                                 for r in ("Vanilla", "Ensemble", "Uniform KD", "Best KD", "Ours")}} for s in seeds]
-    meta = {"command": "python -m ood_perception.distill.seg_ablation ck.pt --data w", "checkpoint": "ck.pt",
+    meta = {"command": "python -m ood_perception.experiments.distill_seg_table ck.pt --data w", "checkpoint": "ck.pt",
             "data": "w", "input_size": [128, 256], "train_frames": 176, "test_frames": 48, "seeds": list(seeds),
             "distill": {"epochs": 8, "lr": 0.01, "batch_size": 8, "alpha": 0.5}, "seconds": 1.0, "machine": "test"}
     return {"meta": meta, "results": res, "checkpoint_row": row(SEG_SCORERS)}
@@ -119,6 +119,6 @@ def test_committed_report_has_the_segmentation_rows():
     seg = raw["segmentation"]
     assert seg["meta"]["seeds"] == [0, 1, 2] and len(seg["results"]) == 3
     text = REPORT.read_text().split("## Segmentation benchmark")[1]
-    assert "Made by: `python -m ood_perception.distill.seg_ablation" in text
+    assert "Made by: `python -m ood_perception.experiments.distill_seg_table" in text
     for row in ("Vanilla", "Ensemble", "Uniform KD", "Best KD", "Ours"):
         assert re.search(rf"^\| {re.escape(row)} \| \d+\.\d ± \d+\.\d \|", text, re.M), row

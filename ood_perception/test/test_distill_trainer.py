@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from ood_perception.distill.trainer import DistillConfig, distill_recognition_head, distill_segmentation
 from ood_perception.models.recognition import RecognitionConfig, build_recognition_model
+from ood_perception.trainer.distill import DistillConfig, distill_recognition_head, distill_segmentation
 
 
 def _snapshot(model, skip):
@@ -93,8 +93,8 @@ def test_cached_segmentation_distillation_matches_the_full_model_step():
     """Training on cached features = training through the frozen network (one full-batch Adam step)."""
     import torch.nn.functional as F
 
-    from ood_perception.distill.trainer import cache_segmentation_features, distill_segmentation_cached
     from ood_perception.models import ModelConfig, build_model
+    from ood_perception.trainer.distill import cache_segmentation_features, distill_segmentation_cached
 
     torch.manual_seed(0)
     model = build_model(ModelConfig(num_classes=3, camera_backbone="tiny", camera_channels=8, lidar_channels=8,

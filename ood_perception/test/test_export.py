@@ -11,7 +11,7 @@ import torch
 from runtime_helpers import H, W, tiny_checkpoint, tiny_dataset, tiny_inputs
 
 from ood_perception import runtime
-from ood_perception.runtime.spec import SEGMENTATION_OUTPUTS, sha256_file
+from ood_perception.models.spec import SEGMENTATION_OUTPUTS, sha256_file
 from ood_perception.trainer.export import (
     calibrate_on_batches,
     export_model,

@@ -16,7 +16,8 @@ pytest.importorskip("rclpy", reason="rclpy is installed by `make setup`")
 from test_pipeline import CALIB, RednessBackend, scene  # noqa: E402
 
 from conftest import spin_until  # noqa: E402
-from ood_perception.ros import conversions as conv  # noqa: E402
+from ood_perception.codec import conversions as conv  # noqa: E402
+from ood_perception.ros import messages as rosmsg  # noqa: E402
 
 IDENTITY = [float(v) for v in np.eye(4).ravel()]
 
@@ -83,7 +84,7 @@ class Harness:
         return m
 
     def image(self, img, t, frame="cam"):
-        m = conv.numpy_to_image(img, "rgb8")
+        m = rosmsg.image_msg(img, "rgb8")
         m.header.stamp = conv_stamp(t)
         m.header.frame_id = frame
         return m
@@ -92,7 +93,7 @@ class Harness:
         rec = np.zeros(len(pts), dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("intensity", "<f4")])
         for i, k in enumerate(("x", "y", "z", "intensity")):
             rec[k] = pts[:, i]
-        m = conv.array_to_pointcloud2(rec)
+        m = rosmsg.cloud_msg(rec)
         m.header.stamp = conv_stamp(t)
         m.header.frame_id = frame
         return m

@@ -18,7 +18,7 @@ from test_nodes import Harness, conv_stamp, diag_values, make_node  # noqa: E402
 from test_pipeline import scene  # noqa: E402
 
 from conftest import spin_until  # noqa: E402
-from ood_perception.ros import conversions as conv  # noqa: E402
+from ood_perception.ros import messages as rosmsg  # noqa: E402
 
 
 def _spin(h, seconds=0.15):
@@ -68,7 +68,7 @@ def test_bad_input_matrix(rclpy_context):
 
         @case("32FC1 as camera")
         def _():
-            m = conv.numpy_to_image(np.zeros((96, 128), np.float32), "32FC1")
+            m = rosmsg.image_msg(np.zeros((96, 128), np.float32), "32FC1")
             m.header.stamp = conv_stamp(nxt())
             h.pub_img.publish(m)
 

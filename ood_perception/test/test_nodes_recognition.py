@@ -12,7 +12,7 @@ pytest.importorskip("rclpy", reason="rclpy is installed by `make setup`")
 
 from conftest import spin_until  # noqa: E402
 from ood_perception.pipeline.recognition import RecognitionResult  # noqa: E402
-from ood_perception.ros import conversions as conv  # noqa: E402
+from ood_perception.ros import messages as rosmsg  # noqa: E402
 from ood_perception.ros.common import stamp_from_sec  # noqa: E402
 
 
@@ -68,10 +68,10 @@ def test_recognition_node_results_alerts_and_stale(rclpy_context):
         red[..., 0], red[..., 1:] = 230, 20
         for i, frame in enumerate([grey] * 4 + [red] * 4 + ["bad"] + [grey] * 4):
             if isinstance(frame, str):
-                m = conv.numpy_to_image(grey, "rgb8")
+                m = rosmsg.image_msg(grey, "rgb8")
                 m.encoding = "yuv422"
             else:
-                m = conv.numpy_to_image(frame, "rgb8")
+                m = rosmsg.image_msg(frame, "rgb8")
             m.header.stamp = stamp_from_sec(10.0 + i / 30)
             m.header.frame_id = "video"
             pub.publish(m)

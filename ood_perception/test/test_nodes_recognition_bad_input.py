@@ -19,7 +19,7 @@ pytest.importorskip("rclpy", reason="rclpy is installed by `make setup`")
 torch = pytest.importorskip("torch")
 
 from conftest import spin_until  # noqa: E402
-from ood_perception.ros import conversions as conv  # noqa: E402
+from ood_perception.ros import messages as rosmsg  # noqa: E402
 from ood_perception.ros.common import stamp_from_sec  # noqa: E402
 
 CLASSES = ["walk", "run", "wave"]
@@ -96,9 +96,9 @@ def test_recognition_bad_input_matrix(rclpy_context):
     def good(i: int, stamp: float, encoding: str = "rgb8", size: tuple[int, int] = (24, 32)) -> None:
         rgb = frame(i, *size)
         if encoding == "rgb8":
-            m = conv.numpy_to_image(rgb, "rgb8")
+            m = rosmsg.image_msg(rgb, "rgb8")
         elif encoding == "bgr8":
-            m = conv.numpy_to_image(np.ascontiguousarray(rgb[..., ::-1]), "bgr8")
+            m = rosmsg.image_msg(np.ascontiguousarray(rgb[..., ::-1]), "bgr8")
         elif encoding == "bgra8_padded":  # 8 bytes of row padding, honoured through step
             bgra = np.concatenate([rgb[..., ::-1], np.full(rgb.shape[:2] + (1,), 255, np.uint8)], -1)
             rows = np.zeros((rgb.shape[0], rgb.shape[1] * 4 + 8), np.uint8)
@@ -106,14 +106,14 @@ def test_recognition_bad_input_matrix(rclpy_context):
             m = Image(height=rgb.shape[0], width=rgb.shape[1], encoding="bgra8", step=rows.shape[1], data=rows.tobytes())
         elif encoding == "mono8":
             grey = rgb[..., 1].copy()
-            m = conv.numpy_to_image(grey, "mono8")
+            m = rosmsg.image_msg(grey, "mono8")
             rgb = np.repeat(grey[..., None], 3, 2)
         else:
             raise ValueError(encoding)
         send(m, stamp, rgb)
 
     def bad_image(mutate, stamp: float) -> None:
-        m = conv.numpy_to_image(frame(0), "rgb8")
+        m = rosmsg.image_msg(frame(0), "rgb8")
         mutate(m)
         send(m, stamp, bad="bad_image")
 
@@ -133,16 +133,16 @@ def test_recognition_bad_input_matrix(rclpy_context):
         bad_image(lambda m: (setattr(m, "height", 60000), setattr(m, "width", 60000), setattr(m, "step", 180000)),
                   t + 0.008)  # huge header, tiny payload
         # --- stamps
-        m = conv.numpy_to_image(frame(1), "rgb8")
+        m = rosmsg.image_msg(frame(1), "rgb8")
         send(m, 0.0, bad="zero_stamp")
         good(5, t := t + 1 / 30)
-        send(conv.numpy_to_image(frame(6), "rgb8"), t, bad="duplicate_stamp")
-        send(conv.numpy_to_image(frame(7), "rgb8"), t - 0.2, bad="old_stamp")
+        send(rosmsg.image_msg(frame(6), "rgb8"), t, bad="duplicate_stamp")
+        send(rosmsg.image_msg(frame(7), "rgb8"), t - 0.2, bad="old_stamp")
         # --- other encodings and a resolution change are served, not rejected
         for i, enc in enumerate(["bgr8", "bgra8_padded", "mono8", "rgb8"]):
             good(8 + i, t := t + 1 / 30, enc, size=(48, 64) if enc == "rgb8" else (24, 32))
         # --- the model fails on clips starting with a black frame: DEGRADED, no result, keeps going
-        send(conv.numpy_to_image(np.zeros((24, 32, 3), np.uint8), "rgb8"), t := t + 1 / 30,
+        send(rosmsg.image_msg(np.zeros((24, 32, 3), np.uint8), "rgb8"), t := t + 1 / 30,
              np.zeros((24, 32, 3), np.uint8))
         for i in range(12, 18):
             good(i, t := t + 1 / 30)

@@ -14,7 +14,7 @@ pytest.importorskip("rclpy", reason="rclpy is installed by `make setup`")
 
 from conftest import spin_until  # noqa: E402
 from ood_perception import runtime  # noqa: E402
-from ood_perception.ros import conversions as conv  # noqa: E402
+from ood_perception.ros import messages as rosmsg  # noqa: E402
 from ood_perception.ros.common import stamp_from_sec  # noqa: E402
 
 MODEL = runtime.default_recognition_model_dir()
@@ -57,7 +57,7 @@ def test_node_with_default_recognition_model_publishes_results(rclpy_context, mo
         assert node.backend.model_dir.resolve() == MODEL.resolve() and node.backend.spec.kind == "recognition"
         assert spin_until(ex, lambda: pub.get_subscription_count() > 0, 10.0)
         for f, t in zip(frames, stamps, strict=True):
-            m = conv.numpy_to_image(np.ascontiguousarray(f[..., ::-1]), "bgr8")  # the node converts any encoding
+            m = rosmsg.image_msg(np.ascontiguousarray(f[..., ::-1]), "bgr8")  # the node converts any encoding
             m.header.stamp = stamp_from_sec(t)
             m.header.frame_id = "camera"
             pub.publish(m)

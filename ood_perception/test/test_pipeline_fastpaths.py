@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 from test_pipeline import CALIB, H, RednessBackend, W
 
-from ood_perception.data.transforms import prepare_inputs
 from ood_perception.geometry import Calibration, transform_from_xyz_rpy
+from ood_perception.geometry.inputs import prepare_inputs
 from ood_perception.pipeline import FusionFrame, FusionPipeline
 from ood_perception.pipeline.fusion import frustum_candidates
 from ood_perception.pipeline.regions import cluster_points

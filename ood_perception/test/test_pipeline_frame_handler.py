@@ -145,7 +145,7 @@ def test_startup_grace_counts_from_the_first_message():
 
 
 def test_stamp_conversion_matches_the_node_conversion():
-    from ood_perception.ros.conversions import stamp_to_sec
+    from ood_perception.codec.conversions import stamp_to_sec
 
     for ns in (1_100_000_000, 1_700_000_123_456_789_0 // 10, 3):
         h = FrameHeader(ns, "x")

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 import pytest
 import torch
 
+from ood_perception import cli
 from ood_perception.models.recognition import (
     RecognitionConfig,
     build_recognition_model,
@@ -74,13 +73,11 @@ def test_checkpoint_round_trip(tmp_path):
 
 
 def test_train_cli_generates_clips_and_writes_checkpoint(tmp_path):
-    parser = argparse.ArgumentParser()
-    tr.add_arguments(parser)
-    args = parser.parse_args(["--data", str(tmp_path / "clips"), "--out", str(tmp_path / "m.pt"), "--epochs", "1",
-                              "--clips-per-class", "2", "--clip-len", "6", "--size", "32", "--embed-dim", "8",
-                              "--width", "4", "--batch-size", "8", "--threads", "1", "--feature-mixing",
-                              "--fm-channels", "2"])
-    assert tr.run(args) == 0
+    # through the command line: `train recognition` renders the clip world into an empty --data first
+    rc = cli.main(["train", "recognition", "--data", str(tmp_path / "clips"), "--out", str(tmp_path / "m.pt"),
+                   "--epochs", "1", "--clips-per-class", "2", "--clip-len", "6", "--size", "32", "--embed-dim", "8",
+                   "--width", "4", "--batch-size", "8", "--threads", "1", "--feature-mixing", "--fm-channels", "2"])
+    assert rc == 0
     assert (tmp_path / "clips" / "dataset.yaml").is_file()
     assert any((tmp_path / "clips" / "flow_cache").rglob("*.npy"))
     _, ck = load_recognition_checkpoint(tmp_path / "m.pt")

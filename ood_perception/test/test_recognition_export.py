@@ -6,7 +6,6 @@ pipeline over the torch checkpoint, and that ``model.json`` records what the nod
 
 from __future__ import annotations
 
-import argparse
 import math
 
 import numpy as np
@@ -15,8 +14,8 @@ import torch
 
 from ood_perception import runtime
 from ood_perception.cli import main as cli_main
+from ood_perception.models.spec import sha256_file
 from ood_perception.pipeline.recognition import ClipRecognizer, RecognitionPipeline
-from ood_perception.trainer import recognition as tr
 from ood_perception.world.clips import ClipConfig, clip_rng, render_clip
 
 FIELDS_EXACT = ("class_id", "class_name", "is_ood", "score_name", "modality_names", "modality_classes", "num_frames")
@@ -28,12 +27,9 @@ def trained(tmp_path_factory):
     """(checkpoint, clip dataset, model dir) of a 1-epoch model on 2 clips per class (6 frames of 32 px)."""
     torch.set_num_threads(1)
     tmp = tmp_path_factory.mktemp("rec_export")
-    parser = argparse.ArgumentParser()
-    tr.add_arguments(parser)
-    args = parser.parse_args(["--data", str(tmp / "clips"), "--out", str(tmp / "m.pt"), "--epochs", "2",
-                              "--clips-per-class", "3", "--clip-len", "6", "--size", "32", "--embed-dim", "8",
-                              "--width", "4", "--batch-size", "8", "--threads", "1", "--seed", "1"])
-    assert tr.run(args) == 0
+    assert cli_main(["train", "recognition", "--data", str(tmp / "clips"), "--out", str(tmp / "m.pt"), "--epochs", "2",
+                     "--clips-per-class", "3", "--clip-len", "6", "--size", "32", "--embed-dim", "8",
+                     "--width", "4", "--batch-size", "8", "--threads", "1", "--seed", "1"]) == 0
     assert cli_main(["export", str(tmp / "m.pt"), "--out", str(tmp / "dir"), "--calib-data", str(tmp / "clips"),
                      "--calib-split", "test", "--eval-data", str(tmp / "clips")]) == 0
     return tmp / "m.pt", tmp / "clips", tmp / "dir"
@@ -61,7 +57,7 @@ def test_model_json_records_what_the_recognizer_needs(trained):
     # threshold at 95% TPR on the ID calibration clips = the trainer's (independent) threshold on the same clips
     assert spec.threshold == pytest.approx(ck["metrics"]["threshold"]["value"], abs=1e-5)
     prov = spec.provenance
-    assert prov["checkpoint"]["sha256"] == runtime.spec.sha256_file(ckpt_path) and prov["train"]["seed"] == 1
+    assert prov["checkpoint"]["sha256"] == sha256_file(ckpt_path) and prov["train"]["seed"] == 1
     ev = prov["evaluation"]
     # held-out metrics of the exported wrapper equal the trainer's evaluation of the checkpoint (same MSP)
     assert ev["accuracy"]["joint"] == pytest.approx(ck["metrics"]["acc_joint"], abs=1e-6)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from replay_bags import frame_arrays, truncate_bag, write_drive_bag
 
-from ood_perception.replay.bag import BagReadError, BagSource, MissingTopicError
+from ood_perception.data.bag_reader import BagReadError, BagSource, MissingTopicError
 
 
 @pytest.mark.parametrize("storage", ["sqlite3", "mcap"])

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from replay_bags import ANOMALY, T_CAM_LIDAR, H, W, frame_arrays, truncate_bag, write_drive_bag
 
-from ood_perception.replay.bag import BagSource, MissingTopicError
+from ood_perception.data.bag_reader import BagSource, MissingTopicError
 from ood_perception.replay.engine import ReplaySettings, replay_bag
 
 MEAN = np.array([0.485, 0.456, 0.406], np.float32).reshape(3, 1, 1)
@@ -54,7 +54,7 @@ def settings(**kw):
 
 
 def read_outputs(path):
-    from ood_perception.ros.conversions import image_to_numpy, pointcloud2_to_array
+    from ood_perception.codec.conversions import image_to_numpy, pointcloud2_to_array
 
     out = {"mask": [], "score": [], "points": [], "alerts": []}
     with BagSource(path) as src:
@@ -70,8 +70,8 @@ def read_outputs(path):
 
 
 def test_replay_outputs_and_metrics_match_independent_computation(tmp_path):
+    from ood_perception.data.bag_output import OutputBag
     from ood_perception.metrics import ood_metrics
-    from ood_perception.replay.outbag import OutputBag
 
     bag = write_drive_bag(tmp_path / "in", frames=6, anomaly_frames=(2, 3, 4))
     with OutputBag(tmp_path / "output.mcap") as out:
@@ -120,8 +120,8 @@ class FlakyBackend(RednessBackend):
 def test_overlapped_inference_gives_the_serial_outputs(tmp_path, backend):
     """Overlap (the model of frame k on a second thread while k-1 is finished) changes only timing:
     the output bag's messages, the frame records and the metrics equal the serial run's."""
+    from ood_perception.data.bag_output import OutputBag
     from ood_perception.pipeline import AlertConfig, FusionConfig, FusionPipeline
-    from ood_perception.replay.outbag import OutputBag
 
     bag = write_drive_bag(tmp_path / "in", frames=8, anomaly_frames=(2, 3, 4, 6))
     runs = {}
@@ -167,7 +167,7 @@ def test_missing_topic_lists_existing(tmp_path):
 
 @pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
 def test_truncated_bag_keeps_results_up_to_damage(tmp_path, storage):
-    from ood_perception.replay.outbag import OutputBag
+    from ood_perception.data.bag_output import OutputBag
 
     bag = truncate_bag(write_drive_bag(tmp_path / "a", storage=storage, frames=40), 0.5)
     with OutputBag(tmp_path / "output.mcap") as out:

@@ -159,7 +159,7 @@ def test_calib_option_gives_the_dataset_extrinsics(drive) -> None:
 def test_tf_static_check_flags_wrong_extrinsics(drive) -> None:
     """Replay warns (metrics.json ``bags[].extrinsics``) when its extrinsics differ from the bag's
     /tf_static, e.g. the node's default instead of the rig's: the offset is the camera mount."""
-    from ood_perception.replay.bag import BagSource
+    from ood_perception.data.bag_reader import BagSource
     from ood_perception.replay.engine import check_tf_static, node_default_extrinsics
     from ood_perception.replay.params import extrinsics_from_kitti_calib
     from ood_perception.world.config import WorldConfig

@@ -18,9 +18,9 @@ PARAMS = {
 
 
 def test_live_node_equals_replay(tmp_path):
+    from ood_perception.app.live import run_live
     from ood_perception.pipeline import FusionConfig, FusionPipeline
     from ood_perception.replay.engine import replay_bag
-    from ood_perception.replay.live import run_live
     from ood_perception.replay.params import settings_from_params
 
     bag = write_drive_bag(tmp_path / "drive", storage="mcap", frames=7, anomaly_frames=(2, 3, 4), layout="ouster", encoding="bgra8")
@@ -42,9 +42,9 @@ def test_live_node_equals_replay(tmp_path):
 def test_live_equals_replay_through_a_lidar_dropout_with_sim_time(tmp_path):
     """Default-like stale_timeout and a LiDAR drop-out: the node, clocked by /clock = bag time,
     forms the same camera-only (DEGRADED, same stale age in the text) frames as replay."""
+    from ood_perception.app.live import run_live
     from ood_perception.pipeline import FusionConfig, FusionPipeline
     from ood_perception.replay.engine import replay_bag
-    from ood_perception.replay.live import run_live
     from ood_perception.replay.params import settings_from_params
 
     params = {**PARAMS, "stale_timeout": 0.25}

@@ -41,7 +41,7 @@ def test_run_command_serves_frames_with_real_model(rclpy_context, model_dir, tmp
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
-    from ood_perception.ros import conversions as conv
+    from ood_perception.ros import messages as rosmsg
     from ood_perception.ros.common import stamp_from_sec
     from ood_perception_msgs.msg import OodAlert
 
@@ -82,9 +82,9 @@ def test_run_command_serves_frames_with_real_model(rclpy_context, model_dir, tmp
             nonlocal k
             k += 1
             stamp = stamp_from_sec(10.0 + 0.1 * k)
-            m = conv.numpy_to_image(img, "rgb8")
+            m = rosmsg.image_msg(img, "rgb8")
             m.header.stamp, m.header.frame_id = stamp, "camera_optical"
-            c = conv.array_to_pointcloud2(rec)
+            c = rosmsg.cloud_msg(rec)
             c.header.stamp, c.header.frame_id = stamp, "lidar"
             pub_info.publish(info)
             pub_img.publish(m)

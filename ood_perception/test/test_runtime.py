@@ -12,7 +12,7 @@ import torch
 from runtime_helpers import H, W, tiny_checkpoint, tiny_inputs
 
 from ood_perception import runtime
-from ood_perception.runtime.spec import sha256_file
+from ood_perception.models.spec import sha256_file
 from ood_perception.trainer.export import export_segmentation
 
 torch.set_num_threads(1)

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from ood_perception import runtime
-from ood_perception.runtime.spec import SPEC_NAME, sha256_file
+from ood_perception.models.spec import SPEC_NAME, sha256_file
 
 torch.set_num_threads(1)
 
@@ -112,7 +112,7 @@ def test_default_model_parity_on_world_frames(default_dir, world_frames):
 def test_output_subsets_equal_the_full_graph(default_dir, world_frames):
     """infer(outputs=...) runs a pruned graph under ONNX Runtime (the fused maps alone skip both
     unimodal heads): same values as the full graph; torch computes all and returns the subset."""
-    from ood_perception.runtime.errors import InferenceInputError
+    from ood_perception.models.errors import InferenceInputError
 
     spec = runtime.load_spec(default_dir)
     ort_b = runtime.load(default_dir, intra_op_threads=1)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ood_perception import runtime
-from ood_perception.data.clips import FlowParams, compute_flow, normalise_flow, normalise_frames
+from ood_perception.geometry.video import FlowParams, compute_flow, normalise_flow, normalise_frames
 from ood_perception.metrics import calibrate_threshold
 from ood_perception.pipeline.recognition import ClipRecognizer
 from ood_perception.world.clips import ClipConfig, ClipDatasetSpec, clip_rng, iter_split, render_clip

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ood_perception.trainer.seg_table import render_markdown
+from ood_perception.experiments.seg_table import render_markdown
 
-SETUP = {"command": "python -m ood_perception.trainer.seg_table", "date": "2026-01-01", "machine": "x86_64, CPU",
+SETUP = {"command": "python -m ood_perception.experiments.seg_table", "date": "2026-01-01", "machine": "x86_64, CPU",
          "data": "w", "data_desc": "synth", "n_train": 10, "n_test": 4, "epochs": 2}
 
 
@@ -84,8 +84,8 @@ def test_hard_pixel_breakdown_counts_the_hardest_five_percent(tmp_path) -> None:
     import torch
     import yaml
 
+    from ood_perception.experiments import seg_table
     from ood_perception.models import build_model
-    from ood_perception.trainer import seg_table
     from ood_perception.trainer.toy import make_toy_dataset
 
     root = make_toy_dataset(tmp_path / "data", {"00": 2, "01": 3}, seed=3)
@@ -115,7 +115,7 @@ def test_table_end_to_end_parallel_equals_serial_and_guards_settings(tmp_path) -
     asking for other settings refuses the cached runs instead of mixing them in."""
     import json
 
-    from ood_perception.trainer import seg_table
+    from ood_perception.experiments import seg_table
     from ood_perception.trainer.toy import make_toy_dataset
 
     root = make_toy_dataset(tmp_path / "data", {"00": 4, "01": 3}, seed=1)
@@ -146,7 +146,7 @@ def test_table_end_to_end_parallel_equals_serial_and_guards_settings(tmp_path) -
 def test_table_refuses_a_world_rendered_with_other_settings(tmp_path) -> None:
     """--world pointing at a dataset that is not the world the table would render is an error, not
     silently trained on (use --data for that)."""
-    from ood_perception.trainer import seg_table
+    from ood_perception.experiments import seg_table
     from ood_perception.trainer.toy import make_toy_dataset
 
     root = make_toy_dataset(tmp_path / "data", {"00": 2, "01": 2}, seed=1)

@@ -29,6 +29,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def handler(args: argparse.Namespace) -> int:
     """Run the demo; a missing piece (e.g. no default model) is one line and exit code 1."""
-    from ood_perception.replay.demo import demo_main
+    from ood_perception.app.demo import demo_main
 
     return demo_main(args)

@@ -7,7 +7,7 @@ Contracts (docs/architecture.md): :class:`DatasetConfig` (label space), :class:`
 from ood_perception.data.config import IGNORE_ID, SEMANTIC_KITTI, DatasetConfig
 from ood_perception.data.frame import Frame
 from ood_perception.data.semantickitti import SemanticKittiReader, SemanticKittiWriter
-from ood_perception.data.transforms import prepare_inputs, resize_labels
+from ood_perception.geometry.inputs import prepare_inputs, resize_labels
 
 __all__ = [
     "IGNORE_ID",

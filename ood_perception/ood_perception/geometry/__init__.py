@@ -20,6 +20,7 @@ from ood_perception.geometry.projection import (
     apply_affine,
     lidar_to_camera_tensor,
     project_points,
+    region_in_camera,
     spherical_range_image,
 )
 
@@ -32,6 +33,7 @@ __all__ = [
     "lidar_to_camera_tensor",
     "load_kitti_calib",
     "project_points",
+    "region_in_camera",
     "rpy_to_matrix",
     "spherical_range_image",
     "transform_from_xyz_rpy",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -183,3 +184,12 @@ def spherical_range_image(
     img[3, rr, cc] = r[order]
     img[4, rr, cc] = inten[order]
     return img, np.stack([row, col], axis=1)
+
+
+def region_in_camera(region: Any, T_cam_lidar: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A region's 3D centroid and axis-aligned size (any object with ``centroid`` and ``size`` in
+    the LiDAR frame) moved to the camera frame (the size of the rotated box's axis-aligned bound)."""
+    R, t = T_cam_lidar[:3, :3], T_cam_lidar[:3, 3]
+    centroid = R @ np.asarray(region.centroid) + t
+    size = np.abs(R) @ np.asarray(region.size)
+    return centroid, size

@@ -7,33 +7,40 @@
 * :func:`gather_point_logits`: per-point logits sampled at the projected points.
 * :func:`load_checkpoint`: rebuild a model from a checkpoint (``weights_only=True``).
 
-Recognition models live beside these (``models/recognition.py``, another room).
+* the export contract shared by ``export`` and the runtime: :mod:`.spec` (``model.json``),
+  :mod:`.wrappers` (model + scorer as one exportable module), :mod:`.errors` (model errors).
+
+Recognition models live beside these (``models/recognition.py``), as do MoFE and the dual encoder.
+The names below load their submodule on first use (PEP 562): the deployment path reads
+:mod:`.spec` and :mod:`.errors` without importing torch, which takes ~2 s on the CPU machines.
 """
 
 from __future__ import annotations
 
-from ood_perception.models.camera import (
-    CAMERA_BACKBONES,
-    deep_sort_mobilenet_weights,
-    load_mobilenet_v2_features,
-)
-from ood_perception.models.checkpoint import load_checkpoint, read_checkpoint
-from ood_perception.models.recognition import (  # noqa: F401
-    RecognitionConfig,
-    RecognitionNet,
-    build_recognition_model,
-    load_recognition_checkpoint,
-)
-from ood_perception.models.segmentation import FusionSegNet, ModelConfig, build_model, gather_point_logits
+import importlib
+from typing import Any
 
-__all__ = [
-    "CAMERA_BACKBONES",
-    "FusionSegNet",
-    "ModelConfig",
-    "build_model",
-    "deep_sort_mobilenet_weights",
-    "gather_point_logits",
-    "load_checkpoint",
-    "load_mobilenet_v2_features",
-    "read_checkpoint",
-]
+#: public name -> submodule that defines it.
+_EXPORTS = {
+    "CAMERA_BACKBONES": "camera",
+    "deep_sort_mobilenet_weights": "camera",
+    "load_mobilenet_v2_features": "camera",
+    "load_checkpoint": "checkpoint",
+    "read_checkpoint": "checkpoint",
+    "RecognitionConfig": "recognition",
+    "RecognitionNet": "recognition",
+    "build_recognition_model": "recognition",
+    "load_recognition_checkpoint": "recognition",
+    "FusionSegNet": "segmentation",
+    "ModelConfig": "segmentation",
+    "build_model": "segmentation",
+    "gather_point_logits": "segmentation",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -26,6 +26,13 @@ from typing import Any, Protocol
 import numpy as np
 
 from ood_perception.geometry import Calibration, apply_affine, project_points
+from ood_perception.geometry.maps import (
+    OCCLUSION_REL,
+    OCCLUSION_TOL,
+    occluded_points,
+    upsample_class_map,
+    upsample_score_map,
+)
 from ood_perception.pipeline.alerts import DEGRADED, AlertConfig, AlertDecision, AlertStateMachine
 from ood_perception.pipeline.regions import Region, cluster_points, mask_regions, merge_regions
 
@@ -94,8 +101,8 @@ class FusionConfig:
     max_cluster_points: int = 5000
     alert: AlertConfig = field(default_factory=AlertConfig)
     clock_jump: float = 1.0
-    occlusion_tol: float = 0.5
-    occlusion_rel: float = 0.05
+    occlusion_tol: float = OCCLUSION_TOL
+    occlusion_rel: float = OCCLUSION_REL
 
     def __post_init__(self) -> None:
         if self.threshold is not None and not np.isfinite(self.threshold):
@@ -206,10 +213,10 @@ class FusionPipeline:
         """Model inputs ``{"image": [1,3,h,w], "lidar": [1,6,h,w]}`` and each point's flat pixel
         index at model resolution (``-1`` out of view; None without points).
 
-        Uses :func:`ood_perception.data.transforms.prepare_inputs`, the preprocessing training
+        Uses :func:`ood_perception.geometry.inputs.prepare_inputs`, the preprocessing training
         and evaluation use; a missing modality is fed as zeros.
         """
-        from ood_perception.data.transforms import prepare_inputs
+        from ood_perception.geometry.inputs import prepare_inputs
 
         h, w = self.input_hw
         image = frame.image
@@ -397,52 +404,6 @@ class FusionPipeline:
         decision = self.alerts.update(frame.stamp, None, reason)
         assert decision.level == DEGRADED
         return FusionResult(stamp=frame.stamp, decision=decision, modalities=modalities, threshold=self.threshold, error=error)
-
-
-def upsample_score_map(score_m: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    """A model-resolution score map ``[h, w]`` at camera resolution ``hw = (H, W)``, as the node
-    publishes it: OpenCV bilinear (``cv2.INTER_LINEAR``, pixel centres aligned), float32; returned
-    unchanged when already ``hw``. Evaluation scores pixels with this same function."""
-    import cv2
-
-    score_m = np.asarray(score_m, np.float32)
-    H, W = int(hw[0]), int(hw[1])
-    if score_m.shape == (H, W):
-        return score_m
-    return cv2.resize(score_m, (W, H), interpolation=cv2.INTER_LINEAR)
-
-
-def upsample_class_map(class_m: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    """A model-resolution class map ``[h, w]`` at camera resolution ``hw = (H, W)`` by nearest
-    neighbour (``cv2.INTER_NEAREST``), int32; as the node publishes it and evaluation scores it."""
-    import cv2
-
-    class_m = np.asarray(class_m).astype(np.int32, copy=False)
-    H, W = int(hw[0]), int(hw[1])
-    if class_m.shape == (H, W):
-        return class_m
-    return cv2.resize(class_m, (W, H), interpolation=cv2.INTER_NEAREST)
-
-
-def occluded_points(points: np.ndarray, pixel_index: np.ndarray, range_map: np.ndarray, tol: float,
-                    rel: float) -> np.ndarray:
-    """Which in-view points the model did not see: farther than ``tol + rel * r`` behind the
-    nearest point at their model-resolution pixel (range ``r`` from the LiDAR tensor's range
-    channel). The pipeline gives such points no score (NaN) and no class (-1); evaluation leaves
-    them out with this same rule.
-
-    Args:
-        points: ``[M, >=3]`` in-view points (x, y, z in the LiDAR frame; ranges taken in float32).
-        pixel_index: ``[M]`` flat pixel index of each point at model resolution (all >= 0).
-        range_map: ``[h, w]`` range channel of :func:`ood_perception.geometry.lidar_to_camera_tensor`.
-        tol, rel: :class:`FusionConfig` ``occlusion_tol`` [m] and ``occlusion_rel``.
-
-    Returns:
-        bool ``[M]``, True for occluded points.
-    """
-    rng = np.linalg.norm(np.asarray(points, np.float32)[:, :3], axis=1)
-    nearest = np.asarray(range_map).reshape(-1)[pixel_index]
-    return rng > nearest + tol + rel * nearest
 
 
 def frustum_candidates(points: np.ndarray, calib: Calibration, margin_px: float = 2.0) -> np.ndarray | None:

@@ -27,7 +27,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ood_perception.data.clips import FlowParams, compute_flow, normalise_flow, normalise_frames
+from ood_perception.geometry.video import FlowParams, compute_flow, normalise_flow, normalise_frames
 
 
 @dataclass
@@ -146,7 +146,7 @@ class _RuntimeBackend:
 
 
 #: Outputs of an exported recognition model directory that the pipeline reads
-#: (``ood_perception.runtime.spec.RECOGNITION_OUTPUTS``; ``trainer.export.export_recognition``).
+#: (``ood_perception.models.spec.RECOGNITION_OUTPUTS``; ``trainer.export.export_recognition``).
 GRAPH_OUTPUTS: tuple[str, ...] = ("class", "confidence", "score", "video_class", "video_score", "flow_class", "flow_score")
 #: Modalities of the recognition network, in ``modality_names`` order.
 MODALITIES: tuple[str, ...] = ("video", "flow")

@@ -1,7 +1,7 @@
 """The replay loop: one bag through the fusion node's own frame objects, in bag-time order.
 
 Per message, in bag-time order, exactly what the fusion node's callbacks and worker do: messages
-are decoded by the node's :mod:`ood_perception.ros.inputs` (bad ones counted per reason, as the
+are decoded by the node's :mod:`ood_perception.pipeline.inputs` (bad ones counted per reason, as the
 node counts them) and handed to a
 :class:`~ood_perception.pipeline.frame_handler.FusionFrameProcessor` (the node's synchroniser,
 calibration, extrinsics, stale-sensor reasons and output headers) with the bag time as arrival
@@ -14,7 +14,7 @@ Labels (optional): a ``camera/labels`` mono16 image topic with raw ids (matched 
 by stamp), or a SemanticKITTI-layout folder (the bag's *i*-th camera message = frame *i* of the
 sequence, counting messages the node drops too, e.g. a zero stamp), plus per-point raw ids from a
 ``label`` field of the cloud (or the folder's point labels). They feed
-:class:`~ood_perception.replay.scoring.MetricsAccumulator`.
+:class:`~ood_perception.evaluation.segmentation.MetricsAccumulator`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from ood_perception.replay.bag import BagReadError, BagSource
+from ood_perception.data.bag_reader import BagReadError, BagSource
 
 #: Logical input topics (relative names, resolved in the bag by :meth:`BagSource.resolve`).
 DEFAULT_INPUT_TOPICS = {
@@ -283,29 +283,29 @@ def replay_bag(
     """Replay one bag through ``pipeline`` (a :class:`~ood_perception.pipeline.FusionPipeline`).
 
     Args:
-        out_bag: an :class:`~ood_perception.replay.outbag.OutputBag` to record the outputs, or None.
+        out_bag: an :class:`~ood_perception.data.bag_output.OutputBag` to record the outputs, or None.
         dataset_config: :class:`~ood_perception.data.DatasetConfig` of the label ids (needed for
             metrics when the bag carries labels; defaults to the label folder's, then SemanticKITTI's).
         on_frame: called with each frame's record and the pipeline result (tests, live views).
 
     Returns:
         :class:`BagReplay`. A damaged bag does not raise: the frames before the damage are kept
-        and ``error`` holds the :class:`~ood_perception.replay.bag.BagReadError` text.
+        and ``error`` holds the :class:`~ood_perception.data.bag_reader.BagReadError` text.
 
     Raises:
         MissingTopicError: a required input topic is not in the bag (lists the bag's topics).
     """
     from collections import Counter
 
-    from ood_perception.pipeline.frame_handler import FusionFrameProcessor
-    from ood_perception.replay.scoring import MetricsAccumulator
-    from ood_perception.ros import inputs
-    from ood_perception.ros.conversions import (
+    from ood_perception.codec.conversions import (
         ConversionError,
         cloud_field,
         image_to_numpy,
         pointcloud2_to_array,
     )
+    from ood_perception.evaluation.segmentation import MetricsAccumulator
+    from ood_perception.pipeline import inputs
+    from ood_perception.pipeline.frame_handler import FusionFrameProcessor
 
     settings = settings or ReplaySettings()
     t_wall = time.perf_counter()

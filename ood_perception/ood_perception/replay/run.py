@@ -68,7 +68,7 @@ def build_pipeline(model_dir: Path | None, backend: str, settings: ReplaySetting
 
 def run_job(job: ReplayJob) -> BagReplay:
     """Replay one bag into ``job.out_dir`` (output bag, metrics.json, timing.json, report.html)."""
-    from ood_perception.replay.outbag import OutputBag
+    from ood_perception.data.bag_output import OutputBag
 
     pipeline = build_pipeline(job.model_dir, job.backend, job.settings, job.threads)
     dataset_config = None
@@ -186,7 +186,7 @@ def run_replay(
 
 
 def _pooled(first: BagReplay, results: Sequence[BagReplay]) -> Any:
-    from ood_perception.replay.scoring import MetricsAccumulator
+    from ood_perception.evaluation.segmentation import MetricsAccumulator
 
     pooled = MetricsAccumulator(first.metrics.config, first.metrics.threshold, first.metrics.input_hw)
     for r in results:

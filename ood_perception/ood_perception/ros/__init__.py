@@ -2,6 +2,6 @@
 and an in-process runner for ``ood-perception run``.
 
 Only this package imports rclpy; the frame logic lives in :mod:`ood_perception.pipeline`.
-Submodules are imported explicitly (``from ood_perception.ros import conversions``) so that
+Submodules are imported explicitly (``from ood_perception.codec import conversions``) so that
 importing the package does not pull rclpy in.
 """

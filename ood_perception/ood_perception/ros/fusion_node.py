@@ -14,7 +14,7 @@ straight to active.
 Frame logic: every decision about a frame (parameter mapping, pairing, stale-sensor reasons,
 calibration and extrinsics, which header each output carries) lives in the ROS-free
 :class:`~ood_perception.pipeline.frame_handler.FusionFrameProcessor`, which rosbag replay runs too;
-messages are decoded by :mod:`ood_perception.ros.inputs`, also shared with replay. This node only
+messages are decoded by :mod:`ood_perception.pipeline.inputs`, also shared with replay. This node only
 declares parameters, converts, publishes and keeps diagnostics. Arrival times (staleness, the
 start-up grace, which counts from the first message) are read from the node's ROS clock, so under
 ``use_sim_time`` they follow simulation/bag time as replay does.
@@ -27,7 +27,7 @@ exception: bad input is counted per reason, logged (throttled) and shown on /dia
 
 Why no message_filters / tf2_ros / cv_bridge / sensor_msgs_py: they are not installable from the
 registries this project uses (see :mod:`ood_perception.pipeline.sync` and
-:mod:`ood_perception.ros.conversions`). Extrinsics therefore come from parameters
+:mod:`ood_perception.codec.conversions`). Extrinsics therefore come from parameters
 (``lidar_to_camera.matrix`` or ``.xyz`` + ``.rpy``); a TF lookup would plug in at
 :func:`~ood_perception.pipeline.frame_handler.extrinsics_from_params` where tf2_ros exists.
 """
@@ -42,6 +42,8 @@ import numpy as np
 from rclpy.lifecycle import LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 
+from ood_perception.codec import conversions as conv
+from ood_perception.pipeline import inputs
 from ood_perception.pipeline.alerts import DEGRADED, LEVEL_NAMES
 from ood_perception.pipeline.frame_handler import (
     FUSION_PARAMETERS,
@@ -56,8 +58,7 @@ from ood_perception.pipeline.frame_handler import (
 from ood_perception.pipeline.fusion import FusionPipeline, spec_sha256
 from ood_perception.pipeline.stats import LatencyStats, RateMeter
 from ood_perception.pipeline.sync import ApproximateSync, SyncedFrame
-from ood_perception.ros import conversions as conv
-from ood_perception.ros import inputs
+from ood_perception.ros import messages as rosmsg
 from ood_perception.ros.common import (
     BadInputLog,
     declare,
@@ -294,16 +295,16 @@ class FusionSegmentationNode(WorkerLifecycleNode):
         self._frames += 1
 
     def _publish(self, out: FrameOutputs) -> None:
-        from ood_perception.ros.messages import build_alert, build_markers
+        from ood_perception.ros.messages import build_alert, build_markers, header_msg
 
         pubs, result = self._pubs, out.result
-        header = inputs.header_msg(out.header)
+        header = header_msg(out.header)
         if out.publish_mask:
-            pubs["mask"].publish(conv.numpy_to_image(result.mask, "mono8", header))
-            pubs["score"].publish(conv.numpy_to_image(result.score, "32FC1", header))
+            pubs["mask"].publish(rosmsg.image_msg(result.mask, "mono8", header))
+            pubs["score"].publish(rosmsg.image_msg(result.score, "32FC1", header))
         if out.points_header is not None:
-            pubs["points"].publish(conv.scored_points_to_pointcloud2(
-                result.points, result.point_labels, result.point_scores, inputs.header_msg(out.points_header)))
+            pubs["points"].publish(rosmsg.scored_cloud_msg(
+                result.points, result.point_labels, result.point_scores, header_msg(out.points_header)))
         alert = build_alert(header, NODE_NAME, result.level, result.decision.description, result.modalities,
                             result.frame_score, result.threshold, result.anomalous_fraction, result.regions, out.T_cam_lidar)
         pubs["alerts"].publish(alert)

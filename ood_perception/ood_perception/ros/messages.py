@@ -6,19 +6,12 @@ from typing import Any
 
 import numpy as np
 
+from ood_perception.codec import conversions as conv
+from ood_perception.geometry import region_in_camera
 from ood_perception.pipeline.regions import Region
 
 #: RGBA colour of markers per alert level (CLEAR, WARNING, ALERT, DEGRADED).
 LEVEL_COLORS = {0: (0.2, 0.8, 0.2, 0.5), 1: (1.0, 0.8, 0.0, 0.6), 2: (1.0, 0.1, 0.1, 0.7), 3: (0.5, 0.5, 0.5, 0.5)}
-
-
-def region_in_camera(region: Region, T_cam_lidar: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """A region's 3D centroid and axis-aligned size moved from the LiDAR frame to the camera frame
-    (the size of the rotated box's axis-aligned bound)."""
-    R, t = T_cam_lidar[:3, :3], T_cam_lidar[:3, 3]
-    centroid = R @ np.asarray(region.centroid) + t
-    size = np.abs(R) @ np.asarray(region.size)
-    return centroid, size
 
 
 def build_alert(
@@ -98,3 +91,32 @@ def build_markers(alert: Any, lifetime_s: float = 0.5) -> Any:
         t.lifetime = m.lifetime
         arr.markers.append(t)
     return arr
+
+
+def header_msg(header: Any) -> Any:
+    """The rclpy ``std_msgs/Header`` of a :class:`~ood_perception.pipeline.frame_handler.FrameHeader` (imports rclpy's message types)."""
+    from builtin_interfaces.msg import Time
+    from std_msgs.msg import Header
+
+    return Header(stamp=Time(sec=header.sec, nanosec=header.nanosec), frame_id=header.frame_id)
+
+
+def image_msg(arr: np.ndarray, encoding: str, header: Any = None) -> Any:
+    """An rclpy ``sensor_msgs/Image`` of ``arr`` (:func:`ood_perception.codec.conversions.numpy_to_image`)."""
+    from sensor_msgs.msg import Image
+
+    return conv.numpy_to_image(arr, encoding, header, msg_type=Image)
+
+
+def cloud_msg(arr: np.ndarray, header: Any = None) -> Any:
+    """An rclpy ``sensor_msgs/PointCloud2`` of a structured array (:func:`~ood_perception.codec.conversions.array_to_pointcloud2`)."""
+    from sensor_msgs.msg import PointCloud2, PointField
+
+    return conv.array_to_pointcloud2(arr, header, msg_type=PointCloud2, field_type=PointField)
+
+
+def scored_cloud_msg(points: np.ndarray, labels: np.ndarray, scores: np.ndarray, header: Any = None) -> Any:
+    """The rclpy ``ood/points`` cloud (:func:`~ood_perception.codec.conversions.scored_points_to_pointcloud2`)."""
+    from sensor_msgs.msg import PointCloud2, PointField
+
+    return conv.scored_points_to_pointcloud2(points, labels, scores, header, msg_type=PointCloud2, field_type=PointField)

@@ -1,7 +1,7 @@
 """``action_recognition_node``: video (+ optical flow) clip recognition with OOD scores, as a
 ROS 2 lifecycle node.
 
-Input ``video/image`` (any colour encoding of :mod:`ood_perception.ros.conversions`); outputs
+Input ``video/image`` (any colour encoding of :mod:`ood_perception.codec.conversions`); outputs
 ``recognition/result`` (ood_perception_msgs/Recognition, one per clip), ``ood/alerts`` (one
 OodAlert per clip from the same alert state machine as the fusion node: ``is_ood`` is the
 evidence) and ``/diagnostics``. The clip buffer and model call are
@@ -24,10 +24,10 @@ from typing import Any
 from rclpy.lifecycle import LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 
+from ood_perception.codec import conversions as conv
 from ood_perception.pipeline.alerts import ALERT, DEGRADED, LEVEL_NAMES, AlertConfig, AlertStateMachine
 from ood_perception.pipeline.fusion import spec_sha256
 from ood_perception.pipeline.stats import LatencyStats, RateMeter
-from ood_perception.ros import conversions as conv
 from ood_perception.ros.common import (
     RELIABILITY,
     BadInputLog,

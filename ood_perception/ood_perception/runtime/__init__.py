@@ -18,8 +18,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ood_perception.runtime.base import Backend
-from ood_perception.runtime.errors import (
+from ood_perception.models.errors import (
     BackendUnavailableError,
     InferenceInputError,
     ModelCorruptError,
@@ -28,7 +27,8 @@ from ood_perception.runtime.errors import (
     ModelNotFoundError,
     ParityError,
 )
-from ood_perception.runtime.spec import ModelSpec, load_spec
+from ood_perception.models.spec import ModelSpec, load_spec
+from ood_perception.runtime.base import Backend
 
 #: Backend names accepted by :func:`load`.
 BACKENDS = ("onnxruntime", "torch", "tensorrt")

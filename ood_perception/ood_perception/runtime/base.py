@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from ood_perception.runtime.errors import InferenceInputError
-from ood_perception.runtime.spec import ModelSpec
+from ood_perception.models.errors import InferenceInputError
+from ood_perception.models.spec import ModelSpec
 
 
 class Backend(ABC):

@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
+from ood_perception.models.errors import BackendUnavailableError, ModelCorruptError, ModelMismatchError
+from ood_perception.models.spec import ModelSpec, read_verified
 from ood_perception.runtime.base import Backend
-from ood_perception.runtime.errors import BackendUnavailableError, ModelCorruptError, ModelMismatchError
-from ood_perception.runtime.spec import ModelSpec, read_verified
 
 
 class OnnxRuntimeBackend(Backend):

@@ -6,7 +6,7 @@ the machine that runs it (first load: tens of seconds to minutes) and cached und
 calibration data for INT8). A cached engine that fails to deserialise (driver/TensorRT upgrade,
 truncated file) is deleted and rebuilt. FP16/INT8 can silently wreck accuracy, so a reduced-precision
 engine is compared with the FP32 ONNX Runtime reference on calibration inputs and refused
-(:class:`~ood_perception.runtime.errors.ParityError`) when scores or classes differ beyond the
+(:class:`~ood_perception.models.errors.ParityError`) when scores or classes differ beyond the
 tolerance; the check result is stored beside the cached engine.
 
 Options (``runtime.load(dir, backend="tensorrt", device="cuda", ...)``):
@@ -41,9 +41,9 @@ from typing import Any
 import numpy as np
 
 from ood_perception.atomic import atomic_write_bytes
+from ood_perception.models.errors import BackendUnavailableError, ModelCorruptError, ParityError
+from ood_perception.models.spec import ModelSpec, read_verified
 from ood_perception.runtime.base import Backend
-from ood_perception.runtime.errors import BackendUnavailableError, ModelCorruptError, ParityError
-from ood_perception.runtime.spec import ModelSpec, read_verified
 
 PRECISIONS = ("fp32", "fp16", "int8")
 CACHE_ENV = "OOD_PERCEPTION_CACHE"

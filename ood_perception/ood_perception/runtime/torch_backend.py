@@ -10,7 +10,7 @@ file is a plain dict loaded with ``torch.load(..., weights_only=True)`` after it
      "state_dict": {...}}                # state of the whole wrapper (model + scorers)
 
 A builder turns the payload into the same wrapper module that was exported to ONNX
-(:mod:`ood_perception.runtime.wrappers`), so torch and ONNX Runtime run one definition. Other model
+(:mod:`ood_perception.models.wrappers`), so torch and ONNX Runtime run one definition. Other model
 kinds (recognition) add theirs with :func:`register_builder`.
 """
 
@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
+from ood_perception.models.errors import BackendUnavailableError, ModelCorruptError, ModelMismatchError
+from ood_perception.models.spec import ModelSpec, read_verified
 from ood_perception.runtime.base import Backend
-from ood_perception.runtime.errors import BackendUnavailableError, ModelCorruptError, ModelMismatchError
-from ood_perception.runtime.spec import ModelSpec, read_verified
 
 #: builder name -> function(payload) -> wrapper nn.Module (state not yet loaded).
 _BUILDERS: dict[str, Callable[[dict[str, Any]], Any]] = {}
@@ -38,7 +38,7 @@ def register_builder(name: str, fn: Callable[[dict[str, Any]], Any]) -> None:
 
 def _build_segmentation(payload: dict[str, Any]) -> Any:
     from ood_perception.models import build_model
-    from ood_perception.runtime.wrappers import ScoredSegmentation
+    from ood_perception.models.wrappers import ScoredSegmentation
     from ood_perception.scoring import get_scorer
 
     model = build_model(payload["model_config"])
@@ -51,7 +51,7 @@ def _build_segmentation(payload: dict[str, Any]) -> Any:
 
 def _build_recognition(payload: dict[str, Any]) -> Any:
     from ood_perception.models.recognition import build_recognition_model
-    from ood_perception.runtime.wrappers import ScoredRecognition
+    from ood_perception.models.wrappers import ScoredRecognition
     from ood_perception.scoring import get_scorer
 
     model = build_recognition_model(dict(payload["model_config"]))

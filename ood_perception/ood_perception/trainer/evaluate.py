@@ -8,11 +8,11 @@ unlabelled ones are left out). Figures (matplotlib PNGs): ROC curves, ID-vs-OOD 
 overlays (image | prediction | score | ground-truth anomaly).
 
 Metrics convention (``--resolution camera``, the default; shared with ``ood-perception replay``,
-see :mod:`ood_perception.replay.scoring`, so both give the same numbers on the same frames):
+see :mod:`ood_perception.evaluation.segmentation`, so both give the same numbers on the same frames):
 
 * pixels: at the label (camera) resolution; score maps upsampled from the model's input size by
-  :func:`ood_perception.pipeline.fusion.upsample_score_map` (OpenCV bilinear) and class maps by
-  :func:`~ood_perception.pipeline.fusion.upsample_class_map` (nearest), exactly what the fusion
+  :func:`ood_perception.geometry.maps.upsample_score_map` (OpenCV bilinear) and class maps by
+  :func:`~ood_perception.geometry.maps.upsample_class_map` (nearest), exactly what the fusion
   node publishes; labels as stored (resized nearest only when their size differs from the image's);
 * points: in view at the model's input size and not occluded at their model pixel
   (:func:`ood_perception.pipeline.fusion.occluded_points` with the pipeline's default
@@ -154,13 +154,14 @@ def _add_input_resolution(col: _Collector, s: Any, maps: dict[str, np.ndarray], 
 def _add_camera_resolution(col: _Collector, s: Any, frame: Any, config: Any, maps: dict[str, np.ndarray],
                            preds: dict[str, np.ndarray]) -> None:
     """``resolution=camera``: the convention replay shares (module docstring)."""
-    from ood_perception.pipeline.fusion import (
-        FusionConfig,
+    from ood_perception.evaluation.segmentation import labelled, pixel_truth
+    from ood_perception.geometry.maps import (
+        OCCLUSION_REL,
+        OCCLUSION_TOL,
         occluded_points,
         upsample_class_map,
         upsample_score_map,
     )
-    from ood_perception.replay.scoring import labelled, pixel_truth
 
     hw = frame.image.shape[:2]
     if frame.pixel_labels is not None:
@@ -170,9 +171,8 @@ def _add_camera_resolution(col: _Collector, s: Any, frame: Any, config: Any, map
                 {n: upsample_score_map(m, hw)[sel] for n, m in maps.items()})
     inview = np.flatnonzero(s.flat_index >= 0)
     if inview.size:
-        fc = FusionConfig()
         pix = s.flat_index[inview]
-        visible = ~occluded_points(frame.points[inview], pix, s.lidar[3], fc.occlusion_tol, fc.occlusion_rel)
+        visible = ~occluded_points(frame.points[inview], pix, s.lidar[3], OCCLUSION_TOL, OCCLUSION_REL)
         sel = visible & labelled(s.point_target[inview], s.point_ood[inview])
         if sel.any():
             idx, fi = inview[sel], pix[sel]

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from ood_perception.atomic import atomic_dir
-from ood_perception.runtime.spec import (
+from ood_perception.models.spec import (
     FORMAT_VERSION,
     SPEC_NAME,
     FileRef,
@@ -252,10 +252,10 @@ def build_scored_segmentation(
     score_params: dict[str, Any] | None = None,
     unimodal_score: str | None = "maxlogit",
 ) -> nn.Module:
-    """The :class:`~ood_perception.runtime.wrappers.ScoredSegmentation` for ``model`` and a scorer
+    """The :class:`~ood_perception.models.wrappers.ScoredSegmentation` for ``model`` and a scorer
     from the registry (``ood_perception.scoring.get_scorer``). ``unimodal_score`` scores the camera
     and LiDAR expert heads (None: the fused scorer, which must then be logit-only)."""
-    from ood_perception.runtime.wrappers import ScoredSegmentation
+    from ood_perception.models.wrappers import ScoredSegmentation
     from ood_perception.scoring import get_scorer
 
     scorer = get_scorer(score, **dict(score_params or {}))
@@ -350,7 +350,7 @@ def export_segmentation(
         extra_files: called after calibration; returns more files for :func:`export_model`.
     """
     from ood_perception.models import load_checkpoint
-    from ood_perception.runtime.spec import sha256_file
+    from ood_perception.models.spec import sha256_file
 
     checkpoint = Path(checkpoint)
     model, ckpt = load_checkpoint(checkpoint)
@@ -430,7 +430,7 @@ def fit_scorer(
     """
     import torch.nn.functional as F
 
-    from ood_perception.runtime.wrappers import scorer_needs_features
+    from ood_perception.models.wrappers import scorer_needs_features
 
     scorer = wrapper.scorer
     model = wrapper.model
@@ -681,7 +681,7 @@ def export_recognition(
     Inputs ``video`` ``[B, 3, T, H, W]`` and ``flow`` ``[B, 2, T-1, H, W]`` (the network inputs of
     ``ood_perception.data.clips``); outputs ``class``, ``confidence``, ``score`` ``[B]`` of the
     joint head and ``video_class``/``video_score``/``flow_class``/``flow_score`` of the experts
-    (:class:`~ood_perception.runtime.wrappers.ScoredRecognition`). ``model.json`` (kind
+    (:class:`~ood_perception.models.wrappers.ScoredRecognition`). ``model.json`` (kind
     ``recognition``) also records ``clip_len``, ``input_size`` ``[H, W]``, ``flow_params``,
     ``flow_scale``, ``normalisation``, ``mean``/``std`` (0.5: ``frames / 127.5 - 1``).
 
@@ -701,8 +701,8 @@ def export_recognition(
     """
     from ood_perception.metrics import calibrate_threshold
     from ood_perception.models.recognition import load_recognition_checkpoint
-    from ood_perception.runtime.spec import sha256_file
-    from ood_perception.runtime.wrappers import ScoredRecognition
+    from ood_perception.models.spec import sha256_file
+    from ood_perception.models.wrappers import ScoredRecognition
     from ood_perception.scoring import get_scorer
 
     checkpoint = Path(checkpoint)

@@ -58,20 +58,6 @@ def _log(msg: str) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
-def ensure_clip_data(data: str | os.PathLike, clips_per_class: int = 60, seed: int = 0, frames: int = 16,
-                     size: int = 64) -> Path:
-    """Generate the synthetic clips in ``data`` when it is missing or empty; return its path."""
-    from ood_perception.world.clips import ClipConfig, ClipDatasetSpec, write_clip_dataset
-
-    root = Path(data)
-    if root.exists() and any(root.iterdir()):
-        return root
-    _log(f"{root} is empty: generating synthetic clips (seed {seed}, {clips_per_class} train clips per class)")
-    spec = ClipDatasetSpec(train_per_class=clips_per_class, test_per_class=max(clips_per_class // 2, 2),
-                           near_per_class=max(clips_per_class * 2 // 3, 2), far_per_class=max(clips_per_class * 2 // 3, 2))
-    return write_clip_dataset(root, spec, seed=seed, config=ClipConfig(frames=frames, size=size))
-
-
 def load_splits(data: str | os.PathLike, clip_len: int = 16, size: int = 64, ood_data: str | None = None,
                 progress: bool = True) -> tuple[dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], list[str]]:
     """Arrays ``{split: (video, flow, labels)}`` and the class names.
@@ -286,7 +272,10 @@ def run(args: argparse.Namespace) -> int:
     from ood_perception.models.recognition import RecognitionConfig, build_recognition_model
 
     torch.set_num_threads(max(1, args.threads))
-    root = ensure_clip_data(args.data, args.clips_per_class, args.seed, args.clip_len, args.size)
+    root = Path(args.data)
+    if not root.is_dir() or not any(root.iterdir()):
+        raise ValueError(f"no clips in {root}: give a clip dataset, or let `ood-perception train recognition` "
+                         "generate synthetic clips there")
     splits, class_names = load_splits(root, args.clip_len, args.size, args.ood_data)
     cfg = RecognitionTrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                                  feature_mixing=args.feature_mixing, fm_channels=args.fm_channels,

@@ -3,7 +3,7 @@
 A dataset root is either SemanticKITTI-layout (``sequences/XX/...``, the synthetic world's
 output) or any layout described by a CARLA-OOD schema (:class:`ood_perception.data.CarlaOodReader`).
 Each frame is turned once into network-ready arrays by
-:func:`ood_perception.data.transforms.prepare_inputs` at the training input size and cached as an
+:func:`ood_perception.geometry.inputs.prepare_inputs` at the training input size and cached as an
 ``.npz`` (keyed by root, sequences, input size, label space and the source files' sizes/mtimes),
 so later epochs and later runs only read small files.
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -479,3 +480,15 @@ def write_clip_dataset(
     }
     atomic_write_text(root / "dataset.yaml", yaml.safe_dump(meta, sort_keys=False))
     return root
+
+
+def ensure_clip_dataset(data: str | os.PathLike, clips_per_class: int = 60, seed: int = 0, frames: int = 16,
+                     size: int = 64) -> Path:
+    """Generate the synthetic clips in ``data`` when it is missing or empty; return its path."""
+    root = Path(data)
+    if root.exists() and any(root.iterdir()):
+        return root
+    print(f"{root} is empty: generating synthetic clips (seed {seed}, {clips_per_class} train clips per class)", file=sys.stderr)
+    spec = ClipDatasetSpec(train_per_class=clips_per_class, test_per_class=max(clips_per_class // 2, 2),
+                           near_per_class=max(clips_per_class * 2 // 3, 2), far_per_class=max(clips_per_class * 2 // 3, 2))
+    return write_clip_dataset(root, spec, seed=seed, config=ClipConfig(frames=frames, size=size))

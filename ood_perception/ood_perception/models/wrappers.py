@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ood_perception.runtime.spec import RECOGNITION_OUTPUTS, SEGMENTATION_OUTPUTS
+from ood_perception.models.spec import RECOGNITION_OUTPUTS, SEGMENTATION_OUTPUTS
 
 
 def scorer_needs_features(scorer: nn.Module) -> bool:
@@ -32,7 +32,7 @@ def _as_map(score: torch.Tensor) -> torch.Tensor:
 class ScoredSegmentation(nn.Module):
     """``FusionSegNet`` + OOD scorer -> the six runtime outputs.
 
-    ``forward(image, lidar)`` returns, in :data:`~ood_perception.runtime.spec.SEGMENTATION_OUTPUTS`
+    ``forward(image, lidar)`` returns, in :data:`~ood_perception.models.spec.SEGMENTATION_OUTPUTS`
     order: fused ``class_map`` (argmax, int64 ``[B, H, W]``), fused ``score_map`` (float32, higher =
     more anomalous), then class and score maps of the camera and LiDAR expert heads.
 

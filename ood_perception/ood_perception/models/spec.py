@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from ood_perception.atomic import atomic_write_text
-from ood_perception.runtime.errors import ModelCorruptError, ModelMismatchError, ModelNotFoundError
+from ood_perception.models.errors import ModelCorruptError, ModelMismatchError, ModelNotFoundError
 
 #: Version of the ``model.json`` layout written by this code; readers refuse newer versions.
 FORMAT_VERSION = 1

@@ -35,6 +35,9 @@ from typing import Any
 
 import numpy as np
 
+from ood_perception.world.config import WorldConfig
+from ood_perception.world.synth import generate_dataset
+
 #: Debian opencv-doc's example street video (795 frames of pedestrians, 768x576 at 10 fps), checked on Debian 12.
 VTEST_AVI = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
 
@@ -99,22 +102,13 @@ def check_recognition_model(model_dir: str | Path | None) -> Path:
 
 
 def synthesize_drive(cache: Path, frames: int, seed: int) -> Path:
-    """The cached demo drive bag (synthesised with ``ood-perception synth --bag mcap`` if absent)."""
-    from ood_perception import cli
-
+    """The cached demo drive bag (synthesised as ``ood-perception synth --bag mcap`` would, if absent)."""
     target = cache / f"drive_v2_f{frames}_s{seed}"  # v2: bag stamps start at 1 s (world.synth.BAG_START_NS)
     done = target / "DONE"
     if done.exists():
         return _find_bag(target)
-    parser = cli.build_parser()
-    choices = next(a for a in parser._actions if a.dest == "command").choices  # noqa: SLF001
-    if "synth" not in choices:
-        raise DemoError("the synthetic world's `ood-perception synth` command is not available in this install")
     shutil.rmtree(target, ignore_errors=True)
-    rc = cli.main(["synth", "--out", str(target), "--sequences", "1", "--frames", str(frames),
-                   "--seed", str(seed), "--bag", "mcap"])
-    if rc != 0:
-        raise DemoError(f"`ood-perception synth` failed with exit code {rc}")
+    generate_dataset(target, sequences=1, frames=frames, seed=seed, config=WorldConfig(), bag="mcap", progress=True)
     bag = _find_bag(target)
     done.write_text("ok\n")
     return bag
@@ -169,7 +163,7 @@ class LiveComparison:
 def compare_live(replay_out: Path, frames: Sequence[Any], live: Any, mask_topic: str = "/ood/mask") -> LiveComparison:
     """Compare the live node's record (:class:`~.live.LiveRecord`) with replay's frames and the
     masks in replay's output bag (``replay_out/output.mcap``), keyed by camera stamp."""
-    from ood_perception.replay.bag import BagSource
+    from ood_perception.data.bag_reader import BagSource
 
     replay_masks: dict[int, np.ndarray] = {}
     with BagSource(replay_out / "output.mcap") as src:
@@ -302,7 +296,7 @@ def recognize_video_live(path: Path, max_frames: int, model_dir: Path, stride: i
     from sensor_msgs.msg import Image
 
     from ood_perception.pipeline.recognition import ClipRecognizer
-    from ood_perception.ros import conversions as conv
+    from ood_perception.ros import messages as rosmsg
     from ood_perception.ros.common import stamp_from_sec
     from ood_perception.ros.recognition_node import ActionRecognitionNode
     from ood_perception_msgs.msg import OodAlert, Recognition
@@ -349,7 +343,7 @@ def recognize_video_live(path: Path, max_frames: int, model_dir: Path, stride: i
             if not ok:
                 break
             t = 1.0 + n / fps
-            msg = conv.numpy_to_image(bgr, "bgr8")
+            msg = rosmsg.image_msg(bgr, "bgr8")
             msg.header.stamp = stamp_from_sec(t)
             msg.header.frame_id = "camera"
             pub.publish(msg)
@@ -502,9 +496,9 @@ def run_demo(out: str | Path = "demo_out", model_dir: str | Path | None = None, 
         video: real video for the recognition node (default :data:`VTEST_AVI` when it exists).
     """
     from ood_perception import runtime
+    from ood_perception.app.live import run_live
     from ood_perception.pipeline.recognition import ClipRecognizer
     from ood_perception.replay.engine import ReplaySettings
-    from ood_perception.replay.live import run_live
     from ood_perception.replay.params import settings_from_params
     from ood_perception.replay.report import atomic_write_text, render_html, write_json
     from ood_perception.replay.run import ReplayJob, build_pipeline, run_job

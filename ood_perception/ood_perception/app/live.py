@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ood_perception.replay.bag import BagSource
+from ood_perception.data.bag_reader import BagSource
 from ood_perception.replay.engine import DEFAULT_INPUT_TOPICS
 
 
@@ -66,7 +66,7 @@ def run_live(bag: str | Path, frame_stamps: dict[int, int], params: dict[str, An
     from rosgraph_msgs.msg import Clock
     from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
-    from ood_perception.ros import conversions as conv
+    from ood_perception.codec import conversions as conv
     from ood_perception.ros.fusion_node import NO_INPUT_DESCRIPTION, FusionSegmentationNode
     from ood_perception_msgs.msg import OodAlert
 

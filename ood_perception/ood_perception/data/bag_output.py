@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ood_perception.atomic import commit_file
-from ood_perception.ros.conversions import SCORED_POINT_DTYPE
+from ood_perception.codec.conversions import SCORED_POINT_DTYPE
 
 #: The message types of ood_perception_msgs, in dependency order.
 CUSTOM_MSGS = ("OodRegion", "OodAlert", "Recognition")
@@ -52,7 +52,7 @@ def output_typestore(distro: str = "kilted") -> Any:
     """
     from rosbags.typesys import get_types_from_msg
 
-    from ood_perception.replay.bag import typestore_for
+    from ood_perception.data.bag_reader import typestore_for
 
     store = typestore_for(distro)
     for d in msg_dirs():
@@ -130,7 +130,7 @@ class OutputBag:
     def alert(self, result: Any, header: Any, source: str, T_cam_lidar: np.ndarray | None = None) -> Any:
         """An ood_perception_msgs/OodAlert of a pipeline result, filled as the node's
         :func:`ood_perception.ros.messages.build_alert` does (3D geometry in the camera frame)."""
-        from ood_perception.ros.messages import region_in_camera
+        from ood_perception.geometry import region_in_camera
 
         T = self.store.types
         Point, Vec = T["geometry_msgs/msg/Point"], T["geometry_msgs/msg/Vector3"]

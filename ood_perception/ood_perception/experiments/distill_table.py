@@ -36,7 +36,7 @@ _TITLES = {"msp": "MSP", "maxlogit": "MaxLogit", "energy": "Energy", "gen": "GEN
 
 
 def row_configs(base) -> dict[str, Any]:
-    """Row name -> :class:`~ood_perception.distill.trainer.DistillConfig` (None for Ensemble)."""
+    """Row name -> :class:`~ood_perception.trainer.distill.DistillConfig` (None for Ensemble)."""
     return {
         "Vanilla": replace(base, alpha=0.0, beta=0.0),
         "Ensemble": None,
@@ -94,8 +94,8 @@ def run_seed(splits: dict, class_names: list[str], seed: int, train_cfg, base_cf
     """Everything of one seed: expert training, then every row; returns per-row metrics."""
     import torch
 
-    from ood_perception.distill.trainer import distill_recognition_head
     from ood_perception.models.recognition import RecognitionConfig, build_recognition_model
+    from ood_perception.trainer.distill import distill_recognition_head
     from ood_perception.trainer.recognition import embed_arrays, train_recognition
 
     t0 = time.time()
@@ -153,7 +153,7 @@ def rewrite_report(json_path: str | os.PathLike, report: str | os.PathLike | Non
 def write_report(results: list[dict], meta: dict, path: str | os.PathLike, segmentation: dict | None = None) -> Path:
     """Markdown report (mean ± std over seeds) written atomically; raw numbers go to a .json beside it.
 
-    ``segmentation``: results of :func:`ood_perception.distill.seg_ablation.run_seg_ablation` (with
+    ``segmentation``: results of :func:`ood_perception.experiments.distill_seg_table.run_seg_ablation` (with
     ``meta.command``), rendered as the segmentation section; when None, the one already in the .json
     beside ``path`` is kept (so re-running the recognition ablation does not drop it).
     """
@@ -219,7 +219,7 @@ def write_report(results: list[dict], meta: dict, path: str | os.PathLike, segme
     lines += [f"Wall time: {meta['seconds']:.0f} s on {meta['machine']}.", ""]
     raw: dict[str, Any] = {"meta": meta, "results": results}
     if segmentation:
-        from ood_perception.distill.seg_ablation import render_section
+        from ood_perception.experiments.distill_seg_table import render_section
 
         lines += render_section(segmentation)
         raw["segmentation"] = segmentation
@@ -280,12 +280,13 @@ def run_ablation(data: str | os.PathLike, report: str | os.PathLike, seeds=(0, 1
     """Generate clips if needed, run every seed, write the report; returns its path."""
     import platform
 
-    from ood_perception.distill.trainer import DistillConfig
-    from ood_perception.trainer.recognition import RecognitionTrainConfig, ensure_clip_data, load_splits
+    from ood_perception.trainer.distill import DistillConfig
+    from ood_perception.trainer.recognition import RecognitionTrainConfig, load_splits
+    from ood_perception.world.clips import ensure_clip_dataset
 
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
     t0 = time.time()
-    root = ensure_clip_data(data, clips_per_class, data_seed)
+    root = ensure_clip_dataset(data, clips_per_class, data_seed)
     splits, class_names = load_splits(root, progress=False)
     train_cfg = RecognitionTrainConfig(epochs=train_epochs)
     base = DistillConfig(alpha=alpha, beta=beta, epochs=distill_epochs, lr=distill_lr, reinit=True)
@@ -300,3 +301,46 @@ def run_ablation(data: str | os.PathLike, report: str | os.PathLike, seeds=(0, 1
         "machine": f"{platform.machine()} CPU, torch threads {__import__('torch').get_num_threads()}",
     }
     return write_report(results, meta, report)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m ood_perception.experiments.distill_table --data DIR [--report docs/results/distillation.md]``:
+    the recognition ablation (clips generated in DIR when it is empty) or, with ``--task
+    segmentation CHECKPOINT``, the segmentation section (:mod:`.distill_seg_table`)."""
+    import argparse
+
+    import torch
+
+    p = argparse.ArgumentParser(prog="python -m ood_perception.experiments.distill_table", description=main.__doc__)
+    p.add_argument("checkpoint", nargs="?", help="trained segmentation checkpoint (--task segmentation)")
+    p.add_argument("--task", choices=("recognition", "segmentation"), default="recognition")
+    p.add_argument("--data", required=True, help="clip dataset (generated when empty) or segmentation dataset")
+    p.add_argument("--report", default="docs/results/distillation.md")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--train-epochs", type=int, default=12, help="expert training epochs per seed")
+    p.add_argument("--epochs", type=int, default=30, help="head retraining epochs per row")
+    p.add_argument("--lr", type=float, default=1e-3, help="head retraining Adam learning rate")
+    p.add_argument("--alpha", type=float, default=0.5, help="TCKD weight (paper advice 0.5; its code 0.2)")
+    p.add_argument("--beta", type=float, default=0.5, help="NCKD weight (paper advice 0.5; its code 0.8)")
+    p.add_argument("--clips-per-class", type=int, default=60, help="train clips per class when generating")
+    p.add_argument("--cache-dir", help="preprocessed-frame cache (segmentation)")
+    p.add_argument("--threads", type=int, default=2)
+    a = p.parse_args(argv)
+    torch.set_num_threads(max(1, a.threads))
+    if a.task == "segmentation":
+        from ood_perception.experiments.distill_seg_table import main as seg_main
+
+        if not a.checkpoint:
+            p.error("--task segmentation needs CHECKPOINT")
+        sargv = [a.checkpoint, "--data", a.data, "--report", a.report, "--seeds", *map(str, a.seeds),
+                 "--threads", str(a.threads), "--all-rows"] + (["--cache-dir", a.cache_dir] if a.cache_dir else [])
+        return seg_main(sargv)
+    cmd = "python -m ood_perception.experiments.distill_table " + " ".join(sys.argv[1:] if argv is None else argv)
+    path = run_ablation(a.data, a.report, tuple(a.seeds), a.train_epochs, distill_epochs=a.epochs, distill_lr=a.lr,
+                        alpha=a.alpha, beta=a.beta, clips_per_class=a.clips_per_class, command=cmd)
+    print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,6 +1,6 @@
 """The segmentation results table (docs/results/segmentation.md), made by one command::
 
-    .venv/bin/python -m ood_perception.trainer.seg_table --jobs 2
+    .venv/bin/python -m ood_perception.experiments.seg_table --jobs 2
 
 It renders the synthetic world with ``ood-perception synth --sequences 40 --frames 10 --seed 0``
 (many short streets: ~70/10/20% train/val/test sequences, clean training data, anomalies in
@@ -142,9 +142,9 @@ def hard_pixel_breakdown(run_dir: Path, test_root: Path, split: str, cache: Path
     import cv2
     import torch
 
+    from ood_perception.evaluation.segmentation import labelled, pixel_truth
+    from ood_perception.geometry.maps import upsample_score_map
     from ood_perception.models import load_checkpoint
-    from ood_perception.pipeline.fusion import upsample_score_map
-    from ood_perception.replay.scoring import labelled, pixel_truth
     from ood_perception.scoring import get_scorer
     from ood_perception.trainer.seg_data import SegmentationData, collate
 
@@ -532,7 +532,7 @@ def main(argv: list[str] | None = None) -> int:
     test_desc = (f"`ood-perception synth --split test --seed {gen.get('seed')} --sequences {gen.get('sequences')} "
                  f"--frames {gen.get('frames')}`, a held-out world: same generator and protocol, other seed"
                  if gen else "given dataset")
-    setup = {"command": "python -m ood_perception.trainer.seg_table " + " ".join(argv if argv is not None else sys.argv[1:]),
+    setup = {"command": "python -m ood_perception.experiments.seg_table " + " ".join(argv if argv is not None else sys.argv[1:]),
              "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.processor() or platform.machine()}, CPU",
              "data": str(data), "data_desc": desc, "n_train": n_train, "epochs": args.epochs, "jobs": args.jobs,
              "test_data": str(test_root), "test_desc": test_desc, "n_test_frames": results[0]["n_frames"] if results else 0,

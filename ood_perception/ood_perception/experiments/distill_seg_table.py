@@ -3,7 +3,7 @@
 The camera-only and LiDAR-only heads of the checkpoint are the frozen teachers (per pixel, ignore
 index 255); the student is the fused head's final 1x1 conv (``model.classifier``), re-initialised
 and retrained on the frozen penultimate features, which are computed once per training frame and
-cached (:func:`~ood_perception.distill.trainer.cache_segmentation_features`). Every row gets the
+cached (:func:`~ood_perception.trainer.distill.cache_segmentation_features`). Every row gets the
 same schedule, so only the loss differs:
 
 * ``Vanilla``: CE only; ``Ensemble``: mean of the Vanilla fused logits and both experts' logits;
@@ -14,9 +14,9 @@ Each row is evaluated on the test split by :func:`ood_perception.trainer.evaluat
 (the camera-resolution convention of ``ood-perception evaluate``); the expert parameters are
 asserted unchanged after every row. Results go into the ``segmentation`` entry of
 ``docs/results/distillation.json`` and the report is re-rendered
-(:func:`ood_perception.distill.ablation.write_report`).
+(:func:`ood_perception.experiments.distill_table.write_report`).
 
-    python -m ood_perception.distill.seg_ablation build/default_model/run/model.pt \
+    python -m ood_perception.experiments.distill_seg_table build/default_model/run/model.pt \
         --data build/default_model/world --cache-dir build/default_model/cache
 """
 
@@ -102,12 +102,12 @@ def run_seg_ablation(checkpoint: str, data: str, cache_dir: str | None, seeds=(0
     """Run every row and seed; returns ``{"meta": ..., "results": [per seed], "checkpoint_row": ...}``."""
     import torch
 
-    from ood_perception.distill.trainer import (
+    from ood_perception.models import load_checkpoint
+    from ood_perception.trainer.distill import (
         DistillConfig,
         cache_segmentation_features,
         distill_segmentation_cached,
     )
-    from ood_perception.models import load_checkpoint
     from ood_perception.trainer.evaluate import evaluate_model
     from ood_perception.trainer.seg_data import SegmentationData, collate
 
@@ -288,8 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(a.threads)
     seg = run_seg_ablation(a.checkpoint, a.data, a.cache_dir, tuple(a.seeds), a.epochs, a.lr, a.batch_size,
                            all_rows=a.all_rows)
-    seg["meta"]["command"] = "python -m ood_perception.distill.seg_ablation " + " ".join(argv or sys.argv[1:])
-    from ood_perception.distill.ablation import rewrite_report
+    seg["meta"]["command"] = "python -m ood_perception.experiments.distill_seg_table " + " ".join(argv or sys.argv[1:])
+    from ood_perception.experiments.distill_table import rewrite_report
 
     raw_out = Path(a.raw_out)
     raw_out.parent.mkdir(parents=True, exist_ok=True)

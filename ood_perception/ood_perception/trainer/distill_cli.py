@@ -41,17 +41,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
-    ab = parser.add_argument_group("ablation (writes the report)")
-    ab.add_argument("--ablation", action="store_true", help="run the distillation ablation on synthetic clips")
-    ab.add_argument("--report", default="docs/results/distillation.md")
-    ab.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ab.add_argument("--train-epochs", type=int, default=12, help="expert training epochs per seed")
-    ab.add_argument("--cache-dir", help="preprocessed-frame cache (segmentation ablation)")
-    ab.add_argument("--clips-per-class", type=int, default=60, help="train clips per class when generating")
 
 
 def _config(args):
-    from ood_perception.distill.trainer import DistillConfig
+    from ood_perception.trainer.distill import DistillConfig
 
     return DistillConfig(alpha=args.alpha, beta=args.beta, teacher=args.teacher, epochs=args.epochs, lr=args.lr,
                          batch_size=args.batch_size, reinit=args.reinit, temperature=args.temperature,
@@ -61,8 +54,8 @@ def _config(args):
 def _recognition(args, cfg) -> int:
     import torch
 
-    from ood_perception.distill.trainer import distill_recognition_head
     from ood_perception.models.recognition import load_recognition_checkpoint
+    from ood_perception.trainer.distill import distill_recognition_head
     from ood_perception.trainer.recognition import (
         embed_arrays,
         evaluate_recognition,
@@ -98,9 +91,9 @@ def _recognition(args, cfg) -> int:
 def _segmentation(args, cfg) -> int:
     import torch
 
-    from ood_perception.distill.trainer import distill_segmentation
     from ood_perception.models import load_checkpoint
     from ood_perception.trainer.checkpoint import atomic_torch_save
+    from ood_perception.trainer.distill import distill_segmentation
     from ood_perception.trainer.seg_data import SegmentationData, collate
 
     model, ckpt = load_checkpoint(args.checkpoint, args.device)
@@ -133,33 +126,11 @@ def _segmentation(args, cfg) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Dispatch on ``--ablation`` / ``--task``; returns the exit code."""
+    """Distil CHECKPOINT's joint head for ``--task``; returns the exit code."""
     import torch
 
     torch.set_num_threads(max(1, args.threads))
-    if args.ablation and args.task == "segmentation":
-        if not args.checkpoint or not args.data:
-            raise ValueError("--task segmentation --ablation needs CHECKPOINT and --data DIR")
-        from ood_perception.distill.seg_ablation import main as seg_main
-
-        argv = [args.checkpoint, "--data", args.data, "--report", args.report, "--seeds", *map(str, args.seeds),
-                "--threads", str(args.threads), "--all-rows"]
-        if args.cache_dir:
-            argv += ["--cache-dir", args.cache_dir]
-        return seg_main(argv)
-    if args.ablation:
-        if not args.data:
-            raise ValueError("--ablation needs --data DIR (generated there when empty)")
-        from ood_perception.distill.ablation import run_ablation
-
-        cmd = "ood-perception train distill " + " ".join(sys.argv[sys.argv.index("distill") + 1:]) \
-            if "distill" in sys.argv else " ".join(sys.argv)
-        path = run_ablation(args.data, args.report, tuple(args.seeds), args.train_epochs,
-                            distill_epochs=args.epochs, distill_lr=args.lr, alpha=args.alpha, beta=args.beta,
-                            clips_per_class=args.clips_per_class, command=cmd)
-        print(f"wrote {path}", file=sys.stderr)
-        return 0
     if not args.checkpoint:
-        raise ValueError("CHECKPOINT is required (or --ablation)")
+        raise ValueError("CHECKPOINT is required")
     cfg = _config(args)
     return _recognition(args, cfg) if args.task == "recognition" else _segmentation(args, cfg)

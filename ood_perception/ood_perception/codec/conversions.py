@@ -141,7 +141,7 @@ def numpy_to_image(arr: np.ndarray, encoding: str, header: Any = None, msg_type:
     if arr.dtype != dtype:
         raise ConversionError(f"array dtype {arr.dtype} does not fit encoding {encoding} ({dtype})")
     if msg_type is None:
-        from sensor_msgs.msg import Image as msg_type  # noqa: N813
+        raise ConversionError("numpy_to_image needs msg_type (sensor_msgs/Image of rclpy or rosbags)")
     msg = msg_type()
     if header is not None:
         msg.header = header
@@ -279,9 +279,7 @@ def array_to_pointcloud2(arr: np.ndarray, header: Any = None, msg_type: Any = No
     if arr.dtype.names is None:
         raise ConversionError("array_to_pointcloud2 needs a structured array")
     if msg_type is None or field_type is None:
-        from sensor_msgs.msg import PointCloud2, PointField
-
-        msg_type, field_type = msg_type or PointCloud2, field_type or PointField
+        raise ConversionError("array_to_pointcloud2 needs msg_type and field_type (PointCloud2, PointField)")
     fields = []
     for name in arr.dtype.names:
         fdt, off = arr.dtype.fields[name][:2]
@@ -311,7 +309,8 @@ SCORED_POINT_DTYPE = np.dtype(
 )
 
 
-def scored_points_to_pointcloud2(points: np.ndarray, labels: np.ndarray, scores: np.ndarray, header: Any = None) -> Any:
+def scored_points_to_pointcloud2(points: np.ndarray, labels: np.ndarray, scores: np.ndarray, header: Any = None,
+                                 msg_type: Any = None, field_type: Any = None) -> Any:
     """Build the ``ood/points`` cloud (x, y, z, intensity float32; label int32; ood_score float32)."""
     points = np.asarray(points)
     n = points.shape[0]
@@ -323,7 +322,7 @@ def scored_points_to_pointcloud2(points: np.ndarray, labels: np.ndarray, scores:
         rec["intensity"] = points[:, 3]
     rec["label"] = labels
     rec["ood_score"] = scores
-    return array_to_pointcloud2(rec, header)
+    return array_to_pointcloud2(rec, header, msg_type, field_type)
 
 
 # --------------------------------------------------------------------------- camera info

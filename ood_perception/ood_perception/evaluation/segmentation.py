@@ -4,7 +4,7 @@ The metrics convention shared with ``ood-perception evaluate`` (its default ``--
 camera``), so both give the same numbers on the same frames and model:
 
 * pixels: the camera-resolution maps the fusion node publishes (score map upsampled bilinearly by
-  :func:`ood_perception.pipeline.fusion.upsample_score_map`, class map by nearest neighbour)
+  :func:`ood_perception.geometry.maps.upsample_score_map`, class map by nearest neighbour)
   against the raw labels at camera resolution (:func:`pixel_truth`: resized nearest only when the
   label image has another size); the OOD set is :func:`labelled` (in-distribution class or anomaly;
   unlabelled/ignored pixels are left out) with a finite score; OOD = raw id in the dataset's
@@ -30,7 +30,7 @@ def pixel_truth(raw: np.ndarray, hw: tuple[int, int], config: Any) -> tuple[np.n
     """Raw semantic label ids ``[h, w]`` -> (train ids uint8-valued ``[H, W]``, 255 = ignore; OOD
     mask bool ``[H, W]``) at camera resolution ``hw`` (labels resized by nearest neighbour only
     when their size differs)."""
-    from ood_perception.data.transforms import resize_labels
+    from ood_perception.geometry.inputs import resize_labels
 
     raw = np.asarray(raw)
     if raw.shape != tuple(hw):

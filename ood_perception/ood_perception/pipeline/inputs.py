@@ -2,16 +2,16 @@
 
 Used by the fusion node's subscription callbacks and by rosbag replay (which hands rosbags'
 deserialised messages to the same functions), so both accept, reject and note the same inputs.
-Duck-typed like :mod:`ood_perception.ros.conversions`: no rclpy import.
+Duck-typed like :mod:`ood_perception.codec.conversions`: no rclpy import.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from ood_perception.codec import conversions as conv
 from ood_perception.geometry import Calibration
 from ood_perception.pipeline.frame_handler import CameraInput, FrameHeader, FrameSettings, LidarInput, Note
-from ood_perception.ros import conversions as conv
 
 
 def decode_camera(msg: Any, source: Any = None) -> CameraInput:
@@ -42,11 +42,3 @@ def decode_lidar(msg: Any, settings: FrameSettings, source: Any = None) -> tuple
 def decode_camera_info(msg: Any) -> Calibration:
     """A sensor_msgs/CameraInfo's intrinsics. Raises ConversionError on bad input."""
     return conv.camera_info_to_calibration(msg)
-
-
-def header_msg(header: FrameHeader) -> Any:
-    """The rclpy ``std_msgs/Header`` of a :class:`FrameHeader` (imports rclpy's message types)."""
-    from builtin_interfaces.msg import Time
-    from std_msgs.msg import Header
-
-    return Header(stamp=Time(sec=header.sec, nanosec=header.nanosec), frame_id=header.frame_id)
