@@ -24,6 +24,7 @@ Steps, each real (nothing is faked; a missing piece stops the demo with one line
 
 from __future__ import annotations
 
+import base64
 import html
 import math
 import shutil
@@ -33,10 +34,34 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
+from sensor_msgs.msg import Image
+from sklearn.metrics import roc_auc_score
 
+from ood_perception import runtime
+from ood_perception.app.live import run_live
+from ood_perception.atomic import atomic_write_bytes
+from ood_perception.data.bag_reader import BagSource
+from ood_perception.pipeline.frame_handler import MATRIX_PARAM
+from ood_perception.pipeline.recognition import ClipRecognizer, RecognitionResult
+from ood_perception.replay.engine import ReplaySettings
+from ood_perception.replay.params import extrinsics_from_kitti_calib, settings_from_params
+from ood_perception.replay.report import atomic_write_text, render_html, write_json
+from ood_perception.replay.run import ReplayJob, build_pipeline, run_job
+from ood_perception.ros import messages as rosmsg
+from ood_perception.ros.common import stamp_from_sec
+from ood_perception.world.clips import (
+    FAR_OOD_CLASSES,
+    ID_CLASSES,
+    NEAR_OOD_CLASSES,
+    ClipConfig,
+    clip_rng,
+    render_clip,
+)
 from ood_perception.world.config import WorldConfig
 from ood_perception.world.synth import generate_dataset
+from ood_perception_msgs.msg import OodAlert, Recognition
 
 #: Debian opencv-doc's example street video (795 frames of pedestrians, 768x576 at 10 fps), checked on Debian 12.
 VTEST_AVI = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
@@ -75,7 +100,6 @@ QUICK = DemoSize(frames=8, clips_per_motion=1, video_frames=48, video_stride=16)
 
 def check_model(model_dir: str | Path | None) -> Path:
     """The model directory to use, after checking it loads; DemoError otherwise."""
-    from ood_perception import runtime
 
     path = Path(model_dir) if model_dir else runtime.default_model_dir()
     try:
@@ -88,7 +112,6 @@ def check_model(model_dir: str | Path | None) -> Path:
 
 def check_recognition_model(model_dir: str | Path | None) -> Path:
     """The recognition model directory to use, after checking it holds a recognition model; DemoError otherwise."""
-    from ood_perception import runtime
 
     path = Path(model_dir) if model_dir else runtime.default_recognition_model_dir()
     try:
@@ -131,8 +154,6 @@ def _dataset_yaml(root: Path) -> Path | None:
 def drive_params(root: Path) -> dict[str, Any]:
     """:data:`DEMO_PARAMS` plus the drive's extrinsics (``lidar_to_camera.matrix`` from its
     ``calib.txt`` Tr), so replay and the live node project the LiDAR as the world rendered it."""
-    from ood_perception.pipeline.frame_handler import MATRIX_PARAM
-    from ood_perception.replay.params import extrinsics_from_kitti_calib
 
     calibs = sorted(root.rglob("calib.txt"))
     if not calibs:
@@ -163,7 +184,6 @@ class LiveComparison:
 def compare_live(replay_out: Path, frames: Sequence[Any], live: Any, mask_topic: str = "/ood/mask") -> LiveComparison:
     """Compare the live node's record (:class:`~.live.LiveRecord`) with replay's frames and the
     masks in replay's output bag (``replay_out/output.mcap``), keyed by camera stamp."""
-    from ood_perception.data.bag_reader import BagSource
 
     replay_masks: dict[int, np.ndarray] = {}
     with BagSource(replay_out / "output.mcap") as src:
@@ -217,7 +237,6 @@ class ClipRow:
 
 def demo_motions(size: DemoSize) -> list[tuple[str, str]]:
     """(motion, group) of the world clips the demo renders: every motion, ``size.clips_per_motion`` of each."""
-    from ood_perception.world.clips import FAR_OOD_CLASSES, ID_CLASSES, NEAR_OOD_CLASSES
 
     groups = [(ID_CLASSES, "ID"), (NEAR_OOD_CLASSES, "near OOD"), (FAR_OOD_CLASSES, "far OOD")]
     return [(m, g) for motions, g in groups for m in motions for _ in range(size.clips_per_motion)]
@@ -233,7 +252,6 @@ def _strip(frames: np.ndarray, picks: int = 4) -> np.ndarray:
 def recognize_world_clips(recognizer: Any, size: DemoSize, seed: int) -> list[ClipRow]:
     """Render the world's motion clips (:func:`demo_motions`, split :data:`DEMO_CLIP_SPLIT`) at
     the model's clip length and size and recognise each with ``recognizer.process_clip``."""
-    from ood_perception.world.clips import ClipConfig, clip_rng, render_clip
 
     cfg = ClipConfig(frames=recognizer.buffer.clip_len, size=recognizer.buffer.size)
     rows = []
@@ -249,7 +267,6 @@ def recognize_world_clips(recognizer: Any, size: DemoSize, seed: int) -> list[Cl
 def world_summary(rows: Sequence[ClipRow], class_names: Sequence[str]) -> dict[str, Any]:
     """Accuracy on the ID clips, share flagged OOD per group and AUROC (ID vs near / far OOD, by
     ``sklearn.metrics.roc_auc_score`` of the OOD score) over the demo's world clips."""
-    from sklearn.metrics import roc_auc_score
 
     out: dict[str, Any] = {}
     ids = [r for r in rows if r.group == "ID"]
@@ -269,7 +286,6 @@ def world_summary(rows: Sequence[ClipRow], class_names: Sequence[str]) -> dict[s
 
 def open_video(path: Path) -> tuple[Any, float, tuple[int, int]]:
     """An OpenCV capture of a video file, its frame rate and ``(height, width)``; DemoError when unreadable."""
-    import cv2
 
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
@@ -288,18 +304,19 @@ def recognize_video_live(path: Path, max_frames: int, model_dir: Path, stride: i
     model directory, fed the same frames, checks every result (same class and decision, score
     within 1e-5). Frames are streamed, not held (a thumbnail of each clip's middle frame is kept).
     Returns the rows and node facts."""
-    import cv2
-    import rclpy
-    from rclpy.executors import SingleThreadedExecutor
-    from rclpy.parameter import Parameter
-    from rclpy.qos import QoSProfile, ReliabilityPolicy
-    from sensor_msgs.msg import Image
+    import rclpy  # lazy: rclpy is heavy to import and only this path needs it
+    from rclpy.executors import (
+        SingleThreadedExecutor,  # lazy: rclpy is heavy to import and only this path needs it
+    )
+    from rclpy.parameter import Parameter  # lazy: rclpy is heavy to import and only this path needs it
+    from rclpy.qos import (  # lazy: rclpy is heavy to import and only this path needs it
+        QoSProfile,
+        ReliabilityPolicy,
+    )
 
-    from ood_perception.pipeline.recognition import ClipRecognizer
-    from ood_perception.ros import messages as rosmsg
-    from ood_perception.ros.common import stamp_from_sec
-    from ood_perception.ros.recognition_node import ActionRecognitionNode
-    from ood_perception_msgs.msg import OodAlert, Recognition
+    from ood_perception.ros.recognition_node import (
+        ActionRecognitionNode,  # lazy: rclpy is heavy to import and only this path needs it
+    )
 
     cap, fps, hw = open_video(path)
     ref = ClipRecognizer.from_model_dir(model_dir, stride=stride)
@@ -385,7 +402,6 @@ def recognize_video_live(path: Path, max_frames: int, model_dir: Path, stride: i
 
 def _result_from_msg(msg: Any) -> Any:
     """A ``RecognitionResult`` holding a ``Recognition`` message's fields."""
-    from ood_perception.pipeline.recognition import RecognitionResult
 
     return RecognitionResult(class_id=int(msg.class_id), class_name=msg.class_name, confidence=float(msg.confidence),
                              ood_score=float(msg.ood_score), is_ood=bool(msg.is_ood), threshold=float(msg.threshold),
@@ -406,9 +422,7 @@ def _fmt(v: Any) -> str:
 
 def jpeg_b64(rgb: np.ndarray, quality: int = 85) -> str:
     """An RGB uint8 image as base64 JPEG (clip thumbnails: noisy frames compress poorly as PNG)."""
-    import base64
 
-    import cv2
 
     ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(rgb[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
@@ -495,13 +509,6 @@ def run_demo(out: str | Path = "demo_out", model_dir: str | Path | None = None, 
     Args:
         video: real video for the recognition node (default :data:`VTEST_AVI` when it exists).
     """
-    from ood_perception import runtime
-    from ood_perception.app.live import run_live
-    from ood_perception.pipeline.recognition import ClipRecognizer
-    from ood_perception.replay.engine import ReplaySettings
-    from ood_perception.replay.params import settings_from_params
-    from ood_perception.replay.report import atomic_write_text, render_html, write_json
-    from ood_perception.replay.run import ReplayJob, build_pipeline, run_job
 
     t0 = time.perf_counter()
     out = Path(out)
@@ -555,9 +562,7 @@ def run_demo(out: str | Path = "demo_out", model_dir: str | Path | None = None, 
               f"{sum(1 for r in video_rows if r.reference_agrees)}", flush=True)
     rec_html = recognition_html(world, summary, video_rows, video_info, note, rec_model, spec)
     # overlays as files, for the README and quick looks
-    import cv2
 
-    from ood_perception.atomic import atomic_write_bytes
 
     written = []
     for name in ("worst", "best"):

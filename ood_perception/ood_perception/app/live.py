@@ -25,9 +25,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from builtin_interfaces.msg import Time
+from rosgraph_msgs.msg import Clock
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
+from std_msgs.msg import Header
 
+from ood_perception.codec import conversions as conv
 from ood_perception.data.bag_reader import BagSource
 from ood_perception.replay.engine import DEFAULT_INPUT_TOPICS
+from ood_perception_msgs.msg import OodAlert
 
 
 @dataclass
@@ -58,17 +64,23 @@ def run_live(bag: str | Path, frame_stamps: dict[int, int], params: dict[str, An
         backend: a loaded backend to inject (None: the node loads ``model_dir``).
         sim_time: drive the node's clock with ``/clock`` = bag time (see the module docstring).
     """
-    import rclpy
-    from rclpy.executors import SingleThreadedExecutor
-    from rclpy.parameter import Parameter
-    from rclpy.qos import QoSProfile, ReliabilityPolicy
-    from rclpy.serialization import serialize_message
-    from rosgraph_msgs.msg import Clock
-    from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+    import rclpy  # lazy: rclpy is heavy to import and only this path needs it
+    from rclpy.executors import (
+        SingleThreadedExecutor,  # lazy: rclpy is heavy to import and only this path needs it
+    )
+    from rclpy.parameter import Parameter  # lazy: rclpy is heavy to import and only this path needs it
+    from rclpy.qos import (  # lazy: rclpy is heavy to import and only this path needs it
+        QoSProfile,
+        ReliabilityPolicy,
+    )
+    from rclpy.serialization import (
+        serialize_message,  # lazy: rclpy is heavy to import and only this path needs it
+    )
 
-    from ood_perception.codec import conversions as conv
-    from ood_perception.ros.fusion_node import NO_INPUT_DESCRIPTION, FusionSegmentationNode
-    from ood_perception_msgs.msg import OodAlert
+    from ood_perception.ros.fusion_node import (  # lazy: rclpy is heavy to import and only this path needs it
+        NO_INPUT_DESCRIPTION,
+        FusionSegmentationNode,
+    )
 
     names = {**DEFAULT_INPUT_TOPICS, **(topics or {})}
     ctx = rclpy.context.Context()
@@ -165,16 +177,12 @@ def run_live(bag: str | Path, frame_stamps: dict[int, int], params: dict[str, An
 
 
 def _time_msg(ns: int) -> Any:
-    from builtin_interfaces.msg import Time
 
     return Time(sec=int(ns // 1_000_000_000), nanosec=int(ns % 1_000_000_000))
 
 
 def _to_rclpy(msg: Any, kind: str) -> Any:
     """A rosbags message of the input types as the rclpy message (field by field, arrays as bytes)."""
-    from builtin_interfaces.msg import Time
-    from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
-    from std_msgs.msg import Header
 
     hdr = Header(stamp=Time(sec=int(msg.header.stamp.sec), nanosec=int(msg.header.stamp.nanosec)), frame_id=msg.header.frame_id)
     if kind == "image":

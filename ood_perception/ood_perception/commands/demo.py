@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ood_perception.app.demo import demo_main
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``demo`` subcommand."""
@@ -29,6 +31,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def handler(args: argparse.Namespace) -> int:
     """Run the demo; a missing piece (e.g. no default model) is one line and exit code 1."""
-    from ood_perception.app.demo import demo_main
 
     return demo_main(args)

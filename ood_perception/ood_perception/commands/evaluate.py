@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+from ood_perception.trainer import evaluate as ev
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``evaluate`` subcommand (arguments in :mod:`ood_perception.trainer.evaluate`)."""
-    from ood_perception.trainer import evaluate as ev
 
     parser = subparsers.add_parser("evaluate", help="evaluate a segmentation checkpoint (mIoU, AUROC/FPR95/AUPR, plots)",
                                    description=(ev.__doc__ or "").strip(),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
 
@@ -59,9 +60,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def handler(args: argparse.Namespace) -> int:
     """Run the export; prints the written model.json summary."""
-    from pathlib import Path
 
-    import torch
+    import torch  # lazy: torch is heavy to import and only this path needs it
 
     torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
     out = Path(args.out)

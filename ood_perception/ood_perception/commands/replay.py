@@ -3,6 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import sys
+
+from ood_perception.replay.engine import ReplaySettings
+from ood_perception.replay.params import (
+    extrinsics_from_kitti_calib,
+    node_parameters,
+    parse_topic_overrides,
+    settings_from_params,
+)
+from ood_perception.replay.run import run_replay
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -42,16 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def handler(args: argparse.Namespace) -> int:
     """Run the replay; returns 1 when a bag was damaged, else 0."""
-    import sys
 
-    from ood_perception.replay.engine import ReplaySettings
-    from ood_perception.replay.params import (
-        extrinsics_from_kitti_calib,
-        node_parameters,
-        parse_topic_overrides,
-        settings_from_params,
-    )
-    from ood_perception.replay.run import run_replay
 
     settings = ReplaySettings(distro=args.distro, max_frames=args.max_frames, overlap=not args.serial)
     if args.params:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from ood_perception.ros.runner import run_nodes
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``run`` subcommand."""
@@ -35,7 +37,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def handler(args: argparse.Namespace) -> int:
     """Run the nodes; 0 on a clean stop, 1 when a node cannot start."""
-    from ood_perception.ros.runner import run_nodes
 
     overrides: dict[str, object] = {}
     if args.model is not None:

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
+
+from ood_perception.world.config import WorldConfig
+from ood_perception.world.synth import generate_dataset
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -47,10 +51,7 @@ def register(subparsers) -> None:
 
 def handler(args: argparse.Namespace) -> int:
     """Run ``synth``."""
-    import json
 
-    from ood_perception.world.config import WorldConfig
-    from ood_perception.world.synth import generate_dataset
 
     cfg = WorldConfig.from_yaml(args.config) if args.config else WorldConfig()
     if args.anomaly_rate is not None:

@@ -11,6 +11,8 @@ import argparse
 import importlib
 from types import ModuleType
 
+from ood_perception.world.clips import ensure_clip_dataset
+
 #: task name -> (module implementing it, one-line help).
 TASKS: dict[str, tuple[str, str]] = {
     "segmentation": ("ood_perception.trainer.segmentation",
@@ -45,7 +47,6 @@ def task_parser(name: str, mod: ModuleType) -> argparse.ArgumentParser:
 def _generate_clips_if_empty(args: argparse.Namespace) -> None:
     """``train recognition`` on an empty or missing ``--data``: render the synthetic clip world there
     first (the trainer room reads data and never imports the world, so the command does this)."""
-    from ood_perception.world.clips import ensure_clip_dataset
 
     ensure_clip_dataset(args.data, args.clips_per_class, args.seed, args.clip_len, args.size)
 

@@ -23,6 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rosbags.rosbag2 import StoragePlugin, Writer
+from rosbags.typesys import Stores
+from rosbags.typesys import get_typestore as _get
+from scipy.spatial.transform import Rotation
 
 from ood_perception.atomic import replace_dir
 from ood_perception.data.frame import Frame
@@ -34,8 +38,6 @@ WORLD_FRAME = "map"
 
 def get_typestore():
     """The newest ROS 2 typestore rosbags offers among Kilted, Jazzy and Humble."""
-    from rosbags.typesys import Stores
-    from rosbags.typesys import get_typestore as _get
 
     for name in ("ROS2_KILTED", "ROS2_JAZZY", "ROS2_HUMBLE"):
         store = getattr(Stores, name, None)
@@ -46,7 +48,6 @@ def get_typestore():
 
 def _quat(r: np.ndarray) -> tuple[float, float, float, float]:
     """Rotation matrix -> quaternion (x, y, z, w)."""
-    from scipy.spatial.transform import Rotation
 
     x, y, z, w = Rotation.from_matrix(r).as_quat()
     return float(x), float(y), float(z), float(w)
@@ -66,7 +67,6 @@ class BagWriter:
 
     def __init__(self, path: str | os.PathLike[str], storage: str = "sqlite3", camera_rate: float = 10.0,
                  lidar_rate: float = 10.0, overwrite: bool = False, start_ns: int = 0) -> None:
-        from rosbags.rosbag2 import StoragePlugin, Writer
 
         plugins = {"sqlite3": StoragePlugin.SQLITE3, "mcap": StoragePlugin.MCAP}
         if storage not in plugins:

@@ -16,9 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rosbags.rosbag2 import StoragePlugin, Writer
+from rosbags.typesys import get_types_from_msg
 
 from ood_perception.atomic import commit_file
 from ood_perception.codec.conversions import SCORED_POINT_DTYPE
+from ood_perception.data.bag_reader import typestore_for
+from ood_perception.geometry import region_in_camera
 
 #: The message types of ood_perception_msgs, in dependency order.
 CUSTOM_MSGS = ("OodRegion", "OodAlert", "Recognition")
@@ -50,9 +54,7 @@ def output_typestore(distro: str = "kilted") -> Any:
     Raises:
         FileNotFoundError: the .msg files are nowhere to be found (lists where it looked).
     """
-    from rosbags.typesys import get_types_from_msg
 
-    from ood_perception.data.bag_reader import typestore_for
 
     store = typestore_for(distro)
     for d in msg_dirs():
@@ -78,7 +80,6 @@ class OutputBag:
     """
 
     def __init__(self, path: str | Path, topics: dict[str, str] | None = None, distro: str = "kilted") -> None:
-        from rosbags.rosbag2 import StoragePlugin, Writer
 
         self.path = Path(path)
         self.topics = {**DEFAULT_OUTPUT_TOPICS, **(topics or {})}
@@ -130,7 +131,6 @@ class OutputBag:
     def alert(self, result: Any, header: Any, source: str, T_cam_lidar: np.ndarray | None = None) -> Any:
         """An ood_perception_msgs/OodAlert of a pipeline result, filled as the node's
         :func:`ood_perception.ros.messages.build_alert` does (3D geometry in the camera frame)."""
-        from ood_perception.geometry import region_in_camera
 
         T = self.store.types
         Point, Vec = T["geometry_msgs/msg/Point"], T["geometry_msgs/msg/Vector3"]

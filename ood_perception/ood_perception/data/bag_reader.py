@@ -17,10 +17,15 @@ from __future__ import annotations
 import heapq
 import itertools
 import struct
+import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import apsw
+from rosbags.highlevel import AnyReader
+from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
 #: ROS 2 distros whose built-in message types can decode bags without embedded definitions.
 DISTROS = ("humble", "jazzy", "kilted")
@@ -98,7 +103,6 @@ class BagMessage:
 
 def typestore_for(distro: str):
     """The rosbags type store of a ROS 2 ``distro`` (one of :data:`DISTROS`)."""
-    from rosbags.typesys import Stores, get_typestore
 
     if distro not in DISTROS:
         raise ValueError(f"unknown ROS distro {distro!r}; expected one of {', '.join(DISTROS)}")
@@ -152,7 +156,6 @@ class BagSource:
 
     # -- opening --------------------------------------------------------------------------------
     def _open(self) -> None:
-        from rosbags.highlevel import AnyReader
 
         try:
             reader = AnyReader([self.path], default_typestore=self._default_types)
@@ -307,7 +310,6 @@ class _Salvage:
 
     # type store: the bag's own definitions where present, the distro's otherwise
     def _build_typestore(self) -> Any:
-        from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
         store = get_typestore(Stores.EMPTY)
         store.register(self.default_types.fielddefs)
@@ -409,7 +411,6 @@ class _Salvage:
 
     # ---- sqlite3
     def _connect(self):
-        import apsw
 
         path = self._db_file or self.file
         return apsw.Connection(f"file:{path}?immutable=1", flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)
@@ -421,8 +422,6 @@ class _Salvage:
         and every query fails as "malformed". With the count fixed, the pages that survived
         (the schema, the topic table and the earlier messages) read normally.
         """
-        import struct
-        import tempfile
 
         data = self.file.read_bytes()
         if len(data) < 100 or not data.startswith(b"SQLite format 3\0"):

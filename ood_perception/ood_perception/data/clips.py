@@ -23,6 +23,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import yaml
 
 from ood_perception.atomic import atomic_path
 from ood_perception.geometry.video import FlowParams, compute_flow, normalise_flow, normalise_frames
@@ -83,7 +84,6 @@ class SyntheticClipDataset:
 
     def __init__(self, root: str | os.PathLike, split: str, cache_dir: str | os.PathLike | None = None,
                  flow_params: FlowParams = FlowParams()) -> None:
-        import yaml
 
         self.root = Path(root)
         meta_path = self.root / "dataset.yaml"

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from ood_perception.atomic import atomic_write_bytes
 
@@ -193,7 +194,6 @@ class DatasetConfig:
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str]) -> DatasetConfig:
         """Read a ``dataset.yaml`` (or the official ``semantic-kitti.yaml``)."""
-        import yaml
 
         path = Path(path)
         if not path.is_file():
@@ -231,7 +231,6 @@ class DatasetConfig:
 
     def write_yaml(self, path: str | os.PathLike[str]) -> None:
         """Write ``dataset.yaml`` atomically (same content -> same bytes)."""
-        import yaml
 
         text = yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None, width=100)
         atomic_write_bytes(Path(path), text.encode())

@@ -23,6 +23,7 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from ood_perception.data.config import DatasetConfig, _seq_name, atomic_write_bytes
@@ -67,7 +68,6 @@ def read_points(path: Path) -> np.ndarray:
 
 def read_label_png(path: Path) -> np.ndarray:
     """A 16-bit (or 8-bit) single-channel label PNG -> uint16 ``[H, W]``."""
-    import cv2
 
     img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if img is None:
@@ -79,7 +79,6 @@ def read_label_png(path: Path) -> np.ndarray:
 
 def read_rgb(path: Path) -> np.ndarray:
     """A colour image file -> uint8 RGB ``[H, W, 3]``."""
-    import cv2
 
     img = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if img is None:
@@ -245,7 +244,6 @@ def encode_png(image: np.ndarray, compression: int = 1) -> bytes:
 
     3-channel input is taken as RGB. 16-bit single-channel arrays stay 16-bit.
     """
-    import cv2
 
     arr = np.ascontiguousarray(image)
     if arr.ndim == 3:

@@ -24,13 +24,17 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from sklearn.metrics import roc_curve
+
+from ood_perception.geometry import lidar_to_camera_tensor
+from ood_perception.geometry.inputs import resize_labels
+from ood_perception.metrics import confusion_matrix, mean_iou, ood_metrics, per_class_iou
 
 
 def pixel_truth(raw: np.ndarray, hw: tuple[int, int], config: Any) -> tuple[np.ndarray, np.ndarray]:
     """Raw semantic label ids ``[h, w]`` -> (train ids uint8-valued ``[H, W]``, 255 = ignore; OOD
     mask bool ``[H, W]``) at camera resolution ``hw`` (labels resized by nearest neighbour only
     when their size differs)."""
-    from ood_perception.geometry.inputs import resize_labels
 
     raw = np.asarray(raw)
     if raw.shape != tuple(hw):
@@ -69,7 +73,6 @@ class MetricsAccumulator:
     def add(self, result: Any, pixel_raw: np.ndarray | None, point_raw: np.ndarray | None,
             points: np.ndarray | None = None, calib: Any = None) -> dict[str, float | None]:
         """Add one frame (a ``FusionResult``); returns per-frame ``auroc`` and ``ood_iou`` (or None)."""
-        from ood_perception.metrics import confusion_matrix
 
         out: dict[str, float | None] = {"auroc": None, "ood_iou": None}
         if result.score is None:
@@ -110,7 +113,6 @@ class MetricsAccumulator:
     def _inview(self, points: np.ndarray, calib: Any) -> np.ndarray | None:
         if calib is None or self.input_hw is None:
             return None
-        from ood_perception.geometry import lidar_to_camera_tensor
 
         h, w = self.input_hw
         _, flat = lidar_to_camera_tensor(points, calib.scaled(w, h))
@@ -138,7 +140,6 @@ class MetricsAccumulator:
         """``{"pixel": {...}, "point": {...}, "segmentation": {...}, "segmentation_point": {...}}``:
         for each set either the :func:`~ood_perception.metrics.ood_metrics` dict (``miou``,
         ``per_class_iou`` ... for the segmentation sets) or ``{"available": False, "reason": ...}``."""
-        from ood_perception.metrics import mean_iou, ood_metrics, per_class_iou
 
         out: dict[str, Any] = {"frames_with_labels": self.frames}
         for kind in ("pixel", "point"):
@@ -171,7 +172,6 @@ class MetricsAccumulator:
 
     def roc(self, kind: str = "pixel", max_points: int = 400) -> tuple[np.ndarray, np.ndarray] | None:
         """(fpr, tpr) of the ROC curve, thinned to at most ``max_points`` points; None without both classes."""
-        from sklearn.metrics import roc_curve
 
         s, y = self.arrays(kind)
         if s.size == 0 or y.all() or not y.any():

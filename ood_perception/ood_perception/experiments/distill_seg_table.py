@@ -33,6 +33,11 @@ from typing import Any
 
 import numpy as np
 
+from ood_perception.experiments.distill_table import rewrite_report
+from ood_perception.models import load_checkpoint
+from ood_perception.trainer.evaluate import evaluate_model
+from ood_perception.trainer.seg_data import SegmentationData, collate
+
 #: Scorers of the segmentation table (logit scorers; HIMPLoS uses the retrained classifier).
 SEG_SCORERS: tuple[str, ...] = ("maxlogit", "energy", "msp", "himplos")
 #: Rows run by default (``TCKD only`` / ``NCKD only`` with ``--all-rows``).
@@ -89,7 +94,7 @@ def _expert_state(model) -> dict[str, Any]:
 
 
 def _assert_experts_unchanged(model, ref: dict[str, Any]) -> None:
-    import torch
+    import torch  # lazy: torch is heavy to import and only this path needs it
 
     for k, v in model.state_dict().items():
         if k in ref and not torch.equal(v, ref[k]):
@@ -100,16 +105,13 @@ def run_seg_ablation(checkpoint: str, data: str, cache_dir: str | None, seeds=(0
                      lr: float = 1e-2, batch_size: int = 8, alpha: float = 0.5, beta: float = 0.5,
                      all_rows: bool = False, log=None) -> dict[str, Any]:
     """Run every row and seed; returns ``{"meta": ..., "results": [per seed], "checkpoint_row": ...}``."""
-    import torch
+    import torch  # lazy: torch is heavy to import and only this path needs it
 
-    from ood_perception.models import load_checkpoint
-    from ood_perception.trainer.distill import (
+    from ood_perception.trainer.distill import (  # lazy: torch is heavy to import and only this path needs it
         DistillConfig,
         cache_segmentation_features,
         distill_segmentation_cached,
     )
-    from ood_perception.trainer.evaluate import evaluate_model
-    from ood_perception.trainer.seg_data import SegmentationData, collate
 
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
     t0 = time.time()
@@ -283,13 +285,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--raw-out", default="build/distill_seg/segmentation.json", help="raw results (kept if rendering fails)")
     a = p.parse_args(argv)
-    import torch
+    import torch  # lazy: torch is heavy to import and only this path needs it
 
     torch.set_num_threads(a.threads)
     seg = run_seg_ablation(a.checkpoint, a.data, a.cache_dir, tuple(a.seeds), a.epochs, a.lr, a.batch_size,
                            all_rows=a.all_rows)
     seg["meta"]["command"] = "python -m ood_perception.experiments.distill_seg_table " + " ".join(argv or sys.argv[1:])
-    from ood_perception.experiments.distill_table import rewrite_report
 
     raw_out = Path(a.raw_out)
     raw_out.parent.mkdir(parents=True, exist_ok=True)

@@ -17,8 +17,10 @@ Rows (all retrain a re-initialised joint head with the same schedule, so only th
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import platform
 import sys
 import time
 from dataclasses import asdict, replace
@@ -28,6 +30,14 @@ from typing import Any
 import numpy as np
 
 from ood_perception.atomic import atomic_write_text
+from ood_perception.metrics import ood_metrics
+from ood_perception.trainer.recognition import (
+    RecognitionTrainConfig,
+    embed_arrays,
+    load_splits,
+    train_recognition,
+)
+from ood_perception.world.clips import ensure_clip_dataset
 
 #: Scorers of the table (those of the distillation paper, plus HIMPLoS).
 SCORERS: tuple[str, ...] = ("msp", "maxlogit", "energy", "gen", "react", "ash", "vim", "himplos")
@@ -54,9 +64,11 @@ def row_configs(base) -> dict[str, Any]:
 def score_head(weight, bias, feats: dict[str, np.ndarray], train_labels: np.ndarray,
                scorers=SCORERS) -> dict[str, dict[str, np.ndarray]]:
     """Scores of each scorer on each split for a linear head ``(weight [K, F], bias [K])``."""
-    import torch
+    import torch  # lazy: torch is heavy to import and only this path needs it
 
-    from ood_perception.scoring import get_scorer
+    from ood_perception.scoring import (
+        get_scorer,  # lazy: torch is heavy to import and only this path needs it
+    )
 
     w = torch.as_tensor(weight, dtype=torch.float32)
     b = torch.as_tensor(bias, dtype=torch.float32)
@@ -75,7 +87,6 @@ def score_head(weight, bias, feats: dict[str, np.ndarray], train_labels: np.ndar
 
 
 def _metrics(scores: dict[str, dict[str, np.ndarray]], test_labels: np.ndarray, ood_splits) -> dict[str, Any]:
-    from ood_perception.metrics import ood_metrics
 
     res: dict[str, Any] = {"id_acc": float(np.mean(scores["_pred"]["test"] == test_labels))}
     for name, per in scores.items():
@@ -92,11 +103,15 @@ def _metrics(scores: dict[str, dict[str, np.ndarray]], test_labels: np.ndarray, 
 def run_seed(splits: dict, class_names: list[str], seed: int, train_cfg, base_cfg, scorers=SCORERS,
              log=print) -> dict[str, Any]:
     """Everything of one seed: expert training, then every row; returns per-row metrics."""
-    import torch
+    import torch  # lazy: torch is heavy to import and only this path needs it
 
-    from ood_perception.models.recognition import RecognitionConfig, build_recognition_model
-    from ood_perception.trainer.distill import distill_recognition_head
-    from ood_perception.trainer.recognition import embed_arrays, train_recognition
+    from ood_perception.models.recognition import (  # lazy: torch is heavy to import and only this path needs it
+        RecognitionConfig,
+        build_recognition_model,
+    )
+    from ood_perception.trainer.distill import (
+        distill_recognition_head,  # lazy: torch is heavy to import and only this path needs it
+    )
 
     t0 = time.time()
     torch.manual_seed(seed)
@@ -278,11 +293,10 @@ def run_ablation(data: str | os.PathLike, report: str | os.PathLike, seeds=(0, 1
                  distill_epochs: int = 30, distill_lr: float = 1e-3, alpha: float = 0.5, beta: float = 0.5,
                  clips_per_class: int = 60, data_seed: int = 0, command: str = "", log=None) -> Path:
     """Generate clips if needed, run every seed, write the report; returns its path."""
-    import platform
 
-    from ood_perception.trainer.distill import DistillConfig
-    from ood_perception.trainer.recognition import RecognitionTrainConfig, load_splits
-    from ood_perception.world.clips import ensure_clip_dataset
+    from ood_perception.trainer.distill import (
+        DistillConfig,  # lazy: torch is heavy to import and only this path needs it
+    )
 
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
     t0 = time.time()
@@ -307,9 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m ood_perception.experiments.distill_table --data DIR [--report docs/results/distillation.md]``:
     the recognition ablation (clips generated in DIR when it is empty) or, with ``--task
     segmentation CHECKPOINT``, the segmentation section (:mod:`.distill_seg_table`)."""
-    import argparse
 
-    import torch
+    import torch  # lazy: torch is heavy to import and only this path needs it
 
     p = argparse.ArgumentParser(prog="python -m ood_perception.experiments.distill_table", description=main.__doc__)
     p.add_argument("checkpoint", nargs="?", help="trained segmentation checkpoint (--task segmentation)")

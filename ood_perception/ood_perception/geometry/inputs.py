@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import cv2
 import numpy as np
 
 from ood_perception.geometry import Calibration, lidar_to_camera_tensor
@@ -45,7 +46,6 @@ def prepare_inputs(
         is :func:`ood_perception.geometry.lidar_to_camera_tensor` at the input size and
         ``flat_index`` the pixel (``v * W + u``) of each point at the input size, -1 if out of view.
     """
-    import cv2
 
     img = np.asarray(image_rgb)
     if img.ndim != 3 or img.shape[2] != 3:
@@ -70,7 +70,6 @@ def prepare_inputs(
 
 def resize_labels(pixel_labels: np.ndarray, size: Sequence[int]) -> np.ndarray:
     """Resize a label map to ``size = (H, W)`` by nearest neighbour (labels are never blended)."""
-    import cv2
 
     h, w = _check_size(size)
     labels = np.asarray(pixel_labels)

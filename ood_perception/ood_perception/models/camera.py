@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.models import mobilenet_v2, resnet34
 
 #: Camera encoders known to :func:`build_camera_encoder`.
 CAMERA_BACKBONES: tuple[str, ...] = ("resnet34", "mobilenet_v2", "tiny")
@@ -38,7 +39,6 @@ def conv_bn_relu(cin: int, cout: int, k: int = 3, stride: int = 1, dilation: int
 class _ResNetEncoder(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        from torchvision.models import resnet34
 
         net = resnet34(weights=None)
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
@@ -60,7 +60,6 @@ class _MobileNetEncoder(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        from torchvision.models import mobilenet_v2
 
         self.features = mobilenet_v2(weights=None).features[: self._TAPS[-1] + 1]
         self.channels = (24, 32, 96, 320)

@@ -14,6 +14,7 @@ The MultiOOD reference uses SlowFast / I3D backbones with 2304/2048-dim embeddin
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -139,7 +140,6 @@ def build_recognition_model(config: RecognitionConfig | dict[str, Any]) -> Recog
 
 def load_recognition_checkpoint(path, map_location: str | torch.device = "cpu") -> tuple[RecognitionNet, dict[str, Any]]:
     """Rebuild a :class:`RecognitionNet` from a checkpoint (``weights_only=True``); eval mode."""
-    from pathlib import Path
 
     path = Path(path)
     if not path.is_file():

@@ -25,7 +25,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ood_perception.geometry import Calibration, apply_affine, project_points
+from ood_perception.geometry import Calibration, apply_affine, intrinsics_from_fov, project_points
+from ood_perception.geometry.inputs import prepare_inputs
 from ood_perception.geometry.maps import (
     OCCLUSION_REL,
     OCCLUSION_TOL,
@@ -216,7 +217,6 @@ class FusionPipeline:
         Uses :func:`ood_perception.geometry.inputs.prepare_inputs`, the preprocessing training
         and evaluation use; a missing modality is fed as zeros.
         """
-        from ood_perception.geometry.inputs import prepare_inputs
 
         h, w = self.input_hw
         image = frame.image
@@ -434,7 +434,6 @@ def _image_calib(width: int, height: int, calib: Calibration | None) -> Calibrat
     a nominal 90 degree camera, used only to size the inputs (no LiDAR is projected with it)."""
     if calib is not None:
         return calib.scaled(width, height)
-    from ood_perception.geometry import intrinsics_from_fov
 
     return Calibration(intrinsics_from_fov(width, height, 90.0), width, height)
 

@@ -27,6 +27,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from ood_perception import runtime
 from ood_perception.geometry.video import FlowParams, compute_flow, normalise_flow, normalise_frames
 
 
@@ -113,7 +114,7 @@ class ClipBuffer:
 
 class _TorchBackend:
     def __init__(self, model, device: str = "cpu") -> None:
-        import torch
+        import torch  # lazy: torch is heavy to import and only this path needs it
 
         self.torch = torch
         self.model = model.to(device).eval()
@@ -188,7 +189,9 @@ class RecognitionPipeline:
     def __init__(self, backend, class_names: Sequence[str], threshold: float, scorer: Any = "msp",
                  clip_len: int = 16, stride: int = 8, size: int = 64, flow_params: FlowParams = FlowParams(),
                  device: str = "cpu", unimodal_scorer: Any = None, flow_scale: float = 4.0) -> None:
-        from ood_perception.scoring import get_scorer
+        from ood_perception.scoring import (
+            get_scorer,  # lazy: torch is heavy to import and only this path needs it
+        )
 
         if isinstance(backend, (str, os.PathLike)):
             from ood_perception import runtime
@@ -232,7 +235,9 @@ class RecognitionPipeline:
     def from_checkpoint(cls, path: str | os.PathLike, threshold: float | None = None, stride: int = 8,
                         device: str = "cpu", unimodal_scorer: Any = None) -> RecognitionPipeline:
         """Build from a recognition checkpoint (its clip geometry, class names and MSP threshold)."""
-        from ood_perception.models.recognition import load_recognition_checkpoint
+        from ood_perception.models.recognition import (
+            load_recognition_checkpoint,  # lazy: torch is heavy to import and only this path needs it
+        )
 
         model, ckpt = load_recognition_checkpoint(path, device)
         thr = threshold
@@ -247,7 +252,7 @@ class RecognitionPipeline:
 
     @staticmethod
     def _score(scorer, logits: np.ndarray, features: np.ndarray | None) -> float:
-        import torch
+        import torch  # lazy: torch is heavy to import and only this path needs it
 
         if scorer is None or (scorer.needs_features and features is None):
             return float("nan")
@@ -356,7 +361,6 @@ class ClipRecognizer(RecognitionPipeline):
                        device: str = "cpu", **kwargs: Any) -> ClipRecognizer:
         """Load an exported recognition model directory (None: ``runtime.default_recognition_model_dir()``)
         with ``runtime.load(model_dir, backend, device)``; ``kwargs`` go to :class:`ClipRecognizer`."""
-        from ood_perception import runtime
 
         model_dir = runtime.default_recognition_model_dir() if model_dir is None else model_dir
         opts = {"intra_op_threads": max(1, min(2, os.cpu_count() or 1))} if backend == "onnxruntime" else {}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 
 
@@ -44,7 +45,6 @@ def mask_regions(mask: np.ndarray, score: np.ndarray, min_pixels: int = 1, conne
     score = np.asarray(score, dtype=np.float32)
     if mask.shape != score.shape or mask.ndim != 2:
         raise ValueError(f"mask {mask.shape} and score {score.shape} must be equal 2-D shapes")
-    import cv2
 
     n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=connectivity)
     if n <= 1:
@@ -104,7 +104,7 @@ def cluster_points(
         raise ValueError(f"xyz must be [M, 3] and scores [M], got {xyz.shape} and {scores.shape}")
     if eps <= 0 or min_points < 1:
         raise ValueError(f"eps must be > 0 and min_points >= 1, got {eps}, {min_points}")
-    import open3d as o3d
+    import open3d as o3d  # lazy: open3d is heavy to import and only this path needs it
 
     idx = np.arange(m)
     voxel_of = None  # point -> voxel index when downsampled

@@ -20,15 +20,27 @@ sequence, counting messages the node drops too, e.g. a zero stamp), plus per-poi
 from __future__ import annotations
 
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
+from scipy.spatial.transform import Rotation
 
+from ood_perception.codec.conversions import (
+    ConversionError,
+    cloud_field,
+    image_to_numpy,
+    pointcloud2_to_array,
+)
+from ood_perception.data import SemanticKittiReader
 from ood_perception.data.bag_reader import BagReadError, BagSource
+from ood_perception.evaluation.segmentation import MetricsAccumulator
+from ood_perception.pipeline import FusionConfig, inputs
+from ood_perception.pipeline.frame_handler import FrameSettings, FusionFrameProcessor, extrinsics_from_params
 
 #: Logical input topics (relative names, resolved in the bag by :meth:`BagSource.resolve`).
 DEFAULT_INPUT_TOPICS = {
@@ -42,7 +54,6 @@ DEFAULT_INPUT_TOPICS = {
 def node_default_extrinsics() -> np.ndarray:
     """The fusion node's default T_cam_lidar (its ``lidar_to_camera.*`` defaults): the camera
     optical frame at the LiDAR origin looking forward (roll -pi/2, yaw -pi/2), inverted."""
-    from ood_perception.pipeline.frame_handler import extrinsics_from_params
 
     return extrinsics_from_params({})
 
@@ -87,8 +98,6 @@ class ReplaySettings:
 
     def frame_settings(self) -> Any:
         """The node's :class:`~ood_perception.pipeline.frame_handler.FrameSettings` for these settings."""
-        from ood_perception.pipeline import FusionConfig
-        from ood_perception.pipeline.frame_handler import FrameSettings
 
         return FrameSettings(fusion=FusionConfig(**self.fusion), sync=dict(self.sync), T_cam_lidar=self.T_cam_lidar,
                              intensity_field=self.intensity_field, negate_lidar_y=self.negate_y,
@@ -191,7 +200,6 @@ class _Thumbs:
 def overlay(rgb: np.ndarray, mask: np.ndarray | None, gt_ood: np.ndarray | None = None, width: int = 320) -> np.ndarray:
     """Camera image with the anomaly mask tinted red and the OOD ground truth outlined in yellow,
     resized to ``width`` pixels (RGB uint8)."""
-    import cv2
 
     out = rgb.astype(np.float32).copy()
     if mask is not None:
@@ -209,7 +217,6 @@ class LabelFolder:
     """Per-frame labels from a SemanticKITTI-layout folder: camera frame *i* -> reader frame *i*."""
 
     def __init__(self, root: str | Path, sequence: str | None = None) -> None:
-        from ood_perception.data import SemanticKittiReader
 
         self.reader = SemanticKittiReader(root, sequences=[sequence] if sequence else None)
         self.config = self.reader.config
@@ -242,7 +249,6 @@ def check_tf_static(src: BagSource, camera_frame: str, lidar_frame: str, T_cam_l
     topic = src.resolve("/tf_static", required=False)
     if topic is None or not camera_frame or not lidar_frame:
         return {"status": "absent"}
-    from scipy.spatial.transform import Rotation
 
     strip = lambda f: f.lstrip("/")  # noqa: E731
     cam, lid = strip(camera_frame), strip(lidar_frame)
@@ -295,17 +301,7 @@ def replay_bag(
     Raises:
         MissingTopicError: a required input topic is not in the bag (lists the bag's topics).
     """
-    from collections import Counter
 
-    from ood_perception.codec.conversions import (
-        ConversionError,
-        cloud_field,
-        image_to_numpy,
-        pointcloud2_to_array,
-    )
-    from ood_perception.evaluation.segmentation import MetricsAccumulator
-    from ood_perception.pipeline import inputs
-    from ood_perception.pipeline.frame_handler import FusionFrameProcessor
 
     settings = settings or ReplaySettings()
     t_wall = time.perf_counter()

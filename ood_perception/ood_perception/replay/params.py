@@ -23,6 +23,17 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from ood_perception.geometry import load_kitti_calib
+from ood_perception.pipeline.frame_handler import (
+    MATRIX_PARAM,
+    extrinsics_from_params,
+    fusion_config_kwargs,
+    fusion_param_defaults,
+    sync_kwargs,
+    validate_fusion_params,
+)
 from ood_perception.replay.engine import DEFAULT_INPUT_TOPICS, ReplaySettings
 
 NODE_KEYS = ("fusion_segmentation", "fusion_segmentation_node", "/**")
@@ -47,7 +58,6 @@ def node_parameters(path: str | Path) -> dict[str, Any]:
         FileNotFoundError: no such file.
         ValueError: not a ROS params file (names the file and what is missing).
     """
-    import yaml
 
     path = Path(path)
     if not path.is_file():
@@ -75,14 +85,6 @@ def settings_from_params(params: dict[str, Any], base: ReplaySettings | None = N
     Raises:
         ValueError: a parameter value the node would refuse (names it).
     """
-    from ood_perception.pipeline.frame_handler import (
-        MATRIX_PARAM,
-        extrinsics_from_params,
-        fusion_config_kwargs,
-        fusion_param_defaults,
-        sync_kwargs,
-        validate_fusion_params,
-    )
 
     defaults = fusion_param_defaults()
     validate_fusion_params({**defaults, **{k: v for k, v in params.items() if k in defaults}})
@@ -110,7 +112,6 @@ def extrinsics_from_kitti_calib(path: str | Path, camera: str = "P2") -> Any:
     Raises:
         FileNotFoundError: no such file. ValueError: a malformed file (names the file and key).
     """
-    from ood_perception.geometry import load_kitti_calib
 
     return load_kitti_calib(path, 1, 1, camera=camera).T_cam_lidar  # size is irrelevant to the extrinsics
 

@@ -17,7 +17,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
+
+from ood_perception.atomic import atomic_write_text as _write
 
 LEVEL_NAMES = ["CLEAR", "WARNING", "ALERT", "DEGRADED"]
 LEVEL_COLOURS = ["#2e7d32", "#f9a825", "#c62828", "#6d6d6d"]
@@ -26,7 +29,6 @@ LEVEL_COLOURS = ["#2e7d32", "#f9a825", "#c62828", "#6d6d6d"]
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write ``text`` to ``path`` through a temporary file in the same folder and a rename, with the
     usual ``0o666 & ~umask`` mode (``ood_perception.atomic.atomic_write_text``)."""
-    from ood_perception.atomic import atomic_write_text as _write
 
     return _write(path, text)
 
@@ -81,7 +83,7 @@ def latency_summary(frames: Sequence[Any]) -> dict[str, float | None]:
 
 
 def _png(fig: Any) -> str:
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: matplotlib is heavy to import and only this path needs it
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
@@ -90,10 +92,10 @@ def _png(fig: Any) -> str:
 
 
 def _plt():
-    import matplotlib
+    import matplotlib  # lazy: matplotlib is heavy to import and only this path needs it
 
     matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: matplotlib is heavy to import and only this path needs it
 
     return plt
 
@@ -175,7 +177,6 @@ def fig_latency(frames: Sequence[Any], period_s: float | None = None) -> str | N
 
 def png_b64(rgb: np.ndarray) -> str:
     """An RGB uint8 image as base64 PNG."""
-    import cv2
 
     ok, buf = cv2.imencode(".png", np.ascontiguousarray(rgb[:, :, ::-1]))
     if not ok:

@@ -14,8 +14,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ood_perception import runtime
+from ood_perception.data.bag_output import OutputBag
+from ood_perception.evaluation.segmentation import MetricsAccumulator
+from ood_perception.pipeline import FusionConfig, FusionPipeline
+from ood_perception.pipeline.fusion import spec_sha256
 from ood_perception.replay.engine import BagReplay, LabelFolder, ReplaySettings, replay_bag
-from ood_perception.replay.report import frames_table, latency_summary, level_counts, render_html, write_json
+from ood_perception.replay.report import (
+    atomic_write_text,
+    frames_table,
+    latency_summary,
+    level_counts,
+    render_html,
+    write_json,
+)
 
 
 def select_shard(bags: Sequence[str | Path], shard: str | None) -> list[Path]:
@@ -54,8 +66,6 @@ class ReplayJob:
 
 def build_pipeline(model_dir: Path | None, backend: str, settings: ReplaySettings, threads: int = 1) -> Any:
     """Load the model and build the fusion node's pipeline with the replay settings."""
-    from ood_perception import runtime
-    from ood_perception.pipeline import FusionConfig, FusionPipeline
 
     opts: dict[str, Any] = {}
     if backend == "onnxruntime":
@@ -68,7 +78,6 @@ def build_pipeline(model_dir: Path | None, backend: str, settings: ReplaySetting
 
 def run_job(job: ReplayJob) -> BagReplay:
     """Replay one bag into ``job.out_dir`` (output bag, metrics.json, timing.json, report.html)."""
-    from ood_perception.data.bag_output import OutputBag
 
     pipeline = build_pipeline(job.model_dir, job.backend, job.settings, job.threads)
     dataset_config = None
@@ -91,7 +100,6 @@ def run_job(job: ReplayJob) -> BagReplay:
 
 def _info(job: ReplayJob, pipeline: Any) -> dict[str, Any]:
     spec = pipeline.backend.spec
-    from ood_perception.pipeline.fusion import spec_sha256
 
     return {
         "bags": [str(job.bag)],
@@ -107,7 +115,6 @@ def _info(job: ReplayJob, pipeline: Any) -> dict[str, Any]:
 def write_outputs(out_dir: Path, results: Sequence[BagReplay], info: dict[str, Any], metrics: Any = None,
                   extra_sections: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
     """Write ``metrics.json``, ``timing.json`` and ``report.html`` for ``results`` into ``out_dir``."""
-    from ood_perception.replay.report import atomic_write_text
 
     if metrics is None:
         metrics = results[0].metrics
@@ -186,7 +193,6 @@ def run_replay(
 
 
 def _pooled(first: BagReplay, results: Sequence[BagReplay]) -> Any:
-    from ood_perception.evaluation.segmentation import MetricsAccumulator
 
     pooled = MetricsAccumulator(first.metrics.config, first.metrics.threshold, first.metrics.input_hw)
     for r in results:

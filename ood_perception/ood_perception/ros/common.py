@@ -3,10 +3,16 @@ diagnostics messages, and parameter declaration helpers."""
 
 from __future__ import annotations
 
+import argparse
+import sys
 import threading
 import time
 from collections import Counter
 from typing import Any
+
+from builtin_interfaces.msg import Time
+from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import ParameterDescriptor
 
 #: Accepted values of the ``reliability`` parameter.
 RELIABILITY = ("best_effort", "reliable")
@@ -19,7 +25,12 @@ def sensor_qos(reliability: str = "best_effort", depth: int = 5) -> Any:
     publishers; ``reliable`` only RELIABLE ones (a RELIABLE subscriber receives nothing from a
     BEST_EFFORT publisher).
     """
-    from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+    from rclpy.qos import (  # lazy: rclpy is heavy to import and only this path needs it
+        DurabilityPolicy,
+        HistoryPolicy,
+        QoSProfile,
+        ReliabilityPolicy,
+    )
 
     if reliability not in RELIABILITY:
         raise ValueError(f"reliability must be one of {RELIABILITY}, got {reliability!r}")
@@ -35,7 +46,10 @@ def sensor_qos(reliability: str = "best_effort", depth: int = 5) -> Any:
 
 def output_qos(depth: int = 5) -> Any:
     """Publisher QoS for outputs: RELIABLE KEEP_LAST (reaches reliable and best-effort subscribers)."""
-    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from rclpy.qos import (  # lazy: rclpy is heavy to import and only this path needs it
+        QoSProfile,
+        ReliabilityPolicy,
+    )
 
     return QoSProfile(depth=int(depth), reliability=ReliabilityPolicy.RELIABLE)
 
@@ -73,7 +87,6 @@ class BadInputLog:
 
 def diagnostic_status(name: str, hardware_id: str, level: int, message: str, values: dict[str, Any]) -> Any:
     """A diagnostic_msgs/DiagnosticStatus with ``values`` as key/value strings."""
-    from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 
     st = DiagnosticStatus()
     st.level = bytes([int(level)])
@@ -92,14 +105,12 @@ def _fmt(v: Any) -> str:
 
 def declare(node: Any, name: str, default: Any, description: str) -> None:
     """Declare a parameter with a descriptor carrying ``description`` (types fixed by the default)."""
-    from rcl_interfaces.msg import ParameterDescriptor
 
     node.declare_parameter(name, default, ParameterDescriptor(description=description))
 
 
 def stamp_from_sec(sec: float) -> Any:
     """builtin_interfaces/Time from float seconds."""
-    from builtin_interfaces.msg import Time
 
     s = int(sec // 1)
     return Time(sec=s, nanosec=min(int(round((sec - s) * 1e9)), 999_999_999))
@@ -112,12 +123,12 @@ def run_node_main(node_cls: Any, prog: str, argv: list[str] | None = None) -> in
     ``--autostart`` is given, i.e. straight to active), spins it on a MultiThreadedExecutor until
     Ctrl-C, and shuts down cleanly.
     """
-    import argparse
-    import sys
 
-    import rclpy
-    from rclpy.executors import MultiThreadedExecutor
-    from rclpy.parameter import Parameter
+    import rclpy  # lazy: rclpy is heavy to import and only this path needs it
+    from rclpy.executors import (
+        MultiThreadedExecutor,  # lazy: rclpy is heavy to import and only this path needs it
+    )
+    from rclpy.parameter import Parameter  # lazy: rclpy is heavy to import and only this path needs it
 
     argv = list(sys.argv if argv is None else argv)
     parser = argparse.ArgumentParser(prog=prog)

@@ -39,8 +39,12 @@ import time
 from typing import Any
 
 import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.lifecycle import LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from visualization_msgs.msg import MarkerArray
 
 from ood_perception.codec import conversions as conv
 from ood_perception.pipeline import inputs
@@ -68,6 +72,8 @@ from ood_perception.ros.common import (
     sensor_qos,
 )
 from ood_perception.ros.lifecycle import WorkerLifecycleNode
+from ood_perception.ros.messages import build_alert, build_markers, header_msg
+from ood_perception_msgs.msg import OodAlert
 
 NODE_NAME = "fusion_segmentation"
 
@@ -99,7 +105,6 @@ class FusionSegmentationNode(WorkerLifecycleNode):
         super().__init__(node_name, **kwargs)
         for name, default, desc in PARAMETERS:
             declare(self, name, default, desc)
-        from rcl_interfaces.msg import ParameterDescriptor
 
         self.declare_parameter(
             "lidar_to_camera.matrix",
@@ -136,7 +141,6 @@ class FusionSegmentationNode(WorkerLifecycleNode):
         return values
 
     def _on_set_parameters(self, params: list[Parameter]) -> Any:
-        from rcl_interfaces.msg import SetParametersResult
 
         values = self._values()
         for p in params:
@@ -167,11 +171,7 @@ class FusionSegmentationNode(WorkerLifecycleNode):
         except (ValueError, TypeError) as exc:
             self.get_logger().error(f"configure failed: {exc}")
             return TransitionCallbackReturn.FAILURE
-        from diagnostic_msgs.msg import DiagnosticArray
-        from sensor_msgs.msg import Image, PointCloud2
-        from visualization_msgs.msg import MarkerArray
 
-        from ood_perception_msgs.msg import OodAlert
 
         self.bad.period = float(values["log_throttle_s"])
         qos = output_qos()
@@ -203,7 +203,6 @@ class FusionSegmentationNode(WorkerLifecycleNode):
             self.get_logger().error(f"activate failed: cannot load model: {self._model_error}")
             return TransitionCallbackReturn.FAILURE
         self._model_error = ""
-        from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
         self.sync = self.processor.sync
         qos = sensor_qos(p["reliability"], int(p["qos_depth"]))
@@ -295,7 +294,6 @@ class FusionSegmentationNode(WorkerLifecycleNode):
         self._frames += 1
 
     def _publish(self, out: FrameOutputs) -> None:
-        from ood_perception.ros.messages import build_alert, build_markers, header_msg
 
         pubs, result = self._pubs, out.result
         header = header_msg(out.header)
@@ -360,7 +358,6 @@ class FusionSegmentationNode(WorkerLifecycleNode):
 
     def publish_diagnostics(self) -> None:
         """Publish one DiagnosticArray; when active and both sensors are stale, also a DEGRADED alert."""
-        from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 
         values = self.diagnostics_values()
         now = self.get_clock().now().to_msg()

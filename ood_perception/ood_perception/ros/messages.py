@@ -5,10 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from builtin_interfaces.msg import Time
+from sensor_msgs.msg import Image, PointCloud2, PointField
+from std_msgs.msg import Header
+from visualization_msgs.msg import Marker, MarkerArray
 
 from ood_perception.codec import conversions as conv
 from ood_perception.geometry import region_in_camera
 from ood_perception.pipeline.regions import Region
+from ood_perception_msgs.msg import OodAlert, OodRegion
 
 #: RGBA colour of markers per alert level (CLEAR, WARNING, ALERT, DEGRADED).
 LEVEL_COLORS = {0: (0.2, 0.8, 0.2, 0.5), 1: (1.0, 0.8, 0.0, 0.6), 2: (1.0, 0.1, 0.1, 0.7), 3: (0.5, 0.5, 0.5, 0.5)}
@@ -28,7 +33,6 @@ def build_alert(
 ) -> Any:
     """An ``ood_perception_msgs/OodAlert``; 3D region geometry is given in ``header.frame_id``
     (the camera frame; moved there with ``T_cam_lidar``)."""
-    from ood_perception_msgs.msg import OodAlert, OodRegion
 
     msg = OodAlert()
     msg.header = header
@@ -58,7 +62,6 @@ def build_alert(
 def build_markers(alert: Any, lifetime_s: float = 0.5) -> Any:
     """MarkerArray for RViz: a DELETEALL, then one translucent cube per 3D region of ``alert``,
     coloured by the alert level, and a text label with the level and score."""
-    from visualization_msgs.msg import Marker, MarkerArray
 
     arr = MarkerArray()
     clear = Marker()
@@ -95,28 +98,23 @@ def build_markers(alert: Any, lifetime_s: float = 0.5) -> Any:
 
 def header_msg(header: Any) -> Any:
     """The rclpy ``std_msgs/Header`` of a :class:`~ood_perception.pipeline.frame_handler.FrameHeader` (imports rclpy's message types)."""
-    from builtin_interfaces.msg import Time
-    from std_msgs.msg import Header
 
     return Header(stamp=Time(sec=header.sec, nanosec=header.nanosec), frame_id=header.frame_id)
 
 
 def image_msg(arr: np.ndarray, encoding: str, header: Any = None) -> Any:
     """An rclpy ``sensor_msgs/Image`` of ``arr`` (:func:`ood_perception.codec.conversions.numpy_to_image`)."""
-    from sensor_msgs.msg import Image
 
     return conv.numpy_to_image(arr, encoding, header, msg_type=Image)
 
 
 def cloud_msg(arr: np.ndarray, header: Any = None) -> Any:
     """An rclpy ``sensor_msgs/PointCloud2`` of a structured array (:func:`~ood_perception.codec.conversions.array_to_pointcloud2`)."""
-    from sensor_msgs.msg import PointCloud2, PointField
 
     return conv.array_to_pointcloud2(arr, header, msg_type=PointCloud2, field_type=PointField)
 
 
 def scored_cloud_msg(points: np.ndarray, labels: np.ndarray, scores: np.ndarray, header: Any = None) -> Any:
     """The rclpy ``ood/points`` cloud (:func:`~ood_perception.codec.conversions.scored_points_to_pointcloud2`)."""
-    from sensor_msgs.msg import PointCloud2, PointField
 
     return conv.scored_points_to_pointcloud2(points, labels, scores, header, msg_type=PointCloud2, field_type=PointField)

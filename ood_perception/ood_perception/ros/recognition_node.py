@@ -21,12 +21,17 @@ import time
 from collections import deque
 from typing import Any
 
+from diagnostic_msgs.msg import DiagnosticArray
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.lifecycle import LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
+from sensor_msgs.msg import Image
+from std_msgs.msg import Header
 
 from ood_perception.codec import conversions as conv
 from ood_perception.pipeline.alerts import ALERT, DEGRADED, LEVEL_NAMES, AlertConfig, AlertStateMachine
 from ood_perception.pipeline.fusion import spec_sha256
+from ood_perception.pipeline.recognition import ClipRecognizer
 from ood_perception.pipeline.stats import LatencyStats, RateMeter
 from ood_perception.ros.common import (
     RELIABILITY,
@@ -38,6 +43,8 @@ from ood_perception.ros.common import (
     sensor_qos,
 )
 from ood_perception.ros.lifecycle import WorkerLifecycleNode
+from ood_perception.ros.messages import build_alert
+from ood_perception_msgs.msg import OodAlert, Recognition
 
 NODE_NAME = "action_recognition"
 
@@ -82,7 +89,6 @@ def _validate(v: dict[str, Any]) -> None:
 def make_recognizer(backend: Any, params: dict[str, Any]) -> Any:
     """Build ``pipeline.recognition.ClipRecognizer`` for ``backend`` from node parameters (only the
     keyword arguments its constructor accepts are passed)."""
-    from ood_perception.pipeline.recognition import ClipRecognizer
 
     thr = float(params["threshold"])
     offered = {"clip_length": int(params["clip_length"]) or None, "stride": int(params["clip_stride"]),
@@ -127,7 +133,6 @@ class ActionRecognitionNode(WorkerLifecycleNode):
         return {name: self.get_parameter(name).value for name, _, _ in PARAMETERS}
 
     def _on_set_parameters(self, params: list[Parameter]) -> Any:
-        from rcl_interfaces.msg import SetParametersResult
 
         values = self._values()
         values.update({p.name: p.value for p in params})
@@ -144,9 +149,7 @@ class ActionRecognitionNode(WorkerLifecycleNode):
         except (ValueError, TypeError) as exc:
             self.get_logger().error(f"configure failed: {exc}")
             return TransitionCallbackReturn.FAILURE
-        from diagnostic_msgs.msg import DiagnosticArray
 
-        from ood_perception_msgs.msg import OodAlert, Recognition
 
         self.params = values
         self.bad.period = float(values["log_throttle_s"])
@@ -176,7 +179,6 @@ class ActionRecognitionNode(WorkerLifecycleNode):
             self._model_error = f"{type(exc).__name__}: {exc}"
             self.get_logger().error(f"activate failed: {self._model_error}")
             return TransitionCallbackReturn.FAILURE
-        from sensor_msgs.msg import Image
 
         self._subs = [self.create_subscription(Image, "video/image", self._on_image,
                                                sensor_qos(p["reliability"], int(p["qos_depth"])))]
@@ -252,7 +254,6 @@ class ActionRecognitionNode(WorkerLifecycleNode):
                 self._publish_alert(header, DEGRADED, f"model failure: {exc}", [], float("nan"), float("nan"))
 
     def _publish(self, r: Any, header: Any) -> None:
-        from ood_perception_msgs.msg import Recognition
 
         msg = Recognition()
         msg.header = header
@@ -274,7 +275,6 @@ class ActionRecognitionNode(WorkerLifecycleNode):
 
     def _publish_alert(self, header: Any, level: int, description: str, modalities: list[str], score: float,
                        threshold: float) -> None:
-        from ood_perception.ros.messages import build_alert
 
         if "alerts" in self._pubs:
             self._pubs["alerts"].publish(build_alert(header, NODE_NAME, level, description, modalities, score,
@@ -307,8 +307,6 @@ class ActionRecognitionNode(WorkerLifecycleNode):
 
     def publish_diagnostics(self) -> None:
         """Publish /diagnostics; when active and the video is stale, also a DEGRADED alert."""
-        from diagnostic_msgs.msg import DiagnosticArray
-        from std_msgs.msg import Header
 
         v = self.diagnostics_values()
         stale = not v["video_age_s"] <= float(self.params.get("stale_timeout", 1.0))

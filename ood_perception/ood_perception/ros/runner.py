@@ -9,11 +9,14 @@ active. Which nodes start: those named by a top-level key of the params files
 
 from __future__ import annotations
 
+import importlib
 import signal
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 #: Node name -> (module, class) of the nodes this package provides.
 NODES: dict[str, tuple[str, str]] = {
@@ -24,7 +27,6 @@ NODES: dict[str, tuple[str, str]] = {
 
 def nodes_in_params(paths: Sequence[str | Path]) -> list[str]:
     """Our node names that have a section in the given ROS params files (in NODES order)."""
-    import yaml
 
     found: set[str] = set()
     for p in paths:
@@ -56,11 +58,12 @@ def run_nodes(
 ) -> int:
     """Start ``nodes`` (default: those in the params files) active and spin until SIGINT/SIGTERM or
     ``duration`` seconds. Returns 0, or 1 when a node fails to become active."""
-    import importlib
 
-    import rclpy
-    from rclpy.executors import MultiThreadedExecutor
-    from rclpy.parameter import Parameter
+    import rclpy  # lazy: rclpy is heavy to import and only this path needs it
+    from rclpy.executors import (
+        MultiThreadedExecutor,  # lazy: rclpy is heavy to import and only this path needs it
+    )
+    from rclpy.parameter import Parameter  # lazy: rclpy is heavy to import and only this path needs it
 
     names = list(nodes) if nodes else nodes_in_params(params_files)
     unknown = [n for n in names if n not in NODES]

@@ -29,6 +29,7 @@ from ood_perception.models.errors import (
 )
 from ood_perception.models.spec import ModelSpec, load_spec
 from ood_perception.runtime.base import Backend
+from ood_perception.runtime.tensorrt_backend import TensorRTBackend
 
 #: Backend names accepted by :func:`load`.
 BACKENDS = ("onnxruntime", "torch", "tensorrt")
@@ -94,7 +95,6 @@ def load(
         from ood_perception.runtime.torch_backend import TorchBackend
 
         return TorchBackend(model_dir, spec, device=device, **opts)
-    from ood_perception.runtime.tensorrt_backend import TensorRTBackend
 
     return TensorRTBackend(model_dir, spec, device=device, **opts)
 

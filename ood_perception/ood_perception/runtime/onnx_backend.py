@@ -41,7 +41,7 @@ class OnnxRuntimeBackend(Backend):
         providers: list[Any] | None = None,
     ) -> None:
         super().__init__(model_dir, spec, device)
-        import onnxruntime as ort
+        import onnxruntime as ort  # lazy: onnxruntime is heavy to import and only this path needs it
 
         levels = {
             "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -98,9 +98,9 @@ class OnnxRuntimeBackend(Backend):
         return dict(zip(key, values, strict=True))
 
     def _pruned_session(self, names: list[str]) -> Any:
-        import onnx
-        import onnxruntime as ort
-        from onnx.utils import Extractor
+        import onnx  # lazy: onnx is heavy to import and only this path needs it
+        import onnxruntime as ort  # lazy: onnxruntime is heavy to import and only this path needs it
+        from onnx.utils import Extractor  # lazy: onnx is heavy to import and only this path needs it
 
         model = onnx.load_model_from_string(self._onnx_bytes)
         sub = Extractor(model).extract_model([i.name for i in self.session.get_inputs()], names)
@@ -108,7 +108,7 @@ class OnnxRuntimeBackend(Backend):
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()
-        import onnxruntime as ort
+        import onnxruntime as ort  # lazy: onnxruntime is heavy to import and only this path needs it
 
         d.update(
             providers=self.providers,

@@ -32,6 +32,7 @@ path where ``import tensorrt`` works.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ from ood_perception.atomic import atomic_write_bytes
 from ood_perception.models.errors import BackendUnavailableError, ModelCorruptError, ParityError
 from ood_perception.models.spec import ModelSpec, read_verified
 from ood_perception.runtime.base import Backend
+from ood_perception.runtime.onnx_backend import OnnxRuntimeBackend
 
 PRECISIONS = ("fp32", "fp16", "int8")
 CACHE_ENV = "OOD_PERCEPTION_CACHE"
@@ -202,7 +204,7 @@ _TORCH_DTYPES: dict[str, str] = {
 
 def _make_calibrator(trt: Any, batches: list[dict[str, np.ndarray]], cache_path: Path) -> Any:
     """An ``IInt8EntropyCalibrator2`` feeding ``batches`` (ID frames) from torch CUDA tensors."""
-    import torch
+    import torch  # lazy: torch is heavy to import and only this path needs it
 
     class EntropyCalibrator(trt.IInt8EntropyCalibrator2):  # type: ignore[misc, name-defined]
         def __init__(self) -> None:
@@ -312,7 +314,7 @@ class TensorRTBackend(Backend):
             raise BackendUnavailableError("backend 'tensorrt' runs on CUDA devices only (use device='cuda')")
         super().__init__(model_dir, spec, device)
         trt = _import_tensorrt()
-        import torch
+        import torch  # lazy: torch is heavy to import and only this path needs it
 
         if not torch.cuda.is_available():
             raise BackendUnavailableError("backend 'tensorrt' needs a CUDA device; torch sees none")
@@ -374,7 +376,6 @@ class TensorRTBackend(Backend):
 
     def _check_parity(self, batches: list[dict[str, np.ndarray]], atol: float, rtol: float,
                       class_agreement: float, mask_agreement: float) -> ParityReport:
-        from ood_perception.runtime.onnx_backend import OnnxRuntimeBackend
 
         reference_backend = OnnxRuntimeBackend(self.model_dir, self.spec, device="cpu")
         reference = [reference_backend.infer(b) for b in batches]
@@ -393,7 +394,7 @@ class TensorRTBackend(Backend):
         return report
 
     def _run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import torch
+        import torch  # lazy: torch is heavy to import and only this path needs it
 
         trt = self.trt
         ctx = self.context
@@ -436,7 +437,6 @@ class TensorRTBackend(Backend):
 def load_calibration_inputs(model_dir: str | os.PathLike[str], spec: ModelSpec) -> list[dict[str, np.ndarray]]:
     """The ID calibration frames an export stored (``files.calib_inputs``, an ``.npz`` with one
     array per input, frames on axis 0), sha256-checked, as a list of batch-1 input dicts."""
-    import io
 
     data = read_verified(model_dir, spec, "calib_inputs")
     path = Path(model_dir) / spec.files["calib_inputs"].path

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from ood_perception.models import build_model
 from ood_perception.models.errors import BackendUnavailableError, ModelCorruptError, ModelMismatchError
 from ood_perception.models.spec import ModelSpec, read_verified
 from ood_perception.runtime.base import Backend
@@ -37,9 +38,12 @@ def register_builder(name: str, fn: Callable[[dict[str, Any]], Any]) -> None:
 
 
 def _build_segmentation(payload: dict[str, Any]) -> Any:
-    from ood_perception.models import build_model
-    from ood_perception.models.wrappers import ScoredSegmentation
-    from ood_perception.scoring import get_scorer
+    from ood_perception.models.wrappers import (
+        ScoredSegmentation,  # lazy: torch is heavy to import and only this path needs it
+    )
+    from ood_perception.scoring import (
+        get_scorer,  # lazy: torch is heavy to import and only this path needs it
+    )
 
     model = build_model(payload["model_config"])
     score = payload["score"]
@@ -50,9 +54,15 @@ def _build_segmentation(payload: dict[str, Any]) -> Any:
 
 
 def _build_recognition(payload: dict[str, Any]) -> Any:
-    from ood_perception.models.recognition import build_recognition_model
-    from ood_perception.models.wrappers import ScoredRecognition
-    from ood_perception.scoring import get_scorer
+    from ood_perception.models.recognition import (
+        build_recognition_model,  # lazy: torch is heavy to import and only this path needs it
+    )
+    from ood_perception.models.wrappers import (
+        ScoredRecognition,  # lazy: torch is heavy to import and only this path needs it
+    )
+    from ood_perception.scoring import (
+        get_scorer,  # lazy: torch is heavy to import and only this path needs it
+    )
 
     model = build_recognition_model(dict(payload["model_config"]))
     score = payload["score"]
@@ -106,7 +116,7 @@ class TorchBackend(Backend):
         threads: int | None = None,
     ) -> None:
         super().__init__(model_dir, spec, device)
-        import torch
+        import torch  # lazy: torch is heavy to import and only this path needs it
 
         if precision not in ("fp32", "fp16"):
             raise ValueError(f"precision must be 'fp32' or 'fp16', got {precision!r}")
@@ -145,7 +155,7 @@ class TorchBackend(Backend):
         self._torch_device = torch.device(device)
 
     def _run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import torch
+        import torch  # lazy: torch is heavy to import and only this path needs it
 
         args = [torch.from_numpy(inputs[n]).to(self._torch_device, self._dtype) for n in self.spec.input_names]
         with torch.inference_mode():
@@ -158,7 +168,7 @@ class TorchBackend(Backend):
         return result
 
     def describe(self) -> dict[str, Any]:
-        import torch
+        import torch  # lazy: torch is heavy to import and only this path needs it
 
         d = super().describe()
         d.update(precision=self.precision, compiled=self.compiled, torch_version=torch.__version__)

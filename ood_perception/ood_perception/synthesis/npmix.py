@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.spatial import cKDTree
 
 #: MultiOOD's mixing coefficient distribution Beta(alpha, alpha).
 DEFAULT_ALPHA: float = 10.0
@@ -77,7 +78,6 @@ class NPMix:
             ``(mixed [M', D], used [M] bool)``: outliers for the anchors that could be mixed
             (a neighbouring class with a non-empty queue exists), in anchor order.
         """
-        from scipy.spatial import cKDTree
 
         m = embeddings.shape[0]
         used = torch.zeros(m, dtype=torch.bool)

@@ -18,7 +18,20 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+import torch
+
 from ood_perception.distill.teacher import TEACHER_MODES
+from ood_perception.models import load_checkpoint
+from ood_perception.models.recognition import load_recognition_checkpoint
+from ood_perception.trainer.checkpoint import atomic_torch_save
+from ood_perception.trainer.distill import DistillConfig, distill_recognition_head, distill_segmentation
+from ood_perception.trainer.recognition import (
+    embed_arrays,
+    evaluate_recognition,
+    load_splits,
+    save_recognition_checkpoint,
+)
+from ood_perception.trainer.seg_data import SegmentationData, collate
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,7 +57,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _config(args):
-    from ood_perception.trainer.distill import DistillConfig
 
     return DistillConfig(alpha=args.alpha, beta=args.beta, teacher=args.teacher, epochs=args.epochs, lr=args.lr,
                          batch_size=args.batch_size, reinit=args.reinit, temperature=args.temperature,
@@ -52,16 +64,7 @@ def _config(args):
 
 
 def _recognition(args, cfg) -> int:
-    import torch
 
-    from ood_perception.models.recognition import load_recognition_checkpoint
-    from ood_perception.trainer.distill import distill_recognition_head
-    from ood_perception.trainer.recognition import (
-        embed_arrays,
-        evaluate_recognition,
-        load_splits,
-        save_recognition_checkpoint,
-    )
 
     model, ckpt = load_recognition_checkpoint(args.checkpoint)
     data = args.data or ckpt.get("train", {}).get("data")
@@ -89,12 +92,7 @@ def _recognition(args, cfg) -> int:
 
 
 def _segmentation(args, cfg) -> int:
-    import torch
 
-    from ood_perception.models import load_checkpoint
-    from ood_perception.trainer.checkpoint import atomic_torch_save
-    from ood_perception.trainer.distill import distill_segmentation
-    from ood_perception.trainer.seg_data import SegmentationData, collate
 
     model, ckpt = load_checkpoint(args.checkpoint, args.device)
     train = ckpt.get("train", {}) or {}
@@ -127,7 +125,6 @@ def _segmentation(args, cfg) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Distil CHECKPOINT's joint head for ``--task``; returns the exit code."""
-    import torch
 
     torch.set_num_threads(max(1, args.threads))
     if not args.checkpoint:

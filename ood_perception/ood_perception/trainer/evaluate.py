@@ -36,8 +36,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sklearn.metrics import roc_curve
 
 from ood_perception.atomic import atomic_path
+from ood_perception.data.config import atomic_write_bytes
+from ood_perception.evaluation.segmentation import labelled, pixel_truth
+from ood_perception.geometry.maps import (
+    OCCLUSION_REL,
+    OCCLUSION_TOL,
+    occluded_points,
+    upsample_class_map,
+    upsample_score_map,
+)
+from ood_perception.metrics import ood_metrics, segmentation_metrics
+from ood_perception.trainer.seg_data import SegmentationData, collate, open_reader
 
 #: Scorers evaluated by default (the first is the headline one).
 DEFAULT_SCORERS: tuple[str, ...] = ("maxlogit", "energy", "msp", "entropy", "gen", "himplos")
@@ -47,7 +59,6 @@ RESOLUTIONS: tuple[str, ...] = ("camera", "input")
 
 
 def _pick_split(root: Path, wanted: str | None, schema: Any) -> str | None:
-    from ood_perception.trainer.seg_data import open_reader
 
     if wanted:
         return wanted
@@ -60,11 +71,12 @@ def _pick_split(root: Path, wanted: str | None, schema: Any) -> str | None:
 
 def _fit_himplos(model: Any, data: Any, mean: Any, std: Any, device: Any, max_frames: int = 32,
                  max_pixels: int = 50000, seed: int = 0) -> Any:
-    import torch
-    import torch.nn.functional as F
+    import torch  # lazy: torch is heavy to import and only this path needs it
+    import torch.nn.functional as F  # lazy: torch is heavy to import and only this path needs it
 
-    from ood_perception.scoring import get_scorer
-    from ood_perception.trainer.seg_data import collate
+    from ood_perception.scoring import (
+        get_scorer,  # lazy: torch is heavy to import and only this path needs it
+    )
 
     feats, labels = [], []
     idx = np.linspace(0, len(data) - 1, min(len(data), max_frames)).astype(int)
@@ -102,7 +114,7 @@ def evaluate_model(model: Any, ckpt: dict[str, Any], data: Any, scorers: tuple[s
     Raises:
         ValueError: unknown ``resolution``.
     """
-    import torch
+    import torch  # lazy: torch is heavy to import and only this path needs it
 
     if resolution not in RESOLUTIONS:
         raise ValueError(f"resolution must be one of {RESOLUTIONS}, got {resolution!r}")
@@ -154,14 +166,6 @@ def _add_input_resolution(col: _Collector, s: Any, maps: dict[str, np.ndarray], 
 def _add_camera_resolution(col: _Collector, s: Any, frame: Any, config: Any, maps: dict[str, np.ndarray],
                            preds: dict[str, np.ndarray]) -> None:
     """``resolution=camera``: the convention replay shares (module docstring)."""
-    from ood_perception.evaluation.segmentation import labelled, pixel_truth
-    from ood_perception.geometry.maps import (
-        OCCLUSION_REL,
-        OCCLUSION_TOL,
-        occluded_points,
-        upsample_class_map,
-        upsample_score_map,
-    )
 
     hw = frame.image.shape[:2]
     if frame.pixel_labels is not None:
@@ -183,11 +187,11 @@ def _add_camera_resolution(col: _Collector, s: Any, frame: Any, config: Any, map
 def _evaluate_model(model: Any, ckpt: dict[str, Any], data: Any, scorers: tuple[str, ...], train_data: Any,
                     batch_size: int, device: Any, overlay_count: int,
                     resolution: str = "camera") -> tuple[dict[str, Any], dict[str, Any]]:
-    import torch.nn.functional as F
+    import torch.nn.functional as F  # lazy: torch is heavy to import and only this path needs it
 
-    from ood_perception.metrics import ood_metrics, segmentation_metrics
-    from ood_perception.scoring import get_scorer
-    from ood_perception.trainer.seg_data import collate
+    from ood_perception.scoring import (
+        get_scorer,  # lazy: torch is heavy to import and only this path needs it
+    )
 
     model = model.to(device).eval()
     k = model.num_classes
@@ -261,11 +265,10 @@ def _evaluate_model(model: Any, ckpt: dict[str, Any], data: Any, scorers: tuple[
 
 
 def _plots(raw: dict[str, Any], out: Path, colors: np.ndarray) -> list[str]:
-    import matplotlib
+    import matplotlib  # lazy: matplotlib is heavy to import and only this path needs it
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from sklearn.metrics import roc_curve
+    import matplotlib.pyplot as plt  # lazy: matplotlib is heavy to import and only this path needs it
 
     written = []
 
@@ -351,9 +354,9 @@ def evaluate(checkpoint: str | os.PathLike[str], data_root: str | os.PathLike[st
              fit_split: str | None = "train", show_progress: bool = True, resolution: str = "camera") -> dict[str, Any]:
     """Evaluate a checkpoint; writes metrics.json, report.md and figures to ``out_dir``
     (``resolution``: see :func:`evaluate_model` and the module docstring)."""
-    from ood_perception.data.config import atomic_write_bytes
-    from ood_perception.models import load_checkpoint
-    from ood_perception.trainer.seg_data import SegmentationData
+    from ood_perception.models import (
+        load_checkpoint,  # lazy: torch is heavy; `evaluate --help` stays torch-free
+    )
 
     model, ckpt = load_checkpoint(checkpoint, map_location=device)
     root = Path(data_root)
@@ -401,7 +404,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Entry of ``ood-perception evaluate``."""
-    import torch
+    import torch  # lazy: torch is heavy to import and only this path needs it
 
     torch.set_num_threads(1)
     out = args.out or str(Path(args.checkpoint).resolve().parent / "eval")

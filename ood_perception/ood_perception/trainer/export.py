@@ -29,9 +29,15 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ood_perception.atomic import atomic_dir
+from ood_perception.data import DatasetConfig, SemanticKittiReader, prepare_inputs, resize_labels
+from ood_perception.data.config import IGNORE_ID
+from ood_perception.metrics import calibrate_threshold, ood_metrics
+from ood_perception.models import load_checkpoint
+from ood_perception.models.recognition import load_recognition_checkpoint
 from ood_perception.models.spec import (
     FORMAT_VERSION,
     SPEC_NAME,
@@ -39,8 +45,12 @@ from ood_perception.models.spec import (
     ModelSpec,
     TensorSpec,
     sha256_bytes,
+    sha256_file,
     write_spec,
 )
+from ood_perception.models.wrappers import ScoredRecognition, ScoredSegmentation, scorer_needs_features
+from ood_perception.scoring import get_scorer
+from ood_perception.trainer.recognition import load_splits
 
 ONNX_NAME = "model.onnx"
 TORCH_NAME = "model.pt"
@@ -91,7 +101,7 @@ def export_model(
     Returns:
         The written :class:`ModelSpec`.
     """
-    import onnx
+    import onnx  # lazy: onnx is heavy to import and only this path needs it
 
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
@@ -213,7 +223,7 @@ def _check_onnx_parity(
     reference: Sequence[torch.Tensor],
     atol: float,
 ) -> None:
-    import onnxruntime as ort
+    import onnxruntime as ort  # lazy: onnxruntime is heavy to import and only this path needs it
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
@@ -255,8 +265,6 @@ def build_scored_segmentation(
     """The :class:`~ood_perception.models.wrappers.ScoredSegmentation` for ``model`` and a scorer
     from the registry (``ood_perception.scoring.get_scorer``). ``unimodal_score`` scores the camera
     and LiDAR expert heads (None: the fused scorer, which must then be logit-only)."""
-    from ood_perception.models.wrappers import ScoredSegmentation
-    from ood_perception.scoring import get_scorer
 
     scorer = get_scorer(score, **dict(score_params or {}))
     uni = get_scorer(unimodal_score) if unimodal_score else None
@@ -291,7 +299,6 @@ def calibrate_on_batches(
         ``{"threshold", "tpr", "n_pixels", "n_frames"}`` (threshold from
         :func:`ood_perception.metrics.calibrate_threshold`).
     """
-    from ood_perception.metrics import calibrate_threshold
 
     scores: list[np.ndarray] = []
     n_frames = 0
@@ -349,8 +356,6 @@ def export_segmentation(
         tpr, opset, exporter, overwrite: see :func:`calibrate_on_batches` / :func:`export_model`.
         extra_files: called after calibration; returns more files for :func:`export_model`.
     """
-    from ood_perception.models import load_checkpoint
-    from ood_perception.models.spec import sha256_file
 
     checkpoint = Path(checkpoint)
     model, ckpt = load_checkpoint(checkpoint)
@@ -428,9 +433,7 @@ def fit_scorer(
     Feature-based scorers are fitted on the stride-4 feature grid (labels subsampled with nearest
     neighbour), logit-only ones at input resolution, matching how :class:`ScoredSegmentation` scores.
     """
-    import torch.nn.functional as F
 
-    from ood_perception.models.wrappers import scorer_needs_features
 
     scorer = wrapper.scorer
     model = wrapper.model
@@ -490,8 +493,6 @@ def dataset_batches(
     Yields:
         ``(image [1,3,H,W], lidar [1,6,H,W], labels [1,H,W])``; frames without pixel labels are skipped.
     """
-    from ood_perception.data import SemanticKittiReader, prepare_inputs, resize_labels
-    from ood_perception.data.config import IGNORE_ID
 
     reader = SemanticKittiReader(root, split)
     if len(reader) == 0:
@@ -515,7 +516,6 @@ def dataset_batches(
 
 def _data_split(root: Path, preferred: str) -> str | None:
     """``preferred`` when the dataset defines it, else None (all sequences)."""
-    from ood_perception.data import DatasetConfig
 
     cfg_path = root / "dataset.yaml"
     if cfg_path.is_file() and preferred in DatasetConfig.from_yaml(cfg_path).splits:
@@ -594,7 +594,6 @@ _ID_SPLITS = ("train", "test", "val")
 def _default_unimodal(score: str, score_params: dict[str, Any] | None) -> tuple[str, dict[str, Any]]:
     """The expert-head scorer when none is named: the joint scorer itself when it is logit-only and
     needs no fitting (so joint and expert scores are comparable), else ``maxlogit``."""
-    from ood_perception.scoring import get_scorer
 
     sc = get_scorer(score, **dict(score_params or {}))
     if not getattr(sc, "needs_features", False) and not getattr(sc, "requires_fit", False):
@@ -632,7 +631,6 @@ def evaluate_recognition_wrapper(
         (OOD positive, :func:`ood_perception.metrics.ood_metrics`) of the joint score for ID vs each
         OOD split; ``flagged`` / ``id_flagged`` = share of clips with ``score > threshold``.
     """
-    from ood_perception.metrics import ood_metrics
 
     if id_split not in splits:
         raise ValueError(f"evaluation data has no ID split {id_split!r} (has {sorted(splits)})")
@@ -699,11 +697,6 @@ def export_recognition(
             :func:`evaluate_recognition_wrapper`'s metrics go to ``provenance.evaluation``.
         eval_info: description of the evaluation data (recorded beside the metrics).
     """
-    from ood_perception.metrics import calibrate_threshold
-    from ood_perception.models.recognition import load_recognition_checkpoint
-    from ood_perception.models.spec import sha256_file
-    from ood_perception.models.wrappers import ScoredRecognition
-    from ood_perception.scoring import get_scorer
 
     checkpoint = Path(checkpoint)
     model, ckpt = load_recognition_checkpoint(checkpoint)
@@ -820,7 +813,6 @@ def export_recognition_from_data(
     held-out clips (``test`` ID + OOD splits) evaluated into ``provenance.evaluation``.
     """
     kwargs.pop("max_calib_frames", None)
-    from ood_perception.trainer.recognition import load_splits
 
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
     t, s = int(ckpt.get("clip_len", 16)), int(ckpt.get("size", 64))

@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 
 from ood_perception.atomic import atomic_path
+from ood_perception.data.clips import FlowParams, SyntheticClipDataset, VideoFolderDataset, stack_dataset
+from ood_perception.metrics import calibrate_threshold, ood_metrics
 
 
 @dataclass
@@ -66,7 +68,6 @@ def load_splits(data: str | os.PathLike, clip_len: int = 16, size: int = 64, ood
     ``train``/``test`` (a deterministic 80/20 split per class) and, with ``ood_data`` (another
     class-per-folder directory), ``ood``.
     """
-    from ood_perception.data.clips import SyntheticClipDataset, VideoFolderDataset, stack_dataset
 
     root = Path(data)
     if (root / "dataset.yaml").is_file():
@@ -96,7 +97,7 @@ def load_splits(data: str | os.PathLike, clip_len: int = 16, size: int = 64, ood
 
 def recognition_loss(model, out: dict, labels, cfg: RecognitionTrainConfig, generator=None) -> dict[str, Any]:
     """The training loss of one batch (see module docstring) and its parts."""
-    import torch.nn.functional as F
+    import torch.nn.functional as F  # lazy: torch is heavy to import and only this path needs it
 
     parts = {
         "ce_joint": F.cross_entropy(out["logits"], labels),
@@ -123,7 +124,7 @@ def recognition_loss(model, out: dict, labels, cfg: RecognitionTrainConfig, gene
 def train_recognition(model, video: np.ndarray, flow: np.ndarray, labels: np.ndarray,
                       cfg: RecognitionTrainConfig, progress: bool = True) -> list[dict[str, float]]:
     """Train ``model`` in place on arrays; returns per-epoch mean losses and train accuracy."""
-    import torch
+    import torch  # lazy: torch is heavy to import and only this path needs it
 
     if not (len(video) == len(flow) == len(labels)) or len(labels) == 0:
         raise ValueError(f"video/flow/labels must be non-empty and equally long, got {len(video)}/{len(flow)}/{len(labels)}")
@@ -168,7 +169,7 @@ def train_recognition(model, video: np.ndarray, flow: np.ndarray, labels: np.nda
 
 def embed_arrays(model, video: np.ndarray, flow: np.ndarray, batch_size: int = 64, device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
     """Frozen per-modality embeddings ``(z_video, z_flow)`` ``[N, D]`` of whole arrays (eval mode)."""
-    import torch
+    import torch  # lazy: torch is heavy to import and only this path needs it
 
     model.eval().to(device)
     zv, zf = [], []
@@ -183,7 +184,7 @@ def embed_arrays(model, video: np.ndarray, flow: np.ndarray, batch_size: int = 6
 
 def save_recognition_checkpoint(path: str | os.PathLike, model, class_names: list[str], extra: dict[str, Any]) -> Path:
     """Atomically write a recognition checkpoint (``task: recognition``; ``weights_only``-loadable)."""
-    import torch
+    import torch  # lazy: torch is heavy to import and only this path needs it
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -201,10 +202,11 @@ def save_recognition_checkpoint(path: str | os.PathLike, model, class_names: lis
 
 def evaluate_recognition(model, splits: dict, scorer: str = "msp", device: str = "cpu") -> dict[str, Any]:
     """ID accuracy of each head on ``test`` and, per OOD split, AUROC/FPR95 of ``scorer`` on the joint head."""
-    import torch
+    import torch  # lazy: torch is heavy to import and only this path needs it
 
-    from ood_perception.metrics import calibrate_threshold, ood_metrics
-    from ood_perception.scoring import get_scorer
+    from ood_perception.scoring import (
+        get_scorer,  # lazy: torch is heavy to import and only this path needs it
+    )
 
     def run(split):
         v, f, _ = splits[split]
@@ -266,10 +268,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Train, evaluate on the held-out splits, write the checkpoint; returns 0."""
-    import torch
+    import torch  # lazy: torch is heavy to import and only this path needs it
 
-    from ood_perception.data.clips import FlowParams
-    from ood_perception.models.recognition import RecognitionConfig, build_recognition_model
+    from ood_perception.models.recognition import (  # lazy: torch is heavy to import and only this path needs it
+        RecognitionConfig,
+        build_recognition_model,
+    )
 
     torch.set_num_threads(max(1, args.threads))
     root = Path(args.data)

@@ -22,9 +22,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
+from tqdm import tqdm
 
-from ood_perception.data import IGNORE_ID, DatasetConfig, Frame
+from ood_perception.data import (
+    IGNORE_ID,
+    CarlaOodReader,
+    DatasetConfig,
+    Frame,
+    SemanticKittiReader,
+    prepare_inputs,
+    resize_labels,
+)
 from ood_perception.data.config import atomic_write_bytes
 
 #: Bump when the cached arrays change meaning.
@@ -38,7 +48,6 @@ def open_reader(root: str | os.PathLike[str], split: str | Sequence[str] | None 
     ``split`` is a split name of the dataset's ``dataset.yaml`` (``train``/``val``/``test``), a
     list of sequence names, or None (all sequences).
     """
-    from ood_perception.data import CarlaOodReader, SemanticKittiReader
 
     root = Path(root)
     if not root.exists():
@@ -93,9 +102,7 @@ class Sample:
 
 def preprocess_frame(frame: Frame, config: DatasetConfig, input_size: Sequence[int]) -> Sample:
     """Frame -> :class:`Sample` at ``input_size = (H, W)``; errors name the frame."""
-    import cv2
 
-    from ood_perception.data import prepare_inputs, resize_labels
 
     name = f"{frame.sequence}/{frame.frame_id}"
     if frame.image is None:
@@ -182,7 +189,6 @@ class SegmentationData:
         return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
     def _build(self, show_progress: bool) -> None:
-        from tqdm import tqdm
 
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         labelled = 0
@@ -233,7 +239,7 @@ class SegmentationData:
 def collate(samples: Sequence[Sample], mean: Sequence[float], std: Sequence[float]) -> dict[str, Any]:
     """Stack samples into torch tensors: ``image`` normalised ``[B,3,H,W]``, ``lidar``, ``target``
     (int64, 255 ignore), ``pixel_ood``; per-point arrays stay lists (lengths differ)."""
-    import torch
+    import torch  # lazy: torch is heavy to import and only this path needs it
 
     img = np.stack([s.image for s in samples]).astype(np.float32).transpose(0, 3, 1, 2) / 255.0
     m = np.asarray(mean, np.float32).reshape(1, 3, 1, 1)

@@ -19,11 +19,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data.distributed import DistributedSampler
+from tqdm import tqdm
 
 from ood_perception.losses import a2d_loss, focal_loss, lovasz_softmax, outlier_entropy_loss
 from ood_perception.models import FusionSegNet, ModelConfig, build_model
 from ood_perception.synthesis import NPMix, feature_mixing, npmix_outlier_map
 from ood_perception.trainer.checkpoint import atomic_torch_save, capture_rng, restore_rng
+from ood_perception.trainer.seg_data import SegmentationData, collate
 from ood_perception.trainer.segmentation import dist_info, validate_config
 
 # ------------------------------------------------------------------------------------------
@@ -137,9 +140,7 @@ def _jsonable(x: Any) -> Any:
 def train(cfg: dict[str, Any], data_root: str | os.PathLike[str], out_dir: str | os.PathLike[str],
           resume: bool = True, show_progress: bool = True, command: str | None = None) -> dict[str, Any]:
     """Train; returns a summary (per-step losses, epoch times, paths). See the module docstring."""
-    from tqdm import tqdm
 
-    from ood_perception.trainer.seg_data import SegmentationData, collate
 
     validate_config(cfg)
     rank, world, local_rank = dist_info()
@@ -171,7 +172,6 @@ def train(cfg: dict[str, Any], data_root: str | os.PathLike[str], out_dir: str |
     if distributed:
         wrapped = nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
 
-    from torch.utils.data.distributed import DistributedSampler
 
     sampler = DistributedSampler(data, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=False)
     bs = int(cfg["batch_size"])

@@ -27,6 +27,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 #: Synthesis methods (same as ood_perception.synthesis.SYNTHESIS_METHODS; kept here so the CLI
 #: does not import torch).
 SYNTHESIS_METHODS: tuple[str, ...] = ("none", "fm", "npmix")
@@ -83,7 +85,6 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any], path: str = "") -
 
 def load_config(path: str | os.PathLike[str] | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """DEFAULTS <- YAML file <- overrides, validated."""
-    import yaml
 
     cfg = copy.deepcopy(DEFAULTS)
     if path is not None:
@@ -119,7 +120,6 @@ def validate_config(cfg: dict[str, Any]) -> None:
 
 def parse_set(items: list[str] | None) -> dict[str, Any]:
     """``["a.b=3", "c=[1, 2]"]`` -> nested dict (values parsed as YAML)."""
-    import yaml
 
     out: dict[str, Any] = {}
     for item in items or []:
@@ -143,7 +143,9 @@ def dist_info() -> tuple[int, int, int]:
 def train(cfg: dict[str, Any], data_root: str | os.PathLike[str], out_dir: str | os.PathLike[str],
           resume: bool = True, show_progress: bool = True, command: str | None = None) -> dict[str, Any]:
     """Train (see the module docstring); implemented in :mod:`ood_perception.trainer.seg_train`."""
-    from ood_perception.trainer.seg_train import train as _train
+    from ood_perception.trainer.seg_train import (
+        train as _train,  # lazy: torch is heavy to import and only this path needs it
+    )
 
     return _train(cfg, data_root, out_dir, resume=resume, show_progress=show_progress, command=command)
 

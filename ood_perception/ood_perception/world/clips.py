@@ -34,6 +34,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import yaml
 
 from ood_perception.atomic import atomic_path, atomic_write_text
 
@@ -442,7 +443,6 @@ def write_clip_dataset(
 
     Deterministic: the same ``seed``, ``spec`` and ``config`` give byte-identical files.
     """
-    import yaml
 
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import yaml
+
 WEATHERS: tuple[str, ...] = ("day", "dusk", "night", "fog", "rain")
 
 
@@ -140,7 +143,6 @@ class WorldConfig:
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str]) -> WorldConfig:
         """Read a YAML file with the layout of :meth:`to_dict`."""
-        import yaml
 
         path = Path(path)
         if not path.is_file():
@@ -163,3 +165,13 @@ class WorldConfig:
             return v
 
         return plain(dataclasses.asdict(self))
+
+
+def lidar_directions(cfg: WorldConfig) -> np.ndarray:
+    """Unit ray directions ``[beams * azimuth_steps, 3]`` in the LiDAR frame, beam-major, top beam first."""
+    lid = cfg.lidar
+    elev = np.radians(np.linspace(lid.fov_up_deg, lid.fov_down_deg, lid.beams))
+    az = np.pi - 2 * np.pi * (np.arange(lid.azimuth_steps) + 0.5) / lid.azimuth_steps
+    ce, se = np.cos(elev)[:, None], np.sin(elev)[:, None]
+    d = np.stack([ce * np.cos(az)[None], ce * np.sin(az)[None], np.broadcast_to(se, (lid.beams, lid.azimuth_steps))], -1)
+    return d.reshape(-1, 3)

@@ -11,14 +11,21 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import cv2
 import numpy as np
+
+from ood_perception.data.config import atomic_write_bytes
+from ood_perception.geometry import project_points
+from ood_perception.world.config import WEATHERS, WorldConfig
+from ood_perception.world.labels import world_dataset_config
+from ood_perception.world.render import SequenceRenderer
+from ood_perception.world.scenario import plan_dataset
 
 ANOMALY_BGR = (255, 255, 255)  # SemanticKITTI colours road magenta: anomalies are white, outlined red
 
 
 def panel(frame, config, bev_size: int = 256, bev_range: float = 40.0) -> np.ndarray:
     """One BGR gallery image ``[2H, 2W]``: camera | labels over BEV | camera with LiDAR overlay."""
-    import cv2
 
     lut = config.raw_colors_bgr()
     cam = cv2.cvtColor(frame.image, cv2.COLOR_RGB2BGR)
@@ -41,7 +48,6 @@ def panel(frame, config, bev_size: int = 256, bev_range: float = 40.0) -> np.nda
         cv2.circle(bev, (c, r), 2, ANOMALY_BGR, -1)
     cv2.circle(bev, (bev_size // 2, bev_size // 2), 3, (0, 0, 255), -1)
     # camera with the LiDAR points drawn where they project (coloured by label)
-    from ood_perception.geometry import project_points
 
     over = cam.copy()
     pr = project_points(pts, frame.calib)
@@ -58,13 +64,7 @@ def panel(frame, config, bev_size: int = 256, bev_range: float = 40.0) -> np.nda
 
 def main(argv: list[str] | None = None) -> int:
     """Render one anomaly frame per weather and write ``world_<weather>.png`` under ``--out``."""
-    import cv2
 
-    from ood_perception.data.config import atomic_write_bytes
-    from ood_perception.world.config import WEATHERS, WorldConfig
-    from ood_perception.world.labels import world_dataset_config
-    from ood_perception.world.render import SequenceRenderer
-    from ood_perception.world.scenario import plan_dataset
 
     p = argparse.ArgumentParser(description="gallery images of the synthetic world, one per weather")
     p.add_argument("--out", default="docs/img")

@@ -91,7 +91,7 @@ def box(sx: float, sy: float, sz: float, cx: float = 0.0, cy: float = 0.0, cz: f
 
 @functools.cache
 def _unit(kind: str, res: int) -> tuple[np.ndarray, np.ndarray]:
-    import open3d as o3d
+    import open3d as o3d  # lazy: open3d is heavy to import and only this path needs it
 
     if kind == "cylinder":
         m = o3d.geometry.TriangleMesh.create_cylinder(radius=1.0, height=1.0, resolution=res, split=1)
@@ -110,7 +110,7 @@ def _unit(kind: str, res: int) -> tuple[np.ndarray, np.ndarray]:
 
 @functools.lru_cache(maxsize=64)
 def _torus(ratio_q: int, res: int) -> tuple[np.ndarray, np.ndarray]:
-    import open3d as o3d
+    import open3d as o3d  # lazy: open3d is heavy to import and only this path needs it
 
     m = o3d.geometry.TriangleMesh.create_torus(torus_radius=1.0, tube_radius=ratio_q / 100.0,
                                                radial_resolution=res, tubular_resolution=max(4, res // 2))

@@ -14,13 +14,14 @@ from __future__ import annotations
 import math
 import time
 
+import cv2
 import numpy as np
 
 from ood_perception.data.frame import Frame
 from ood_perception.geometry import Calibration, intrinsics_from_fov, transform_from_xyz_rpy
 from ood_perception.world import labels as L
 from ood_perception.world import meshes as M
-from ood_perception.world.config import CameraConfig, WorldConfig
+from ood_perception.world.config import CameraConfig, WorldConfig, lidar_directions
 from ood_perception.world.scenario import LANE_WIDTH, SIDEWALK_HEIGHT, SequencePlan, anomaly_pose
 
 #: Optical frame (x right, y down, z forward) from a body frame (x forward, y left, z up).
@@ -46,16 +47,6 @@ def camera_calibration(cam: CameraConfig) -> Calibration:
     k = np.asarray(cam.K, dtype=np.float64) if cam.K is not None else intrinsics_from_fov(cam.width, cam.height, cam.fov_deg)
     t_lidar_cam = transform_from_xyz_rpy(cam.xyz, cam.rpy)  # camera body pose in the LiDAR frame
     return Calibration(k, cam.width, cam.height, OPTICAL_FROM_BODY @ np.linalg.inv(t_lidar_cam))
-
-
-def lidar_directions(cfg: WorldConfig) -> np.ndarray:
-    """Unit ray directions ``[beams * azimuth_steps, 3]`` in the LiDAR frame, beam-major, top beam first."""
-    lid = cfg.lidar
-    elev = np.radians(np.linspace(lid.fov_up_deg, lid.fov_down_deg, lid.beams))
-    az = np.pi - 2 * np.pi * (np.arange(lid.azimuth_steps) + 0.5) / lid.azimuth_steps
-    ce, se = np.cos(elev)[:, None], np.sin(elev)[:, None]
-    d = np.stack([ce * np.cos(az)[None], ce * np.sin(az)[None], np.broadcast_to(se, (lid.beams, lid.azimuth_steps))], -1)
-    return d.reshape(-1, 3)
 
 
 def _rotate(v: np.ndarray, r: np.ndarray) -> np.ndarray:
@@ -146,7 +137,7 @@ class SequenceRenderer:
     """
 
     def __init__(self, plan: SequencePlan, config: WorldConfig) -> None:
-        import open3d as o3d
+        import open3d as o3d  # lazy: open3d is heavy to import and only this path needs it
 
         self._o3d = o3d
         self.plan = plan
@@ -413,7 +404,6 @@ class SequenceRenderer:
         return image, sem.reshape(cam.height, cam.width), inst.reshape(cam.height, cam.width)
 
     def _rain_streaks(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        import cv2
 
         hgt, wid = img.shape[:2]
         layer = np.zeros((hgt, wid), np.float32)

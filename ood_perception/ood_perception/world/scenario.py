@@ -20,8 +20,18 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ood_perception.world import labels as L
-from ood_perception.world.config import WEATHERS, WorldConfig
-from ood_perception.world.meshes import ANOMALY_SIZE, MIMIC_MATERIALS, PATTERNED, TEX_GRAIN, TEX_PLAIN
+from ood_perception.world.config import WEATHERS, WorldConfig, lidar_directions
+from ood_perception.world.meshes import (
+    ANOMALY_SIZE,
+    BUILDING_RGB,
+    MIMIC_MATERIALS,
+    PATTERNED,
+    TEX_GRAIN,
+    TEX_PLAIN,
+    MeshBuilder,
+    anomaly_parts,
+    pose,
+)
 
 LANE_WIDTH = 3.4
 PARKING_WIDTH = 2.2
@@ -334,7 +344,6 @@ def _layout(street: Street, rng: np.random.Generator, inst: list[int]) -> list[I
 
 
 def _building_color(rng: np.random.Generator) -> np.ndarray:
-    from ood_perception.world.meshes import BUILDING_RGB
 
     return BUILDING_RGB[rng.integers(len(BUILDING_RGB))] * rng.uniform(0.85, 1.15, 3)
 
@@ -393,7 +402,6 @@ def _anomaly_material(rng: np.random.Generator, mimic_prob: float, textured_prob
 
 def anomaly_pose(an: Anomaly, street: Street) -> np.ndarray:
     """4x4 world pose of an anomaly (on the road surface, or on the sidewalk's top)."""
-    from ood_perception.world.meshes import pose
 
     half = street.half_left if an.y > 0 else street.half_right
     z = SIDEWALK_HEIGHT if half <= abs(an.y) < half + street.sidewalk else 0.0
@@ -404,7 +412,6 @@ class _ShareProbe:
     """Counts LiDAR returns on a group of anomalies alone (no occluders) by casting the real LiDAR rays."""
 
     def __init__(self, cfg: WorldConfig) -> None:
-        from ood_perception.world.render import lidar_directions
 
         self.cfg = cfg
         self.dirs = lidar_directions(cfg).astype(np.float32)
@@ -413,9 +420,8 @@ class _ShareProbe:
         self.az = np.arctan2(self.grid[0, :, 1], self.grid[0, :, 0])  # per azimuth column
 
     def shares(self, group: list[Anomaly], street: Street, poses: list[tuple[float, float, float]]) -> list[float]:
-        import open3d as o3d
+        import open3d as o3d  # lazy: open3d is heavy to import and only this path needs it
 
-        from ood_perception.world.meshes import MeshBuilder, anomaly_parts
 
         b = MeshBuilder()
         for an in group:

@@ -9,13 +9,19 @@ independent, so ``workers > 1`` renders them in parallel processes with the same
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
+from ood_perception.data.semantickitti import SemanticKittiWriter
 from ood_perception.world.config import WorldConfig
 from ood_perception.world.labels import world_dataset_config
+from ood_perception.world.labels import world_dataset_config as _cfg
+from ood_perception.world.render import SequenceRenderer
 from ood_perception.world.scenario import DatasetPlan, SequencePlan, plan_dataset
 
 #: ROS time of a bag's first frame (``times.txt`` starts at 0, which ROS reads as an unset stamp
@@ -49,11 +55,7 @@ def dataset_config_for(plan: DatasetPlan, extra: dict[str, Any] | None = None):
 def render_sequence(plan: SequencePlan, config: WorldConfig, out: str | os.PathLike[str], bag: str | None = None,
                     on_frame: Callable[[int], None] | None = None, overwrite: bool = False) -> dict[str, float]:
     """Render and write one planned sequence; returns stage timings in seconds."""
-    import time
 
-    from ood_perception.data.semantickitti import SemanticKittiWriter
-    from ood_perception.world.labels import world_dataset_config as _cfg
-    from ood_perception.world.render import SequenceRenderer
 
     t0 = time.perf_counter()
     renderer = SequenceRenderer(plan, config)
@@ -113,9 +115,7 @@ def generate_dataset(out: str | os.PathLike[str], sequences: int = 1, frames: in
     Returns:
         A summary: frames, seconds, frames per second, stage timings, splits.
     """
-    import time
 
-    from tqdm import tqdm
 
     cfg = config or WorldConfig()
     out = Path(out)
