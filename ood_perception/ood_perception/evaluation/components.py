@@ -172,19 +172,18 @@ def _label8(mask: NDArray[np.bool_]) -> tuple[int, NDArray[np.int32], NDArray[np
 def _dense_instances(instances: ArrayLike, gt: NDArray[np.bool_]) -> tuple[int, NDArray[np.int64], NDArray[np.int64]]:
     """Instance ids on the anomaly pixels relabelled 1..n (0 elsewhere), with sizes."""
     inst = np.asarray(instances)
-    if inst.shape != gt.shape:
-        raise ValueError(f"gt_components has shape {inst.shape}, expected {gt.shape}")
     ids, inv = np.unique(inst[gt], return_inverse=True)
     labels = np.zeros(gt.shape, np.int64)
     labels[gt] = inv.ravel() + 1
     return int(ids.size), labels, np.bincount(inv.ravel(), minlength=ids.size).astype(np.int64)
 
 
-def _relabel(labels: NDArray[Any], keep: NDArray[np.bool_]) -> tuple[int, NDArray[np.int64]]:
-    """Keep components ``keep[k]`` (k = label - 1), renumbered 1..n in order; others become 0."""
+def _keep_lut(keep: NDArray[np.bool_]) -> tuple[int, NDArray[np.int64]]:
+    """Lookup table label -> new label keeping components ``keep[k]`` (k = label - 1), renumbered
+    1..n in order; the others (and the background) map to 0."""
     lut = np.zeros(keep.size + 1, np.int64)
     lut[1:][keep] = np.arange(1, int(keep.sum()) + 1)
-    return int(keep.sum()), lut[labels]
+    return int(keep.sum()), lut
 
 
 def frame_components(
@@ -219,21 +218,32 @@ def frame_components(
     if (void & gt).any():
         raise ValueError(f"ignore overlaps gt_anomaly at {int((void & gt).sum())} pixels (anomalies are labelled pixels)")
     pred = pred & ~void
+    inst = None if gt_components is None else np.asarray(gt_components)
+    if inst is not None and inst.shape != gt.shape:
+        raise ValueError(f"gt_components has shape {inst.shape}, expected {gt.shape}")
+    # work inside the bounding box of all ground-truth and predicted pixels: components, sizes and
+    # overlaps are the same there, and anomaly frames are mostly empty
+    fg = gt | pred
+    rows, cols = np.flatnonzero(fg.any(axis=1)), np.flatnonzero(fg.any(axis=0))
+    if rows.size == 0:
+        return FrameComponents()
+    box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    gt, pred, void = gt[box], pred[box], void[box]
 
-    if gt_components is None:
+    if inst is None:
         n_g, lab_g, size_g = _label8(gt)
     else:
-        n_g, lab_g, size_g = _dense_instances(gt_components, gt)
+        n_g, lab_g, size_g = _dense_instances(inst[box], gt)
     n_p, lab_p, size_p = _label8(pred)
-    n_p, lab_p = _relabel(lab_p, size_p >= int(min_pred_pixels))
+    n_p, lut_p = _keep_lut(size_p >= int(min_pred_pixels))
     small = size_g < int(min_gt_pixels)
     roi = ~void
     if small.any():
         roi &= ~np.r_[False, small][lab_g]  # small GT components become ignore pixels
-    n_g, lab_g = _relabel(lab_g, ~small)
+    n_g, lut_g = _keep_lut(~small)
 
-    g = lab_g[roi].astype(np.int64, copy=False)
-    p = lab_p[roi].astype(np.int64, copy=False)
+    g = lut_g[lab_g[roi]]
+    p = lut_p[lab_p[roi]]
     gsz = np.bincount(g, minlength=n_g + 1)[1:]
     psz = np.bincount(p, minlength=n_p + 1)[1:]
     both = (g > 0) & (p > 0)

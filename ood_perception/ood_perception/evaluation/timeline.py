@@ -131,11 +131,12 @@ def render_timeline_png(entries: Sequence[TimelineEntry], threshold: float | Non
     ax.set_xlim(0.0, end)
     ax.set_xlabel("time [s]")
     ax.set_ylabel("frame score")
-    ax.set_title(title if title is not None else seqs[0], fontsize=10)
+    ax.set_title(title if title is not None else seqs[0], fontsize=10, loc="right")
     handles = [Patch(color=LEVEL_COLORS[k], label=LEVEL_NAMES[k]) for k in (WARNING, ALERT, DEGRADED)]
     handles.append(Patch(color="#6f42c1", label="anomaly in view"))
     line_handles, _ = ax.get_legend_handles_labels()
-    ax.legend(handles=line_handles + handles, fontsize=7, loc="upper left", ncol=3, framealpha=0.8)
+    ax.legend(handles=line_handles + handles, fontsize=7, loc="lower left", bbox_to_anchor=(0.0, 1.0),
+              ncol=6, frameon=False)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
