@@ -15,6 +15,7 @@ from ood_perception.evaluation import (
     ALERT,
     CLEAR,
     DEGRADED,
+    SEMANTIC_KITTI_THING_IDS,
     WARNING,
     AlertEvalConfig,
     AlertEvaluator,
@@ -167,6 +168,10 @@ def test_merge_order_state_and_gaps() -> None:
     assert fa["anomaly_free_minutes"] == pytest.approx((0.6 + 2.0) / 60)
     assert fa["episodes_per_minute"] == pytest.approx(3 / (2.6 / 60))
     assert r1["sequences"] == 2 and r1["frames"] == 12
+    # select() takes one bag's share back out of the pooled evaluator
+    assert json.dumps(ab.select("a").result(), sort_keys=True) == json.dumps(evaluator_a().result(), sort_keys=True)
+    assert ab.select(["b"]).result()["false_alerts"]["false_episodes"] == 2
+    assert ab.result()["frames"] == 12  # unchanged
     # the same object key in another sequence is another object
     c = AlertEvaluator(OOD, (CAR,), CFG)
     c.add("c", 0.0, ALERT, 0.5, anomaly_objects={K1: 300})
@@ -253,3 +258,33 @@ def test_timeline_and_png() -> None:
         render_timeline_png(tl + [tl[0].__class__("z", 0.0, CLEAR, 0.1, 0, "negative")])
     with pytest.raises(ValueError, match="no timeline"):
         render_timeline_png([])
+
+
+def test_world_pixel_and_point_objects_share_keys() -> None:
+    """On a rendered synthetic frame, every anomaly object covering >= 200 camera pixels has LiDAR
+    points in view with the same key (pixel_instances and the points' instance bits agree), so the
+    pixel-based in-view test and the point-based object scores talk about the same objects."""
+    from ood_perception.geometry import project_points
+    from ood_perception.world.config import WorldConfig
+    from ood_perception.world.labels import world_dataset_config
+    from ood_perception.world.render import SequenceRenderer
+    from ood_perception.world.scenario import plan_dataset
+
+    dc = world_dataset_config()
+    plan = plan_dataset(WorldConfig(), sequences=1, frames=40, seed=3, split="test")
+    seq = plan.sequences[0]
+    frame = SequenceRenderer(seq, plan.config).render(seq.episodes[0].start + 2)
+    objs = pixel_objects(frame.pixel_labels, frame.pixel_instances, dc.ood_ids)
+    big = {k for k, v in objs.items() if v >= 200}
+    assert big and all(split_key(k)[1] > 0 for k in big)
+    vis = project_points(frame.points, frame.calib).visible
+    lab = frame.point_labels[vis]
+    assert big <= {int(k) for k in np.unique(lab[dc.ood_mask(lab)])}
+    ev = AlertEvaluator(dc.ood_ids, SEMANTIC_KITTI_THING_IDS)
+    scores = np.where(dc.ood_mask(lab), 0.9, 0.1)
+    rec = ev.add(seq.name, frame.stamp, ALERT, 1.0, pixel_labels=frame.pixel_labels,
+                 pixel_instances=frame.pixel_instances, point_labels=lab, point_scores=scores)
+    assert rec.anomaly_pixels == int(dc.ood_mask(frame.pixel_labels).sum())
+    res = ev.result()
+    assert res["objects"]["acceptance"]["n"] == len(big) and res["objects"]["acceptance"]["met"]
+    assert all(o["frames_to_alert"] == 0 for o in res["objects"]["list"] if o["in_view"])

@@ -17,7 +17,8 @@ Objects
     *Anomaly objects* have a semantic id in ``ood_ids``; *known-class objects* one in ``known_ids``
     (the in-distribution *thing* classes: cars, trucks, people, cyclists ...;
     :data:`SEMANTIC_KITTI_THING_IDS`). Without an instance map (``pixel_instances=None``) every
-    anomaly pixel of one semantic id is one object (instance 0).
+    anomaly pixel of one semantic id is one object (instance 0). On rendered synthetic frames every
+    anomaly object covering >= 200 px has in-view LiDAR points with the same key (tested).
 
 Frame level (``result()["frame"]``)
     Positives: frames with >= ``frame_min_pixels`` labelled anomaly pixels; negatives: frames with
@@ -284,7 +285,8 @@ class AlertEvaluator:
             anomaly_objects: instead of the pixel arrays, ``{key: pixels}`` of the anomaly objects.
             point_labels: raw labels ``semantic | instance << 16`` of the points the pipeline scored.
             point_scores: their scores (same length; NaN = not scored, e.g. occluded).
-            object_scores: ``{key: score}`` overriding the mean point score of those objects.
+            object_scores: ``{key: score}`` overriding the mean point score of those objects (only
+                objects with >= ``min_points`` scored points are observed; other keys are ignored).
 
         Returns:
             The :class:`FrameRecord` kept.
@@ -334,6 +336,15 @@ class AlertEvaluator:
                              "use a distinct sequence name per bag")
         self.records.extend(other.records)
         self._seen |= other._seen
+
+    def select(self, sequences: str | Iterable[str]) -> AlertEvaluator:
+        """A new evaluator holding only the frames of ``sequences`` (e.g. one bag's share of a pooled
+        evaluator, for a per-bag table); this one is left unchanged."""
+        names = {sequences} if isinstance(sequences, str) else set(sequences)
+        out = AlertEvaluator(self.ood_ids, self.known_ids, self.config)
+        out.records = [r for r in self.records if r.sequence in names]
+        out._seen = {(r.sequence, r.stamp) for r in out.records}
+        return out
 
     def state(self) -> dict[str, Any]:
         """JSON-serialisable state (frames in (sequence, stamp) order); :meth:`from_state` rebuilds it."""
