@@ -11,8 +11,9 @@ What the original does (read in donghao51/MultiOOD ``HMDB-rgb-flow/train_video_f
   (a full class drops further samples); once all are full, every sample of the batch is pushed
   FIFO, one Python-loop iteration per sample (``torch.cat((q[1:], x))``).
 * From ``start_epoch`` (10) on, once the queues are full, every step: push the batch, then the
-  class prototypes are the queue means, a ``scipy.spatial.KDTree`` is built over the
-  ``num_class`` prototypes (rebuilt every step), and for each class i (a Python loop) the tree is
+  class prototypes are the queue means, a ``scipy.spatial.KDTree`` (since SciPy 1.6 the same
+  compiled tree as ``cKDTree``; no faiss) is built over the ``num_class`` prototypes (rebuilt
+  every step), and for each class i (a Python loop) the tree is
   queried with prototype i itself, ``k=nn_k=3``, the first hit (i itself) dropped; one of the
   remaining k-1 classes j is drawn uniformly, one random queued embedding of i and one of j are
   mixed with ``lam ~ Beta(mixup_alpha=10, 10)`` (numpy's global RNG, one lam per class).
@@ -35,11 +36,15 @@ Modes here:
   embedding enters the queues (in batch, row, column order) with the fill-then-FIFO rule above;
   when the queues were full at the start of the step, the prototypes' KD-tree
   (``scipy.spatial.KDTree``, rebuilt each step) is queried per class and one outlier per class
-  is made (:func:`npmix_faithful_outliers`). Defaults ``queue_size=65``, ``k=3``, ``alpha=10``
-  are the original's (verified against its code). The queue push is vectorised (same queue
+  is made (:func:`npmix_faithful_outliers`). Use :data:`MULTIOOD_QUEUE_SIZE` (65),
+  :data:`MULTIOOD_K` (3) and the default alpha=10 for the original's values (verified against its
+  code; the class defaults are the ``anchors`` mode's). The queue push is vectorised (same queue
   contents as the per-sample loop); ``start_epoch`` is the caller's business. Not wired into the
   trainer: K detached vectors per step carry no gradient to the encoders and have no spatial
   context for a conv head, so the ``anchors`` mode stays the training one.
+
+How the Feature Mixing paper timed NP-Mix for segmentation (its "370x") could not be read; the
+cost comparison of both modes with Feature Mixing is in ``bench/results/synthesis.md``.
 """
 
 from __future__ import annotations
