@@ -3,7 +3,8 @@
 * :func:`feature_mixing` (Feature Mixing, arXiv 2505.16985): swap N channels between the cloned
   camera and LiDAR feature maps; defaults N=10, gamma1=3.0 (paper, segmentation).
 * :class:`NPMix` / :func:`npmix_outlier_map` (MultiOOD's NP-Mix): nearest-prototype mixing, the
-  baseline.
+  baseline (``anchors`` mode, the trainer's); :func:`npmix_faithful_outliers`: the original's
+  per-class algorithm with pixels as samples (``faithful`` mode, for the cost comparison).
 * :data:`SYNTHESIS_METHODS`: the names the trainer accepts (``none``, ``fm``, ``npmix``).
 """
 
@@ -16,7 +17,15 @@ from ood_perception.synthesis.feature_mixing import (
     feature_mixing,
     swap_mask,
 )
-from ood_perception.synthesis.npmix import DEFAULT_ALPHA, NPMix, npmix_outlier_map
+from ood_perception.synthesis.npmix import (
+    DEFAULT_ALPHA,
+    MULTIOOD_K,
+    MULTIOOD_QUEUE_SIZE,
+    NPMIX_MODES,
+    NPMix,
+    npmix_faithful_outliers,
+    npmix_outlier_map,
+)
 
 #: Synthesis methods of the segmentation trainer.
 SYNTHESIS_METHODS: tuple[str, ...] = ("none", "fm", "npmix")
@@ -25,10 +34,14 @@ __all__ = [
     "DEFAULT_ALPHA",
     "DEFAULT_GAMMA1",
     "DEFAULT_N",
+    "MULTIOOD_K",
+    "MULTIOOD_QUEUE_SIZE",
     "MixResult",
+    "NPMIX_MODES",
     "NPMix",
     "SYNTHESIS_METHODS",
     "feature_mixing",
+    "npmix_faithful_outliers",
     "npmix_outlier_map",
     "swap_mask",
 ]
