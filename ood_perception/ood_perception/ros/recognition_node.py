@@ -24,7 +24,7 @@ from typing import Any
 from rclpy.lifecycle import LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 
-from ood_perception.pipeline.alerts import ALERT, DEGRADED, LEVEL_NAMES, AlertConfig, AlertStateMachine
+from ood_perception.pipeline.alerts import ALERT_STANDING, DEGRADED, LEVEL_NAMES, AlertConfig, AlertStateMachine
 from ood_perception.pipeline.fusion import spec_sha256
 from ood_perception.pipeline.stats import LatencyStats, RateMeter
 from ood_perception.ros import conversions as conv
@@ -249,7 +249,8 @@ class ActionRecognitionNode(WorkerLifecycleNode):
                     self._clips += 1
             except Exception as exc:  # noqa: BLE001 - a failed clip is DEGRADED, not a crash
                 self.bad.report("recognition_error", f"{type(exc).__name__}: {exc}")
-                self._publish_alert(header, DEGRADED, f"model failure: {exc}", [], float("nan"), float("nan"))
+                d = self.alerts.update(conv.stamp_to_sec(header.stamp), None, f"model failure: {exc}")
+                self._publish_alert(header, d.level, d.description, [], float("nan"), float("nan"))
 
     def _publish(self, r: Any, header: Any) -> None:
         from ood_perception_msgs.msg import Recognition
@@ -324,9 +325,12 @@ class ActionRecognitionNode(WorkerLifecycleNode):
                                         level, text, v)]
         if self._diag_pub is not None:
             self._diag_pub.publish(arr)
-        if self._state == "active" and stale and self._level != ALERT:
+        if self._state == "active" and stale:
+            # DEGRADED even while an ALERT stands (a consumer reading only the level must see it)
             frame = self._last_header.frame_id if self._last_header is not None else ""
-            self._publish_alert(Header(stamp=arr.header.stamp, frame_id=frame), DEGRADED, "video stale", [],
+            alerts = getattr(self, "alerts", None)
+            text = f"{ALERT_STANDING}; degraded: video stale" if alerts is not None and alerts.alerting else "video stale"
+            self._publish_alert(Header(stamp=arr.header.stamp, frame_id=frame), DEGRADED, text, [],
                                 float("nan"), float("nan"))
 
 
