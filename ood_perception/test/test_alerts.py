@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ood_perception.pipeline.alerts import ALERT, ALERT_STANDING, CLEAR, DEGRADED, WARNING, AlertConfig, AlertStateMachine
+from ood_perception.pipeline.alerts import (
+    ALERT,
+    ALERT_STANDING,
+    CLEAR,
+    DEGRADED,
+    WARNING,
+    AlertConfig,
+    AlertStateMachine,
+)
 
 
 def run(sm, seq, dt=0.1, t0=0.0, degraded=None):

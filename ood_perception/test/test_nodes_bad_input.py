@@ -8,6 +8,8 @@ streams must give DEGRADED alerts naming the missing piece, never CLEAR.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -218,3 +220,58 @@ def test_bad_parameters_fail_configure_not_the_process(rclpy_context):
         assert "nonexistent" in node.diagnostics_values()["model_error"]
     finally:
         node.destroy_node()
+
+
+def _diag_status(h):
+    return h.got["diag"][-1].status[0] if h.got["diag"] else None
+
+
+def test_unpairable_streams_and_unusable_clouds_are_degraded_and_on_diagnostics(rclpy_context):
+    """Issue 14 items 2 and 3 over DDS: LiDAR stamps 0.7 s behind the camera's give DEGRADED
+    camera-only alerts with the measured offset within the stale timeout and a /diagnostics WARN
+    with the same reason; an all-NaN cloud paired with a camera image is not reported as fused."""
+    from diagnostic_msgs.msg import DiagnosticStatus
+
+    from ood_perception_msgs.msg import OodAlert
+
+    node = make_node(rclpy_context, name="unpaired", stale_timeout=0.3, raise_k=1, raise_n=1, clear_frames=1)
+    h = Harness(rclpy_context, node)
+    img, pts = scene(red=False, hot_points=False)
+    try:
+        h.pub_info.publish(h.info())
+        stamps = [300.0 + 0.1 * k for k in range(12)]
+        for s in stamps:
+            h.pub_img.publish(h.image(img, s))
+            h.pub_pts.publish(h.cloud(pts, s - 0.7))
+            _spin(h, 0.1)
+        a = h.wait_alert(stamps[-2])  # (the newest camera image waits for the next one)
+        assert a.level == OodAlert.DEGRADED and list(a.modalities) == ["camera"]
+        assert "no camera/lidar pair within slop 0.050 s" in a.description
+        # the offset is measured at arrival over DDS: 0.7 s up to the delivery jitter
+        m = re.search(r"lidar stamps (\d+\.\d+) s behind the camera's", a.description)
+        assert m and abs(float(m.group(1)) - 0.7) < 0.05, a.description
+        # the first alert came within the stale timeout (+ one 0.1 s frame period) of the start
+        first = min(x.header.stamp.sec + x.header.stamp.nanosec * 1e-9 for x in h.got["alerts"]
+                    if x.source == "fusion_segmentation" and x.header.stamp.sec >= 300)
+        assert first <= 300.0 + 0.3 + 0.25
+        assert spin_until(h.ex, lambda: _diag_status(h) is not None
+                          and "streams do not pair" in _diag_status(h).message, 3.0)
+        st = _diag_status(h)
+        m = re.search(r"lidar stamps (\d+\.\d+) s behind", st.message)
+        assert st.level == DiagnosticStatus.WARN and m and abs(float(m.group(1)) - 0.7) < 0.05, st.message
+        # --- an all-NaN cloud with a paired camera image: camera-only head, DEGRADED, reason named
+        s = 400.0
+        bad = pts.copy()
+        bad[:, 0] = np.nan
+        for k in range(3):  # re-establish pairing first, then the NaN cloud
+            h.send_frame(s + 0.1 * k, red=False)
+            _spin(h, 0.1)
+        h.pub_img.publish(h.image(img, s + 0.3))
+        h.pub_pts.publish(h.cloud(bad, s + 0.3))
+        a = h.wait_alert(s + 0.3)
+        assert a.level == OodAlert.DEGRADED and list(a.modalities) == ["camera"]
+        assert "lidar unusable: no finite point in the cloud" in a.description
+        good = h.alert_at(s + 0.2)
+        assert good is not None and list(good.modalities) == ["camera", "lidar"] and good.level == OodAlert.CLEAR
+    finally:
+        h.close()

@@ -104,7 +104,8 @@ def test_headers_notes_and_stale_reasons():
     proc.add_camera(cam(1_100_000_000, red=True))
     proc.add_lidar(lid(1_100_000_000))
     out = proc.process(proc.take())
-    assert [n.reason for n in out.notes] == ["camera_info_size_mismatch"]
+    # (lid() puts no point in view under the default extrinsics: noted, scored camera-only)
+    assert [n.reason for n in out.notes] == ["camera_info_size_mismatch", "lidar_not_in_view"]
     assert (out.calib.width, out.calib.height) == (W, H) and out.points is not None
     np.testing.assert_allclose(out.calib.T_cam_lidar, proc.settings.T_cam_lidar)
     assert out.points_header == FrameHeader(1_100_000_000, "lidar") and out.result.mask is not None
@@ -151,3 +152,111 @@ def test_stamp_conversion_matches_the_node_conversion():
         h = FrameHeader(ns, "x")
         stamp = type("T", (), {"sec": h.sec, "nanosec": h.nanosec})()
         assert h.stamp == stamp_to_sec(stamp)
+
+
+# -- issue 14 item 3: a LiDAR that contributes nothing is not reported as fused -----------------
+
+IDENTITY = np.eye(4).ravel().tolist()
+
+
+def _unusable_lidar_run(points, calib=CALIB, backend=None, camera=True):
+    """One camera (red square) + LiDAR frame through the processor; returns the outputs."""
+    clock = Clock()
+    settings = FrameSettings.from_params({"lidar_to_camera.matrix": IDENTITY, "raise_k": 1, "raise_n": 1,
+                                          "min_region_pixels": 20})
+    proc = FusionFrameProcessor.build(backend or RednessBackend(), settings, clock=clock)
+    proc.set_camera_info(calib)
+    if camera:
+        proc.add_camera(cam(3_000_000_000, red=True))
+    else:  # the camera never comes: a LiDAR goes out alone after the start-up grace
+        proc.add_lidar(LidarInput(FrameHeader(2_400_000_000, "lidar"), np.asarray(points, np.float32)))
+        clock.t += 0.6
+    proc.add_lidar(LidarInput(FrameHeader(3_000_000_000, "lidar"), np.asarray(points, np.float32)))
+    return proc.process(proc.take())
+
+
+def _camera_only_mask():
+    from ood_perception.pipeline import FusionFrame, FusionPipeline
+
+    p = FusionPipeline(RednessBackend(), FusionConfig(min_region_pixels=20, alert=AlertConfig(1, 1)))
+    return p.process(FusionFrame(stamp=3.0, image=cam(3_000_000_000, red=True).image, calib=CALIB)).mask
+
+
+def test_good_cloud_is_fused():
+    out = _unusable_lidar_run(lid(3_000_000_000).points)
+    assert out.result.modalities == ["camera", "lidar"] and out.result.level == 2  # ALERT, not degraded
+    assert not [n for n in out.notes if n.reason == "lidar_not_in_view"] and out.result.in_view.sum() == 200
+
+
+@pytest.mark.parametrize(("name", "points", "calib", "reason", "note"), [
+    ("empty cloud (or all NaN: decoding drops non-finite points)", np.zeros((0, 4)), CALIB,
+     "lidar unusable: no finite point in the cloud", None),
+    ("cloud behind the camera", lid(3_000_000_000).points * [1, 1, -1, 1], CALIB,
+     "lidar unusable: 0 of 200 points in the camera's view", "lidar_not_in_view"),
+    ("CameraInfo fx = fy = 1e30", lid(3_000_000_000).points,
+     Calibration(np.array([[1e30, 0, W / 2], [0, 1e30, H / 2], [0, 0, 1]]), W, H),
+     "lidar unusable: 0 of 200 points in the camera's view", "lidar_not_in_view"),
+])
+def test_unusable_cloud_makes_the_frame_camera_only_and_degraded(name, points, calib, reason, note):
+    out = _unusable_lidar_run(points, calib)
+    r = out.result
+    assert r.modalities == ["camera"], name
+    # DEGRADED (the red square is a confirmed anomaly: it stands, with its region kept)
+    assert r.level == 3 and r.decision.alert_standing and r.regions
+    assert reason in r.decision.description
+    # the camera-only head's output, pixel for pixel (not the fused head on an empty LiDAR tensor)
+    np.testing.assert_array_equal(r.mask, _camera_only_mask())
+    assert len(r.points) == 0
+    assert [n.reason for n in out.notes if n.reason == "lidar_not_in_view"] == ([note] if note else [])
+
+
+def test_unusable_cloud_without_a_camera_head_or_without_a_camera_is_not_scored():
+    behind = lid(3_000_000_000).points * [1, 1, -1, 1]
+    r = _unusable_lidar_run(behind, backend=RednessBackend(unimodal=False)).result
+    assert r.level == 3 and r.mask is None and r.modalities == []
+    assert "lidar unusable: 0 of 200" in r.decision.description and "no camera-only head" in r.decision.description
+    r = _unusable_lidar_run(behind, camera=False).result
+    assert r.level == 3 and r.mask is None and r.modalities == []
+    assert "camera never received" in r.decision.description and "no usable modality" in r.decision.description
+
+
+def test_min_lidar_points_in_view_parameter():
+    from ood_perception.pipeline import FusionFrame, FusionPipeline
+
+    pts = lid(3_000_000_000).points
+    img = cam(3_000_000_000).image
+    for need, mods in ((200, ["camera", "lidar"]), (201, ["camera"])):
+        p = FusionPipeline(RednessBackend(), FrameSettings.from_params({"min_lidar_points_in_view": need}).fusion)
+        r = p.process(FusionFrame(stamp=3.0, image=img, points=pts, calib=CALIB))
+        assert r.modalities == mods, need
+
+
+# -- issue 14 item 2: streams that publish but never pair ----------------------------------------
+
+@pytest.mark.parametrize(("offset", "side"), [(-0.7, "behind"), (-10.0, "behind")])
+def test_unpairable_streams_give_degraded_camera_frames_with_the_offset(offset, side):
+    """LiDAR stamps 0.7 s / 10 s behind the camera's: DEGRADED camera-only frames (never silence)
+    within the stale timeout, the reason and the measured offset in the description."""
+    clock = Clock(0.0)
+    settings = FrameSettings.from_params({"lidar_to_camera.matrix": IDENTITY, "stale_timeout": 0.5})
+    proc = FusionFrameProcessor.build(RednessBackend(), settings, clock=clock)
+    proc.set_camera_info(CALIB)
+    results, notes = [], []
+    for k in range(20):  # 10 Hz, 2 s
+        clock.t = k / 10
+        t_ns = 20_000_000_000 + k * 100_000_000
+        notes += proc.add_camera(cam(t_ns))
+        notes += proc.add_lidar(lid(t_ns + int(offset * 1e9)))
+        frame = proc.take()
+        if frame is not None:
+            results.append((clock.t, proc.process(frame)))
+    assert results and results[0][0] == pytest.approx(0.6)  # first frame after the 0.5 s timeout
+    assert len(results) == 14
+    for _, out in results:
+        r = out.result
+        assert out.camera is not None and out.lidar is None and r.modalities == ["camera"]
+        assert r.level == 3 and r.mask is not None  # DEGRADED, scored by the camera-only head
+        assert f"lidar stamps {abs(offset):.3f} s {side} the camera's" in r.decision.description
+        assert "no camera/lidar pair within slop 0.050 s" in r.decision.description
+    assert "unpaired_streams" in {n.reason for n in notes}
+    assert proc.sync.pairing_problem() is not None

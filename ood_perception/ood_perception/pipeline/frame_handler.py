@@ -73,6 +73,8 @@ FUSION_PARAMETERS: list[tuple[str, Any, str]] = [
     ("intensity_field", "intensity", "PointCloud2 field read as intensity (missing -> 0)"),
     ("negate_lidar_y", False, "negate y of incoming points (sources with a left-handed LiDAR frame)"),
     ("max_points", 2_000_000, "clouds with more points are rejected as bad input"),
+    ("min_lidar_points_in_view", 1, "a cloud with fewer points in the camera's view is unusable: the frame is "
+     "scored camera-only (its unimodal head) and DEGRADED, as for a stale LiDAR"),
     ("min_region_pixels", 50, "smallest 2D anomalous component counted as evidence [camera pixels]"),
     ("min_region_points", 5, "smallest 3D anomalous cluster counted as evidence [points]"),
     ("cluster_eps", 0.6, "DBSCAN radius for anomalous points [m]"),
@@ -91,7 +93,7 @@ FUSION_PARAMETERS: list[tuple[str, Any, str]] = [
 
 #: Parameter -> FusionConfig field (same name), with its parameter default.
 _FUSION_FIELDS = ("frame_score_percentile", "min_region_pixels", "min_region_points", "cluster_eps",
-                  "cluster_min_points", "max_cluster_points", "clock_jump")
+                  "cluster_min_points", "max_cluster_points", "clock_jump", "min_lidar_points_in_view")
 _ALERT_FIELDS = ("raise_k", "raise_n", "clear_frames", "cooldown_s")
 #: Parameter -> ApproximateSync keyword.
 SYNC_PARAMS = {"slop": "slop", "stale_timeout": "stale_timeout", "clock_jump": "clock_jump", "sync_queue_size": "queue_size"}
@@ -114,7 +116,8 @@ def validate_fusion_params(values: Mapping[str, Any]) -> None:
         if not float(values[name]) > 0:
             raise ValueError(f"parameter {name} must be > 0, got {values[name]}")
     for name in ["qos_depth", "sync_queue_size", "max_points", "min_region_pixels", "min_region_points",
-                 "cluster_min_points", "max_cluster_points", "raise_k", "raise_n", "clear_frames"]:
+                 "cluster_min_points", "max_cluster_points", "raise_k", "raise_n", "clear_frames",
+                 "min_lidar_points_in_view"]:
         if int(values[name]) < 1:
             raise ValueError(f"parameter {name} must be >= 1, got {values[name]}")
     if values["reliability"] not in ("best_effort", "reliable"):
@@ -310,7 +313,10 @@ class FrameOutputs:
 
 
 def stale_reasons(frame: SyncedFrame, sync: ApproximateSync, now: float | None = None) -> list[str]:
-    """Why a modality is missing from ``frame`` (``"lidar stale for 0.80 s"``, ``"camera never received"``)."""
+    """Why a modality is missing from ``frame`` (``"lidar stale for 0.80 s"``, ``"camera never received"``,
+    or the synchroniser's reason the streams do not pair)."""
+    if frame.unpaired is not None:
+        return [frame.unpaired]
     reasons = []
     for name, part in (("camera", frame.camera), ("lidar", frame.lidar)):
         if part is None:
@@ -327,6 +333,8 @@ def sync_note(stream: str, stamp: float, outcome: str) -> Note | None:
         return Note("old_stamp", f"{stream} stamp {stamp:.3f} is older than the last processed frame")
     if outcome == "duplicate":
         return Note("duplicate_stamp", f"{stream} stamp {stamp:.3f} repeated; the newer message replaces it")
+    if outcome == "unpaired":
+        return Note("unpaired_streams", f"camera stamp {stamp:.3f} sent alone: camera and lidar publish but do not pair")
     if outcome == "reset":
         return Note("clock_reset", f"{stream} stamp jumped back to {stamp:.3f}: sync and alert history reset", bad=False)
     return None
@@ -382,7 +390,11 @@ class FusionFrameProcessor:
         return self._offer("lidar", lid.header.stamp, lid, arrival)
 
     def _offer(self, stream: str, stamp: float, payload: Any, arrival: float | None) -> list[Note]:
-        note = sync_note(stream, stamp, self.sync.add(stream, stamp, payload, arrival=arrival))
+        outcome = self.sync.add(stream, stamp, payload, arrival=arrival)
+        note = sync_note(stream, stamp, outcome)
+        if note is not None and outcome == "unpaired":
+            why = self.sync.pairing_problem(arrival)
+            note = Note(note.reason, f"{note.detail}: {why}" if why else note.detail)
         return [note] if note is not None else []
 
     def take(self) -> SyncedFrame | None:
@@ -435,6 +447,9 @@ class FusionFrameProcessor:
         """The pipeline's :meth:`~ood_perception.pipeline.FusionPipeline.finish` (in frame order)
         and the headers to publish with."""
         result = self.pipeline.finish(started.pending)
+        if started.pending.lidar_unusable is not None and started.points is not None and len(started.points):
+            # (an empty cloud is noted at decoding already: "empty_cloud")
+            started.notes.append(Note("lidar_not_in_view", started.pending.lidar_unusable))
         cam, lid = started.camera, started.lidar
         if cam is not None:
             header = cam.header

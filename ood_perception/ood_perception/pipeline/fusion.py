@@ -83,6 +83,9 @@ class FusionConfig:
         clock_jump: a stamp this far [s] behind the previous frame resets the alert history.
         occlusion_tol, occlusion_rel: a point farther than ``tol + rel * r`` behind the nearest
             point at its model pixel (range ``r``) is occluded: score NaN, label -1, not clustered.
+        min_lidar_points_in_view: a cloud with fewer points in the camera's view is unusable (empty,
+            all NaN, behind the camera, or a CameraInfo/extrinsics that put it out of view): the frame
+            is scored without it (the camera-only head) and DEGRADED, as for a stale LiDAR.
     """
 
     threshold: float | None = None
@@ -96,6 +99,7 @@ class FusionConfig:
     clock_jump: float = 1.0
     occlusion_tol: float = 0.5
     occlusion_rel: float = 0.05
+    min_lidar_points_in_view: int = 1
 
     def __post_init__(self) -> None:
         if self.threshold is not None and not np.isfinite(self.threshold):
@@ -106,6 +110,8 @@ class FusionConfig:
             raise ValueError("min_region_pixels and min_region_points must be >= 1")
         if not self.cluster_eps > 0 or self.cluster_min_points < 1 or self.max_cluster_points < 1:
             raise ValueError("cluster_eps must be > 0, cluster_min_points and max_cluster_points >= 1")
+        if self.min_lidar_points_in_view < 1:
+            raise ValueError(f"min_lidar_points_in_view must be >= 1, got {self.min_lidar_points_in_view}")
 
 
 @dataclass
@@ -170,6 +176,7 @@ class PendingFrame:
     score_m: np.ndarray | None = None
     class_m: np.ndarray | None = None
     skip: str | None = None  # not scored, and why (no model failure)
+    lidar_unusable: str | None = None  # the frame had a cloud that put too few points in view: why
     error: BaseException | None = None  # preparing or running the model failed
     t_begin: float = 0.0
     t_prepared: float = 0.0
@@ -270,8 +277,34 @@ class FusionPipeline:
             pending.inputs, pending.flat = self.prepare(frame)
         except Exception as exc:  # noqa: BLE001 - any model failure must become DEGRADED, not a crash
             pending.error = exc
+        if has_lidar and pending.error is None:
+            self._drop_unusable_lidar(pending)
         pending.t_prepared = time.perf_counter()
         return pending
+
+    def _drop_unusable_lidar(self, pending: PendingFrame) -> None:
+        """A cloud that puts fewer than ``min_lidar_points_in_view`` points in the camera's view
+        contributes nothing: score the frame without it (the camera-only head; unscored without a
+        camera or a camera-only head) and say why, instead of feeding the fused head an empty LiDAR
+        tensor and reporting camera+lidar."""
+        points = pending.frame.points
+        assert points is not None
+        in_view = int(np.count_nonzero(pending.flat >= 0)) if pending.flat is not None else 0
+        if in_view >= self.config.min_lidar_points_in_view:
+            return
+        if len(points) == 0:
+            why = "lidar unusable: no finite point in the cloud"
+        else:
+            why = (f"lidar unusable: {in_view} of {len(points)} points in the camera's view "
+                   f"(need {self.config.min_lidar_points_in_view}; check CameraInfo and lidar_to_camera)")
+        pending.lidar_unusable = why
+        pending.degraded = _join(pending.degraded, why)
+        if pending.frame.image is None:
+            pending.skip, pending.modalities = "no usable modality", []
+        elif not self.unimodal["camera"]:
+            pending.skip, pending.modalities = "model has no camera-only head", []
+        else:
+            pending.key, pending.modalities = "camera_", ["camera"]
 
     def infer(self, pending: PendingFrame) -> PendingFrame:
         """Step 2 of :meth:`process`: run the backend on the prepared inputs (nothing when the

@@ -352,6 +352,8 @@ class FusionSegmentationNode(WorkerLifecycleNode):
             for name in ("camera", "lidar"):
                 age = sync.age(name)
                 values[f"{name}_age_s"] = float("nan") if age is None else age
+            values["unpaired_single"] = c.unpaired_single
+            values["pairing"] = sync.pairing_problem() or "ok"
         bad = self.bad.snapshot()
         values["bad_inputs"] = sum(bad.values())
         values.update({f"bad.{k}": v for k, v in sorted(bad.items())})
@@ -368,6 +370,8 @@ class FusionSegmentationNode(WorkerLifecycleNode):
             level, msg = DiagnosticStatus.ERROR, self._model_error or f"node {self._state}"
         elif stale:
             level, msg = DiagnosticStatus.WARN, f"stale: {', '.join(stale)}"
+        elif values.get("pairing", "ok") != "ok":
+            level, msg = DiagnosticStatus.WARN, f"streams do not pair: {values['pairing']}"
         elif values["bad_inputs"]:
             level, msg = DiagnosticStatus.WARN, f"{values['bad_inputs']} bad inputs so far; alert {values['alert_level']}"
         else:

@@ -24,7 +24,13 @@ from typing import Any
 from rclpy.lifecycle import LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 
-from ood_perception.pipeline.alerts import ALERT_STANDING, DEGRADED, LEVEL_NAMES, AlertConfig, AlertStateMachine
+from ood_perception.pipeline.alerts import (
+    ALERT_STANDING,
+    DEGRADED,
+    LEVEL_NAMES,
+    AlertConfig,
+    AlertStateMachine,
+)
 from ood_perception.pipeline.fusion import spec_sha256
 from ood_perception.pipeline.stats import LatencyStats, RateMeter
 from ood_perception.ros import conversions as conv
