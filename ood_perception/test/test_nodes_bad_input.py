@@ -275,3 +275,58 @@ def test_unpairable_streams_and_unusable_clouds_are_degraded_and_on_diagnostics(
         assert good is not None and list(good.modalities) == ["camera", "lidar"] and good.level == OodAlert.CLEAR
     finally:
         h.close()
+
+
+def test_parameter_types_coerced_or_refused_in_one_line(rclpy_context, capfd):
+    """Issue 14 item 5: `slop: 1` (YAML's int for a double) is coerced, not a constructor traceback;
+    `stale_timeout: "fast"` and `qos_depth: 5.5` fail configure with one line naming the parameter;
+    unknown names are warned about with a did-you-mean. Both nodes."""
+    from rclpy.lifecycle import TransitionCallbackReturn
+    from rclpy.parameter import Parameter
+
+    from ood_perception.pipeline.frame_handler import fusion_param_defaults
+    from ood_perception.ros.common import warn_unknown_overrides
+    from ood_perception.ros.recognition_node import DEFAULTS, ActionRecognitionNode
+
+    node = make_node(rclpy_context, name="p_int", slop=1, sync_queue_size=4.0, stale_timout=0.3)
+    try:
+        assert node._state == "active"
+        assert node.settings.sync["slop"] == 1.0 and type(node.settings.sync["slop"]) is float
+        assert node.settings.sync["queue_size"] == 4
+        assert warn_unknown_overrides(node, fusion_param_defaults()) == [
+            "unknown parameter 'stale_timout' (ignored); did you mean 'stale_timeout'?"]
+        # runtime sets go through the same check
+        assert node.set_parameters([Parameter("slop", value=1)])[0].successful
+        res = node.set_parameters([Parameter("stale_timeout", value="fast")])[0]
+        assert not res.successful and res.reason == "parameter stale_timeout must be a number (double), got 'fast' (str)"
+    finally:
+        node.destroy_node()
+    capfd.readouterr()
+    for name, value, line in [
+        ("stale_timeout", "fast", "configure failed: parameter stale_timeout must be a number (double), got 'fast' (str)"),
+        ("qos_depth", 5.5, "configure failed: parameter qos_depth must be an integer, got 5.5 (float)"),
+    ]:
+        node = make_node(rclpy_context, name=f"p_{name}", **{name: value})  # autostart: configure fails, no raise
+        try:
+            assert node._state == "unconfigured"
+        finally:
+            node.destroy_node()
+        err = capfd.readouterr().err
+        assert line in err and "Traceback" not in err, err
+        rec = ActionRecognitionNode(f"r_{name}", context=rclpy_context, recognizer=object(),
+                                    parameter_overrides=[Parameter("autostart", value=True), Parameter(name, value=value)])
+        try:
+            assert rec._state == "unconfigured"
+        finally:
+            rec.destroy_node()
+        err = capfd.readouterr().err
+        assert line in err and "Traceback" not in err, err
+    rec = ActionRecognitionNode("r_int", context=rclpy_context, recognizer=object(),
+                                parameter_overrides=[Parameter("stale_timeout", value=2), Parameter("clip_lenght", value=8)])
+    try:
+        assert rec.trigger_configure() == TransitionCallbackReturn.SUCCESS  # stale_timeout 2 -> 2.0
+        assert rec.params["stale_timeout"] == 2.0 and type(rec.params["stale_timeout"]) is float
+        assert warn_unknown_overrides(rec, DEFAULTS) == [
+            "unknown parameter 'clip_lenght' (ignored); did you mean 'clip_length'?"]
+    finally:
+        rec.destroy_node()

@@ -38,6 +38,7 @@ from ood_perception.pipeline.fusion import (
     FusionResult,
     PendingFrame,
 )
+from ood_perception.pipeline.params import coerce_params
 from ood_perception.pipeline.sync import ApproximateSync, SyncedFrame
 
 #: Orientation of a camera optical frame (x right, y down, z forward) in a REP 103 LiDAR frame
@@ -109,8 +110,17 @@ def fusion_param_defaults() -> dict[str, Any]:
 _DEFAULTS = fusion_param_defaults()
 
 
+def coerce_fusion_params(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` with each fusion parameter converted to its table type where lossless (an int for
+    a double, an integral double for an int; see :func:`ood_perception.pipeline.params.coerce_value`);
+    other keys unchanged. Raises ValueError naming the first parameter of the wrong type."""
+    return coerce_params(values, _DEFAULTS)
+
+
 def validate_fusion_params(values: Mapping[str, Any]) -> None:
-    """Check a complete parameter dict; raise ValueError naming the first bad value."""
+    """Check a complete parameter dict (types first, see :func:`coerce_fusion_params`); raise
+    ValueError naming the first bad value."""
+    values = coerce_fusion_params(values)
     positive = ["slop", "clock_jump", "diagnostics_period", "cluster_eps", "log_throttle_s"]
     for name in positive:
         if not float(values[name]) > 0:
@@ -204,9 +214,10 @@ class FrameSettings:
 
     @classmethod
     def from_params(cls, values: Mapping[str, Any]) -> FrameSettings:
-        """Validate ``values`` (missing parameters take their defaults; unknown keys are ignored)
-        and map them. Raises ValueError naming a bad value."""
-        full = {**_DEFAULTS, **{k: v for k, v in values.items() if k in _DEFAULTS}}
+        """Coerce and validate ``values`` (missing parameters take their defaults; unknown keys are
+        ignored here: the params-file readers warn about them) and map them. Raises ValueError
+        naming a bad value."""
+        full = coerce_fusion_params({**_DEFAULTS, **{k: v for k, v in values.items() if k in _DEFAULTS}})
         validate_fusion_params(full)
         return cls(
             fusion=FusionConfig(**fusion_config_kwargs(full)),

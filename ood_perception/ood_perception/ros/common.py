@@ -91,10 +91,29 @@ def _fmt(v: Any) -> str:
 
 
 def declare(node: Any, name: str, default: Any, description: str) -> None:
-    """Declare a parameter with a descriptor carrying ``description`` (types fixed by the default)."""
+    """Declare a parameter with a descriptor carrying ``description``.
+
+    Dynamically typed: rclpy accepts any type at declaration (a statically typed parameter makes
+    the constructor raise ``InvalidParameterTypeException`` for ``slop: 1``, an int for a double,
+    leaving a half-built node), and the node coerces the value to the table type at configure
+    (:func:`ood_perception.pipeline.params.coerce_params`: lossless conversions, else one line
+    naming the parameter). ``default`` None declares an unset parameter (e.g. an optional matrix).
+    """
     from rcl_interfaces.msg import ParameterDescriptor
 
-    node.declare_parameter(name, default, ParameterDescriptor(description=description))
+    node.declare_parameter(name, default, ParameterDescriptor(description=description, dynamic_typing=True))
+
+
+def warn_unknown_overrides(node: Any, known: Any) -> list[str]:
+    """Log (warning) and return one line per parameter given to ``node`` (params file, launch,
+    ``-p``) that it does not have, with a did-you-mean: rclpy ignores such names silently."""
+    from ood_perception.pipeline.params import unknown_names
+
+    given = list(getattr(node, "_parameter_overrides", {}) or {})  # rclpy keeps them on the node
+    lines = unknown_names(given, list(known), "")  # the logger names the node
+    for line in lines:
+        node.get_logger().warning(line)
+    return lines
 
 
 def stamp_from_sec(sec: float) -> Any:
@@ -124,7 +143,13 @@ def run_node_main(node_cls: Any, prog: str, argv: list[str] | None = None) -> in
     parser.add_argument("--autostart", action="store_true", help="configure and activate immediately")
     args, _ = parser.parse_known_args(rclpy.utilities.remove_ros_args(argv)[1:])
     rclpy.init(args=argv)
-    node = node_cls(parameter_overrides=[Parameter("autostart", value=True)] if args.autostart else [])
+    try:
+        node = node_cls(parameter_overrides=[Parameter("autostart", value=True)] if args.autostart else [])
+    except Exception as exc:  # noqa: BLE001 - one clear line, never a half-built node's traceback
+        print(f"{prog}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        if rclpy.ok():
+            rclpy.shutdown()
+        return 1
     ex = MultiThreadedExecutor()
     ex.add_node(node)
     try:

@@ -46,11 +46,14 @@ from ood_perception.pipeline.alerts import DEGRADED, LEVEL_NAMES
 from ood_perception.pipeline.frame_handler import (
     FUSION_PARAMETERS,
     LIDAR_TO_OPTICAL_RPY,
+    MATRIX_PARAM,
     FrameOutputs,
     FrameSettings,
     FusionFrameProcessor,
     Note,
+    coerce_fusion_params,
     extrinsics_from_params,
+    fusion_param_defaults,
     validate_fusion_params,
 )
 from ood_perception.pipeline.fusion import FusionPipeline, spec_sha256
@@ -65,6 +68,7 @@ from ood_perception.ros.common import (
     output_qos,
     run_node_main,
     sensor_qos,
+    warn_unknown_overrides,
 )
 from ood_perception.ros.lifecycle import WorkerLifecycleNode
 
@@ -98,13 +102,8 @@ class FusionSegmentationNode(WorkerLifecycleNode):
         super().__init__(node_name, **kwargs)
         for name, default, desc in PARAMETERS:
             declare(self, name, default, desc)
-        from rcl_interfaces.msg import ParameterDescriptor
-
-        self.declare_parameter(
-            "lidar_to_camera.matrix",
-            Parameter.Type.DOUBLE_ARRAY,
-            ParameterDescriptor(description="T_cam_lidar as 16 row-major numbers; overrides .xyz/.rpy when set"),
-        )
+        declare(self, MATRIX_PARAM, None, "T_cam_lidar as 16 row-major numbers; overrides .xyz/.rpy when set")
+        warn_unknown_overrides(self, fusion_param_defaults())
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self._injected_backend = backend
         self.pipeline: FusionPipeline | None = None
@@ -128,10 +127,7 @@ class FusionSegmentationNode(WorkerLifecycleNode):
 
     def _values(self) -> dict[str, Any]:
         values = {name: self.get_parameter(name).value for name, _, _ in PARAMETERS}
-        try:
-            values["lidar_to_camera.matrix"] = self.get_parameter("lidar_to_camera.matrix").value
-        except Exception:  # noqa: BLE001 - uninitialised statically typed parameter
-            values["lidar_to_camera.matrix"] = None
+        values[MATRIX_PARAM] = self.get_parameter(MATRIX_PARAM).value  # None while unset
         return values
 
     def _on_set_parameters(self, params: list[Parameter]) -> Any:
@@ -158,7 +154,7 @@ class FusionSegmentationNode(WorkerLifecycleNode):
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
-            values = self._values()
+            values = coerce_fusion_params(self._values())  # types: lossless conversions or one clear line
             self.settings = FrameSettings.from_params(values)  # validates
             self.params = values
             self._T = self.settings.T_cam_lidar

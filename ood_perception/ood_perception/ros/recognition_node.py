@@ -32,6 +32,7 @@ from ood_perception.pipeline.alerts import (
     AlertStateMachine,
 )
 from ood_perception.pipeline.fusion import spec_sha256
+from ood_perception.pipeline.params import coerce_params
 from ood_perception.pipeline.stats import LatencyStats, RateMeter
 from ood_perception.ros import conversions as conv
 from ood_perception.ros.common import (
@@ -42,6 +43,7 @@ from ood_perception.ros.common import (
     output_qos,
     run_node_main,
     sensor_qos,
+    warn_unknown_overrides,
 )
 from ood_perception.ros.lifecycle import WorkerLifecycleNode
 
@@ -70,7 +72,12 @@ PARAMETERS: list[tuple[str, Any, str]] = [
 ]
 
 
+#: Every parameter's default (the types values are coerced to).
+DEFAULTS: dict[str, Any] = {name: default for name, default, _ in PARAMETERS}
+
+
 def _validate(v: dict[str, Any]) -> None:
+    v = coerce_params(v, DEFAULTS)  # types first: lossless conversions or one line naming the parameter
     for name in ("qos_depth", "clip_length", "clip_stride", "frame_queue", "raise_k", "raise_n", "clear_frames"):
         if int(v[name]) < (0 if name == "clip_length" else 1):
             raise ValueError(f"parameter {name} must be >= {0 if name == 'clip_length' else 1}, got {v[name]}")
@@ -109,6 +116,7 @@ class ActionRecognitionNode(WorkerLifecycleNode):
         super().__init__(node_name, **kwargs)
         for name, default, desc in PARAMETERS:
             declare(self, name, default, desc)
+        warn_unknown_overrides(self, DEFAULTS)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self._injected = recognizer
         self.recognizer: Any = None
@@ -145,7 +153,7 @@ class ActionRecognitionNode(WorkerLifecycleNode):
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
-            values = self._values()
+            values = coerce_params(self._values(), DEFAULTS)
             _validate(values)
         except (ValueError, TypeError) as exc:
             self.get_logger().error(f"configure failed: {exc}")
