@@ -330,3 +330,66 @@ def test_parameter_types_coerced_or_refused_in_one_line(rclpy_context, capfd):
             "unknown parameter 'clip_lenght' (ignored); did you mean 'clip_length'?"]
     finally:
         rec.destroy_node()
+
+
+def test_bad_input_counts_are_windowed():
+    from ood_perception.ros.common import BadInputLog
+
+    class Log:
+        def __init__(self):
+            self.lines = []
+
+        def warning(self, text):
+            self.lines.append(text)
+
+    t = [0.0]
+    log = Log()
+    bad = BadInputLog(log, period=5.0, window=10.0, clock=lambda: t[0])
+    bad.report("bad_image", "x")
+    t[0] = 4.0
+    bad.report("bad_image", "x")  # throttled: not logged
+    bad.report("bad_cloud", "y")
+    assert bad.recent() == {"bad_image": 2, "bad_cloud": 1} and len(log.lines) == 2
+    t[0] = 10.5  # the first one left the window
+    assert bad.recent() == {"bad_image": 1, "bad_cloud": 1}
+    t[0] = 14.5
+    assert bad.recent() == {} and bad.snapshot() == {"bad_image": 2, "bad_cloud": 1}  # totals kept
+
+
+def test_diagnostics_warn_clears_and_large_outputs_are_downscaled(rclpy_context):
+    """Issue 14 item 7 over DDS: a bad input gives a /diagnostics WARN that clears once
+    diagnostics_window passes with good input (it was a count since start); with
+    max_output_pixels under the image size ood/mask and ood/score come downscaled."""
+    from diagnostic_msgs.msg import DiagnosticStatus
+
+    node = make_node(rclpy_context, name="diag_window", diagnostics_window=1.0, max_output_pixels=3072)
+    h = Harness(rclpy_context, node)
+    img, _ = scene(red=False, hot_points=False)
+    t = [500.0]
+    try:
+        m = h.image(img, 499.0)
+        m.encoding = "yuv422"
+        h.pub_img.publish(m)
+        for _ in range(4):
+            t[0] += 0.1
+            h.send_frame(t[0], red=False)
+            h.wait_alert(t[0])
+        assert spin_until(h.ex, lambda: "bad inputs in the last 1 s (bad_image 1)" in (_diag_status(h).message
+                                                                                       if _diag_status(h) else ""), 3.0)
+        assert _diag_status(h).level == DiagnosticStatus.WARN
+
+        def ok():
+            t[0] += 0.1
+            h.send_frame(t[0], red=False)
+            _spin(h, 0.1)
+            st = _diag_status(h)
+            return st.level == DiagnosticStatus.OK
+
+        assert any(ok() for _ in range(40)), _diag_status(h).message  # cleared after the 1 s window
+        d = diag_values(h)
+        assert d["bad.bad_image"] == "1" and d["bad_inputs_recent"] == "0" and d["output_downscale"] == "2"
+        mask = h.got["mask"][-1]
+        score = h.got["score"][-1]
+        assert (mask.width, mask.height, score.width, score.height) == (64, 48, 64, 48)
+    finally:
+        h.close()

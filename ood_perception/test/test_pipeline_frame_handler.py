@@ -260,3 +260,91 @@ def test_unpairable_streams_give_degraded_camera_frames_with_the_offset(offset, 
         assert "no camera/lidar pair within slop 0.050 s" in r.decision.description
     assert "unpaired_streams" in {n.reason for n in notes}
     assert proc.sync.pairing_problem() is not None
+
+
+# -- issue 14 item 7: per-head sessions built at activation, not on the first frame --------------
+
+class RecordingBackend(RednessBackend):
+    """Records which outputs each call asked for (as runtime.Backend.infer takes them)."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.asked = []
+
+    def infer(self, inputs, outputs=None):
+        self.asked.append(tuple(outputs) if outputs is not None else None)
+        out = super().infer(inputs)
+        return {k: v for k, v in out.items() if outputs is None or k in outputs}
+
+
+def test_warm_up_runs_every_head_once():
+    from ood_perception.pipeline import FusionPipeline
+
+    b = RecordingBackend()
+    assert FusionPipeline(b).warm_up() == ["", "camera_", "lidar_"]
+    assert b.asked == [("score_map", "class_map"), ("camera_score_map", "camera_class_map"),
+                       ("lidar_score_map", "lidar_class_map")]
+    b = RecordingBackend(unimodal=False)
+    assert FusionPipeline(b).warm_up() == [""] and b.asked == [("score_map", "class_map")]
+
+
+def test_warm_up_builds_the_onnx_pruned_sessions_before_the_first_frame():
+    pytest.importorskip("onnxruntime")
+    from ood_perception import runtime
+    from ood_perception.pipeline import FusionFrame, FusionPipeline
+
+    backend = runtime.load(None, backend="onnxruntime", device="cpu")  # the packaged default model
+    try:
+        p = FusionPipeline(backend)
+        assert not backend._subsets
+        p.warm_up()
+        built = set(backend._subsets)
+        assert built == {("class_map", "score_map"), ("camera_class_map", "camera_score_map"),
+                         ("lidar_class_map", "lidar_score_map")}
+        h, w = p.input_hw
+        calib = Calibration(np.array([[w / 2, 0, w / 2], [0, w / 2, h / 2], [0, 0, 1.0]]), w, h)
+        pts = np.array([[0.0, 0.0, 5.0, 0.5]], np.float32)
+        r = p.process(FusionFrame(stamp=1.0, image=np.zeros((h, w, 3), np.uint8), points=pts, calib=calib))
+        assert r.modalities == ["camera", "lidar"] and set(backend._subsets) == built  # nothing new built
+    finally:
+        backend.close()
+
+
+def test_output_factor_and_block_max():
+    from ood_perception.pipeline.frame_handler import block_max, output_factor
+
+    assert output_factor(3000, 4000, 8_388_608) == 2 and output_factor(2160, 3840, 8_388_608) == 1
+    assert output_factor(3000, 4000, 0) == 1 and output_factor(5, 5, 4) == 3  # ceil(5/3)^2 = 4
+    a = np.zeros((5, 7), np.uint8)
+    a[4, 6] = 255  # in the partial corner block
+    a[0, 1] = 255
+    np.testing.assert_array_equal(block_max(a, 2), [[255, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 255]])
+    s = np.full((3, 3), np.nan, np.float32)
+    s[0, 0], s[1, 1], s[2, 2] = 0.2, 0.9, 0.4
+    out = block_max(s, 2)
+    assert out.dtype == np.float32 and out[0, 0] == np.float32(0.9) and np.isnan(out[0, 1]) and out[1, 1] == np.float32(0.4)
+
+
+def test_large_images_publish_downscaled_outputs_with_every_anomaly_kept():
+    """Issue 14 item 7: a 4000x3000 frame produced ~60 MB of outputs. Here a 128x96 image with
+    max_output_pixels=3072 (64x48 fits): outputs 2x smaller, block maxima of the camera-resolution maps,
+    the alert (regions in camera pixels) unchanged."""
+    proc = FusionFrameProcessor.build(RednessBackend(), FrameSettings.from_params(
+        {"max_output_pixels": 3072, "raise_k": 1, "min_region_pixels": 20}), clock=Clock())
+    proc.set_camera_info(CALIB)
+    proc.add_camera(cam(4_000_000_000, red=True))
+    proc.add_lidar(lid(4_000_000_000))
+    out = proc.process(proc.take())
+    r = out.result
+    assert out.output_factor == 2 and r.mask.shape == (H, W) and out.mask.shape == (H // 2, W // 2)
+    np.testing.assert_array_equal(out.mask, r.mask.reshape(H // 2, 2, W // 2, 2).max(axis=(1, 3)))
+    np.testing.assert_array_equal(out.score, r.score.reshape(H // 2, 2, W // 2, 2).max(axis=(1, 3)))
+    assert r.regions and r.regions[0].num_pixels == int((r.mask > 0).sum())  # regions in camera pixels
+    full = FusionFrameProcessor.build(RednessBackend(), FrameSettings.from_params({}), clock=Clock())
+    full.set_camera_info(CALIB)
+    full.add_camera(cam(4_000_000_000, red=True))
+    full.add_lidar(lid(4_000_000_000))
+    o = full.process(full.take())
+    assert o.output_factor == 1 and o.mask is o.result.mask
+    with pytest.raises(ValueError, match="max_output_pixels"):
+        FrameSettings.from_params({"max_output_pixels": -1})

@@ -88,7 +88,11 @@ FUSION_PARAMETERS: list[tuple[str, Any, str]] = [
     ("cooldown_s", 1.0, "an ALERT is held at least this long [s of stamp time]"),
     ("publish_points", True, "publish ood/points"),
     ("publish_markers", True, "publish ood/markers (RViz)"),
+    ("max_output_pixels", 8_388_608, "ood/mask and ood/score of a larger camera image are published downscaled by the "
+     "smallest integer factor that fits (block maximum: no anomalous pixel is lost); 0 = always camera resolution"),
     ("diagnostics_period", 1.0, "period of /diagnostics [s]"),
+    ("diagnostics_window", 10.0, "bad inputs are judged over this window [s]: a /diagnostics WARN clears once a "
+     "window passes without one (counts since start are reported too)"),
     ("log_throttle_s", 5.0, "each bad-input reason is logged at most once per this many seconds"),
 ]
 
@@ -121,10 +125,12 @@ def validate_fusion_params(values: Mapping[str, Any]) -> None:
     """Check a complete parameter dict (types first, see :func:`coerce_fusion_params`); raise
     ValueError naming the first bad value."""
     values = coerce_fusion_params(values)
-    positive = ["slop", "clock_jump", "diagnostics_period", "cluster_eps", "log_throttle_s"]
+    positive = ["slop", "clock_jump", "diagnostics_period", "diagnostics_window", "cluster_eps", "log_throttle_s"]
     for name in positive:
         if not float(values[name]) > 0:
             raise ValueError(f"parameter {name} must be > 0, got {values[name]}")
+    if int(values["max_output_pixels"]) < 0:
+        raise ValueError(f"parameter max_output_pixels must be >= 0 (0 = no limit), got {values['max_output_pixels']}")
     for name in ["qos_depth", "sync_queue_size", "max_points", "min_region_pixels", "min_region_points",
                  "cluster_min_points", "max_cluster_points", "raise_k", "raise_n", "clear_frames",
                  "min_lidar_points_in_view"]:
@@ -201,6 +207,7 @@ class FrameSettings:
         T_cam_lidar: 4x4 extrinsics (LiDAR -> camera optical frame).
         intensity_field, negate_lidar_y, max_points: PointCloud2 decoding.
         publish_points, publish_markers: which optional outputs are published.
+        max_output_pixels: larger ood/mask and ood/score are downscaled (see :func:`output_factor`).
     """
 
     fusion: FusionConfig = field(default_factory=FusionConfig)
@@ -211,6 +218,7 @@ class FrameSettings:
     max_points: int = 2_000_000
     publish_points: bool = True
     publish_markers: bool = True
+    max_output_pixels: int = 8_388_608
 
     @classmethod
     def from_params(cls, values: Mapping[str, Any]) -> FrameSettings:
@@ -228,6 +236,7 @@ class FrameSettings:
             max_points=int(full["max_points"]),
             publish_points=bool(full["publish_points"]),
             publish_markers=bool(full["publish_markers"]),
+            max_output_pixels=int(full["max_output_pixels"]),
         )
 
 
@@ -305,6 +314,8 @@ class FrameOutputs:
         calib: the calibration the pipeline used (None without CameraInfo).
         points: the LiDAR points given to the pipeline (None when not projectable).
         notes: bad-input notes of this frame.
+        output_factor: ood/mask and ood/score are downscaled by this integer factor (1 = camera
+            resolution; see :func:`output_factor`); :attr:`mask` and :attr:`score` are the published maps.
     """
 
     result: FusionResult
@@ -316,11 +327,50 @@ class FrameOutputs:
     calib: Calibration | None
     points: np.ndarray | None
     notes: list[Note] = field(default_factory=list)
+    output_factor: int = 1
 
     @property
     def publish_mask(self) -> bool:
         """Whether ood/mask and ood/score are published (the frame was scored)."""
         return self.result.mask is not None
+
+    @property
+    def mask(self) -> np.ndarray | None:
+        """ood/mask as published: the result's mask, block-max downscaled by :attr:`output_factor`."""
+        m = self.result.mask
+        return m if m is None or self.output_factor == 1 else block_max(m, self.output_factor)
+
+    @property
+    def score(self) -> np.ndarray | None:
+        """ood/score as published (block maximum, NaN only where the whole block is NaN)."""
+        s = self.result.score
+        return s if s is None or self.output_factor == 1 else block_max(s, self.output_factor)
+
+
+def output_factor(height: int, width: int, max_pixels: int) -> int:
+    """The smallest integer factor ``f`` with ``ceil(H/f) * ceil(W/f) <= max_pixels`` (1 when the
+    image fits or ``max_pixels`` is 0). A 4000x3000 image under the default 8388608 (8 MP: 3840x2160
+    fits) gives 2: 2000x1500 outputs, 15 MB instead of 60 MB per frame."""
+    if max_pixels <= 0:
+        return 1
+    f = 1
+    while math.ceil(height / f) * math.ceil(width / f) > max_pixels:
+        f += 1
+    return f
+
+
+def block_max(a: np.ndarray, f: int) -> np.ndarray:
+    """``a`` ``[H, W]`` downscaled by ``f``: each output pixel ``(v, u)`` is the maximum over camera
+    pixels ``[f*v, f*v+f) x [f*u, f*u+f)`` (partial blocks at the edges; NaN ignored unless the
+    whole block is NaN), so an anomalous pixel is never lost. Output ``[ceil(H/f), ceil(W/f)]``."""
+    H, W = a.shape
+    h, w = -(-H // f), -(-W // f)
+    pad = np.full((h * f, w * f), np.nan if a.dtype.kind == "f" else 0, a.dtype)
+    pad[:H, :W] = a
+    blocks = pad.reshape(h, f, w, f)
+    if a.dtype.kind == "f":
+        return np.fmax.reduce(np.fmax.reduce(blocks, axis=3), axis=1)
+    return blocks.max(axis=(1, 3))
 
 
 def stale_reasons(frame: SyncedFrame, sync: ApproximateSync, now: float | None = None) -> list[str]:
@@ -468,5 +518,6 @@ class FusionFrameProcessor:
             assert lid is not None
             header = FrameHeader(lid.header.stamp_ns, self.camera_frame or lid.header.frame_id)
         points_header = lid.header if (lid is not None and self.settings.publish_points and result.mask is not None) else None
+        factor = 1 if result.mask is None else output_factor(*result.mask.shape, self.settings.max_output_pixels)
         return FrameOutputs(result, header, points_header, self.settings.T_cam_lidar, cam, lid, started.calib,
-                            started.points, started.notes)
+                            started.points, started.notes, factor)

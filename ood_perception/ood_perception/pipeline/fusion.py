@@ -207,6 +207,26 @@ class FusionPipeline:
         except (TypeError, ValueError):
             self._pick_outputs = False
 
+    def heads(self) -> list[str]:
+        """Output-name prefixes of the heads this pipeline may run: ``""`` (fused) and
+        ``"camera_"`` / ``"lidar_"`` where the model has them."""
+        return [""] + [f"{m}_" for m in ("camera", "lidar") if self.unimodal[m]]
+
+    def warm_up(self) -> list[str]:
+        """Run each head once on a blank frame, so that what a backend builds on first use (ONNX
+        Runtime's pruned per-head sessions, memory arenas, CUDA kernels) is built now (the node
+        calls this on activate) instead of on the first real frame (~1.5 s for the default model
+        on CPU). Returns the heads run; raises what the backend raises (a model that cannot run)."""
+        h, w = self.input_hw
+        inputs, _ = self.prepare(FusionFrame(stamp=0.0, image=np.zeros((h, w, 3), np.uint8)))
+        for key in self.heads():
+            names = [key + "score_map", key + "class_map"]
+            if self._pick_outputs:
+                self.backend.infer(inputs, outputs=names)
+            else:
+                self.backend.infer(inputs)
+        return self.heads()
+
     # ------------------------------------------------------------------ preprocessing
 
     def prepare(self, frame: FusionFrame) -> tuple[dict[str, np.ndarray], np.ndarray | None]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from typing import Any
 
 #: Accepted values of the ``reliability`` parameter.
@@ -41,19 +41,26 @@ def output_qos(depth: int = 5) -> Any:
 
 
 class BadInputLog:
-    """Counts bad inputs per reason and logs each reason at most once per ``period`` seconds."""
+    """Counts bad inputs per reason (since start, and over the last ``window`` seconds: what
+    /diagnostics judges by, so a WARN clears once the input is good again) and logs each reason at
+    most once per ``period`` seconds."""
 
-    def __init__(self, logger: Any, period: float = 5.0) -> None:
+    def __init__(self, logger: Any, period: float = 5.0, window: float = 10.0, clock: Any = time.monotonic) -> None:
         self.logger = logger
         self.period = float(period)
+        self.window = float(window)
         self.counts: Counter[str] = Counter()
         self._last: dict[str, float] = {}
+        self._recent: deque[tuple[float, str]] = deque()
+        self._clock = clock
         self._lock = threading.Lock()
 
     def report(self, reason: str, detail: str) -> None:
         """Count one bad input under ``reason`` and log ``detail`` (throttled per reason)."""
-        now = time.monotonic()
+        now = self._clock()
         with self._lock:
+            self._recent.append((now, reason))
+            self._trim(now)
             self.counts[reason] += 1
             n = self.counts[reason]
             due = now - self._last.get(reason, -1e18) >= self.period
@@ -65,10 +72,21 @@ class BadInputLog:
             except Exception:  # noqa: BLE001 - logging must never take the node down
                 pass
 
+    def _trim(self, now: float) -> None:
+        while self._recent and now - self._recent[0][0] > self.window:
+            self._recent.popleft()
+
     def snapshot(self) -> dict[str, int]:
-        """A copy of the counts."""
+        """A copy of the counts since start."""
         with self._lock:
             return dict(self.counts)
+
+    def recent(self) -> dict[str, int]:
+        """Counts per reason over the last ``window`` seconds."""
+        now = self._clock()
+        with self._lock:
+            self._trim(now)
+            return dict(Counter(reason for _, reason in self._recent))
 
 
 def diagnostic_status(name: str, hardware_id: str, level: int, message: str, values: dict[str, Any]) -> Any:

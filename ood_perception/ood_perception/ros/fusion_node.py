@@ -119,6 +119,7 @@ class FusionSegmentationNode(WorkerLifecycleNode):
         self._last_level = DEGRADED
         self._frames = 0
         self._model_error = ""
+        self._output_factor = 1
         self.params: dict[str, Any] = {}
         if self.get_parameter("autostart").value:
             self.autostart()
@@ -169,6 +170,7 @@ class FusionSegmentationNode(WorkerLifecycleNode):
         from ood_perception_msgs.msg import OodAlert
 
         self.bad.period = float(values["log_throttle_s"])
+        self.bad.window = float(values["diagnostics_window"])
         qos = output_qos()
         self._pubs = {
             "mask": self.create_lifecycle_publisher(Image, "ood/mask", qos),
@@ -193,6 +195,7 @@ class FusionSegmentationNode(WorkerLifecycleNode):
                 self.backend = runtime.load(p["model_dir"] or None, backend=p["backend"], device=p["device"])
             self.processor = FusionFrameProcessor.build(self.backend, self.settings, clock=self._clock_now)
             self.pipeline = self.processor.pipeline
+            self.pipeline.warm_up()  # per-head sessions built now, not on the first frame
         except Exception as exc:  # noqa: BLE001 - a bad model must fail the transition, not the process
             self._model_error = f"{type(exc).__name__}: {exc}"
             self.get_logger().error(f"activate failed: cannot load model: {self._model_error}")
@@ -295,8 +298,15 @@ class FusionSegmentationNode(WorkerLifecycleNode):
         pubs, result = self._pubs, out.result
         header = inputs.header_msg(out.header)
         if out.publish_mask:
-            pubs["mask"].publish(conv.numpy_to_image(result.mask, "mono8", header))
-            pubs["score"].publish(conv.numpy_to_image(result.score, "32FC1", header))
+            if out.output_factor != self._output_factor:
+                self._output_factor = out.output_factor
+                size = f"camera image {result.mask.shape[1]}x{result.mask.shape[0]}"
+                self.get_logger().warning(
+                    f"ood/mask and ood/score downscaled {out.output_factor}x (block maximum): {size} is over "
+                    f"max_output_pixels={self.settings.max_output_pixels}" if out.output_factor > 1
+                    else f"ood/mask and ood/score back at camera resolution ({size})")
+            pubs["mask"].publish(conv.numpy_to_image(out.mask, "mono8", header))
+            pubs["score"].publish(conv.numpy_to_image(out.score, "32FC1", header))
         if out.points_header is not None:
             pubs["points"].publish(conv.scored_points_to_pointcloud2(
                 result.points, result.point_labels, result.point_scores, inputs.header_msg(out.points_header)))
@@ -339,6 +349,7 @@ class FusionSegmentationNode(WorkerLifecycleNode):
             "model_sha256": spec_sha256(spec) if spec is not None else "",
             "model_error": self._model_error,
             "camera_info": "yes" if self.processor is not None and self.processor.calib is not None else "missing",
+            "output_downscale": self._output_factor,
         }
         if c is not None:
             values.update({
@@ -350,8 +361,9 @@ class FusionSegmentationNode(WorkerLifecycleNode):
                 values[f"{name}_age_s"] = float("nan") if age is None else age
             values["unpaired_single"] = c.unpaired_single
             values["pairing"] = sync.pairing_problem() or "ok"
-        bad = self.bad.snapshot()
+        bad, recent = self.bad.snapshot(), self.bad.recent()
         values["bad_inputs"] = sum(bad.values())
+        values["bad_inputs_recent"] = sum(recent.values())  # over diagnostics_window: what the level judges
         values.update({f"bad.{k}": v for k, v in sorted(bad.items())})
         return values
 
@@ -368,8 +380,10 @@ class FusionSegmentationNode(WorkerLifecycleNode):
             level, msg = DiagnosticStatus.WARN, f"stale: {', '.join(stale)}"
         elif values.get("pairing", "ok") != "ok":
             level, msg = DiagnosticStatus.WARN, f"streams do not pair: {values['pairing']}"
-        elif values["bad_inputs"]:
-            level, msg = DiagnosticStatus.WARN, f"{values['bad_inputs']} bad inputs so far; alert {values['alert_level']}"
+        elif values["bad_inputs_recent"]:
+            recent = ", ".join(f"{k} {v}" for k, v in sorted(self.bad.recent().items()))
+            level, msg = (DiagnosticStatus.WARN, f"{values['bad_inputs_recent']} bad inputs in the last "
+                          f"{self.bad.window:g} s ({recent}); alert {values['alert_level']}")
         else:
             level, msg = DiagnosticStatus.OK, f"alert {values['alert_level']}"
         arr = DiagnosticArray()

@@ -68,6 +68,8 @@ PARAMETERS: list[tuple[str, Any, str]] = [
     ("clear_frames", 2, "consecutive in-distribution clips needed to clear an ALERT"),
     ("cooldown_s", 2.0, "an ALERT is held at least this long [s]"),
     ("diagnostics_period", 1.0, "period of /diagnostics [s]"),
+    ("diagnostics_window", 10.0, "bad inputs are judged over this window [s]: a /diagnostics WARN clears once a "
+     "window passes without one"),
     ("log_throttle_s", 5.0, "each bad-input reason is logged at most once per this many seconds"),
 ]
 
@@ -81,7 +83,7 @@ def _validate(v: dict[str, Any]) -> None:
     for name in ("qos_depth", "clip_length", "clip_stride", "frame_queue", "raise_k", "raise_n", "clear_frames"):
         if int(v[name]) < (0 if name == "clip_length" else 1):
             raise ValueError(f"parameter {name} must be >= {0 if name == 'clip_length' else 1}, got {v[name]}")
-    for name in ("diagnostics_period", "log_throttle_s", "stale_timeout", "clock_jump"):
+    for name in ("diagnostics_period", "diagnostics_window", "log_throttle_s", "stale_timeout", "clock_jump"):
         if not float(v[name]) > 0:
             raise ValueError(f"parameter {name} must be > 0, got {v[name]}")
     if v["reliability"] not in RELIABILITY:
@@ -164,6 +166,7 @@ class ActionRecognitionNode(WorkerLifecycleNode):
 
         self.params = values
         self.bad.period = float(values["log_throttle_s"])
+        self.bad.window = float(values["diagnostics_window"])
         self.alerts = AlertStateMachine(AlertConfig(int(values["raise_k"]), int(values["raise_n"]),
                                                     int(values["clear_frames"]), float(values["cooldown_s"])))
         self._pubs = {
@@ -315,7 +318,7 @@ class ActionRecognitionNode(WorkerLifecycleNode):
             "latency_p50_ms": p50 * 1e3, "latency_p95_ms": p95 * 1e3,
             "backend": getattr(self.backend, "name", type(self.backend).__name__ if self.backend is not None else "none"),
             "model_sha256": spec_sha256(spec) if spec is not None else "", "model_error": self._model_error,
-            "bad_inputs": sum(bad.values()),
+            "bad_inputs": sum(bad.values()), "bad_inputs_recent": sum(self.bad.recent().values()),
         }
         values.update({f"bad.{k}": v for k, v in sorted(bad.items())})
         return values
@@ -332,7 +335,9 @@ class ActionRecognitionNode(WorkerLifecycleNode):
         elif stale:
             level, text = 1, "video stale"
         else:
-            level, text = (1 if v["bad_inputs"] else 0), f"alert {v['alert_level']}"
+            level, text = (1 if v["bad_inputs_recent"] else 0), f"alert {v['alert_level']}"
+            if v["bad_inputs_recent"]:
+                text = f"{v['bad_inputs_recent']} bad inputs in the last {self.bad.window:g} s; {text}"
         arr = DiagnosticArray()
         arr.header.stamp = self.get_clock().now().to_msg()
         arr.status = [diagnostic_status(f"{self.get_name()}: action recognition", self.get_fully_qualified_name(),
