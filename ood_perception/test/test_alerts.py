@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
-from ood_perception.pipeline.alerts import ALERT, CLEAR, DEGRADED, WARNING, AlertConfig, AlertStateMachine
+from ood_perception.pipeline.alerts import (
+    ALERT,
+    ALERT_STANDING,
+    CLEAR,
+    DEGRADED,
+    WARNING,
+    AlertConfig,
+    AlertStateMachine,
+)
 
 
 def run(sm, seq, dt=0.1, t0=0.0, degraded=None):
@@ -37,13 +46,35 @@ def test_unscorable_frames_are_degraded_and_keep_history():
     assert sm.update(0.2, True).level == ALERT
 
 
-def test_degraded_modality_never_clear_but_alert_stands():
+def test_degraded_modality_never_clear_and_never_alert():
+    """Issue 14 item 4: a standing ALERT does not hide a lost sensor. The level reads DEGRADED
+    (a consumer reading only the level learns it), the description says the ALERT stands, and
+    the level is ALERT again as soon as the frame is fully judged."""
     sm = AlertStateMachine(AlertConfig(raise_k=1, raise_n=1, clear_frames=2, cooldown_s=0))
     d = sm.update(0.0, False, "lidar stale for 0.8 s")
-    assert d.level == DEGRADED and "lidar stale" in d.description
-    assert sm.update(0.1, True, "lidar stale").level == ALERT
+    assert d.level == DEGRADED and "lidar stale" in d.description and not d.alert_standing
+    d = sm.update(0.1, True, "lidar stale for 0.9 s")
+    assert d.level == DEGRADED and d.alert_standing
+    assert d.description.startswith(ALERT_STANDING) and d.description.endswith("degraded: lidar stale for 0.9 s")
+    d = sm.update(0.2, True)  # the LiDAR is back: ALERT (confirmed history kept), not WARNING
+    assert d.level == ALERT and d.alert_standing
+    d = sm.update(0.3, None, "model failure: boom")  # unscored while an ALERT stands
+    assert d.level == DEGRADED and d.alert_standing and "model failure: boom" in d.description
     sm.reset()
-    assert not sm.alerting and sm.update(0.2, False).level == CLEAR
+    assert not sm.alerting and sm.update(0.4, False).level == CLEAR
+
+
+def test_every_degraded_input_reads_degraded_whatever_the_history():
+    """No sequence of evidence makes a degraded frame read anything but DEGRADED."""
+    rng = np.random.default_rng(0)
+    sm = AlertStateMachine(AlertConfig(raise_k=2, raise_n=3, clear_frames=2, cooldown_s=0.2))
+    for i in range(500):
+        ev = [None, False, True][int(rng.integers(3))]
+        deg = "camera stale" if rng.random() < 0.3 else None
+        d = sm.update(i * 0.1, ev, deg)
+        if deg is not None or ev is None:
+            assert d.level == DEGRADED
+        assert d.alert_standing == sm.alerting
 
 
 @pytest.mark.parametrize(

@@ -266,3 +266,7 @@ def test_camera_info_to_calibration():
     info.k = [0.0] * 9
     with pytest.raises(cv.ConversionError, match="focal"):
         cv.camera_info_to_calibration(info)
+    # issue 14: a NaN principal point is named as such, not as "no valid focal lengths: fx=256.0"
+    info.k = [256.0, 0.0, float("nan"), 0.0, 256.0, 300.0, 0.0, 0.0, 1.0]
+    with pytest.raises(cv.ConversionError, match=r"^CameraInfo.k is not finite: cx=nan$"):
+        cv.camera_info_to_calibration(info)

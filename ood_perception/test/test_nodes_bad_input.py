@@ -8,6 +8,8 @@ streams must give DEGRADED alerts naming the missing piece, never CLEAR.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -218,3 +220,176 @@ def test_bad_parameters_fail_configure_not_the_process(rclpy_context):
         assert "nonexistent" in node.diagnostics_values()["model_error"]
     finally:
         node.destroy_node()
+
+
+def _diag_status(h):
+    return h.got["diag"][-1].status[0] if h.got["diag"] else None
+
+
+def test_unpairable_streams_and_unusable_clouds_are_degraded_and_on_diagnostics(rclpy_context):
+    """Issue 14 items 2 and 3 over DDS: LiDAR stamps 0.7 s behind the camera's give DEGRADED
+    camera-only alerts with the measured offset within the stale timeout and a /diagnostics WARN
+    with the same reason; an all-NaN cloud paired with a camera image is not reported as fused."""
+    from diagnostic_msgs.msg import DiagnosticStatus
+
+    from ood_perception_msgs.msg import OodAlert
+
+    node = make_node(rclpy_context, name="unpaired", stale_timeout=0.3, raise_k=1, raise_n=1, clear_frames=1)
+    h = Harness(rclpy_context, node)
+    img, pts = scene(red=False, hot_points=False)
+    try:
+        h.pub_info.publish(h.info())
+        stamps = [300.0 + 0.1 * k for k in range(12)]
+        for s in stamps:
+            h.pub_img.publish(h.image(img, s))
+            h.pub_pts.publish(h.cloud(pts, s - 0.7))
+            _spin(h, 0.1)
+        a = h.wait_alert(stamps[-2])  # (the newest camera image waits for the next one)
+        assert a.level == OodAlert.DEGRADED and list(a.modalities) == ["camera"]
+        assert "no camera/lidar pair within slop 0.050 s" in a.description
+        # the offset is measured at arrival over DDS: 0.7 s up to the delivery jitter
+        m = re.search(r"lidar stamps (\d+\.\d+) s behind the camera's", a.description)
+        assert m and abs(float(m.group(1)) - 0.7) < 0.05, a.description
+        # the first alert came within the stale timeout (+ one 0.1 s frame period) of the start
+        first = min(x.header.stamp.sec + x.header.stamp.nanosec * 1e-9 for x in h.got["alerts"]
+                    if x.source == "fusion_segmentation" and x.header.stamp.sec >= 300)
+        assert first <= 300.0 + 0.3 + 0.25
+        assert spin_until(h.ex, lambda: _diag_status(h) is not None
+                          and "streams do not pair" in _diag_status(h).message, 3.0)
+        st = _diag_status(h)
+        m = re.search(r"lidar stamps (\d+\.\d+) s behind", st.message)
+        assert st.level == DiagnosticStatus.WARN and m and abs(float(m.group(1)) - 0.7) < 0.05, st.message
+        # --- an all-NaN cloud with a paired camera image: camera-only head, DEGRADED, reason named
+        s = 400.0
+        bad = pts.copy()
+        bad[:, 0] = np.nan
+        for k in range(3):  # re-establish pairing first, then the NaN cloud
+            h.send_frame(s + 0.1 * k, red=False)
+            _spin(h, 0.1)
+        h.pub_img.publish(h.image(img, s + 0.3))
+        h.pub_pts.publish(h.cloud(bad, s + 0.3))
+        a = h.wait_alert(s + 0.3)
+        assert a.level == OodAlert.DEGRADED and list(a.modalities) == ["camera"]
+        assert "lidar unusable: no finite point in the cloud" in a.description
+        good = h.alert_at(s + 0.2)
+        assert good is not None and list(good.modalities) == ["camera", "lidar"] and good.level == OodAlert.CLEAR
+    finally:
+        h.close()
+
+
+def test_parameter_types_coerced_or_refused_in_one_line(rclpy_context, capfd):
+    """Issue 14 item 5: `slop: 1` (YAML's int for a double) is coerced, not a constructor traceback;
+    `stale_timeout: "fast"` and `qos_depth: 5.5` fail configure with one line naming the parameter;
+    unknown names are warned about with a did-you-mean. Both nodes."""
+    from rclpy.lifecycle import TransitionCallbackReturn
+    from rclpy.parameter import Parameter
+
+    from ood_perception.pipeline.frame_handler import fusion_param_defaults
+    from ood_perception.ros.common import warn_unknown_overrides
+    from ood_perception.ros.recognition_node import DEFAULTS, ActionRecognitionNode
+
+    node = make_node(rclpy_context, name="p_int", slop=1, sync_queue_size=4.0, stale_timout=0.3)
+    try:
+        assert node._state == "active"
+        assert node.settings.sync["slop"] == 1.0 and type(node.settings.sync["slop"]) is float
+        assert node.settings.sync["queue_size"] == 4
+        assert warn_unknown_overrides(node, fusion_param_defaults()) == [
+            "unknown parameter 'stale_timout' (ignored); did you mean 'stale_timeout'?"]
+        # runtime sets go through the same check
+        assert node.set_parameters([Parameter("slop", value=1)])[0].successful
+        res = node.set_parameters([Parameter("stale_timeout", value="fast")])[0]
+        assert not res.successful and res.reason == "parameter stale_timeout must be a number (double), got 'fast' (str)"
+    finally:
+        node.destroy_node()
+    capfd.readouterr()
+    for name, value, line in [
+        ("stale_timeout", "fast", "configure failed: parameter stale_timeout must be a number (double), got 'fast' (str)"),
+        ("qos_depth", 5.5, "configure failed: parameter qos_depth must be an integer, got 5.5 (float)"),
+    ]:
+        node = make_node(rclpy_context, name=f"p_{name}", **{name: value})  # autostart: configure fails, no raise
+        try:
+            assert node._state == "unconfigured"
+        finally:
+            node.destroy_node()
+        err = capfd.readouterr().err
+        assert line in err and "Traceback" not in err, err
+        rec = ActionRecognitionNode(f"r_{name}", context=rclpy_context, recognizer=object(),
+                                    parameter_overrides=[Parameter("autostart", value=True), Parameter(name, value=value)])
+        try:
+            assert rec._state == "unconfigured"
+        finally:
+            rec.destroy_node()
+        err = capfd.readouterr().err
+        assert line in err and "Traceback" not in err, err
+    rec = ActionRecognitionNode("r_int", context=rclpy_context, recognizer=object(),
+                                parameter_overrides=[Parameter("stale_timeout", value=2), Parameter("clip_lenght", value=8)])
+    try:
+        assert rec.trigger_configure() == TransitionCallbackReturn.SUCCESS  # stale_timeout 2 -> 2.0
+        assert rec.params["stale_timeout"] == 2.0 and type(rec.params["stale_timeout"]) is float
+        assert warn_unknown_overrides(rec, DEFAULTS) == [
+            "unknown parameter 'clip_lenght' (ignored); did you mean 'clip_length'?"]
+    finally:
+        rec.destroy_node()
+
+
+def test_bad_input_counts_are_windowed():
+    from ood_perception.ros.common import BadInputLog
+
+    class Log:
+        def __init__(self):
+            self.lines = []
+
+        def warning(self, text):
+            self.lines.append(text)
+
+    t = [0.0]
+    log = Log()
+    bad = BadInputLog(log, period=5.0, window=10.0, clock=lambda: t[0])
+    bad.report("bad_image", "x")
+    t[0] = 4.0
+    bad.report("bad_image", "x")  # throttled: not logged
+    bad.report("bad_cloud", "y")
+    assert bad.recent() == {"bad_image": 2, "bad_cloud": 1} and len(log.lines) == 2
+    t[0] = 10.5  # the first one left the window
+    assert bad.recent() == {"bad_image": 1, "bad_cloud": 1}
+    t[0] = 14.5
+    assert bad.recent() == {} and bad.snapshot() == {"bad_image": 2, "bad_cloud": 1}  # totals kept
+
+
+def test_diagnostics_warn_clears_and_large_outputs_are_downscaled(rclpy_context):
+    """Issue 14 item 7 over DDS: a bad input gives a /diagnostics WARN that clears once
+    diagnostics_window passes with good input (it was a count since start); with
+    max_output_pixels under the image size ood/mask and ood/score come downscaled."""
+    from diagnostic_msgs.msg import DiagnosticStatus
+
+    node = make_node(rclpy_context, name="diag_window", diagnostics_window=1.0, max_output_pixels=3072)
+    h = Harness(rclpy_context, node)
+    img, _ = scene(red=False, hot_points=False)
+    t = [500.0]
+    try:
+        m = h.image(img, 499.0)
+        m.encoding = "yuv422"
+        h.pub_img.publish(m)
+        for _ in range(4):
+            t[0] += 0.1
+            h.send_frame(t[0], red=False)
+            h.wait_alert(t[0])
+        assert spin_until(h.ex, lambda: "bad inputs in the last 1 s (bad_image 1)" in (_diag_status(h).message
+                                                                                       if _diag_status(h) else ""), 3.0)
+        assert _diag_status(h).level == DiagnosticStatus.WARN
+
+        def ok():
+            t[0] += 0.1
+            h.send_frame(t[0], red=False)
+            _spin(h, 0.1)
+            st = _diag_status(h)
+            return st.level == DiagnosticStatus.OK
+
+        assert any(ok() for _ in range(40)), _diag_status(h).message  # cleared after the 1 s window
+        d = diag_values(h)
+        assert d["bad.bad_image"] == "1" and d["bad_inputs_recent"] == "0" and d["output_downscale"] == "2"
+        mask = h.got["mask"][-1]
+        score = h.got["score"][-1]
+        assert (mask.width, mask.height, score.width, score.height) == (64, 48, 64, 48)
+    finally:
+        h.close()

@@ -140,7 +140,9 @@ def test_camera_only_frame_is_degraded_but_scored():
     img, _ = scene(red=True, hot_points=False)
     r = p.process(FusionFrame(stamp=1.0, image=img, points=None, calib=CALIB, degraded="lidar stale for 0.7 s"))
     assert r.modalities == ["camera"] and r.mask is not None and r.mask.any()
-    assert r.level == ALERT and "lidar stale" in r.decision.description  # confirmed anomaly still raised
+    # the confirmed anomaly stands and its regions are kept, but the level says the judgement is degraded
+    assert r.level == DEGRADED and r.decision.alert_standing and r.regions
+    assert r.decision.description.startswith("ALERT standing") and "lidar stale" in r.decision.description
     img, _ = scene(red=False, hot_points=False)
     p2 = make_pipeline()
     r2 = p2.process(FusionFrame(stamp=1.0, image=img, calib=CALIB, degraded="lidar stale for 0.7 s"))
@@ -164,7 +166,8 @@ def test_missing_unimodal_head_model_failure_and_no_calib():
     r = make_pipeline(RednessBackend(fail=True)).process(FusionFrame(stamp=1.0, image=img, points=pts, calib=CALIB))
     assert r.level == DEGRADED and "engine exploded" in r.error and r.mask is None
     r = make_pipeline().process(FusionFrame(stamp=1.0, image=img, points=pts, calib=None))
-    assert r.modalities == ["camera"] and r.level == ALERT and "CameraInfo" in r.decision.description
+    assert r.modalities == ["camera"] and r.level == DEGRADED and "CameraInfo" in r.decision.description
+    assert r.decision.alert_standing and r.regions
 
 
 def test_no_threshold_is_an_error():

@@ -90,6 +90,51 @@ def test_single_stream_output_when_other_is_stale():
     assert s.age("camera") == pytest.approx(1.0)
 
 
+def _drive(s, clock, offset, seconds=2.0, rate=10.0, t0=100.0):
+    """Camera and LiDAR at ``rate`` Hz, arriving together; LiDAR stamps ``offset`` s after the
+    camera's. Returns [(arrival time, outcome of the camera message)]."""
+    out = []
+    for k in range(int(seconds * rate)):
+        clock.t = 100.0 + k / rate
+        t = t0 + k / rate
+        out.append((clock.t, s.add("camera", t, f"c{k}")))
+        s.add("lidar", t + offset, f"l{k}")
+    return out
+
+
+@pytest.mark.parametrize(("offset", "side"), [(-0.7, "behind"), (-10.0, "behind"), (0.7, "ahead of")])
+def test_streams_that_publish_but_never_pair_are_reported_within_the_stale_timeout(offset, side):
+    """Issue 14 item 2: LiDAR stamps 0.7 s or 10 s off the camera's gave no frame at all for
+    seconds. Now the camera messages go out alone (each when the next arrives), with the reason
+    and the measured offset, from the first camera message past ``stale_timeout`` after the start."""
+    s, clock = make(slop=0.05, stale_timeout=0.5)
+    outcomes = _drive(s, clock, offset)
+    first = next(t for t, o in outcomes if o == "unpaired")
+    assert first - 100.0 == pytest.approx(0.6)  # the first camera message after 0.5 s
+    assert all(o == "unpaired" for t, o in outcomes if t > first)
+    frame = s.take()
+    assert frame.lidar is None and frame.camera.msg == "c18"  # the previous one: c19 may still pair
+    assert frame.unpaired == (f"no camera/lidar pair within slop 0.050 s for 1.90 s although both publish: "
+                              f"lidar stamps {abs(offset):.3f} s {side} the camera's (at equal arrival time)")
+    assert s.pairing_problem() == frame.unpaired
+    assert s.counters.paired == 0 and s.counters.unpaired_single == 14
+
+
+def test_pairing_recovers_and_a_stale_stream_is_not_a_pairing_problem():
+    s, clock = make(slop=0.05, stale_timeout=0.5)
+    _drive(s, clock, -0.7)
+    assert s.pairing_problem() is not None
+    _drive(s, clock, 0.01, t0=110.0)  # the LiDAR's clock fixed: pairs again
+    frame = s.take()
+    assert frame.lidar is not None and frame.unpaired is None and s.pairing_problem() is None
+    # a LiDAR that stops is stale, not unpaired
+    clock.t += 0.1
+    s.add("camera", 112.0, "c")
+    clock.t += 0.6
+    assert s.add("camera", 112.6, "c2") == "single"
+    assert s.take().unpaired is None and s.pairing_problem() is None
+
+
 def test_wait_blocks_the_worker_not_the_producer():
     s = ApproximateSync(slop=0.01, stale_timeout=0)
     got = []

@@ -305,7 +305,7 @@ def recognize_video_live(path: Path, max_frames: int, model_dir: Path, stride: i
     within 1e-5). Frames are streamed, not held (a thumbnail of each clip's middle frame is kept).
     Returns the rows and node facts."""
     import rclpy  # lazy: rclpy is heavy to import and only this path needs it
-    from rclpy.executors import (
+    from rclpy.executors import (  # lazy: rclpy is heavy to import and only this path needs it
         SingleThreadedExecutor,  # lazy: rclpy is heavy to import and only this path needs it
     )
     from rclpy.parameter import Parameter  # lazy: rclpy is heavy to import and only this path needs it
@@ -314,7 +314,7 @@ def recognize_video_live(path: Path, max_frames: int, model_dir: Path, stride: i
         ReliabilityPolicy,
     )
 
-    from ood_perception.ros.recognition_node import (
+    from ood_perception.ros.recognition_node import (  # lazy: rclpy is heavy to import and only this path needs it
         ActionRecognitionNode,  # lazy: rclpy is heavy to import and only this path needs it
     )
 

@@ -65,7 +65,7 @@ def run_live(bag: str | Path, frame_stamps: dict[int, int], params: dict[str, An
         sim_time: drive the node's clock with ``/clock`` = bag time (see the module docstring).
     """
     import rclpy  # lazy: rclpy is heavy to import and only this path needs it
-    from rclpy.executors import (
+    from rclpy.executors import (  # lazy: rclpy is heavy to import and only this path needs it
         SingleThreadedExecutor,  # lazy: rclpy is heavy to import and only this path needs it
     )
     from rclpy.parameter import Parameter  # lazy: rclpy is heavy to import and only this path needs it
@@ -73,7 +73,7 @@ def run_live(bag: str | Path, frame_stamps: dict[int, int], params: dict[str, An
         QoSProfile,
         ReliabilityPolicy,
     )
-    from rclpy.serialization import (
+    from rclpy.serialization import (  # lazy: rclpy is heavy to import and only this path needs it
         serialize_message,  # lazy: rclpy is heavy to import and only this path needs it
     )
 

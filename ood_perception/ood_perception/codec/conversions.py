@@ -342,7 +342,11 @@ def camera_info_to_calibration(msg: Any, T_cam_lidar: np.ndarray | None = None) 
     width, height = int(msg.width), int(msg.height)
     if width <= 0 or height <= 0:
         raise ConversionError(f"CameraInfo size must be positive, got {width}x{height}")
-    if not np.all(np.isfinite(k)) or k[0, 0] <= 0 or k[1, 1] <= 0:
+    if not np.all(np.isfinite(k)):
+        bad = [f"{n}={k[i, j]}" for n, (i, j) in zip(("fx", "skew", "cx", "fy", "cy"), ((0, 0), (0, 1), (0, 2), (1, 1), (1, 2)), strict=True)
+               if not np.isfinite(k[i, j])] or [f"k={k.ravel().tolist()}"]
+        raise ConversionError(f"CameraInfo.k is not finite: {', '.join(bad)}")
+    if k[0, 0] <= 0 or k[1, 1] <= 0:
         raise ConversionError(f"CameraInfo.k has no valid focal lengths: fx={k[0, 0]}, fy={k[1, 1]}")
     bx, by = max(int(getattr(msg, "binning_x", 0)), 1), max(int(getattr(msg, "binning_y", 0)), 1)
     if bx > 1 or by > 1:

@@ -66,7 +66,7 @@ def score_head(weight, bias, feats: dict[str, np.ndarray], train_labels: np.ndar
     """Scores of each scorer on each split for a linear head ``(weight [K, F], bias [K])``."""
     import torch  # lazy: torch is heavy to import and only this path needs it
 
-    from ood_perception.scoring import (
+    from ood_perception.scoring import (  # lazy: torch is heavy to import and only this path needs it
         get_scorer,  # lazy: torch is heavy to import and only this path needs it
     )
 
@@ -109,7 +109,7 @@ def run_seed(splits: dict, class_names: list[str], seed: int, train_cfg, base_cf
         RecognitionConfig,
         build_recognition_model,
     )
-    from ood_perception.trainer.distill import (
+    from ood_perception.trainer.distill import (  # lazy: torch is heavy to import and only this path needs it
         distill_recognition_head,  # lazy: torch is heavy to import and only this path needs it
     )
 
@@ -294,7 +294,7 @@ def run_ablation(data: str | os.PathLike, report: str | os.PathLike, seeds=(0, 1
                  clips_per_class: int = 60, data_seed: int = 0, command: str = "", log=None) -> Path:
     """Generate clips if needed, run every seed, write the report; returns its path."""
 
-    from ood_perception.trainer.distill import (
+    from ood_perception.trainer.distill import (  # lazy: torch is heavy to import and only this path needs it
         DistillConfig,  # lazy: torch is heavy to import and only this path needs it
     )
 

@@ -8,9 +8,13 @@ One decision per processed frame (CLEAR included), with
 * **hysteresis**: an ALERT clears only after ``clear_frames`` consecutive frames without evidence;
 * **cooldown**: an ALERT is held at least ``cooldown_s`` seconds of stamp time after it was raised,
   so one flickering object yields one alert, not a train of them;
-* **DEGRADED** whenever the frame cannot be fully judged (a sensor stale, the model failed).
-  A degraded frame never reads CLEAR or WARNING: it is DEGRADED, or ALERT when an alert
-  confirmed on the remaining evidence is standing.
+* **DEGRADED** whenever the frame cannot be fully judged (a sensor stale, missing or unusable,
+  streams that do not pair, the model failed). DEGRADED wins over every other level, ALERT
+  included, so a consumer reading only the level learns that the judgement is degraded: while an
+  anomaly confirmed on the remaining evidence stands, the decision is DEGRADED with
+  ``alert_standing`` set, a description that starts with :data:`ALERT_STANDING` and (in the
+  pipelines) the regions kept. The k-of-n history keeps running on the remaining evidence, so
+  the level returns to ALERT (not WARNING) as soon as the frame is fully judged again.
 
 The defaults (3 of 5, clear after 5, 1 s cooldown) are our engineering choice for 10-30 Hz
 sensors, not taken from a paper.
@@ -23,6 +27,9 @@ from dataclasses import dataclass
 
 CLEAR, WARNING, ALERT, DEGRADED = 0, 1, 2, 3
 LEVEL_NAMES = {CLEAR: "CLEAR", WARNING: "WARNING", ALERT: "ALERT", DEGRADED: "DEGRADED"}
+
+#: How the description of a DEGRADED decision starts while a confirmed anomaly stands.
+ALERT_STANDING = "ALERT standing"
 
 
 @dataclass(frozen=True)
@@ -47,10 +54,12 @@ class AlertConfig:
 
 @dataclass(frozen=True)
 class AlertDecision:
-    """The level of one frame and why."""
+    """The level of one frame and why; ``alert_standing``: a confirmed anomaly stands (level ALERT,
+    or DEGRADED when the frame is not fully judged)."""
 
     level: int
     description: str
+    alert_standing: bool = False
 
     @property
     def name(self) -> str:
@@ -89,7 +98,10 @@ class AlertStateMachine:
         """
         cfg = self.config
         if anomalous is None:
-            return AlertDecision(DEGRADED, degraded or "frame could not be scored")
+            reason = degraded or "frame could not be scored"
+            if self._alert:
+                return AlertDecision(DEGRADED, f"{ALERT_STANDING} (not re-judged on this frame); degraded: {reason}", True)
+            return AlertDecision(DEGRADED, reason)
         self._window.append(bool(anomalous))
         hits = sum(self._window)
         evidence = f"{hits} of last {len(self._window)} frames anomalous"
@@ -102,18 +114,18 @@ class AlertStateMachine:
                 decision = AlertDecision(CLEAR, f"cleared after {self._negative_run} frames without anomaly")
                 self._negative_run = 0
             else:
-                decision = AlertDecision(ALERT, evidence)
+                decision = AlertDecision(ALERT, evidence, True)
         elif hits >= cfg.raise_k:
             self._alert = True
             self._raised_at = stamp
             self._negative_run = 0
-            decision = AlertDecision(ALERT, f"raised: {evidence}")
+            decision = AlertDecision(ALERT, f"raised: {evidence}", True)
         elif hits > 0:
             decision = AlertDecision(WARNING, f"{evidence} (need {cfg.raise_k})")
         else:
             decision = AlertDecision(CLEAR, "no anomalous region")
         if degraded:
             if decision.level == ALERT:
-                return AlertDecision(ALERT, f"{decision.description}; degraded: {degraded}")
+                return AlertDecision(DEGRADED, f"{ALERT_STANDING} ({decision.description}); degraded: {degraded}", True)
             return AlertDecision(DEGRADED, f"{degraded}; remaining modality: {decision.description}")
         return decision

@@ -38,6 +38,7 @@ from ood_perception.pipeline.fusion import (
     FusionResult,
     PendingFrame,
 )
+from ood_perception.pipeline.params import coerce_params
 from ood_perception.pipeline.sync import ApproximateSync, SyncedFrame
 
 #: Orientation of a camera optical frame (x right, y down, z forward) in a REP 103 LiDAR frame
@@ -73,6 +74,8 @@ FUSION_PARAMETERS: list[tuple[str, Any, str]] = [
     ("intensity_field", "intensity", "PointCloud2 field read as intensity (missing -> 0)"),
     ("negate_lidar_y", False, "negate y of incoming points (sources with a left-handed LiDAR frame)"),
     ("max_points", 2_000_000, "clouds with more points are rejected as bad input"),
+    ("min_lidar_points_in_view", 1, "a cloud with fewer points in the camera's view is unusable: the frame is "
+     "scored camera-only (its unimodal head) and DEGRADED, as for a stale LiDAR"),
     ("min_region_pixels", 50, "smallest 2D anomalous component counted as evidence [camera pixels]"),
     ("min_region_points", 5, "smallest 3D anomalous cluster counted as evidence [points]"),
     ("cluster_eps", 0.6, "DBSCAN radius for anomalous points [m]"),
@@ -85,13 +88,17 @@ FUSION_PARAMETERS: list[tuple[str, Any, str]] = [
     ("cooldown_s", 1.0, "an ALERT is held at least this long [s of stamp time]"),
     ("publish_points", True, "publish ood/points"),
     ("publish_markers", True, "publish ood/markers (RViz)"),
+    ("max_output_pixels", 8_388_608, "ood/mask and ood/score of a larger camera image are published downscaled by the "
+     "smallest integer factor that fits (block maximum: no anomalous pixel is lost); 0 = always camera resolution"),
     ("diagnostics_period", 1.0, "period of /diagnostics [s]"),
+    ("diagnostics_window", 10.0, "bad inputs are judged over this window [s]: a /diagnostics WARN clears once a "
+     "window passes without one (counts since start are reported too)"),
     ("log_throttle_s", 5.0, "each bad-input reason is logged at most once per this many seconds"),
 ]
 
 #: Parameter -> FusionConfig field (same name), with its parameter default.
 _FUSION_FIELDS = ("frame_score_percentile", "min_region_pixels", "min_region_points", "cluster_eps",
-                  "cluster_min_points", "max_cluster_points", "clock_jump")
+                  "cluster_min_points", "max_cluster_points", "clock_jump", "min_lidar_points_in_view")
 _ALERT_FIELDS = ("raise_k", "raise_n", "clear_frames", "cooldown_s")
 #: Parameter -> ApproximateSync keyword.
 SYNC_PARAMS = {"slop": "slop", "stale_timeout": "stale_timeout", "clock_jump": "clock_jump", "sync_queue_size": "queue_size"}
@@ -107,14 +114,26 @@ def fusion_param_defaults() -> dict[str, Any]:
 _DEFAULTS = fusion_param_defaults()
 
 
+def coerce_fusion_params(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` with each fusion parameter converted to its table type where lossless (an int for
+    a double, an integral double for an int; see :func:`ood_perception.pipeline.params.coerce_value`);
+    other keys unchanged. Raises ValueError naming the first parameter of the wrong type."""
+    return coerce_params(values, _DEFAULTS)
+
+
 def validate_fusion_params(values: Mapping[str, Any]) -> None:
-    """Check a complete parameter dict; raise ValueError naming the first bad value."""
-    positive = ["slop", "clock_jump", "diagnostics_period", "cluster_eps", "log_throttle_s"]
+    """Check a complete parameter dict (types first, see :func:`coerce_fusion_params`); raise
+    ValueError naming the first bad value."""
+    values = coerce_fusion_params(values)
+    positive = ["slop", "clock_jump", "diagnostics_period", "diagnostics_window", "cluster_eps", "log_throttle_s"]
     for name in positive:
         if not float(values[name]) > 0:
             raise ValueError(f"parameter {name} must be > 0, got {values[name]}")
+    if int(values["max_output_pixels"]) < 0:
+        raise ValueError(f"parameter max_output_pixels must be >= 0 (0 = no limit), got {values['max_output_pixels']}")
     for name in ["qos_depth", "sync_queue_size", "max_points", "min_region_pixels", "min_region_points",
-                 "cluster_min_points", "max_cluster_points", "raise_k", "raise_n", "clear_frames"]:
+                 "cluster_min_points", "max_cluster_points", "raise_k", "raise_n", "clear_frames",
+                 "min_lidar_points_in_view"]:
         if int(values[name]) < 1:
             raise ValueError(f"parameter {name} must be >= 1, got {values[name]}")
     if values["reliability"] not in ("best_effort", "reliable"):
@@ -188,6 +207,7 @@ class FrameSettings:
         T_cam_lidar: 4x4 extrinsics (LiDAR -> camera optical frame).
         intensity_field, negate_lidar_y, max_points: PointCloud2 decoding.
         publish_points, publish_markers: which optional outputs are published.
+        max_output_pixels: larger ood/mask and ood/score are downscaled (see :func:`output_factor`).
     """
 
     fusion: FusionConfig = field(default_factory=FusionConfig)
@@ -198,12 +218,14 @@ class FrameSettings:
     max_points: int = 2_000_000
     publish_points: bool = True
     publish_markers: bool = True
+    max_output_pixels: int = 8_388_608
 
     @classmethod
     def from_params(cls, values: Mapping[str, Any]) -> FrameSettings:
-        """Validate ``values`` (missing parameters take their defaults; unknown keys are ignored)
-        and map them. Raises ValueError naming a bad value."""
-        full = {**_DEFAULTS, **{k: v for k, v in values.items() if k in _DEFAULTS}}
+        """Coerce and validate ``values`` (missing parameters take their defaults; unknown keys are
+        ignored here: the params-file readers warn about them) and map them. Raises ValueError
+        naming a bad value."""
+        full = coerce_fusion_params({**_DEFAULTS, **{k: v for k, v in values.items() if k in _DEFAULTS}})
         validate_fusion_params(full)
         return cls(
             fusion=FusionConfig(**fusion_config_kwargs(full)),
@@ -214,6 +236,7 @@ class FrameSettings:
             max_points=int(full["max_points"]),
             publish_points=bool(full["publish_points"]),
             publish_markers=bool(full["publish_markers"]),
+            max_output_pixels=int(full["max_output_pixels"]),
         )
 
 
@@ -291,6 +314,8 @@ class FrameOutputs:
         calib: the calibration the pipeline used (None without CameraInfo).
         points: the LiDAR points given to the pipeline (None when not projectable).
         notes: bad-input notes of this frame.
+        output_factor: ood/mask and ood/score are downscaled by this integer factor (1 = camera
+            resolution; see :func:`output_factor`); :attr:`mask` and :attr:`score` are the published maps.
     """
 
     result: FusionResult
@@ -302,15 +327,57 @@ class FrameOutputs:
     calib: Calibration | None
     points: np.ndarray | None
     notes: list[Note] = field(default_factory=list)
+    output_factor: int = 1
 
     @property
     def publish_mask(self) -> bool:
         """Whether ood/mask and ood/score are published (the frame was scored)."""
         return self.result.mask is not None
 
+    @property
+    def mask(self) -> np.ndarray | None:
+        """ood/mask as published: the result's mask, block-max downscaled by :attr:`output_factor`."""
+        m = self.result.mask
+        return m if m is None or self.output_factor == 1 else block_max(m, self.output_factor)
+
+    @property
+    def score(self) -> np.ndarray | None:
+        """ood/score as published (block maximum, NaN only where the whole block is NaN)."""
+        s = self.result.score
+        return s if s is None or self.output_factor == 1 else block_max(s, self.output_factor)
+
+
+def output_factor(height: int, width: int, max_pixels: int) -> int:
+    """The smallest integer factor ``f`` with ``ceil(H/f) * ceil(W/f) <= max_pixels`` (1 when the
+    image fits or ``max_pixels`` is 0). A 4000x3000 image under the default 8388608 (8 MP: 3840x2160
+    fits) gives 2: 2000x1500 outputs, 15 MB instead of 60 MB per frame."""
+    if max_pixels <= 0:
+        return 1
+    f = 1
+    while math.ceil(height / f) * math.ceil(width / f) > max_pixels:
+        f += 1
+    return f
+
+
+def block_max(a: np.ndarray, f: int) -> np.ndarray:
+    """``a`` ``[H, W]`` downscaled by ``f``: each output pixel ``(v, u)`` is the maximum over camera
+    pixels ``[f*v, f*v+f) x [f*u, f*u+f)`` (partial blocks at the edges; NaN ignored unless the
+    whole block is NaN), so an anomalous pixel is never lost. Output ``[ceil(H/f), ceil(W/f)]``."""
+    H, W = a.shape
+    h, w = -(-H // f), -(-W // f)
+    pad = np.full((h * f, w * f), np.nan if a.dtype.kind == "f" else 0, a.dtype)
+    pad[:H, :W] = a
+    blocks = pad.reshape(h, f, w, f)
+    if a.dtype.kind == "f":
+        return np.fmax.reduce(np.fmax.reduce(blocks, axis=3), axis=1)
+    return blocks.max(axis=(1, 3))
+
 
 def stale_reasons(frame: SyncedFrame, sync: ApproximateSync, now: float | None = None) -> list[str]:
-    """Why a modality is missing from ``frame`` (``"lidar stale for 0.80 s"``, ``"camera never received"``)."""
+    """Why a modality is missing from ``frame`` (``"lidar stale for 0.80 s"``, ``"camera never received"``,
+    or the synchroniser's reason the streams do not pair)."""
+    if frame.unpaired is not None:
+        return [frame.unpaired]
     reasons = []
     for name, part in (("camera", frame.camera), ("lidar", frame.lidar)):
         if part is None:
@@ -327,6 +394,8 @@ def sync_note(stream: str, stamp: float, outcome: str) -> Note | None:
         return Note("old_stamp", f"{stream} stamp {stamp:.3f} is older than the last processed frame")
     if outcome == "duplicate":
         return Note("duplicate_stamp", f"{stream} stamp {stamp:.3f} repeated; the newer message replaces it")
+    if outcome == "unpaired":
+        return Note("unpaired_streams", f"camera stamp {stamp:.3f} sent alone: camera and lidar publish but do not pair")
     if outcome == "reset":
         return Note("clock_reset", f"{stream} stamp jumped back to {stamp:.3f}: sync and alert history reset", bad=False)
     return None
@@ -382,7 +451,11 @@ class FusionFrameProcessor:
         return self._offer("lidar", lid.header.stamp, lid, arrival)
 
     def _offer(self, stream: str, stamp: float, payload: Any, arrival: float | None) -> list[Note]:
-        note = sync_note(stream, stamp, self.sync.add(stream, stamp, payload, arrival=arrival))
+        outcome = self.sync.add(stream, stamp, payload, arrival=arrival)
+        note = sync_note(stream, stamp, outcome)
+        if note is not None and outcome == "unpaired":
+            why = self.sync.pairing_problem(arrival)
+            note = Note(note.reason, f"{note.detail}: {why}" if why else note.detail)
         return [note] if note is not None else []
 
     def take(self) -> SyncedFrame | None:
@@ -435,6 +508,9 @@ class FusionFrameProcessor:
         """The pipeline's :meth:`~ood_perception.pipeline.FusionPipeline.finish` (in frame order)
         and the headers to publish with."""
         result = self.pipeline.finish(started.pending)
+        if started.pending.lidar_unusable is not None and started.points is not None and len(started.points):
+            # (an empty cloud is noted at decoding already: "empty_cloud")
+            started.notes.append(Note("lidar_not_in_view", started.pending.lidar_unusable))
         cam, lid = started.camera, started.lidar
         if cam is not None:
             header = cam.header
@@ -442,5 +518,6 @@ class FusionFrameProcessor:
             assert lid is not None
             header = FrameHeader(lid.header.stamp_ns, self.camera_frame or lid.header.frame_id)
         points_header = lid.header if (lid is not None and self.settings.publish_points and result.mask is not None) else None
+        factor = 1 if result.mask is None else output_factor(*result.mask.shape, self.settings.max_output_pixels)
         return FrameOutputs(result, header, points_header, self.settings.T_cam_lidar, cam, lid, started.calib,
-                            started.points, started.notes)
+                            started.points, started.notes, factor)

@@ -4,7 +4,7 @@ The fusion node and rosbag replay both call :meth:`FusionPipeline.process` with 
 replay equals live. Steps per frame:
 
 1. preprocess: image resized to the model input size and normalised ``(x/255 - mean)/std``;
-   LiDAR rasterised into the camera plane at that size (:func:`data.transforms.prepare_inputs`);
+   LiDAR rasterised into the camera plane at that size (:func:`geometry.inputs.prepare_inputs`);
    a missing modality is fed as zeros (valid channel 0);
 2. infer through any :class:`Backend` (``ood_perception.runtime``) and pick the score map that the
    available modalities support: fused ``score_map`` with both, the unimodal
@@ -91,6 +91,9 @@ class FusionConfig:
         clock_jump: a stamp this far [s] behind the previous frame resets the alert history.
         occlusion_tol, occlusion_rel: a point farther than ``tol + rel * r`` behind the nearest
             point at its model pixel (range ``r``) is occluded: score NaN, label -1, not clustered.
+        min_lidar_points_in_view: a cloud with fewer points in the camera's view is unusable (empty,
+            all NaN, behind the camera, or a CameraInfo/extrinsics that put it out of view): the frame
+            is scored without it (the camera-only head) and DEGRADED, as for a stale LiDAR.
     """
 
     threshold: float | None = None
@@ -104,6 +107,7 @@ class FusionConfig:
     clock_jump: float = 1.0
     occlusion_tol: float = OCCLUSION_TOL
     occlusion_rel: float = OCCLUSION_REL
+    min_lidar_points_in_view: int = 1
 
     def __post_init__(self) -> None:
         if self.threshold is not None and not np.isfinite(self.threshold):
@@ -114,6 +118,8 @@ class FusionConfig:
             raise ValueError("min_region_pixels and min_region_points must be >= 1")
         if not self.cluster_eps > 0 or self.cluster_min_points < 1 or self.max_cluster_points < 1:
             raise ValueError("cluster_eps must be > 0, cluster_min_points and max_cluster_points >= 1")
+        if self.min_lidar_points_in_view < 1:
+            raise ValueError(f"min_lidar_points_in_view must be >= 1, got {self.min_lidar_points_in_view}")
 
 
 @dataclass
@@ -178,6 +184,7 @@ class PendingFrame:
     score_m: np.ndarray | None = None
     class_m: np.ndarray | None = None
     skip: str | None = None  # not scored, and why (no model failure)
+    lidar_unusable: str | None = None  # the frame had a cloud that put too few points in view: why
     error: BaseException | None = None  # preparing or running the model failed
     t_begin: float = 0.0
     t_prepared: float = 0.0
@@ -207,6 +214,26 @@ class FusionPipeline:
             self._pick_outputs = "outputs" in inspect.signature(backend.infer).parameters
         except (TypeError, ValueError):
             self._pick_outputs = False
+
+    def heads(self) -> list[str]:
+        """Output-name prefixes of the heads this pipeline may run: ``""`` (fused) and
+        ``"camera_"`` / ``"lidar_"`` where the model has them."""
+        return [""] + [f"{m}_" for m in ("camera", "lidar") if self.unimodal[m]]
+
+    def warm_up(self) -> list[str]:
+        """Run each head once on a blank frame, so that what a backend builds on first use (ONNX
+        Runtime's pruned per-head sessions, memory arenas, CUDA kernels) is built now (the node
+        calls this on activate) instead of on the first real frame (~1.5 s for the default model
+        on CPU). Returns the heads run; raises what the backend raises (a model that cannot run)."""
+        h, w = self.input_hw
+        inputs, _ = self.prepare(FusionFrame(stamp=0.0, image=np.zeros((h, w, 3), np.uint8)))
+        for key in self.heads():
+            names = [key + "score_map", key + "class_map"]
+            if self._pick_outputs:
+                self.backend.infer(inputs, outputs=names)
+            else:
+                self.backend.infer(inputs)
+        return self.heads()
 
     # ------------------------------------------------------------------ preprocessing
 
@@ -277,8 +304,34 @@ class FusionPipeline:
             pending.inputs, pending.flat = self.prepare(frame)
         except Exception as exc:  # noqa: BLE001 - any model failure must become DEGRADED, not a crash
             pending.error = exc
+        if has_lidar and pending.error is None:
+            self._drop_unusable_lidar(pending)
         pending.t_prepared = time.perf_counter()
         return pending
+
+    def _drop_unusable_lidar(self, pending: PendingFrame) -> None:
+        """A cloud that puts fewer than ``min_lidar_points_in_view`` points in the camera's view
+        contributes nothing: score the frame without it (the camera-only head; unscored without a
+        camera or a camera-only head) and say why, instead of feeding the fused head an empty LiDAR
+        tensor and reporting camera+lidar."""
+        points = pending.frame.points
+        assert points is not None
+        in_view = int(np.count_nonzero(pending.flat >= 0)) if pending.flat is not None else 0
+        if in_view >= self.config.min_lidar_points_in_view:
+            return
+        if len(points) == 0:
+            why = "lidar unusable: no finite point in the cloud"
+        else:
+            why = (f"lidar unusable: {in_view} of {len(points)} points in the camera's view "
+                   f"(need {self.config.min_lidar_points_in_view}; check CameraInfo and lidar_to_camera)")
+        pending.lidar_unusable = why
+        pending.degraded = _join(pending.degraded, why)
+        if pending.frame.image is None:
+            pending.skip, pending.modalities = "no usable modality", []
+        elif not self.unimodal["camera"]:
+            pending.skip, pending.modalities = "model has no camera-only head", []
+        else:
+            pending.key, pending.modalities = "camera_", ["camera"]
 
     def infer(self, pending: PendingFrame) -> PendingFrame:
         """Step 2 of :meth:`process`: run the backend on the prepared inputs (nothing when the

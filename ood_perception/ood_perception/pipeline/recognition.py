@@ -189,7 +189,7 @@ class RecognitionPipeline:
     def __init__(self, backend, class_names: Sequence[str], threshold: float, scorer: Any = "msp",
                  clip_len: int = 16, stride: int = 8, size: int = 64, flow_params: FlowParams = FlowParams(),
                  device: str = "cpu", unimodal_scorer: Any = None, flow_scale: float = 4.0) -> None:
-        from ood_perception.scoring import (
+        from ood_perception.scoring import (  # lazy: torch is heavy to import and only this path needs it
             get_scorer,  # lazy: torch is heavy to import and only this path needs it
         )
 
@@ -235,7 +235,7 @@ class RecognitionPipeline:
     def from_checkpoint(cls, path: str | os.PathLike, threshold: float | None = None, stride: int = 8,
                         device: str = "cpu", unimodal_scorer: Any = None) -> RecognitionPipeline:
         """Build from a recognition checkpoint (its clip geometry, class names and MSP threshold)."""
-        from ood_perception.models.recognition import (
+        from ood_perception.models.recognition import (  # lazy: torch is heavy to import and only this path needs it
             load_recognition_checkpoint,  # lazy: torch is heavy to import and only this path needs it
         )
 

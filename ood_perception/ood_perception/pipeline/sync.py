@@ -17,6 +17,14 @@ construction, so a node that waited for discovery or a bag that starts late beha
 the same messages; arrival times come from the injected clock: the node's ROS clock, which is sim
 time under ``use_sim_time``, or the bag time in replay). A stamp more than ``clock_jump`` seconds behind the newest one seen
 resets all state (counted in ``clock_resets``).
+
+Streams that both publish but never pair (stamps further apart than ``slop``: a LiDAR driver
+stamping at the end of the sweep, a clock offset between sensor hosts) are not silent either:
+once no pair has formed for ``stale_timeout`` seconds although neither stream is stale, each
+camera message goes out alone when the next one arrives (it had a camera period to find a
+partner), with :attr:`SyncedFrame.unpaired` saying why and the measured stamp offset (``"no camera/lidar pair within slop 0.050 s for 0.62 s although both publish:
+lidar stamps 0.700 s behind the camera's (at equal arrival time)"``); :meth:`ApproximateSync.pairing_problem`
+gives the same reason for diagnostics.
 """
 
 from __future__ import annotations
@@ -46,6 +54,7 @@ class SyncedFrame:
 
     camera: Stamped | None
     lidar: Stamped | None
+    unpaired: str | None = None  # both streams publish but do not pair: why (the camera goes out alone)
 
     @property
     def stamp(self) -> float:
@@ -66,6 +75,7 @@ class SyncCounters:
     rejected_old_stamp: int = 0
     duplicate_stamp: int = 0
     clock_resets: int = 0
+    unpaired_single: int = 0
 
 
 class ApproximateSync:
@@ -108,12 +118,17 @@ class ApproximateSync:
         self._ready: SyncedFrame | None = None
         self._closed = False
         self._start: float | None = None  # arrival of the first message: the start-up grace begins
+        self._last_pair: float | None = None  # arrival time of the last paired frame (or of a reset)
+        # stamp minus arrival time of each stream's last message: their difference is the stamp
+        # offset between the streams at equal arrival (what keeps them from pairing)
+        self._lag: dict[str, float | None] = dict.fromkeys(STREAMS)
         self.counters = SyncCounters()
 
     # -- producer side (subscription callbacks) ------------------------------------------------
 
     def add(self, stream: str, stamp: float, msg: Any, arrival: float | None = None) -> str:
-        """Offer a message; returns what happened: ``paired``, ``single``, ``queued``,
+        """Offer a message; returns what happened: ``paired``, ``single``, ``unpaired`` (a camera
+        message sent alone because the streams publish but do not pair), ``queued``,
         ``duplicate`` (replaced an equal stamp), ``rejected_zero``, ``rejected_old`` or ``reset``
         (clock jump: state cleared, message kept). Never blocks on the worker."""
         if stream not in STREAMS:
@@ -128,9 +143,11 @@ class ApproximateSync:
                 c.rejected_zero_stamp += 1
                 return "rejected_zero"
             outcome = "queued"
+            self._lag[stream] = stamp - now
             newest = self._newest[stream]
             if newest is not None and stamp < newest - self.clock_jump:
                 self._reset_locked()
+                self._last_pair = now  # pairing gets a fresh grace after a jump
                 c.clock_resets += 1
                 outcome = "reset"
             elif self._last_emitted is not None and stamp < self._last_emitted - self.slop:
@@ -164,6 +181,17 @@ class ApproximateSync:
                 self._remove(stream, item)
                 self._emit(SyncedFrame(**{stream: item, other: None}), paired=False)
                 return "single" if outcome in ("queued", "duplicate") else outcome
+            if stream == "camera":
+                # Not pairing although both publish: the previous camera message, which had a whole
+                # camera period for its partner to arrive, goes out alone (this one keeps its chance).
+                why = self._unpaired_locked(now)
+                older = [q for q in self._queues["camera"] if q.stamp < stamp]
+                if why is not None and older:
+                    prev = max(older, key=lambda q: q.stamp)
+                    self._remove(stream, prev)
+                    self._emit(SyncedFrame(camera=prev, lidar=None, unpaired=why), paired=False)
+                    c.unpaired_single += 1
+                    return "unpaired" if outcome in ("queued", "duplicate") else outcome
             return outcome
 
     def _nearest(self, stream: str, stamp: float) -> Stamped | None:
@@ -188,6 +216,7 @@ class ApproximateSync:
         self._ready = frame
         self._last_emitted = frame.stamp if self._last_emitted is None else max(self._last_emitted, frame.stamp)
         if paired:
+            self._last_pair = frame.camera.arrival if frame.camera is not None else None
             self.counters.paired += 1
         else:
             self.counters.single += 1
@@ -200,6 +229,29 @@ class ApproximateSync:
         if last is None:  # never seen: stale once the start-up grace of one timeout has passed
             return self._start is not None and now - self._start > self.stale_timeout
         return now - last > self.stale_timeout
+
+    def _unpaired_locked(self, now: float) -> str | None:
+        """Why no pair forms although both streams publish (None while pairing is fine, a stream is
+        stale or never seen, or the start-up grace / ``stale_timeout`` since the last pair lasts)."""
+        cam_lag, lidar_lag = self._lag["camera"], self._lag["lidar"]
+        if self.stale_timeout <= 0 or cam_lag is None or lidar_lag is None:
+            return None
+        if any(self._last_arrival[s] is None or self._stale_locked(s, now) for s in STREAMS):
+            return None
+        since = self._last_pair if self._last_pair is not None else self._start
+        if since is None or now - since <= self.stale_timeout:
+            return None
+        offset = lidar_lag - cam_lag
+        side = "behind" if offset < 0 else "ahead of"
+        return (f"no camera/lidar pair within slop {self.slop:.3f} s for {now - since:.2f} s although both publish: "
+                f"lidar stamps {abs(offset):.3f} s {side} the camera's (at equal arrival time)")
+
+    def pairing_problem(self, now: float | None = None) -> str | None:
+        """The :attr:`SyncedFrame.unpaired` reason now (None when the streams pair, or while one is
+        stale: that is reported as staleness)."""
+        now = self._clock() if now is None else now
+        with self._cond:
+            return self._unpaired_locked(now)
 
     def _reset_locked(self) -> None:
         for q in self._queues.values():
@@ -234,6 +286,7 @@ class ApproximateSync:
         """Forget all queued messages (e.g. after a time jump signalled by the clock)."""
         with self._cond:
             self._reset_locked()
+            self._last_pair = self._clock()
             self.counters.clock_resets += 1
 
     def age(self, stream: str, now: float | None = None) -> float | None:

@@ -20,6 +20,8 @@ the intrinsics always come from the bag's CameraInfo. With it, replay of an ``oo
 from __future__ import annotations
 
 import dataclasses
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ import yaml
 from ood_perception.geometry import load_kitti_calib
 from ood_perception.pipeline.frame_handler import (
     MATRIX_PARAM,
+    coerce_fusion_params,
     extrinsics_from_params,
     fusion_config_kwargs,
     fusion_param_defaults,
@@ -51,8 +54,23 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def node_parameters(path: str | Path) -> dict[str, Any]:
+def fusion_parameter_names() -> list[str]:
+    """Every parameter name of the fusion node (the table plus ``lidar_to_camera.matrix``)."""
+
+    return list(fusion_param_defaults())
+
+
+def _stderr_warning(text: str) -> None:
+    print(f"ood-perception replay: warning: {text}", file=sys.stderr)
+
+
+def node_parameters(path: str | Path, warn: Callable[[str], None] | None = _stderr_warning) -> dict[str, Any]:
     """The fusion node's ``ros__parameters`` (flattened) from a ROS params file.
+
+    ``warn`` (stderr by default; None = silent) gets one line per section that matches no node of
+    this package and per fusion parameter name that is not in the node's table, with a
+    did-you-mean (:func:`ood_perception.pipeline.params.params_file_warnings`): a misspelt name
+    would otherwise be silently ignored.
 
     Raises:
         FileNotFoundError: no such file.
@@ -74,6 +92,14 @@ def node_parameters(path: str | Path) -> dict[str, Any]:
             found = True
     if not found:
         raise ValueError(f"params file {path}: no ros__parameters for any of {', '.join(NODE_KEYS)} (has: {', '.join(map(str, data))})")
+    if warn is not None:
+        from ood_perception.pipeline.params import params_file_warnings
+
+        names = fusion_parameter_names()
+        # the recognition node's section is known (replay ignores it); its names are not checked here
+        tables = {"fusion_segmentation": names, "fusion_segmentation_node": names, "action_recognition": None}
+        for text in params_file_warnings(data, tables, str(path)):
+            warn(text)
     return merged
 
 
@@ -87,6 +113,7 @@ def settings_from_params(params: dict[str, Any], base: ReplaySettings | None = N
     """
 
     defaults = fusion_param_defaults()
+    params = coerce_fusion_params(params)  # slop: 1 -> 1.0; qos_depth: 5.5 or stale_timeout: fast refused
     validate_fusion_params({**defaults, **{k: v for k, v in params.items() if k in defaults}})
     s = dataclasses.replace(base) if base else ReplaySettings()
     s.fusion = {**s.fusion, **fusion_config_kwargs(params)}

@@ -7,12 +7,14 @@ import argparse
 import sys
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from typing import Any
 
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor
+
+from ood_perception.pipeline.params import unknown_names
 
 #: Accepted values of the ``reliability`` parameter.
 RELIABILITY = ("best_effort", "reliable")
@@ -55,19 +57,26 @@ def output_qos(depth: int = 5) -> Any:
 
 
 class BadInputLog:
-    """Counts bad inputs per reason and logs each reason at most once per ``period`` seconds."""
+    """Counts bad inputs per reason (since start, and over the last ``window`` seconds: what
+    /diagnostics judges by, so a WARN clears once the input is good again) and logs each reason at
+    most once per ``period`` seconds."""
 
-    def __init__(self, logger: Any, period: float = 5.0) -> None:
+    def __init__(self, logger: Any, period: float = 5.0, window: float = 10.0, clock: Any = time.monotonic) -> None:
         self.logger = logger
         self.period = float(period)
+        self.window = float(window)
         self.counts: Counter[str] = Counter()
         self._last: dict[str, float] = {}
+        self._recent: deque[tuple[float, str]] = deque()
+        self._clock = clock
         self._lock = threading.Lock()
 
     def report(self, reason: str, detail: str) -> None:
         """Count one bad input under ``reason`` and log ``detail`` (throttled per reason)."""
-        now = time.monotonic()
+        now = self._clock()
         with self._lock:
+            self._recent.append((now, reason))
+            self._trim(now)
             self.counts[reason] += 1
             n = self.counts[reason]
             due = now - self._last.get(reason, -1e18) >= self.period
@@ -79,10 +88,21 @@ class BadInputLog:
             except Exception:  # noqa: BLE001 - logging must never take the node down
                 pass
 
+    def _trim(self, now: float) -> None:
+        while self._recent and now - self._recent[0][0] > self.window:
+            self._recent.popleft()
+
     def snapshot(self) -> dict[str, int]:
-        """A copy of the counts."""
+        """A copy of the counts since start."""
         with self._lock:
             return dict(self.counts)
+
+    def recent(self) -> dict[str, int]:
+        """Counts per reason over the last ``window`` seconds."""
+        now = self._clock()
+        with self._lock:
+            self._trim(now)
+            return dict(Counter(reason for _, reason in self._recent))
 
 
 def diagnostic_status(name: str, hardware_id: str, level: int, message: str, values: dict[str, Any]) -> Any:
@@ -104,9 +124,27 @@ def _fmt(v: Any) -> str:
 
 
 def declare(node: Any, name: str, default: Any, description: str) -> None:
-    """Declare a parameter with a descriptor carrying ``description`` (types fixed by the default)."""
+    """Declare a parameter with a descriptor carrying ``description``.
 
-    node.declare_parameter(name, default, ParameterDescriptor(description=description))
+    Dynamically typed: rclpy accepts any type at declaration (a statically typed parameter makes
+    the constructor raise ``InvalidParameterTypeException`` for ``slop: 1``, an int for a double,
+    leaving a half-built node), and the node coerces the value to the table type at configure
+    (:func:`ood_perception.pipeline.params.coerce_params`: lossless conversions, else one line
+    naming the parameter). ``default`` None declares an unset parameter (e.g. an optional matrix).
+    """
+
+    node.declare_parameter(name, default, ParameterDescriptor(description=description, dynamic_typing=True))
+
+
+def warn_unknown_overrides(node: Any, known: Any) -> list[str]:
+    """Log (warning) and return one line per parameter given to ``node`` (params file, launch,
+    ``-p``) that it does not have, with a did-you-mean: rclpy ignores such names silently."""
+
+    given = list(getattr(node, "_parameter_overrides", {}) or {})  # rclpy keeps them on the node
+    lines = unknown_names(given, list(known), "")  # the logger names the node
+    for line in lines:
+        node.get_logger().warning(line)
+    return lines
 
 
 def stamp_from_sec(sec: float) -> Any:
@@ -125,7 +163,7 @@ def run_node_main(node_cls: Any, prog: str, argv: list[str] | None = None) -> in
     """
 
     import rclpy  # lazy: rclpy is heavy to import and only this path needs it
-    from rclpy.executors import (
+    from rclpy.executors import (  # lazy: rclpy is heavy to import and only this path needs it
         MultiThreadedExecutor,  # lazy: rclpy is heavy to import and only this path needs it
     )
     from rclpy.parameter import Parameter  # lazy: rclpy is heavy to import and only this path needs it
@@ -135,7 +173,13 @@ def run_node_main(node_cls: Any, prog: str, argv: list[str] | None = None) -> in
     parser.add_argument("--autostart", action="store_true", help="configure and activate immediately")
     args, _ = parser.parse_known_args(rclpy.utilities.remove_ros_args(argv)[1:])
     rclpy.init(args=argv)
-    node = node_cls(parameter_overrides=[Parameter("autostart", value=True)] if args.autostart else [])
+    try:
+        node = node_cls(parameter_overrides=[Parameter("autostart", value=True)] if args.autostart else [])
+    except Exception as exc:  # noqa: BLE001 - one clear line, never a half-built node's traceback
+        print(f"{prog}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        if rclpy.ok():
+            rclpy.shutdown()
+        return 1
     ex = MultiThreadedExecutor()
     ex.add_node(node)
     try:

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.lifecycle import LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
@@ -52,11 +52,14 @@ from ood_perception.pipeline.alerts import DEGRADED, LEVEL_NAMES
 from ood_perception.pipeline.frame_handler import (
     FUSION_PARAMETERS,
     LIDAR_TO_OPTICAL_RPY,
+    MATRIX_PARAM,
     FrameOutputs,
     FrameSettings,
     FusionFrameProcessor,
     Note,
+    coerce_fusion_params,
     extrinsics_from_params,
+    fusion_param_defaults,
     validate_fusion_params,
 )
 from ood_perception.pipeline.fusion import FusionPipeline, spec_sha256
@@ -70,6 +73,7 @@ from ood_perception.ros.common import (
     output_qos,
     run_node_main,
     sensor_qos,
+    warn_unknown_overrides,
 )
 from ood_perception.ros.lifecycle import WorkerLifecycleNode
 from ood_perception.ros.messages import build_alert, build_markers, header_msg
@@ -105,12 +109,8 @@ class FusionSegmentationNode(WorkerLifecycleNode):
         super().__init__(node_name, **kwargs)
         for name, default, desc in PARAMETERS:
             declare(self, name, default, desc)
-
-        self.declare_parameter(
-            "lidar_to_camera.matrix",
-            Parameter.Type.DOUBLE_ARRAY,
-            ParameterDescriptor(description="T_cam_lidar as 16 row-major numbers; overrides .xyz/.rpy when set"),
-        )
+        declare(self, MATRIX_PARAM, None, "T_cam_lidar as 16 row-major numbers; overrides .xyz/.rpy when set")
+        warn_unknown_overrides(self, fusion_param_defaults())
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self._injected_backend = backend
         self.pipeline: FusionPipeline | None = None
@@ -126,6 +126,7 @@ class FusionSegmentationNode(WorkerLifecycleNode):
         self._last_level = DEGRADED
         self._frames = 0
         self._model_error = ""
+        self._output_factor = 1
         self.params: dict[str, Any] = {}
         if self.get_parameter("autostart").value:
             self.autostart()
@@ -134,10 +135,7 @@ class FusionSegmentationNode(WorkerLifecycleNode):
 
     def _values(self) -> dict[str, Any]:
         values = {name: self.get_parameter(name).value for name, _, _ in PARAMETERS}
-        try:
-            values["lidar_to_camera.matrix"] = self.get_parameter("lidar_to_camera.matrix").value
-        except Exception:  # noqa: BLE001 - uninitialised statically typed parameter
-            values["lidar_to_camera.matrix"] = None
+        values[MATRIX_PARAM] = self.get_parameter(MATRIX_PARAM).value  # None while unset
         return values
 
     def _on_set_parameters(self, params: list[Parameter]) -> Any:
@@ -163,7 +161,7 @@ class FusionSegmentationNode(WorkerLifecycleNode):
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
-            values = self._values()
+            values = coerce_fusion_params(self._values())  # types: lossless conversions or one clear line
             self.settings = FrameSettings.from_params(values)  # validates
             self.params = values
             self._T = self.settings.T_cam_lidar
@@ -174,6 +172,7 @@ class FusionSegmentationNode(WorkerLifecycleNode):
 
 
         self.bad.period = float(values["log_throttle_s"])
+        self.bad.window = float(values["diagnostics_window"])
         qos = output_qos()
         self._pubs = {
             "mask": self.create_lifecycle_publisher(Image, "ood/mask", qos),
@@ -198,6 +197,7 @@ class FusionSegmentationNode(WorkerLifecycleNode):
                 self.backend = runtime.load(p["model_dir"] or None, backend=p["backend"], device=p["device"])
             self.processor = FusionFrameProcessor.build(self.backend, self.settings, clock=self._clock_now)
             self.pipeline = self.processor.pipeline
+            self.pipeline.warm_up()  # per-head sessions built now, not on the first frame
         except Exception as exc:  # noqa: BLE001 - a bad model must fail the transition, not the process
             self._model_error = f"{type(exc).__name__}: {exc}"
             self.get_logger().error(f"activate failed: cannot load model: {self._model_error}")
@@ -298,8 +298,15 @@ class FusionSegmentationNode(WorkerLifecycleNode):
         pubs, result = self._pubs, out.result
         header = header_msg(out.header)
         if out.publish_mask:
-            pubs["mask"].publish(rosmsg.image_msg(result.mask, "mono8", header))
-            pubs["score"].publish(rosmsg.image_msg(result.score, "32FC1", header))
+            if out.output_factor != self._output_factor:
+                self._output_factor = out.output_factor
+                size = f"camera image {result.mask.shape[1]}x{result.mask.shape[0]}"
+                self.get_logger().warning(
+                    f"ood/mask and ood/score downscaled {out.output_factor}x (block maximum): {size} is over "
+                    f"max_output_pixels={self.settings.max_output_pixels}" if out.output_factor > 1
+                    else f"ood/mask and ood/score back at camera resolution ({size})")
+            pubs["mask"].publish(rosmsg.image_msg(out.mask, "mono8", header))
+            pubs["score"].publish(rosmsg.image_msg(out.score, "32FC1", header))
         if out.points_header is not None:
             pubs["points"].publish(rosmsg.scored_cloud_msg(
                 result.points, result.point_labels, result.point_scores, header_msg(out.points_header)))
@@ -342,6 +349,7 @@ class FusionSegmentationNode(WorkerLifecycleNode):
             "model_sha256": spec_sha256(spec) if spec is not None else "",
             "model_error": self._model_error,
             "camera_info": "yes" if self.processor is not None and self.processor.calib is not None else "missing",
+            "output_downscale": self._output_factor,
         }
         if c is not None:
             values.update({
@@ -351,8 +359,11 @@ class FusionSegmentationNode(WorkerLifecycleNode):
             for name in ("camera", "lidar"):
                 age = sync.age(name)
                 values[f"{name}_age_s"] = float("nan") if age is None else age
-        bad = self.bad.snapshot()
+            values["unpaired_single"] = c.unpaired_single
+            values["pairing"] = sync.pairing_problem() or "ok"
+        bad, recent = self.bad.snapshot(), self.bad.recent()
         values["bad_inputs"] = sum(bad.values())
+        values["bad_inputs_recent"] = sum(recent.values())  # over diagnostics_window: what the level judges
         values.update({f"bad.{k}": v for k, v in sorted(bad.items())})
         return values
 
@@ -366,8 +377,12 @@ class FusionSegmentationNode(WorkerLifecycleNode):
             level, msg = DiagnosticStatus.ERROR, self._model_error or f"node {self._state}"
         elif stale:
             level, msg = DiagnosticStatus.WARN, f"stale: {', '.join(stale)}"
-        elif values["bad_inputs"]:
-            level, msg = DiagnosticStatus.WARN, f"{values['bad_inputs']} bad inputs so far; alert {values['alert_level']}"
+        elif values.get("pairing", "ok") != "ok":
+            level, msg = DiagnosticStatus.WARN, f"streams do not pair: {values['pairing']}"
+        elif values["bad_inputs_recent"]:
+            recent = ", ".join(f"{k} {v}" for k, v in sorted(self.bad.recent().items()))
+            level, msg = (DiagnosticStatus.WARN, f"{values['bad_inputs_recent']} bad inputs in the last "
+                          f"{self.bad.window:g} s ({recent}); alert {values['alert_level']}")
         else:
             level, msg = DiagnosticStatus.OK, f"alert {values['alert_level']}"
         arr = DiagnosticArray()

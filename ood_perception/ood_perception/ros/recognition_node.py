@@ -29,8 +29,15 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
 from ood_perception.codec import conversions as conv
-from ood_perception.pipeline.alerts import ALERT, DEGRADED, LEVEL_NAMES, AlertConfig, AlertStateMachine
+from ood_perception.pipeline.alerts import (
+    ALERT_STANDING,
+    DEGRADED,
+    LEVEL_NAMES,
+    AlertConfig,
+    AlertStateMachine,
+)
 from ood_perception.pipeline.fusion import spec_sha256
+from ood_perception.pipeline.params import coerce_params
 from ood_perception.pipeline.recognition import ClipRecognizer
 from ood_perception.pipeline.stats import LatencyStats, RateMeter
 from ood_perception.ros.common import (
@@ -41,6 +48,7 @@ from ood_perception.ros.common import (
     output_qos,
     run_node_main,
     sensor_qos,
+    warn_unknown_overrides,
 )
 from ood_perception.ros.lifecycle import WorkerLifecycleNode
 from ood_perception.ros.messages import build_alert
@@ -67,15 +75,22 @@ PARAMETERS: list[tuple[str, Any, str]] = [
     ("clear_frames", 2, "consecutive in-distribution clips needed to clear an ALERT"),
     ("cooldown_s", 2.0, "an ALERT is held at least this long [s]"),
     ("diagnostics_period", 1.0, "period of /diagnostics [s]"),
+    ("diagnostics_window", 10.0, "bad inputs are judged over this window [s]: a /diagnostics WARN clears once a "
+     "window passes without one"),
     ("log_throttle_s", 5.0, "each bad-input reason is logged at most once per this many seconds"),
 ]
 
 
+#: Every parameter's default (the types values are coerced to).
+DEFAULTS: dict[str, Any] = {name: default for name, default, _ in PARAMETERS}
+
+
 def _validate(v: dict[str, Any]) -> None:
+    v = coerce_params(v, DEFAULTS)  # types first: lossless conversions or one line naming the parameter
     for name in ("qos_depth", "clip_length", "clip_stride", "frame_queue", "raise_k", "raise_n", "clear_frames"):
         if int(v[name]) < (0 if name == "clip_length" else 1):
             raise ValueError(f"parameter {name} must be >= {0 if name == 'clip_length' else 1}, got {v[name]}")
-    for name in ("diagnostics_period", "log_throttle_s", "stale_timeout", "clock_jump"):
+    for name in ("diagnostics_period", "diagnostics_window", "log_throttle_s", "stale_timeout", "clock_jump"):
         if not float(v[name]) > 0:
             raise ValueError(f"parameter {name} must be > 0, got {v[name]}")
     if v["reliability"] not in RELIABILITY:
@@ -109,6 +124,7 @@ class ActionRecognitionNode(WorkerLifecycleNode):
         super().__init__(node_name, **kwargs)
         for name, default, desc in PARAMETERS:
             declare(self, name, default, desc)
+        warn_unknown_overrides(self, DEFAULTS)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self._injected = recognizer
         self.recognizer: Any = None
@@ -144,7 +160,7 @@ class ActionRecognitionNode(WorkerLifecycleNode):
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
-            values = self._values()
+            values = coerce_params(self._values(), DEFAULTS)
             _validate(values)
         except (ValueError, TypeError) as exc:
             self.get_logger().error(f"configure failed: {exc}")
@@ -153,6 +169,7 @@ class ActionRecognitionNode(WorkerLifecycleNode):
 
         self.params = values
         self.bad.period = float(values["log_throttle_s"])
+        self.bad.window = float(values["diagnostics_window"])
         self.alerts = AlertStateMachine(AlertConfig(int(values["raise_k"]), int(values["raise_n"]),
                                                     int(values["clear_frames"]), float(values["cooldown_s"])))
         self._pubs = {
@@ -251,7 +268,8 @@ class ActionRecognitionNode(WorkerLifecycleNode):
                     self._clips += 1
             except Exception as exc:  # noqa: BLE001 - a failed clip is DEGRADED, not a crash
                 self.bad.report("recognition_error", f"{type(exc).__name__}: {exc}")
-                self._publish_alert(header, DEGRADED, f"model failure: {exc}", [], float("nan"), float("nan"))
+                d = self.alerts.update(conv.stamp_to_sec(header.stamp), None, f"model failure: {exc}")
+                self._publish_alert(header, d.level, d.description, [], float("nan"), float("nan"))
 
     def _publish(self, r: Any, header: Any) -> None:
 
@@ -300,7 +318,7 @@ class ActionRecognitionNode(WorkerLifecycleNode):
             "latency_p50_ms": p50 * 1e3, "latency_p95_ms": p95 * 1e3,
             "backend": getattr(self.backend, "name", type(self.backend).__name__ if self.backend is not None else "none"),
             "model_sha256": spec_sha256(spec) if spec is not None else "", "model_error": self._model_error,
-            "bad_inputs": sum(bad.values()),
+            "bad_inputs": sum(bad.values()), "bad_inputs_recent": sum(self.bad.recent().values()),
         }
         values.update({f"bad.{k}": v for k, v in sorted(bad.items())})
         return values
@@ -315,16 +333,21 @@ class ActionRecognitionNode(WorkerLifecycleNode):
         elif stale:
             level, text = 1, "video stale"
         else:
-            level, text = (1 if v["bad_inputs"] else 0), f"alert {v['alert_level']}"
+            level, text = (1 if v["bad_inputs_recent"] else 0), f"alert {v['alert_level']}"
+            if v["bad_inputs_recent"]:
+                text = f"{v['bad_inputs_recent']} bad inputs in the last {self.bad.window:g} s; {text}"
         arr = DiagnosticArray()
         arr.header.stamp = self.get_clock().now().to_msg()
         arr.status = [diagnostic_status(f"{self.get_name()}: action recognition", self.get_fully_qualified_name(),
                                         level, text, v)]
         if self._diag_pub is not None:
             self._diag_pub.publish(arr)
-        if self._state == "active" and stale and self._level != ALERT:
+        if self._state == "active" and stale:
+            # DEGRADED even while an ALERT stands (a consumer reading only the level must see it)
             frame = self._last_header.frame_id if self._last_header is not None else ""
-            self._publish_alert(Header(stamp=arr.header.stamp, frame_id=frame), DEGRADED, "video stale", [],
+            alerts = getattr(self, "alerts", None)
+            text = f"{ALERT_STANDING}; degraded: video stale" if alerts is not None and alerts.alerting else "video stale"
+            self._publish_alert(Header(stamp=arr.header.stamp, frame_id=frame), DEGRADED, text, [],
                                 float("nan"), float("nan"))
 
 

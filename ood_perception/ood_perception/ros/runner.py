@@ -5,6 +5,11 @@ this runner starts the same nodes with the same params files (rclpy global argum
 ``--ros-args --params-file FILE -r FROM:=TO``) on one ``MultiThreadedExecutor``, straight to
 active. Which nodes start: those named by a top-level key of the params files
 (``fusion_segmentation``, ``action_recognition``), or the ones asked for explicitly.
+
+A section that matches none of our nodes is reported (one warning line, with a did-you-mean)
+before the nodes start; parameter names a node does not have are reported by the node itself
+(:func:`ood_perception.ros.common.warn_unknown_overrides`), as under ``ros2 launch``, so each
+appears once. Wrongly typed values fail the node's configure with one line naming the parameter.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from typing import Any
 
 import yaml
 
+from ood_perception.pipeline.params import params_file_warnings
+
 #: Node name -> (module, class) of the nodes this package provides.
 NODES: dict[str, tuple[str, str]] = {
     "fusion_segmentation": ("ood_perception.ros.fusion_node", "FusionSegmentationNode"),
@@ -25,8 +32,10 @@ NODES: dict[str, tuple[str, str]] = {
 }
 
 
-def nodes_in_params(paths: Sequence[str | Path]) -> list[str]:
-    """Our node names that have a section in the given ROS params files (in NODES order)."""
+def nodes_in_params(paths: Sequence[str | Path], warn: Any = None) -> list[str]:
+    """Our node names that have a section in the given ROS params files (in NODES order).
+    ``warn`` (if given) is called with one line per section that matches no node of ours."""
+
 
     found: set[str] = set()
     for p in paths:
@@ -45,6 +54,9 @@ def nodes_in_params(paths: Sequence[str | Path]) -> list[str]:
             name = str(key).strip("/").split("/")[-1]
             if name in NODES:
                 found.add(name)
+        if warn is not None:
+            for line in params_file_warnings(data, dict.fromkeys(NODES), str(path), check_names=False):
+                warn(line)
     return [n for n in NODES if n in found]
 
 
@@ -60,12 +72,13 @@ def run_nodes(
     ``duration`` seconds. Returns 0, or 1 when a node fails to become active."""
 
     import rclpy  # lazy: rclpy is heavy to import and only this path needs it
-    from rclpy.executors import (
+    from rclpy.executors import (  # lazy: rclpy is heavy to import and only this path needs it
         MultiThreadedExecutor,  # lazy: rclpy is heavy to import and only this path needs it
     )
     from rclpy.parameter import Parameter  # lazy: rclpy is heavy to import and only this path needs it
 
-    names = list(nodes) if nodes else nodes_in_params(params_files)
+    in_files = nodes_in_params(params_files, warn=lambda line: log(f"ood-perception run: warning: {line}"))
+    names = list(nodes) if nodes else in_files
     unknown = [n for n in names if n not in NODES]
     if unknown:
         raise ValueError(f"unknown node(s) {unknown}; known: {list(NODES)}")
@@ -93,7 +106,10 @@ def run_nodes(
             module, cls = NODES[name]
             node_cls = getattr(importlib.import_module(module), cls)
             extra = [Parameter(k, value=v) for k, v in (overrides or {}).items()]
-            node = node_cls(name, context=ctx, parameter_overrides=[Parameter("autostart", value=False), *extra])
+            try:
+                node = node_cls(name, context=ctx, parameter_overrides=[Parameter("autostart", value=False), *extra])
+            except Exception as exc:  # noqa: BLE001 - one clear line (cli), never a half-built node's traceback
+                raise ValueError(f"node {name} could not be created: {type(exc).__name__}: {exc}") from None
             created.append(node)
             if not node.autostart():
                 log(f"ood-perception run: node {name} failed to become active (see the log above)")

@@ -204,7 +204,7 @@ def evaluate_recognition(model, splits: dict, scorer: str = "msp", device: str =
     """ID accuracy of each head on ``test`` and, per OOD split, AUROC/FPR95 of ``scorer`` on the joint head."""
     import torch  # lazy: torch is heavy to import and only this path needs it
 
-    from ood_perception.scoring import (
+    from ood_perception.scoring import (  # lazy: torch is heavy to import and only this path needs it
         get_scorer,  # lazy: torch is heavy to import and only this path needs it
     )
 

@@ -143,7 +143,7 @@ def dist_info() -> tuple[int, int, int]:
 def train(cfg: dict[str, Any], data_root: str | os.PathLike[str], out_dir: str | os.PathLike[str],
           resume: bool = True, show_progress: bool = True, command: str | None = None) -> dict[str, Any]:
     """Train (see the module docstring); implemented in :mod:`ood_perception.trainer.seg_train`."""
-    from ood_perception.trainer.seg_train import (
+    from ood_perception.trainer.seg_train import (  # lazy: torch is heavy to import and only this path needs it
         train as _train,  # lazy: torch is heavy to import and only this path needs it
     )
 
