@@ -154,3 +154,52 @@ def test_pipeline_result_matches_the_model_and_onnx(tmp_path):
     assert out4[-1].ood_score == pytest.approx(r.ood_score, abs=1e-5) and out4[-1].threshold == 0.5
     with pytest.raises(ValueError, match="threshold"):
         ClipRecognizer(SimpleNamespace(infer=rt.infer, spec={"class_names": ["x"]}))
+
+
+def test_recognition_frame_processor_stamp_rules_clips_and_failures():
+    """The node's per-frame decisions without ROS: stamp rules, clock resets, alerts, model failures."""
+    from ood_perception.pipeline.alerts import ALERT, CLEAR, DEGRADED, AlertConfig
+    from ood_perception.pipeline.recognition import (
+        REJECT_DUPLICATE_STAMP,
+        REJECT_OLD_STAMP,
+        REJECT_ZERO_STAMP,
+        RecognitionFrameProcessor,
+        RecognitionResult,
+    )
+
+    class Every2:
+        """A recogniser that completes a clip every second frame; OOD when the stamp is >= 10."""
+
+        def __init__(self):
+            self.buffer = ClipBuffer(clip_len=2, stride=2, size=8)
+            self.fail = False
+
+        def push(self, frame, stamp):
+            if self.fail:
+                raise RuntimeError("model exploded")
+            if self.buffer.push(frame, stamp) is None:
+                return None
+            return RecognitionResult(0, "walk", 0.9, float(stamp), stamp >= 10, 9.5, "msp", ["video", "flow"],
+                                     [0.0, 0.0], num_frames=2)
+
+    rec = Every2()
+    p = RecognitionFrameProcessor(rec, AlertConfig(raise_k=1, raise_n=1, clear_frames=1, cooldown_s=0.0), clock_jump=1.0)
+    frame = np.zeros((8, 8, 3), np.uint8)
+    assert p.admit(0.0) == (False, REJECT_ZERO_STAMP)
+    assert p.admit(1.0) == (False, None) and p.process(frame, 1.0) is None
+    assert p.admit(1.0) == (False, REJECT_DUPLICATE_STAMP)
+    assert p.admit(0.5) == (False, REJECT_OLD_STAMP)  # behind, but within clock_jump
+    assert p.admit(1.1) == (False, None)
+    out = p.process(frame, 1.1)
+    assert out is not None and out.level == CLEAR and out.modalities == ["video", "flow"] and out.score == 1.1
+    assert out.description.startswith("walk: ")
+    for t in (10.0, 10.1):
+        assert p.admit(t) == (False, None)
+        out = p.process(frame, t)
+    assert out.level == ALERT and p.alerts.alerting
+    assert p.admit(2.0) == (True, None) and p.resets == 1  # 8 s back: a clock reset, the frame is taken
+    p.reset()
+    assert not p.alerts.alerting and len(rec.buffer.frames) == 0
+    rec.fail = True
+    out = p.process(frame, 2.0)
+    assert out.level == DEGRADED and out.result is None and "model exploded" in out.error

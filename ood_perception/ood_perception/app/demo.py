@@ -15,9 +15,9 @@ Steps, each real (nothing is faked; a missing piece stops the demo with one line
 5. action recognition with the recognition node's own recogniser
    (``pipeline.recognition.ClipRecognizer``) on clips of the world's motion generator that no
    model saw (in-distribution, near- and far-OOD motions; :func:`recognize_world_clips`), and the
-   real action recognition node over rclpy on Debian opencv-doc's street video ``vtest.avi`` when
-   installed, checked against an independent ``ClipRecognizer`` on the same frames
-   (:func:`recognize_video_live`);
+   recognition node's frame processor (stamp rules, clip buffer, model, alert state machine) on
+   Debian opencv-doc's street video ``vtest.avi`` when installed, checked against an independent
+   ``ClipRecognizer`` on the same frames (:func:`recognize_video`);
 6. ``<out>/report.html``, ``<out>/recognition.json`` and ``<out>/overlay_*.png`` are written and
    their paths printed.
 """
@@ -36,7 +36,6 @@ from typing import Any
 
 import cv2
 import numpy as np
-from sensor_msgs.msg import Image
 from sklearn.metrics import roc_auc_score
 
 from ood_perception import runtime
@@ -44,13 +43,11 @@ from ood_perception.app.live import run_live
 from ood_perception.atomic import atomic_write_bytes
 from ood_perception.data.bag_reader import BagSource
 from ood_perception.pipeline.frame_handler import MATRIX_PARAM
-from ood_perception.pipeline.recognition import ClipRecognizer, RecognitionResult
+from ood_perception.pipeline.recognition import ClipRecognizer, RecognitionFrameProcessor
 from ood_perception.replay.engine import ReplaySettings
 from ood_perception.replay.params import extrinsics_from_kitti_calib, settings_from_params
 from ood_perception.replay.report import atomic_write_text, render_html, write_json
 from ood_perception.replay.run import ReplayJob, build_pipeline, run_job
-from ood_perception.ros import messages as rosmsg
-from ood_perception.ros.common import stamp_from_sec
 from ood_perception.world.clips import (
     FAR_OOD_CLASSES,
     ID_CLASSES,
@@ -61,7 +58,6 @@ from ood_perception.world.clips import (
 )
 from ood_perception.world.config import WorldConfig
 from ood_perception.world.synth import generate_dataset
-from ood_perception_msgs.msg import OodAlert, Recognition
 
 #: Debian opencv-doc's example street video (795 frames of pedestrians, 768x576 at 10 fps), checked on Debian 12.
 VTEST_AVI = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
@@ -213,7 +209,7 @@ class ClipRow:
         truth: the true motion of a world clip (None for the video).
         result: the recogniser's :class:`~ood_perception.pipeline.recognition.RecognitionResult`.
         thumb: RGB uint8 thumbnail (a strip of clip frames, or the video frame).
-        reference_agrees: for the live node: whether an independent ``ClipRecognizer`` on the same
+        reference_agrees: for the video: whether an independent ``ClipRecognizer`` on the same
             frames gave the same class and score (None when not checked).
     """
 
@@ -295,118 +291,59 @@ def open_video(path: Path) -> tuple[Any, float, tuple[int, int]]:
     return cap, fps, hw
 
 
-def recognize_video_live(path: Path, max_frames: int, model_dir: Path, stride: int,
-                         timeout_s: float = 60.0) -> tuple[list[ClipRow], dict[str, Any]]:
-    """Stream up to ``max_frames`` frames of the video at ``path`` to the real
-    ``ActionRecognitionNode`` in-process over rclpy (as ``bgr8`` ``video/image`` messages stamped
-    1 s + i / fps, reliable QoS, each frame awaited until the node took it) and record its
-    ``recognition/result`` and ``ood/alerts``. An independent ``ClipRecognizer`` over the same
-    model directory, fed the same frames, checks every result (same class and decision, score
-    within 1e-5). Frames are streamed, not held (a thumbnail of each clip's middle frame is kept).
-    Returns the rows and node facts."""
-    import rclpy  # lazy: rclpy is heavy to import and only this path needs it
-    from rclpy.executors import (  # lazy: rclpy is heavy to import and only this path needs it
-        SingleThreadedExecutor,  # lazy: rclpy is heavy to import and only this path needs it
-    )
-    from rclpy.parameter import Parameter  # lazy: rclpy is heavy to import and only this path needs it
-    from rclpy.qos import (  # lazy: rclpy is heavy to import and only this path needs it
-        QoSProfile,
-        ReliabilityPolicy,
-    )
-
-    from ood_perception.ros.recognition_node import (  # lazy: rclpy is heavy to import and only this path needs it
-        ActionRecognitionNode,  # lazy: rclpy is heavy to import and only this path needs it
-    )
-
+def recognize_video(path: Path, max_frames: int, model_dir: Path, stride: int,
+                    clock_jump: float = 1.0) -> tuple[list[ClipRow], dict[str, Any]]:
+    """Stream up to ``max_frames`` frames of the video at ``path`` through the recognition node's
+    own frame processor (:class:`~ood_perception.pipeline.recognition.RecognitionFrameProcessor`:
+    the stamp rules, clip buffer, model and alert state machine the node runs; stamps 1 s + i / fps)
+    and record each clip's result and alert level. An independent ``ClipRecognizer`` over the same
+    model directory, fed the same frames, checks every result (same class and decision, score within
+    1e-5). Frames are streamed, not held (a thumbnail of each clip's middle frame is kept).
+    Returns the rows and facts about the run."""
     cap, fps, hw = open_video(path)
+    processor = RecognitionFrameProcessor(ClipRecognizer.from_model_dir(model_dir, stride=stride), clock_jump=clock_jump)
     ref = ClipRecognizer.from_model_dir(model_dir, stride=stride)
     clip_len = ref.buffer.clip_len
+    level_names = {0: "CLEAR", 1: "WARNING", 2: "ALERT", 3: "DEGRADED"}
     recent: list[np.ndarray] = []  # thumbnails of the last clip_len frames
-    expected: list[tuple[int, Any, np.ndarray]] = []  # (last frame index, reference result, middle-frame thumbnail)
-    ctx = rclpy.context.Context()
-    rclpy.init(context=ctx)
-    results: list[Any] = []
-    alerts: list[Any] = []
+    rows: list[ClipRow] = []
+    latencies: list[float] = []
     n = 0
     t0 = time.perf_counter()
     try:
-        params = {"autostart": True, "model_dir": str(model_dir), "clip_stride": stride, "reliability": "reliable",
-                  "qos_depth": 50, "frame_queue": max_frames + 1, "stale_timeout": 60.0}
-        node = ActionRecognitionNode("action_recognition", context=ctx,
-                                     parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
-        if node._state != "active":  # noqa: SLF001 - the node's lifecycle state
-            raise DemoError(f"the recognition node did not activate: {node.diagnostics_values()['model_error']}")
-        io = rclpy.create_node("demo_video_io", context=ctx)
-        qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
-        pub = io.create_publisher(Image, "video/image", qos)
-        io.create_subscription(Recognition, "recognition/result", results.append, qos)
-        io.create_subscription(OodAlert, "ood/alerts", lambda a: alerts.append(a) if a.header.frame_id == "camera" else None, qos)
-        ex = SingleThreadedExecutor(context=ctx)
-        ex.add_node(node)
-        ex.add_node(io)
-
-        def spin_until(pred: Any, limit: float) -> bool:
-            end = time.monotonic() + limit
-            while time.monotonic() < end:
-                if pred():
-                    return True
-                ex.spin_once(timeout_sec=0.01)
-            return pred()
-
-        if not spin_until(lambda: pub.get_subscription_count() > 0, 15.0):
-            raise DemoError("the recognition node's video/image subscription was not discovered within 15 s")
         while n < max_frames:
             ok, bgr = cap.read()
             if not ok:
                 break
             t = 1.0 + n / fps
-            msg = rosmsg.image_msg(bgr, "bgr8")
-            msg.header.stamp = stamp_from_sec(t)
-            msg.header.frame_id = "camera"
-            pub.publish(msg)
             rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
             recent = [*recent[-(clip_len - 1):], cv2.resize(rgb, (192, round(192 * hw[0] / hw[1])), interpolation=cv2.INTER_AREA)]
-            r = ref.push(rgb, t)
-            if r is not None:
-                expected.append((n, r, recent[len(recent) // 2]))
-            # wait until the node took this frame (its newest accepted stamp), so none is lost
-            if not spin_until(lambda t=t: node._newest_stamp is not None and node._newest_stamp >= t - 1e-9, timeout_s):  # noqa: SLF001
-                raise DemoError(f"the recognition node did not receive the frame stamped {t:.3f} s within {timeout_s} s")
+            reset, reason = processor.admit(t)
+            if reason is not None:
+                raise DemoError(f"frame {n} of {path} refused by the recognition processor: {reason}")
+            if reset:
+                processor.reset()
+            out = processor.process(rgb, t)
+            exp = ref.push(rgb, t)
+            if out is not None:
+                if out.result is None:
+                    raise DemoError(f"the recognition model failed on {path} at frame {n}: {out.error}")
+                r = out.result
+                latencies.append(r.latency_s)
+                agrees = exp is not None and (r.class_id == exp.class_id and abs(r.ood_score - exp.ood_score) <= 1e-5
+                                              and r.is_ood == exp.is_ood)
+                first = n - r.num_frames + 1
+                rows.append(ClipRow(path.name, f"frames {first}-{n} ({first / fps:.1f}-{n / fps:.1f} s)", "real video",
+                                    None, r, recent[len(recent) // 2], agrees, {"alert": level_names.get(out.level, "?")}))
             n += 1
-        if n < 2:
-            raise DemoError(f"the video {path} gave {n} frame(s)")
-        if not spin_until(lambda: len(results) >= len(expected) and len(alerts) >= len(expected), timeout_s):
-            raise DemoError(f"the recognition node published {len(results)} of {len(expected)} clip results within {timeout_s} s")
-        diag = node.diagnostics_values()
-        ex.shutdown()
-        node.destroy_node()
-        io.destroy_node()
     finally:
         cap.release()
-        if ctx.ok():
-            rclpy.shutdown(context=ctx)
-    wall = time.perf_counter() - t0
-    level_names = {0: "CLEAR", 1: "WARNING", 2: "ALERT", 3: "DEGRADED"}
-    rows = []
-    for (end, exp, thumb), msg, alert in zip(expected, results, alerts, strict=False):
-        first = end - exp.num_frames + 1
-        agrees = (msg.class_id == exp.class_id and abs(msg.ood_score - exp.ood_score) <= 1e-5
-                  and bool(msg.is_ood) == exp.is_ood)
-        rows.append(ClipRow(path.name, f"frames {first}-{end} ({first / fps:.1f}-{end / fps:.1f} s)", "real video",
-                            None, _result_from_msg(msg), thumb, agrees, {"alert": level_names.get(int(alert.level), "?")}))
-    info = {"frames": n, "fps": fps, "clip_stride": stride, "clips_expected": len(expected),
-            "results_received": len(results), "dropped_frames": int(diag["dropped_frames"]),
-            "latency_p50_ms": float(diag["latency_p50_ms"]), "wall_s": wall, "frame_size": list(hw)}
+    if n < 2:
+        raise DemoError(f"the video {path} gave {n} frame(s)")
+    info = {"frames": n, "fps": fps, "clip_stride": stride, "clips": len(rows),
+            "latency_p50_ms": float(np.median(latencies) * 1e3) if latencies else float("nan"),
+            "wall_s": time.perf_counter() - t0, "frame_size": list(hw)}
     return rows, info
-
-
-def _result_from_msg(msg: Any) -> Any:
-    """A ``RecognitionResult`` holding a ``Recognition`` message's fields."""
-
-    return RecognitionResult(class_id=int(msg.class_id), class_name=msg.class_name, confidence=float(msg.confidence),
-                             ood_score=float(msg.ood_score), is_ood=bool(msg.is_ood), threshold=float(msg.threshold),
-                             score_name=msg.score_name, modality_names=list(msg.modality_names),
-                             modality_scores=[float(s) for s in msg.modality_scores], num_frames=int(msg.num_frames))
 
 
 # ------------------------------------------------------------------------------ report sections
@@ -474,7 +411,7 @@ def recognition_html(world: Sequence[ClipRow], summary: dict[str, Any], video: S
     for i, r in enumerate(world):
         first.setdefault(r.truth, i)
     parts.append(_rows_table(world, set(first.values()), with_truth=True, with_node=False))
-    parts.append(f"<h3>Real video: {html.escape(VTEST_AVI.name)} through the recognition node over rclpy</h3>")
+    parts.append(f"<h3>Real video: {html.escape(VTEST_AVI.name)} through the recognition node's frame processor</h3>")
     if video_note:
         parts.append(f"<p class='note'>{html.escape(video_note)}</p>")
     if video_info:
@@ -485,11 +422,11 @@ def recognition_html(world: Sequence[ClipRow], summary: dict[str, Any], video: S
             classes[r.result.class_name] = classes.get(r.result.class_name, 0) + 1
         parts.append(
             f"<p>{video_info['frames']} frames ({video_info['frame_size'][1]}x{video_info['frame_size'][0]} at "
-            f"{video_info['fps']:.0f} fps; the node squeezes each frame to the model's "
+            f"{video_info['fps']:.0f} fps; the processor squeezes each frame to the model's "
             f"{spec.input_size[0]}x{spec.input_size[1]}) gave {len(video)} clips (stride {video_info['clip_stride']}); "
             f"{flagged} of them flagged OOD; classes: {html.escape(', '.join(f'{k} {v}' for k, v in sorted(classes.items())))}. "
-            f"The node's results equal an independent ClipRecognizer's on {agree} of {len(video)} clips; "
-            f"{video_info['dropped_frames']} frames dropped; node clip latency p50 {video_info['latency_p50_ms']:.0f} ms. "
+            f"The processor's results equal an independent ClipRecognizer's on {agree} of {len(video)} clips; "
+            f"clip latency (flow + model) p50 {video_info['latency_p50_ms']:.0f} ms. "
             "Real pedestrians in a street scene are far from the synthetic stick figures the model learned (far "
             "OOD for this model), so every clip not flagged is a missed detection: softmax confidence (MSP) is "
             "known to stay high far from the training data.</p>")
@@ -557,8 +494,8 @@ def run_demo(out: str | Path = "demo_out", model_dir: str | Path | None = None, 
         print(f"[5/5] recognition node on a real video: skipped ({note})", flush=True)
     else:
         print(f"[5/5] recognition node over rclpy on {video_path} ({size.video_frames} frames at most)", flush=True)
-        video_rows, video_info = recognize_video_live(video_path, size.video_frames, rec_model, size.video_stride)
-        print(f"      {len(video_rows)} clips, {sum(r.result.is_ood for r in video_rows)} flagged OOD, node = reference on "
+        video_rows, video_info = recognize_video(video_path, size.video_frames, rec_model, size.video_stride)
+        print(f"      {len(video_rows)} clips, {sum(r.result.is_ood for r in video_rows)} flagged OOD, processor = reference on "
               f"{sum(1 for r in video_rows if r.reference_agrees)}", flush=True)
     rec_html = recognition_html(world, summary, video_rows, video_info, note, rec_model, spec)
     # overlays as files, for the README and quick looks

@@ -66,7 +66,7 @@ def run_live(bag: str | Path, frame_stamps: dict[int, int], params: dict[str, An
     """
     import rclpy  # lazy: rclpy is heavy to import and only this path needs it
     from rclpy.executors import (  # lazy: rclpy is heavy to import and only this path needs it
-        SingleThreadedExecutor,  # lazy: rclpy is heavy to import and only this path needs it
+        SingleThreadedExecutor,
     )
     from rclpy.parameter import Parameter  # lazy: rclpy is heavy to import and only this path needs it
     from rclpy.qos import (  # lazy: rclpy is heavy to import and only this path needs it
@@ -74,7 +74,7 @@ def run_live(bag: str | Path, frame_stamps: dict[int, int], params: dict[str, An
         ReliabilityPolicy,
     )
     from rclpy.serialization import (  # lazy: rclpy is heavy to import and only this path needs it
-        serialize_message,  # lazy: rclpy is heavy to import and only this path needs it
+        serialize_message,
     )
 
     from ood_perception.ros.fusion_node import (  # lazy: rclpy is heavy to import and only this path needs it

@@ -102,7 +102,7 @@ def render_timeline_png(entries: Sequence[TimelineEntry], threshold: float | Non
     seqs = sorted({e.sequence for e in entries})
     if len(seqs) > 1:
         raise ValueError(f"render_timeline_png draws one sequence, got {len(seqs)}: {seqs[:5]}")
-    # lazy: see the module docstring (plotting only; keeps matplotlib out of training/replay imports)
+
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch

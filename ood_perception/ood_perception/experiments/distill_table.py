@@ -67,7 +67,7 @@ def score_head(weight, bias, feats: dict[str, np.ndarray], train_labels: np.ndar
     import torch  # lazy: torch is heavy to import and only this path needs it
 
     from ood_perception.scoring import (  # lazy: torch is heavy to import and only this path needs it
-        get_scorer,  # lazy: torch is heavy to import and only this path needs it
+        get_scorer,
     )
 
     w = torch.as_tensor(weight, dtype=torch.float32)
@@ -110,7 +110,7 @@ def run_seed(splits: dict, class_names: list[str], seed: int, train_cfg, base_cf
         build_recognition_model,
     )
     from ood_perception.trainer.distill import (  # lazy: torch is heavy to import and only this path needs it
-        distill_recognition_head,  # lazy: torch is heavy to import and only this path needs it
+        distill_recognition_head,
     )
 
     t0 = time.time()
@@ -295,7 +295,7 @@ def run_ablation(data: str | os.PathLike, report: str | os.PathLike, seeds=(0, 1
     """Generate clips if needed, run every seed, write the report; returns its path."""
 
     from ood_perception.trainer.distill import (  # lazy: torch is heavy to import and only this path needs it
-        DistillConfig,  # lazy: torch is heavy to import and only this path needs it
+        DistillConfig,
     )
 
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))

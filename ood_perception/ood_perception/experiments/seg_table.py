@@ -148,7 +148,7 @@ def hard_pixel_breakdown(run_dir: Path, test_root: Path, split: str, cache: Path
     import torch  # lazy: torch is heavy to import and only this path needs it
 
     from ood_perception.scoring import (
-        get_scorer,  # lazy: torch is heavy to import and only this path needs it
+        get_scorer,
     )
 
     model, ckpt = load_checkpoint(run_dir / "model.pt")

@@ -29,6 +29,7 @@ import numpy as np
 
 from ood_perception import runtime
 from ood_perception.geometry.video import FlowParams, compute_flow, normalise_flow, normalise_frames
+from ood_perception.pipeline.alerts import AlertStateMachine
 
 
 @dataclass
@@ -190,11 +191,10 @@ class RecognitionPipeline:
                  clip_len: int = 16, stride: int = 8, size: int = 64, flow_params: FlowParams = FlowParams(),
                  device: str = "cpu", unimodal_scorer: Any = None, flow_scale: float = 4.0) -> None:
         from ood_perception.scoring import (  # lazy: torch is heavy to import and only this path needs it
-            get_scorer,  # lazy: torch is heavy to import and only this path needs it
+            get_scorer,
         )
 
         if isinstance(backend, (str, os.PathLike)):
-            from ood_perception import runtime
 
             backend = runtime.load(backend, device=device, intra_op_threads=max(1, min(2, os.cpu_count() or 1)))
         self.model_spec = spec_fields(getattr(backend, "spec", None)) if hasattr(backend, "infer") else {}
@@ -236,7 +236,7 @@ class RecognitionPipeline:
                         device: str = "cpu", unimodal_scorer: Any = None) -> RecognitionPipeline:
         """Build from a recognition checkpoint (its clip geometry, class names and MSP threshold)."""
         from ood_perception.models.recognition import (  # lazy: torch is heavy to import and only this path needs it
-            load_recognition_checkpoint,  # lazy: torch is heavy to import and only this path needs it
+            load_recognition_checkpoint,
         )
 
         model, ckpt = load_recognition_checkpoint(path, device)
@@ -327,7 +327,6 @@ class ClipRecognizer(RecognitionPipeline):
                  class_names: Sequence[str] | None = None, scorer: Any = None, size: int | None = None,
                  device: str = "cpu") -> None:
         if isinstance(backend, (str, os.PathLike)):
-            from ood_perception import runtime
 
             backend = runtime.load(backend, device=device, intra_op_threads=max(1, min(2, os.cpu_count() or 1)))
         spec = spec_fields(getattr(backend, "spec", None))
@@ -365,3 +364,100 @@ class ClipRecognizer(RecognitionPipeline):
         model_dir = runtime.default_recognition_model_dir() if model_dir is None else model_dir
         opts = {"intra_op_threads": max(1, min(2, os.cpu_count() or 1))} if backend == "onnxruntime" else {}
         return cls(runtime.load(model_dir, backend=backend, device=device, **opts), device=device, **kwargs)
+
+
+# ------------------------------------------------------------------------------ frame processor
+
+#: Why a video frame was not taken (the node counts these per reason, replay and the demo alike).
+REJECT_ZERO_STAMP = "zero_stamp"
+REJECT_DUPLICATE_STAMP = "duplicate_stamp"
+REJECT_OLD_STAMP = "old_stamp"
+
+
+@dataclass
+class RecognitionOutput:
+    """What the recognition node publishes for one clip (or for one failed clip).
+
+    Attributes:
+        stamp: stamp of the clip's last frame (the published header's stamp).
+        result: the clip's :class:`RecognitionResult`, None when the model failed on it.
+        level, description: the alert decision (``OodAlert.level`` / ``description``).
+        modalities, score, threshold: the alert's modalities, frame score and threshold.
+        error: the model failure, when there was one.
+    """
+
+    stamp: float
+    result: RecognitionResult | None
+    level: int
+    description: str
+    modalities: list[str]
+    score: float
+    threshold: float
+    error: str | None = None
+
+
+class RecognitionFrameProcessor:
+    """The recognition node's per-frame decisions without ROS, shared by the node, replay and the demo.
+
+    Two sides, each used from one thread (the node calls :meth:`admit` in its subscription
+    callback and :meth:`process` / :meth:`reset` in its worker; replay and the demo call both in
+    order on one thread):
+
+    * :meth:`admit` (stamp rules): a zero stamp, a stamp equal to or behind the newest one
+      (within ``clock_jump``) is rejected with a reason; a stamp more than ``clock_jump`` seconds
+      behind the newest is a clock reset (bag loop, simulator restart): the frame is taken and
+      the caller must :meth:`reset` before processing it;
+    * :meth:`process`: feeds the clip recogniser; when a clip completes, decides the alert level
+      with the same state machine as the fusion pipeline (``is_ood`` is the evidence) and
+      returns a :class:`RecognitionOutput`; a failing model gives a DEGRADED output, never an
+      exception.
+
+    Args:
+        recognizer: an object with ``push(frame_rgb, stamp) -> RecognitionResult | None``
+            (:class:`ClipRecognizer`; tests inject others) and optionally ``buffer.reset()``.
+        alerts: the alert state machine settings.
+        clock_jump: seconds a stamp may go back before it counts as a clock reset.
+    """
+
+    def __init__(self, recognizer: Any, alerts: Any = None, clock_jump: float = 1.0) -> None:
+        self.recognizer = recognizer
+        self.alerts = AlertStateMachine(alerts)
+        self.clock_jump = float(clock_jump)
+        self.newest_stamp: float | None = None
+        self.resets = 0
+
+    def admit(self, stamp: float) -> tuple[bool, str | None]:
+        """``(reset, reason)`` for a frame stamped ``stamp``: ``reason`` is a ``REJECT_*`` code
+        (frame not taken) or None; ``reset`` True when the clock jumped back (taken, reset first)."""
+        if not stamp > 0:
+            return False, REJECT_ZERO_STAMP
+        newest = self.newest_stamp
+        reset = newest is not None and stamp < newest - self.clock_jump
+        if not reset and newest is not None and stamp <= newest:
+            return False, REJECT_DUPLICATE_STAMP if stamp == newest else REJECT_OLD_STAMP
+        self.newest_stamp = stamp
+        if reset:
+            self.resets += 1
+        return reset, None
+
+    def reset(self) -> None:
+        """Start clips and alert history afresh (after a clock reset)."""
+        buffer = getattr(self.recognizer, "buffer", None)
+        if buffer is not None and hasattr(buffer, "reset"):
+            buffer.reset()
+        self.alerts.reset()
+
+    def process(self, frame_rgb: np.ndarray, stamp: float) -> RecognitionOutput | None:
+        """Feed one admitted frame; an output when a clip completes (or the model failed), else None."""
+        try:
+            result = self.recognizer.push(frame_rgb, stamp)
+        except Exception as exc:  # noqa: BLE001 - a failed clip is DEGRADED, not a crash
+            error = f"{type(exc).__name__}: {exc}"
+            d = self.alerts.update(stamp, None, f"model failure: {error}")
+            return RecognitionOutput(stamp, None, d.level, d.description, [], float("nan"), float("nan"), error)
+        if result is None:
+            return None
+        d = self.alerts.update(stamp, bool(result.is_ood))
+        return RecognitionOutput(stamp, result, d.level, f"{result.class_name}: {d.description}",
+                                 list(result.modality_names) or ["video"], float(result.ood_score),
+                                 float(result.threshold))

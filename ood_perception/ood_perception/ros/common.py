@@ -164,7 +164,7 @@ def run_node_main(node_cls: Any, prog: str, argv: list[str] | None = None) -> in
 
     import rclpy  # lazy: rclpy is heavy to import and only this path needs it
     from rclpy.executors import (  # lazy: rclpy is heavy to import and only this path needs it
-        MultiThreadedExecutor,  # lazy: rclpy is heavy to import and only this path needs it
+        MultiThreadedExecutor,
     )
     from rclpy.parameter import Parameter  # lazy: rclpy is heavy to import and only this path needs it
 

@@ -34,11 +34,10 @@ from ood_perception.pipeline.alerts import (
     DEGRADED,
     LEVEL_NAMES,
     AlertConfig,
-    AlertStateMachine,
 )
 from ood_perception.pipeline.fusion import spec_sha256
 from ood_perception.pipeline.params import coerce_params
-from ood_perception.pipeline.recognition import ClipRecognizer
+from ood_perception.pipeline.recognition import REJECT_ZERO_STAMP, ClipRecognizer, RecognitionFrameProcessor
 from ood_perception.pipeline.stats import LatencyStats, RateMeter
 from ood_perception.ros.common import (
     RELIABILITY,
@@ -137,7 +136,7 @@ class ActionRecognitionNode(WorkerLifecycleNode):
         self._clips = 0
         self._last_arrival: float | None = None
         self._last_header: Any = None
-        self._newest_stamp: float | None = None
+        self.processor: RecognitionFrameProcessor | None = None
         self._resets = 0
         self._model_error = ""
         self._level = DEGRADED
@@ -170,8 +169,9 @@ class ActionRecognitionNode(WorkerLifecycleNode):
         self.params = values
         self.bad.period = float(values["log_throttle_s"])
         self.bad.window = float(values["diagnostics_window"])
-        self.alerts = AlertStateMachine(AlertConfig(int(values["raise_k"]), int(values["raise_n"]),
-                                                    int(values["clear_frames"]), float(values["cooldown_s"])))
+        self._alert_config = AlertConfig(int(values["raise_k"]), int(values["raise_n"]),
+                                         int(values["clear_frames"]), float(values["cooldown_s"]))
+        self.processor: RecognitionFrameProcessor | None = None
         self._pubs = {
             "result": self.create_lifecycle_publisher(Recognition, "recognition/result", output_qos(10)),
             "alerts": self.create_lifecycle_publisher(OodAlert, "ood/alerts", output_qos(10)),
@@ -197,6 +197,7 @@ class ActionRecognitionNode(WorkerLifecycleNode):
             self.get_logger().error(f"activate failed: {self._model_error}")
             return TransitionCallbackReturn.FAILURE
 
+        self.processor = RecognitionFrameProcessor(self.recognizer, self._alert_config, float(p["clock_jump"]))
         self._subs = [self.create_subscription(Image, "video/image", self._on_image,
                                                sensor_qos(p["reliability"], int(p["qos_depth"])))]
         self._start_worker()
@@ -209,6 +210,7 @@ class ActionRecognitionNode(WorkerLifecycleNode):
 
     def _forget(self) -> None:
         self.recognizer = None
+        self.processor = None
 
     # ------------------------------------------------------------------ callbacks / worker
 
@@ -216,18 +218,18 @@ class ActionRecognitionNode(WorkerLifecycleNode):
         try:
             self.rate.tick()
             stamp = conv.stamp_to_sec(msg.header.stamp)
-            if not stamp > 0:
-                self.bad.report("zero_stamp", "video frame with stamp 0 ignored")
+            processor = self.processor
+            if processor is None:
                 return
             rgb = conv.image_to_rgb8(msg)
-            newest = self._newest_stamp
-            reset = newest is not None and stamp < newest - float(self.params["clock_jump"])
-            if not reset and newest is not None and stamp <= newest:
-                # the clip buffer would drop it silently; say so and count it
-                reason = "duplicate_stamp" if stamp == newest else "old_stamp"
-                self.bad.report(reason, f"video stamp {stamp:.3f} not after the newest {newest:.3f}: frame ignored")
+            reset, reason = processor.admit(stamp)
+            if reason == REJECT_ZERO_STAMP:
+                self.bad.report(reason, "video frame with stamp 0 ignored")
                 return
-            self._newest_stamp = stamp
+            if reason is not None:  # the clip buffer would drop it silently; say so and count it
+                self.bad.report(reason, f"video stamp {stamp:.3f} not after the newest "
+                                        f"{processor.newest_stamp:.3f}: frame ignored")
+                return
             with self._cond:
                 if reset:  # bag loop / simulator restart: start clips and alert history afresh
                     self._frames.clear()
@@ -246,6 +248,16 @@ class ActionRecognitionNode(WorkerLifecycleNode):
         except Exception as exc:  # noqa: BLE001 - never raise out of a callback
             self.bad.report("image_callback_error", f"{type(exc).__name__}: {exc}")
 
+    @property
+    def _newest_stamp(self) -> float | None:
+        """The newest admitted video stamp (None before the first)."""
+        return None if self.processor is None else self.processor.newest_stamp
+
+    @property
+    def alerts(self) -> Any:
+        """The alert state machine (the processor's)."""
+        return None if self.processor is None else self.processor.alerts
+
     def _work(self) -> None:
         while not self._stop.is_set():
             with self._cond:
@@ -254,22 +266,22 @@ class ActionRecognitionNode(WorkerLifecycleNode):
                 if not self._frames:
                     continue
                 header, rgb, arrival = self._frames.popleft()
-            if header is None:  # reset marker (clock jump)
-                buffer = getattr(self.recognizer, "buffer", None)
-                if buffer is not None and hasattr(buffer, "reset"):
-                    buffer.reset()
-                self.alerts.reset()
+            processor = self.processor
+            if processor is None:
                 continue
-            try:
-                result = self.recognizer.push(rgb, conv.stamp_to_sec(header.stamp))
-                if result is not None:
-                    self._publish(result, header)
-                    self.latency.add(time.monotonic() - arrival)
-                    self._clips += 1
-            except Exception as exc:  # noqa: BLE001 - a failed clip is DEGRADED, not a crash
-                self.bad.report("recognition_error", f"{type(exc).__name__}: {exc}")
-                d = self.alerts.update(conv.stamp_to_sec(header.stamp), None, f"model failure: {exc}")
-                self._publish_alert(header, d.level, d.description, [], float("nan"), float("nan"))
+            if header is None:  # reset marker (clock jump)
+                processor.reset()
+                continue
+            out = processor.process(rgb, conv.stamp_to_sec(header.stamp))
+            if out is None:
+                continue
+            if out.error is not None:
+                self.bad.report("recognition_error", out.error)
+            else:
+                self._publish(out.result, header)
+                self.latency.add(time.monotonic() - arrival)
+                self._clips += 1
+            self._publish_alert(header, out.level, out.description, out.modalities, out.score, out.threshold)
 
     def _publish(self, r: Any, header: Any) -> None:
 
@@ -287,9 +299,6 @@ class ActionRecognitionNode(WorkerLifecycleNode):
         msg.num_frames = int(getattr(r, "num_frames", 0))
         msg.clip_duration = float(getattr(r, "clip_duration", 0.0))
         self._pubs["result"].publish(msg)
-        decision = self.alerts.update(conv.stamp_to_sec(header.stamp), msg.is_ood)
-        self._publish_alert(header, decision.level, f"{msg.class_name}: {decision.description}",
-                            list(msg.modality_names) or ["video"], msg.ood_score, msg.threshold)
 
     def _publish_alert(self, header: Any, level: int, description: str, modalities: list[str], score: float,
                        threshold: float) -> None:

@@ -73,7 +73,7 @@ def run_nodes(
 
     import rclpy  # lazy: rclpy is heavy to import and only this path needs it
     from rclpy.executors import (  # lazy: rclpy is heavy to import and only this path needs it
-        MultiThreadedExecutor,  # lazy: rclpy is heavy to import and only this path needs it
+        MultiThreadedExecutor,
     )
     from rclpy.parameter import Parameter  # lazy: rclpy is heavy to import and only this path needs it
 

@@ -39,10 +39,10 @@ def register_builder(name: str, fn: Callable[[dict[str, Any]], Any]) -> None:
 
 def _build_segmentation(payload: dict[str, Any]) -> Any:
     from ood_perception.models.wrappers import (
-        ScoredSegmentation,  # lazy: torch is heavy to import and only this path needs it
+        ScoredSegmentation,
     )
     from ood_perception.scoring import (
-        get_scorer,  # lazy: torch is heavy to import and only this path needs it
+        get_scorer,
     )
 
     model = build_model(payload["model_config"])
@@ -55,13 +55,13 @@ def _build_segmentation(payload: dict[str, Any]) -> Any:
 
 def _build_recognition(payload: dict[str, Any]) -> Any:
     from ood_perception.models.recognition import (
-        build_recognition_model,  # lazy: torch is heavy to import and only this path needs it
+        build_recognition_model,
     )
     from ood_perception.models.wrappers import (
-        ScoredRecognition,  # lazy: torch is heavy to import and only this path needs it
+        ScoredRecognition,
     )
     from ood_perception.scoring import (
-        get_scorer,  # lazy: torch is heavy to import and only this path needs it
+        get_scorer,
     )
 
     model = build_recognition_model(dict(payload["model_config"]))

@@ -75,7 +75,7 @@ def _fit_himplos(model: Any, data: Any, mean: Any, std: Any, device: Any, max_fr
     import torch.nn.functional as F  # lazy: torch is heavy to import and only this path needs it
 
     from ood_perception.scoring import (
-        get_scorer,  # lazy: torch is heavy to import and only this path needs it
+        get_scorer,
     )
 
     feats, labels = [], []
@@ -190,7 +190,7 @@ def _evaluate_model(model: Any, ckpt: dict[str, Any], data: Any, scorers: tuple[
     import torch.nn.functional as F  # lazy: torch is heavy to import and only this path needs it
 
     from ood_perception.scoring import (
-        get_scorer,  # lazy: torch is heavy to import and only this path needs it
+        get_scorer,
     )
 
     model = model.to(device).eval()
@@ -355,7 +355,7 @@ def evaluate(checkpoint: str | os.PathLike[str], data_root: str | os.PathLike[st
     """Evaluate a checkpoint; writes metrics.json, report.md and figures to ``out_dir``
     (``resolution``: see :func:`evaluate_model` and the module docstring)."""
     from ood_perception.models import (
-        load_checkpoint,  # lazy: torch is heavy; `evaluate --help` stays torch-free
+        load_checkpoint,
     )
 
     model, ckpt = load_checkpoint(checkpoint, map_location=device)

@@ -205,7 +205,7 @@ def evaluate_recognition(model, splits: dict, scorer: str = "msp", device: str =
     import torch  # lazy: torch is heavy to import and only this path needs it
 
     from ood_perception.scoring import (  # lazy: torch is heavy to import and only this path needs it
-        get_scorer,  # lazy: torch is heavy to import and only this path needs it
+        get_scorer,
     )
 
     def run(split):

@@ -144,7 +144,7 @@ def train(cfg: dict[str, Any], data_root: str | os.PathLike[str], out_dir: str |
           resume: bool = True, show_progress: bool = True, command: str | None = None) -> dict[str, Any]:
     """Train (see the module docstring); implemented in :mod:`ood_perception.trainer.seg_train`."""
     from ood_perception.trainer.seg_train import (  # lazy: torch is heavy to import and only this path needs it
-        train as _train,  # lazy: torch is heavy to import and only this path needs it
+        train as _train,
     )
 
     return _train(cfg, data_root, out_dir, resume=resume, show_progress=show_progress, command=command)
