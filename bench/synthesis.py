@@ -120,7 +120,7 @@ def _full_queues(npmix: NPMix, emb: torch.Tensor, lab: torch.Tensor, gen: torch.
     assert npmix.all_full()
 
 
-def _verdict(ratio: float) -> str:
+def _band(ratio: float) -> str:
     if ratio < 10:
         return "below the paper's 10x"
     if ratio < 185:
@@ -128,6 +128,12 @@ def _verdict(ratio: float) -> str:
     if ratio <= 740:
         return "within a factor 2 of the segmentation 370x"
     return "above 2x the paper's 370x"
+
+
+def _verdict(by_median: float, by_minimum: float) -> str:
+    """Where a ratio falls against the paper's 10-370x, by the medians and by the minima."""
+    a, b = _band(by_median), _band(by_minimum)
+    return a if a == b else f"{a} by the medians, {b} by the minima"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     # (name, batch, channels per modality, feature h, w, repeats): the results table's set-up (64x128
     # input, stride 4) and the paper-scale estimate (256x512 input, 64 channels each, stride 4).
     shapes = [("table (B=4, 32+32 ch, 16x32)", 4, 32, 16, 32, 5 if args.quick else 15),
-              ("paper-scale (B=8, 64+64 ch, 64x128)", 8, 64, 64, 128, 3 if args.quick else 9)]
+              ("paper-scale (B=8, 64+64 ch, 64x128)", 8, 64, 64, 128, 3 if args.quick else 15)]
     rows, results = [], []
     for name, b, d, h, w, repeat in shapes:
         fc, fl, labels = _batch(b, d, h, w, k)
@@ -213,9 +219,11 @@ def main(argv: list[str] | None = None) -> int:
 
     machine_after = machine_info()
     paper = results[-1]
-    verdicts = {v: _verdict(paper[f"ratio_{v}_over_fm"]) for v in VARIANTS}
+    verdicts = {v: _verdict(paper[f"ratio_{v}_over_fm"], paper[f"ratio_{v}_over_fm_of_minima"]) for v in VARIANTS}
     best = max(VARIANTS, key=lambda v: paper[f"ratio_{v}_over_fm"])
-    reproduced = any(185 <= paper[f"ratio_{v}_over_fm"] <= 740 for v in VARIANTS)
+    reached = [LABELS[v] for v in VARIANTS
+               if 185 <= max(paper[f"ratio_{v}_over_fm"], paper[f"ratio_{v}_over_fm_of_minima"]) <= 740]
+    reproduced = bool(reached)
     # The original's loop cost per sample (here per labelled pixel) and, from it, how many samples per
     # step the loop would need to cost 370x the paper's FM times (an extrapolation, not a measurement).
     per_sample = paper["original_loop_per_sample_s"]
@@ -226,9 +234,10 @@ def main(argv: list[str] | None = None) -> int:
     summary = (
         f"FM takes {1e3 * paper['fm_s']:.0f} ms per paper-scale batch here (the paper: 13-58 ms). "
         f"At paper scale the largest NP-Mix / FM cost ratio is {paper[f'ratio_{best}_over_fm']:.0f}x "
-        f"({LABELS[best]}). "
-        + ("A reading of NP-Mix reaches the order of the paper's 370x on this CPU. " if reproduced else
-           "No reading of NP-Mix we could build reaches the paper's 370x on this CPU. ")
+        f"({paper[f'ratio_{best}_over_fm_of_minima']:.0f}x by the minima; {LABELS[best]}). "
+        + ("One reading of NP-Mix (by at least one of the two measures) comes within a factor 2 of the "
+           "paper's 370x on this CPU. " if reproduced else
+           "No reading of NP-Mix we could build comes within a factor 2 of the paper's 370x on this CPU. ")
         + f"The same algorithm costs {loop_over_vec:.0f}x more as the original's per-sample loop than "
         "vectorised: MultiOOD's search itself (K prototype queries per step) is cheap, the cost is the "
         f"queue push, {1e6 * per_sample:.1f} us per labelled pixel in the loop. At that rate the loop alone "
@@ -237,8 +246,8 @@ def main(argv: list[str] | None = None) -> int:
         f"the pixels of {needed['fm_0.013_s'] / range_image:.1f}-{needed['fm_0.058_s'] / range_image:.1f} full "
         "64x2048 range images (a 64-beam scan has about 120k points) pushed one by one: a plausible origin "
         "of the 370x, not a verified one. Verdict on the paper's 10-370x: "
-        + ("reproduced in order of magnitude for segmentation, but " if reproduced else "not reproduced at our "
-           "paper-scale estimate, and ")
+        + (f"reached within a factor 2 only by {' and '.join(reached)}, but " if reproduced else
+           "not reproduced at our paper-scale estimate, and ")
         + "unresolved, because the paper's timing set-up (hardware, NP-Mix's segmentation adaptation, "
         "samples per step, feature sizes) cannot be read here; no GPU was used in this run. Load noise: "
         f"within this run a method's slowest call took up to {spread:.1f}x its fastest; read each ratio as "
@@ -270,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
           "## What the original NP-Mix does", "", ORIGINAL, "",
           "## What could not be verified", "", UNVERIFIED, "",
           "## Verdict", "",
-          *[f"- {LABELS[v]}: {paper[f'ratio_{v}_over_fm']:.3g}x at paper scale, {verdicts[v]}." for v in VARIANTS],
+          *[f"- {LABELS[v]}: {paper[f'ratio_{v}_over_fm']:.3g}x (minima {paper[f'ratio_{v}_over_fm_of_minima']:.3g}x) "
+            f"at paper scale: {verdicts[v]}." for v in VARIANTS],
           "", summary, "",
           f"FM share of a training step (table model, {hh}x{ww}, batch 4): "
           f"{100 * share['fm_share']:.3f}% ({share['fm_in_step_s'] * 1e3:.3f} ms of {share['train_step_s'] * 1e3:.0f} ms).",

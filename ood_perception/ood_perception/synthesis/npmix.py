@@ -2,7 +2,8 @@
 baseline Feature Mixing is compared with, in two modes.
 
 What the original does (read in donghao51/MultiOOD ``HMDB-rgb-flow/train_video_flow.py``,
-``train_one_step`` with ``--use_npmix``; the EPIC/Kinetics scripts carry the same block):
+``train_one_step`` with ``--use_npmix``; a second stored training script of the repository
+has the identical block):
 
 * Samples are clips. The embedding is ``[v_emd || f_emd]``, the two modality heads' penultimate
   clip features (2304 + 2048 = 4352-d), detached.
