@@ -173,3 +173,46 @@ def test_tf_static_check_flags_wrong_extrinsics(drive) -> None:
     mount = np.linalg.norm(WorldConfig().camera.xyz)
     assert bad["status"] == "differs" and bad["translation_m"] == pytest.approx(mount, abs=1e-6)
     assert unknown == {"status": "absent"}
+
+
+def _anomaly_objects(frame, ood_ids) -> dict[int, int]:
+    """{semantic | instance << 16: pixels} of a frame's anomaly pixels, counted here with numpy."""
+    sem = frame.pixel_labels.astype(np.int64) & 0xFFFF
+    on = np.isin(sem, ood_ids)
+    keys = sem[on] | frame.pixel_instances[on].astype(np.int64) << 16
+    k, n = np.unique(keys, return_counts=True)
+    return dict(zip(k.tolist(), n.tolist(), strict=True))
+
+
+def test_replay_alert_metrics_take_instances_from_the_label_folder(drive, results) -> None:
+    """Issue 17: replay with ``--labels`` tells anomaly objects apart by the dataset's pixel
+    instances (the bag's camera/labels are semantic ids only); the same bag with its label topic
+    gives the same frame-level numbers and one object per anomaly class."""
+    from ood_perception.data import DatasetConfig, SemanticKittiReader
+    from ood_perception.replay.alert_metrics import OBJECTS_FROM_CLASSES, OBJECTS_FROM_INSTANCES
+
+    tmp, ds, _ = drive
+    _, rp, _ = results
+    cfg = DatasetConfig.from_yaml(ds / "dataset.yaml")
+    reader = SemanticKittiReader(ds, sequences=["00"])
+    objs = [_anomaly_objects(reader[i], cfg.ood_ids) for i in range(FRAMES)]
+    a = rp["alerts"]
+    assert a["available"] and a["frames"] == FRAMES
+    assert a["objects_from"] == OBJECTS_FROM_INSTANCES and a["frames_with_pixel_instances"] == FRAMES
+    assert a["frame"]["n_positive"] == sum(sum(o.values()) >= 50 for o in objs)
+    assert a["frame"]["n_negative"] == sum(not o for o in objs)
+    in_view = sorted({k for o in objs for k, n in o.items() if n >= 50})
+    assert in_view and any(k >> 16 for k in in_view)  # instance ids are in the keys
+    assert sorted(o["key"] for o in a["objects"]["list"] if o["in_view"]) == in_view
+    assert a["objects"]["in_view"]["n"] == len(in_view)
+    assert rp["components"]["available"] and rp["components"]["frames"] == FRAMES
+    assert a["object_scores"]["observations"]["n"] >= 1  # scored LiDAR points on some object
+    # the bag's own label topic: semantic ids only
+    assert main(["replay", str(ds / "bags" / "00"), "--out", str(tmp / "replay_topic"), "--model", str(tmp / "onnx"),
+                 "--dataset-config", str(ds / "dataset.yaml"), "--calib", str(ds / "sequences" / "00" / "calib.txt"),
+                 "--no-progress"]) == 0
+    b = json.loads((tmp / "replay_topic" / "metrics.json").read_text())["alerts"]
+    assert b["objects_from"] == OBJECTS_FROM_CLASSES and b["frames_with_pixel_instances"] == 0
+    assert b["frame"] == a["frame"] and b["false_alerts"] == a["false_alerts"]
+    per_class = sorted({k & 0xFFFF for o in objs for k in o})
+    assert sorted({o["key"] for o in b["objects"]["list"]}) == per_class
