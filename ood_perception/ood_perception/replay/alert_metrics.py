@@ -23,9 +23,8 @@ Objects: with pixel instance ids (a SemanticKITTI-layout label folder written by
 is one object (instance 0). ``result()["alerts"]["objects_from"]`` says which was used.
 
 Known-class objects (for the object-score separation) are the SemanticKITTI *thing* ids
-(:data:`~ood_perception.evaluation.SEMANTIC_KITTI_THING_IDS`) the dataset's label map names and
-does not list as anomalies: the synthetic world and SemanticKITTI share these raw ids; a dataset
-with another id scheme gets no known-class objects (``object_scores`` then reports why).
+the dataset's label map names and does not list as anomalies
+(:func:`~ood_perception.evaluation.known_thing_ids`).
 """
 
 from __future__ import annotations
@@ -36,10 +35,10 @@ from typing import Any
 import numpy as np
 
 from ood_perception.evaluation import (
-    SEMANTIC_KITTI_THING_IDS,
     AlertEvaluator,
     ComponentAccumulator,
     ComponentConfig,
+    known_thing_ids,
 )
 from ood_perception.evaluation.segmentation import labelled, pixel_truth
 from ood_perception.geometry.inputs import resize_labels
@@ -49,13 +48,6 @@ OBJECTS_FROM_INSTANCES = "pixel instance ids (label folder image_2_instance)"
 OBJECTS_FROM_CLASSES = ("semantic class (no pixel instance ids: the bag's camera/labels topic carries semantic ids "
                         "only; pass --labels DATASET for instances): every anomaly class of a frame is one object")
 OBJECTS_FROM_MIXED = "mixed: pixel instance ids where the label source had them, else one object per anomaly class"
-
-
-def known_thing_ids(dataset_config: Any) -> list[int]:
-    """SemanticKITTI thing ids the dataset names and does not call anomalies (see the module docstring)."""
-    ood = set(int(i) for i in dataset_config.ood_ids)
-    names = {int(k) for k in dataset_config.labels}
-    return [i for i in SEMANTIC_KITTI_THING_IDS if i in names and i not in ood]
 
 
 class AlertMetrics:
