@@ -176,13 +176,14 @@ class AlertMetrics:
             alerts = {"available": False, "reason": "no frame with pixel labels"}
         else:
             alerts = {"available": True, **self.alerts.result(), "objects_from": self.objects_from(),
-                      "frames_with_pixel_instances": self.frames_with_instances}
+                      "frames_with_pixel_instances": self.frames_with_instances,
+                      "frames_points_not_aligned": self.skipped.get("points_not_aligned", 0)}
         if self.components is None or not self.components.frames:
             comps: dict[str, Any] = {"available": False, "reason": "no scored frame with pixel labels"}
         else:
             comps = {"available": True, **self.components.result(),
                      "mask": "published ood/mask (the pipeline's threshold; the benchmark uses the oracle best-F1 one)"}
-        comps["skipped"] = dict(sorted(self.skipped.items()))
+        comps["skipped"] = {k: v for k, v in sorted(self.skipped.items()) if k.startswith("components_")}
         return {"alerts": alerts, "components": comps}
 
     def summary_rows(self) -> list[tuple[str, Any]]:
