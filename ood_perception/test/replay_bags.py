@@ -26,15 +26,16 @@ def _types(distro: str = "kilted"):
     return get_typestore(getattr(Stores, f"ROS2_{distro.upper()}"))
 
 
-def frame_arrays(i: int, anomaly: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(rgb uint8 [H,W,3], raw labels uint16 [H,W], points float32 [N,5] x,y,z,intensity,label)."""
+def frame_arrays(i: int, anomaly: bool, square_label: int = ANOMALY) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rgb uint8 [H,W,3], raw labels uint16 [H,W], points float32 [N,5] x,y,z,intensity,label).
+    ``square_label``: the raw id of the red square (another id than ANOMALY: a decoy the model flags)."""
     rng = np.random.default_rng(i)
     rgb = np.full((H, W, 3), 90, np.uint8) + rng.integers(0, 10, (H, W, 3), dtype=np.uint8)
     labels = np.full((H, W), ROAD, np.uint16)
     if anomaly:
         x0 = 10 + (i % 5) * 6
         rgb[8:20, x0 : x0 + 12] = (230, 20, 20)
-        labels[8:20, x0 : x0 + 12] = ANOMALY
+        labels[8:20, x0 : x0 + 12] = square_label
     # LiDAR frame = camera optical frame rotated: x forward, y left, z up.
     u = np.arange(0, W, 2, dtype=np.float32)
     v = np.arange(0, H, 2, dtype=np.float32)
@@ -63,10 +64,13 @@ def write_drive_bag(
     labels: bool = True,
     rate_hz: float = 10.0,
     lidar_gap: tuple[int, ...] = (),
+    decoy_frames: tuple[int, ...] = (),
+    decoy_label: int = ROAD,
 ) -> Path:
     """Write a drive bag; returns its path. ``layout``: ``plain`` (x,y,z,intensity,label float32,
     point_step 20) or ``ouster`` (x,y,z + padding, intensity, t, reflectivity, ring, label;
-    point_step 48). ``lidar_gap``: frames without a LiDAR message (a sensor drop-out)."""
+    point_step 48). ``lidar_gap``: frames without a LiDAR message (a sensor drop-out). ``decoy_frames``:
+    frames whose red square is labelled ``decoy_label`` (not an anomaly; see :func:`frame_arrays`)."""
     from rosbags.rosbag2 import StoragePlugin, Writer
 
     ts = _types(distro)
@@ -85,7 +89,8 @@ def write_drive_bag(
         for i in range(frames):
             t_ns = 1_000_000_000 + int(i * 1e9 / rate_hz)
             stamp = Time(sec=t_ns // 10**9, nanosec=t_ns % 10**9)
-            rgb, lab, pts = frame_arrays(i, i in anomaly_frames)
+            rgb, lab, pts = frame_arrays(i, i in anomaly_frames or i in decoy_frames,
+                                         decoy_label if i in decoy_frames else ANOMALY)
             if encoding == "rgb8":
                 data, step = rgb.reshape(-1), W * 3
             elif encoding == "bgra8":

@@ -173,3 +173,99 @@ def test_tf_static_check_flags_wrong_extrinsics(drive) -> None:
     mount = np.linalg.norm(WorldConfig().camera.xyz)
     assert bad["status"] == "differs" and bad["translation_m"] == pytest.approx(mount, abs=1e-6)
     assert unknown == {"status": "absent"}
+
+
+def _anomaly_objects(frame, ood_ids) -> dict[int, int]:
+    """{semantic | instance << 16: pixels} of a frame's anomaly pixels, counted here with numpy."""
+    sem = frame.pixel_labels.astype(np.int64) & 0xFFFF
+    on = np.isin(sem, ood_ids)
+    keys = sem[on] | frame.pixel_instances[on].astype(np.int64) << 16
+    k, n = np.unique(keys, return_counts=True)
+    return dict(zip(k.tolist(), n.tolist(), strict=True))
+
+
+def test_replay_alert_metrics_take_instances_from_the_label_folder(drive, results) -> None:
+    """Issue 17: replay with ``--labels`` tells anomaly objects apart by the dataset's pixel
+    instances (the bag's camera/labels are semantic ids only); the same bag with its label topic
+    gives the same frame-level numbers and one object per anomaly class."""
+    from ood_perception.data import DatasetConfig, SemanticKittiReader
+    from ood_perception.replay.alert_metrics import OBJECTS_FROM_CLASSES, OBJECTS_FROM_INSTANCES
+
+    tmp, ds, _ = drive
+    _, rp, _ = results
+    cfg = DatasetConfig.from_yaml(ds / "dataset.yaml")
+    reader = SemanticKittiReader(ds, sequences=["00"])
+    objs = [_anomaly_objects(reader[i], cfg.ood_ids) for i in range(FRAMES)]
+    a = rp["alerts"]
+    assert a["available"] and a["frames"] == FRAMES
+    assert a["objects_from"] == OBJECTS_FROM_INSTANCES and a["frames_with_pixel_instances"] == FRAMES
+    assert a["frame"]["n_positive"] == sum(sum(o.values()) >= 50 for o in objs)
+    assert a["frame"]["n_negative"] == sum(not o for o in objs)
+    in_view = sorted({k for o in objs for k, n in o.items() if n >= 50})
+    assert in_view and any(k >> 16 for k in in_view)  # instance ids are in the keys
+    assert sorted(o["key"] for o in a["objects"]["list"] if o["in_view"]) == in_view
+    assert a["objects"]["in_view"]["n"] == len(in_view)
+    assert rp["components"]["available"] and rp["components"]["frames"] == FRAMES
+    assert a["object_scores"]["observations"]["n"] >= 1  # scored LiDAR points on some object
+    # the bag's own label topic: semantic ids only
+    assert main(["replay", str(ds / "bags" / "00"), "--out", str(tmp / "replay_topic"), "--model", str(tmp / "onnx"),
+                 "--dataset-config", str(ds / "dataset.yaml"), "--calib", str(ds / "sequences" / "00" / "calib.txt"),
+                 "--no-progress"]) == 0
+    b = json.loads((tmp / "replay_topic" / "metrics.json").read_text())["alerts"]
+    assert b["objects_from"] == OBJECTS_FROM_CLASSES and b["frames_with_pixel_instances"] == 0
+    assert b["frame"] == a["frame"] and b["false_alerts"] == a["false_alerts"]
+    per_class = sorted({k & 0xFFFF for o in objs for k in o})
+    assert sorted({o["key"] for o in b["objects"]["list"]}) == per_class
+
+
+def test_evaluate_reports_components_and_object_scores(drive, results) -> None:
+    """Issue 17 in ``evaluate``: component metrics at the 95%-ID-pixel threshold (here of the evaluated
+    split: the dataset has no val split) and the object-score separation, which equals replay's
+    (same points, same maxlogit scores up to ONNX Runtime vs torch)."""
+    from scipy import ndimage
+
+    from ood_perception.data import DatasetConfig, SemanticKittiReader
+
+    tmp, ds, _ = drive
+    ev, rp, _ = results
+    c = ev["components"]
+    assert c["available"] and c["scorer"] == "maxlogit" and c["frames"] == FRAMES
+    assert c["threshold"] == ev["ood"]["pixel"]["maxlogit"]["threshold_id"]
+    assert "evaluated split" in c["threshold_source"]
+    # ground-truth components: 8-connected components of the anomaly mask with >= min_gt_pixels px
+    cfg = DatasetConfig.from_yaml(ds / "dataset.yaml")
+    reader = SemanticKittiReader(ds, sequences=["00"])
+    n_gt = 0
+    for i in range(FRAMES):
+        lab, n = ndimage.label(cfg.ood_mask(reader[i].pixel_labels), structure=np.ones((3, 3)))
+        n_gt += int((np.bincount(lab.ravel())[1:] >= c["min_gt_pixels"]).sum())
+    assert c["n_gt_components"] == n_gt > 0
+    assert all(r["tp"] + r["fn"] == n_gt for r in c["per_tau"])
+    o, r = ev["object_scores"], rp["alerts"]["object_scores"]
+    assert o["available"] and o["known_ids"] == rp["alerts"]["config"]["known_ids"] == [10, 11, 18, 30, 31, 252, 253, 254]
+    for unit in ("observations", "tracks"):
+        assert (o[unit]["n"], o[unit].get("n_ood"), o[unit].get("n_id")) == (r[unit]["n"], r[unit].get("n_ood"), r[unit].get("n_id"))
+        if o[unit]["available"]:
+            assert o[unit]["auroc"] == pytest.approx(r[unit]["auroc"], abs=1e-6), unit
+    report = (tmp / "eval" / "report.md").read_text()
+    assert "Component metrics" in report and "Object-score separation" in report
+
+
+def test_evaluate_calibrates_the_component_threshold_on_val(drive, results) -> None:
+    """With a val split the component threshold comes from its ID pixels: a val split holding the
+    same frames gives exactly the threshold and components of the fallback."""
+    tmp, ds, ckpt = drive
+    ev, _, _ = results
+    ds2 = tmp / "ds_val"
+    ds2.mkdir(exist_ok=True)
+    if not (ds2 / "sequences").exists():
+        (ds2 / "sequences").symlink_to(ds / "sequences")
+    meta = yaml.safe_load((ds / "dataset.yaml").read_text())
+    meta["splits"] = {"test": ["00"], "val": ["00"]}
+    (ds2 / "dataset.yaml").write_text(yaml.safe_dump(meta))
+    assert main(["evaluate", str(ckpt), "--data", str(ds2), "--split", "test", "--out", str(tmp / "eval_val"),
+                 "--scorers", "maxlogit", "--no-plots", "--quiet", "--cache-dir", str(tmp / "cache_val")]) == 0
+    c = json.loads((tmp / "eval_val" / "metrics.json").read_text())["components"]
+    assert c["threshold_source"] == f"the val split ({FRAMES} frames)"
+    assert c["threshold"] == ev["components"]["threshold"]
+    assert c["per_tau"] == ev["components"]["per_tau"]

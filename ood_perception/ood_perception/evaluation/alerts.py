@@ -75,6 +75,7 @@ __all__ = [
     "AlertEvalConfig",
     "AlertEvaluator",
     "FrameRecord",
+    "known_thing_ids",
     "object_key",
     "pixel_objects",
     "point_objects",
@@ -86,6 +87,16 @@ __all__ = [
 #: moving-* ids. The synthetic world uses the subset 10, 11, 18, 30, 31, 252, 253, 254.
 SEMANTIC_KITTI_THING_IDS: tuple[int, ...] = (10, 11, 13, 15, 16, 18, 20, 30, 31, 32,
                                              252, 253, 254, 255, 256, 257, 258, 259)
+
+
+def known_thing_ids(dataset_config: Any) -> list[int]:
+    """The :data:`SEMANTIC_KITTI_THING_IDS` a dataset's label map names and does not list as
+    anomalies: the known-class objects of the object-score separation. The synthetic world and
+    SemanticKITTI share these raw ids; a dataset with another id scheme gets none (and
+    ``object_scores`` then says there are no negatives)."""
+    ood = {int(i) for i in dataset_config.ood_ids}
+    names = {int(k) for k in dataset_config.labels}
+    return [i for i in SEMANTIC_KITTI_THING_IDS if i in names and i not in ood]
 
 
 def object_key(semantic: int, instance: int) -> int:

@@ -14,7 +14,15 @@ Labels (optional): a ``camera/labels`` mono16 image topic with raw ids (matched 
 by stamp), or a SemanticKITTI-layout folder (the bag's *i*-th camera message = frame *i* of the
 sequence, counting messages the node drops too, e.g. a zero stamp), plus per-point raw ids from a
 ``label`` field of the cloud (or the folder's point labels). They feed
-:class:`~ood_perception.evaluation.segmentation.MetricsAccumulator`.
+:class:`~ood_perception.evaluation.segmentation.MetricsAccumulator` (pixel / point scores) and
+:class:`AlertMetrics` (the alert-level evaluation: an
+:class:`~ood_perception.evaluation.AlertEvaluator` with the frame score, level and stamp of every
+frame with pixel labels, and a SegmentMeIfYouCan
+:class:`~ood_perception.evaluation.ComponentAccumulator` on the published mask). Anomaly objects
+are told apart by the pixel instance ids of a label folder (``image_2_instance``, written by
+``ood-perception synth``); the bag's ``camera/labels`` topic carries semantic ids only, so without
+a label folder every anomaly class of a frame is one object (``AlertMetrics.objects_from`` says
+which).
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ from ood_perception.data.bag_reader import BagReadError, BagSource
 from ood_perception.evaluation.segmentation import MetricsAccumulator
 from ood_perception.pipeline import FusionConfig, inputs
 from ood_perception.pipeline.frame_handler import FrameSettings, FusionFrameProcessor, extrinsics_from_params
+from ood_perception.replay.alert_metrics import AlertMetrics
 
 #: Logical input topics (relative names, resolved in the bag by :meth:`BagSource.resolve`).
 DEFAULT_INPUT_TOPICS = {
@@ -139,6 +148,7 @@ class BagReplay:
     bad_inputs: dict[str, int] = field(default_factory=dict)  # per reason, as the node counts them
     thumbnails: dict[str, list[tuple[int, np.ndarray]]] = field(default_factory=dict)
     extrinsics: dict[str, Any] = field(default_factory=dict)  # check against the bag's /tf_static
+    alert_metrics: AlertMetrics | None = None  # alert-level + component metrics (frames with pixel labels)
 
     @property
     def x_real_time(self) -> float:
@@ -164,6 +174,7 @@ class _Scored:
     calib: Any
     pix_raw: np.ndarray | None
     pt_raw: np.ndarray | None
+    pix_inst: np.ndarray | None = None
 
 
 def _stamp_ns(header: Any) -> int:
@@ -226,10 +237,16 @@ class LabelFolder:
 
     def get(self, i: int) -> tuple[np.ndarray | None, np.ndarray | None]:
         """(pixel raw labels, point raw labels) of frame ``i`` (None beyond the folder)."""
+        pix, pts, _ = self.get_with_instances(i)
+        return pix, pts
+
+    def get_with_instances(self, i: int) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+        """(pixel raw labels, point raw labels, pixel instance ids) of frame ``i`` (None beyond the
+        folder; instances None when the folder has no ``image_2_instance``)."""
         if i >= len(self.reader):
-            return None, None
+            return None, None, None
         f = self.reader[i]
-        return f.pixel_labels, f.point_labels
+        return f.pixel_labels, f.point_labels, f.pixel_instances
 
 
 #: The extrinsics in use "agree" with the bag's /tf_static within these bounds.
@@ -285,6 +302,7 @@ def replay_bag(
     label_folder: LabelFolder | None = None,
     progress: bool = False,
     on_frame: Callable[[FrameRecord, Any], None] | None = None,
+    sequence: str | None = None,
 ) -> BagReplay:
     """Replay one bag through ``pipeline`` (a :class:`~ood_perception.pipeline.FusionPipeline`).
 
@@ -293,6 +311,7 @@ def replay_bag(
         dataset_config: :class:`~ood_perception.data.DatasetConfig` of the label ids (needed for
             metrics when the bag carries labels; defaults to the label folder's, then SemanticKITTI's).
         on_frame: called with each frame's record and the pipeline result (tests, live views).
+        sequence: the bag's name in the alert evaluation (default: the bag's file name).
 
     Returns:
         :class:`BagReplay`. A damaged bag does not raise: the frames before the damage are kept
@@ -323,6 +342,8 @@ def replay_bag(
 
                 dataset_config = DatasetConfig.semantic_kitti()
         metrics = MetricsAccumulator(dataset_config, getattr(pipeline, "threshold", None), getattr(pipeline, "input_hw", None))
+        alert_metrics = AlertMetrics(dataset_config, sequence or Path(bag_path).name or str(bag_path),
+                                     getattr(pipeline, "threshold", None))
         now = [0.0]
         fs = settings.frame_settings()
         proc = FusionFrameProcessor(pipeline, fs, clock=lambda: now[0])  # arrival clock: bag time
@@ -342,12 +363,31 @@ def replay_bag(
                 rec.frame_auroc, rec.ood_iou = stats.get("auroc"), stats.get("ood_iou")
                 if item.pix_raw is not None:
                     gt_ood = dataset_config.ood_mask(item.pix_raw)
+                    add_alert_frame(item)
             if item.rgb is not None:
                 key = rec.ood_iou if rec.ood_iou is not None else rec.frame_auroc
                 if key is None:  # without labels: most / least anomalous frames
                     key = rec.frame_score
                 thumbs.offer(float(key), rec.index,  # rendered at the end, only for the frames kept
                              lambda rgb=item.rgb, mask=result.mask, gt=gt_ood: overlay(rgb, mask, gt))
+
+        def add_alert_frame(item: _Scored) -> None:
+            """Feed the alert evaluation: level, frame score, labels, scored points' labels."""
+            result = item.result
+            if result.mask is not None:
+                hw = result.mask.shape[:2]
+            elif item.rgb is not None:
+                hw = item.rgb.shape[:2]
+            else:
+                hw = np.asarray(item.pix_raw).shape[:2]
+            pt_lab = None
+            if item.pt_raw is not None and item.points is not None and len(item.pt_raw) == len(item.points):
+                inview = getattr(result, "in_view", None)  # the pipeline's own view test, as metrics uses it
+                if inview is None or len(inview) != len(item.points):
+                    inview = metrics._inview(item.points, item.calib)
+                if inview is not None:
+                    pt_lab = np.asarray(item.pt_raw)[inview]
+            alert_metrics.add(result, item.rec.stamp_ns, hw, item.pix_raw, item.pix_inst, pt_lab)
 
         def emit(started: Any, future: Any, bag_ns: int, t0: float) -> None:
             """Complete a started frame (in frame order): output bag, labels, metrics, record."""
@@ -367,8 +407,9 @@ def replay_bag(
             pt_raw = None
             has_folder_pix = False
             pix_raw = None
+            pix_inst = None
             if cam is not None and label_folder is not None and cam.header.stamp_ns in image_index:
-                pix_raw, pt_raw = label_folder.get(image_index[cam.header.stamp_ns])
+                pix_raw, pt_raw, pix_inst = label_folder.get_with_instances(image_index[cam.header.stamp_ns])
                 has_folder_pix = pix_raw is not None
             if lid is not None and pt_raw is None and settings.label_field:
                 cloud = pointcloud2_to_array(lid.source)
@@ -382,7 +423,7 @@ def replay_bag(
                 latency_s=latency, modalities=list(result.modalities),
             )
             frames.append(rec)
-            item = _Scored(rec, result, rgb, points, calib_used, pix_raw, pt_raw)
+            item = _Scored(rec, result, rgb, points, calib_used, pix_raw, pt_raw, pix_inst)
             if cam is not None and not has_folder_pix and topics["labels"]:
                 if stamp_ns in pending_labels:  # the label image came first
                     item.pix_raw = pending_labels.pop(stamp_ns)
@@ -497,7 +538,7 @@ def replay_bag(
             bag=str(bag_path), frames=frames, metrics=metrics, duration_s=duration,
             wall_s=time.perf_counter() - t_wall, topics={k: v for k, v in topics.items() if v},
             sync_counters=sync_counters, error=error, salvaged=src.salvaged, thumbnails=thumbs.result(),
-            bad_inputs=dict(sorted(bad.items())), extrinsics=extrinsics,
+            bad_inputs=dict(sorted(bad.items())), extrinsics=extrinsics, alert_metrics=alert_metrics,
         )
     finally:
         src.close()

@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 
 from ood_perception.atomic import atomic_write_text as _write
+from ood_perception.evaluation import render_timeline_png
 
 LEVEL_NAMES = ["CLEAR", "WARNING", "ALERT", "DEGRADED"]
 LEVEL_COLOURS = ["#2e7d32", "#f9a825", "#c62828", "#6d6d6d"]
@@ -206,6 +207,25 @@ def _img(b64: str | None, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{b64}">' if b64 else ""
 
 
+def alert_section(alert_metrics: Any) -> str:
+    """HTML of the alert-level evaluation: summary table and one timeline per bag (sequence)."""
+    parts = ["<h2>Alert-level evaluation</h2>",
+             "<p>Frames with &ge; 50 labelled anomaly pixels are anomalous, frames with none anomaly-free; an "
+             "object is in view when it covers &ge; 50 px; a false alert episode is a run of ALERT frames that "
+             "never overlapped a labelled anomaly; components: SegmentMeIfYouCan sIoU/PPV F1 of the published "
+             "mask (definitions: docs/architecture.md, &ldquo;Alert-level evaluation&rdquo;).</p>",
+             _table(alert_metrics.summary_rows())]
+    ev = alert_metrics.alerts
+    if ev is not None:
+        for seq in ev.sequences():
+            png = render_timeline_png(ev.timeline(seq), threshold=alert_metrics.threshold,
+                                      title=f"{seq}: frame score and alert level")
+            parts.append(f"<figure>{_img(base64.b64encode(png).decode(), f'alert timeline {seq}')}"
+                         f"<figcaption>{html.escape(seq)}: frame score over time on the alert level "
+                         "(purple band: anomaly in view)</figcaption></figure>")
+    return "\n".join(parts)
+
+
 def render_html(
     title: str,
     bags: Sequence[Any],
@@ -213,6 +233,7 @@ def render_html(
     summary: dict[str, Any],
     info: dict[str, Any],
     extra_sections: Sequence[tuple[str, str]] = (),
+    alert_metrics: Any = None,
 ) -> str:
     """The report page for one or more :class:`~ood_perception.replay.engine.BagReplay`.
 
@@ -220,6 +241,8 @@ def render_html(
         summary: the pooled :meth:`MetricsAccumulator.summary`.
         info: run facts shown at the top (model, backend, params, ...).
         extra_sections: ``(heading, html)`` pairs appended (the demo adds recognition results).
+        alert_metrics: the pooled :class:`~ood_perception.replay.alert_metrics.AlertMetrics`: adds the
+            alert-level summary table and one alert timeline per bag.
     """
     frames = [f for b in bags for f in b.frames]
     duration = sum(b.duration_s for b in bags)
@@ -261,6 +284,8 @@ def render_html(
         parts.append(_img(fig_roc(metrics, summary), "ROC curves"))
     parts.append(_img(fig_histograms(metrics, threshold), "score histograms"))
     parts.append("<h2>Alerts</h2>" + _img(fig_timeline(frames, threshold), "alert timeline"))
+    if alert_metrics is not None:
+        parts.append(alert_section(alert_metrics))
     periods = [np.median(np.diff([f.bag_time_ns for f in b.frames])) * 1e-9 for b in bags if len(b.frames) > 1]
     parts.append("<h2>Latency</h2>" + _img(fig_latency(frames, float(np.median(periods)) if periods else None), "latency"))
     for b in bags:

@@ -19,6 +19,7 @@ from ood_perception.data.bag_output import OutputBag
 from ood_perception.evaluation.segmentation import MetricsAccumulator
 from ood_perception.pipeline import FusionConfig, FusionPipeline
 from ood_perception.pipeline.fusion import spec_sha256
+from ood_perception.replay.alert_metrics import pool as pool_alert_metrics
 from ood_perception.replay.engine import BagReplay, LabelFolder, ReplaySettings, replay_bag
 from ood_perception.replay.report import (
     atomic_write_text,
@@ -122,10 +123,13 @@ def write_outputs(out_dir: Path, results: Sequence[BagReplay], info: dict[str, A
             metrics.merge(r.metrics)
     summary = metrics.summary()
     frames = [f for r in results for f in r.frames]
+    alert_metrics = pool_alert_metrics([r.alert_metrics for r in results])  # pooled like MetricsAccumulator
+    alert_eval = alert_metrics.result() if alert_metrics is not None else {}
     data = {
         "info": {k: v for k, v in info.items()},
         "metrics": summary,
-        "alerts": level_counts(frames),
+        "alerts": {"levels": level_counts(frames), **alert_eval.get("alerts", {})},
+        "components": alert_eval.get("components", {"available": False, "reason": "no alert metrics"}),
         "bags": [
             {"bag": r.bag, "frames": len(r.frames), "bag_time_s": r.duration_s, "error": r.error, "salvaged": r.salvaged,
              "topics": r.topics, "sync": r.sync_counters, "bad_inputs": r.bad_inputs, "extrinsics": r.extrinsics, **({"per_frame": frames_table(r.frames)} if len(results) == 1 else {})}
@@ -140,7 +144,8 @@ def write_outputs(out_dir: Path, results: Sequence[BagReplay], info: dict[str, A
         "latency": latency_summary(frames), "frames": len(frames), "cpu_count": os.cpu_count(),
     })
     title = "OOD replay: " + (Path(results[0].bag).name if len(results) == 1 else f"{len(results)} bags")
-    atomic_write_text(out_dir / "report.html", render_html(title, results, metrics, summary, info, extra_sections))
+    atomic_write_text(out_dir / "report.html", render_html(title, results, metrics, summary, info, extra_sections,
+                                                                 alert_metrics=alert_metrics))
     return data
 
 

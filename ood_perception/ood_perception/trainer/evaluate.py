@@ -22,6 +22,11 @@ see :mod:`ood_perception.evaluation.segmentation`, so both give the same numbers
 ``--resolution input`` is the cheaper training-time view: pixels at the input size with labels
 downsampled (nearest), all in-view points; its numbers are not comparable with replay's.
 
+With ``--resolution camera`` it also reports, for the headline scorer (the first of ``--scorers``),
+SegmentMeIfYouCan component metrics of the mask binarised at the 95%-ID-pixel threshold and the
+anomaly-vs-known object-score separation (metrics.json ``components`` / ``object_scores``; see
+:mod:`ood_perception.trainer.eval_alerts` for the threshold's source).
+
 HIMPLoS is fitted on the training split's features (pixels subsampled, labels at the feature
 resolution); its per-pixel score at stride 4 is upsampled bilinearly to the input size (as the
 exported graph does).
@@ -49,6 +54,12 @@ from ood_perception.geometry.maps import (
     upsample_score_map,
 )
 from ood_perception.metrics import ood_metrics, segmentation_metrics
+from ood_perception.trainer.eval_alerts import (
+    MAX_THRESHOLD_FRAMES,
+    EvalAlertExtras,
+    IdPixelScores,
+    report_lines,
+)
 from ood_perception.trainer.seg_data import SegmentationData, collate, open_reader
 
 #: Scorers evaluated by default (the first is the headline one).
@@ -101,12 +112,15 @@ def _fit_himplos(model: Any, data: Any, mean: Any, std: Any, device: Any, max_fr
 
 def evaluate_model(model: Any, ckpt: dict[str, Any], data: Any, scorers: tuple[str, ...] = DEFAULT_SCORERS,
                    train_data: Any = None, batch_size: int = 4, device: Any = "cpu",
-                   overlay_count: int = 0, resolution: str = "camera") -> tuple[dict[str, Any], dict[str, Any]]:
+                   overlay_count: int = 0, resolution: str = "camera",
+                   on_frame: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Metrics of ``model`` on ``data`` (:class:`SegmentationData`).
 
     Args:
         resolution: ``camera`` (default: the convention replay shares, see the module docstring;
             reads each frame's labels and points again from ``data.reader``) or ``input``.
+        on_frame: ``camera`` only: called per frame with ``(index, sample, frame, maps)`` (maps:
+            scorer name -> model-resolution score map), e.g. the alert-level extras.
 
     Returns:
         ``(metrics, raw)`` where raw holds per-scorer ID/OOD score arrays (for plots) and overlays.
@@ -120,7 +134,7 @@ def evaluate_model(model: Any, ckpt: dict[str, Any], data: Any, scorers: tuple[s
         raise ValueError(f"resolution must be one of {RESOLUTIONS}, got {resolution!r}")
     with torch.no_grad():
         return _evaluate_model(model, ckpt, data, scorers, train_data, batch_size, torch.device(device), overlay_count,
-                               resolution)
+                               resolution, on_frame)
 
 
 class _Collector:
@@ -186,7 +200,7 @@ def _add_camera_resolution(col: _Collector, s: Any, frame: Any, config: Any, map
 
 def _evaluate_model(model: Any, ckpt: dict[str, Any], data: Any, scorers: tuple[str, ...], train_data: Any,
                     batch_size: int, device: Any, overlay_count: int,
-                    resolution: str = "camera") -> tuple[dict[str, Any], dict[str, Any]]:
+                    resolution: str = "camera", on_frame: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:
     import torch.nn.functional as F  # lazy: torch is heavy to import and only this path needs it
 
     from ood_perception.scoring import (
@@ -228,7 +242,10 @@ def _evaluate_model(model: Any, ckpt: dict[str, Any], data: Any, scorers: tuple[
             fmaps = {name: m[b] for name, m in maps.items()}
             fpreds = {h: p[b] for h, p in preds.items()}
             if resolution == "camera":
-                _add_camera_resolution(col, s, reader[start + b], data.config, fmaps, fpreds)
+                frame = reader[start + b]
+                _add_camera_resolution(col, s, frame, data.config, fmaps, fpreds)
+                if on_frame is not None:
+                    on_frame(start + b, s, frame, fmaps)
             else:
                 _add_input_resolution(col, s, fmaps, fpreds)
             if len(overlays) < overlay_count and s.pixel_ood.any():
@@ -321,6 +338,53 @@ def _plots(raw: dict[str, Any], out: Path, colors: np.ndarray) -> list[str]:
     return written
 
 
+class _Spaced:
+    """At most ``max_frames`` evenly spaced frames of a :class:`SegmentationData` (samples, reader
+    and config alike), as export picks its calibration frames."""
+
+    def __init__(self, data: Any, max_frames: int) -> None:
+        n = len(data)
+        idx = np.arange(n) if n <= max_frames else np.unique(np.linspace(0, n - 1, max_frames).round().astype(int))
+        self.idx = [int(i) for i in idx]
+        self.data, self.config = data, data.config
+        self.reader = _Picked(data.reader, self.idx)
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    def __getitem__(self, i: int) -> Any:
+        return self.data[self.idx[i]]
+
+
+class _Picked:
+    def __init__(self, reader: Any, idx: list[int]) -> None:
+        self.reader, self.idx = reader, idx
+
+    def __getitem__(self, i: int) -> Any:
+        return self.reader[self.idx[i]]
+
+
+def _alert_extras(model: Any, ckpt: dict[str, Any], root: Path, split: str | None, data: Any, head: str,
+                  train_data: Any, size: Any, cache_dir: str | None, schema: Any, device: str,
+                  show_progress: bool) -> tuple[EvalAlertExtras, Any]:
+    """The extras object and the main pass's ``on_frame`` hook; the threshold is calibrated on the
+    val split first when there is one (see :mod:`ood_perception.trainer.eval_alerts`)."""
+    extras = EvalAlertExtras(data.config, head)
+    if "val" in data.config.splits and split != "val":
+        val = _Spaced(SegmentationData(root, "val", size, cache_dir, schema, show_progress=show_progress),
+                      MAX_THRESHOLD_FRAMES)
+        ids = IdPixelScores(data.config, head)
+        evaluate_model(model, ckpt, val, (head,), train_data, device=device, on_frame=ids)
+        extras.set_threshold(ids.threshold(), f"the val split ({ids.frames} frames)")
+
+        def hook(*a: Any) -> None:
+            extras.add_objects(*a)
+            extras.add_components(*a)
+
+        return extras, hook
+    return extras, extras.add_objects
+
+
 def _report(metrics: dict[str, Any], figures: list[str], header: dict[str, Any]) -> str:
     lines = ["# Segmentation evaluation", ""]
     for k, v in header.items():
@@ -343,6 +407,8 @@ def _report(metrics: dict[str, Any], figures: list[str], header: dict[str, Any])
                          f"{100 * m['aupr_in']:.2f} | {m['n_id']} | {m['n_ood']} |")
     lines += ["", "FPR95: share of ID flagged at the threshold catching 95% of OOD (`fpr95_id`, the other "
               "convention, is in metrics.json).", ""]
+    if "components" in metrics:
+        lines += report_lines(metrics)
     if figures:
         lines += ["## Figures", ""] + [f"![{f}]({f})" for f in figures] + [""]
     return "\n".join(lines)
@@ -368,8 +434,21 @@ def evaluate(checkpoint: str | os.PathLike[str], data_root: str | os.PathLike[st
     train_data = None
     if "himplos" in scorers and fit_split:
         train_data = SegmentationData(root, fit_split, size, cache_dir, schema, show_progress=show_progress)
+    # the alert-level extras (camera resolution): the headline scorer, the first one evaluate can build
+    head = next((n for n in scorers if n != "himplos" or train_data is not None), None)
+    extras, hook = (None, None)
+    if resolution == "camera" and head is not None:
+        extras, hook = _alert_extras(model, ckpt, root, split, data, head, train_data, size, cache_dir, schema,
+                                     device, show_progress)
     metrics, raw = evaluate_model(model, ckpt, data, tuple(scorers), train_data, device=device,
-                                  overlay_count=overlays if plots else 0, resolution=resolution)
+                                  overlay_count=overlays if plots else 0, resolution=resolution, on_frame=hook)
+    if extras is not None:
+        pix = metrics["ood"].get("pixel", {}).get(head, {})
+        if extras.threshold is None and "threshold_id" in pix:  # no val split: the evaluated split's ID pixels
+            extras.set_threshold(pix["threshold_id"], f"the evaluated split's ID pixels (split {split!r} has no "
+                                 "separate val split to calibrate on)")
+            evaluate_model(model, ckpt, data, (head,), train_data, device=device, on_frame=extras.add_components)
+        metrics.update(extras.result())
     metrics["checkpoint"] = str(Path(checkpoint).resolve())
     metrics["data"] = str(root.resolve())
     metrics["split"] = split
