@@ -34,10 +34,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--shard", help="i/n: replay only every n-th bag from i (bags sorted by path)")
     p.add_argument("--calib", metavar="CALIB_TXT",
                    help="KITTI calib.txt whose Tr (P2 offset folded in) gives the LiDAR->camera extrinsics, "
-                   "overriding the params file's (e.g. DATA/sequences/00/calib.txt of `ood-perception synth --bag`)")
+                   "overriding the bag's /tf_static and the params file's")
+    p.add_argument("--extrinsics", choices=["auto", "params"], default="auto",
+                   help="auto (default): the LiDAR->camera transform of the bag's /tf_static, else the params file's "
+                   "lidar_to_camera.* (else the node's default); params: always the params file's, as the node does "
+                   "live (still checked against /tf_static). The choice is in metrics.json bags[].extrinsics")
     p.add_argument("--labels", help="SemanticKITTI-layout folder with labels (else the bag's camera/labels topic)")
     p.add_argument("--sequence", help="sequence of --labels to use (default: all, in order)")
-    p.add_argument("--dataset-config", help="dataset.yaml of the label ids (default: the label folder's, else SemanticKITTI)")
+    p.add_argument("--dataset-config",
+                   help="dataset.yaml of the label ids (default: the --labels folder's, else the map in the bag's "
+                   "metadata, else a dataset.yaml next to the bag, else SemanticKITTI's when it is the model's); "
+                   "a map whose classes are not the model's is refused")
     p.add_argument("--topic", action="append", metavar="NAME=TOPIC",
                    help="map an input (image, camera_info, points, labels) to a bag topic; repeatable")
     p.add_argument("--distro", default="kilted", choices=["humble", "jazzy", "kilted"],
@@ -57,8 +64,11 @@ def handler(args: argparse.Namespace) -> int:
     settings = ReplaySettings(distro=args.distro, max_frames=args.max_frames, overlap=not args.serial)
     if args.params:
         settings = settings_from_params(node_parameters(args.params), settings)
+    if args.extrinsics == "params":
+        settings.extrinsics = "fixed"
     if args.calib:
         settings.T_cam_lidar = extrinsics_from_kitti_calib(args.calib)
+        settings.extrinsics, settings.extrinsics_source = "fixed", f"--calib {args.calib}"
     settings.topics.update(parse_topic_overrides(args.topic))
     if args.workers < 1:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
@@ -73,9 +83,10 @@ def handler(args: argparse.Namespace) -> int:
     for r in results:
         if r.extrinsics.get("status") == "differs":
             e = r.extrinsics
-            print(f"ood-perception replay: warning: {r.bag}: the extrinsics used differ from the bag's /tf_static "
-                  f"({e['frames']}) by {e['translation_m']:.3f} m, {e['rotation_deg']:.2f} deg; give --calib or "
-                  "lidar_to_camera.* in --params", file=sys.stderr)
+            print(f"ood-perception replay: warning: {r.bag}: the extrinsics used ({e['source']}) differ from the bag's "
+                  f"/tf_static ({e['frames']}) by {e['translation_m']:.3f} m, {e['rotation_deg']:.2f} deg", file=sys.stderr)
+        if r.label_map.startswith("none"):
+            print(f"ood-perception replay: warning: {r.bag}: labels not scored: {r.label_map}", file=sys.stderr)
     for r in damaged:
         print(f"ood-perception replay: error: {r.error} (results up to there were written)", file=sys.stderr)
     print(f"report: {args.out}/report.html")

@@ -142,6 +142,36 @@ def _storage_files(path: Path) -> list[Path]:
     return files
 
 
+def custom_data_of(path: str | Path) -> dict[str, str]:
+    """``custom_data`` of a bag directory's ``metadata.yaml`` (rosbag2 metadata version >= 6); empty
+    for a bare storage file or a bag without it. Read from the file itself (no storage opened), so
+    damaged bags have it too."""
+    meta = Path(path) / "metadata.yaml"
+    if not meta.is_file():
+        return {}
+    try:
+        info = (yaml.safe_load(meta.read_text()) or {}).get("rosbag2_bagfile_information") or {}
+    except (yaml.YAMLError, AttributeError, OSError):
+        return {}
+    custom = info.get("custom_data") or {}
+    return {str(k): str(v) for k, v in custom.items()} if isinstance(custom, dict) else {}
+
+
+def label_map_of(path: str | Path) -> DatasetConfig | None:
+    """The label space a bag carries in ``custom_data`` :data:`LABEL_MAP_KEY`, or None.
+
+    Raises:
+        ValueError: the bag carries one that is not a valid ``dataset.yaml`` (names the bag).
+    """
+    text = custom_data_of(path).get(LABEL_MAP_KEY)
+    if text is None:
+        return None
+    try:
+        return DatasetConfig.from_dict(yaml.safe_load(text))
+    except (yaml.YAMLError, ValueError) as exc:
+        raise ValueError(f"bag {path}: metadata custom_data {LABEL_MAP_KEY} is not a label map: {exc}") from None
+
+
 class BagSource:
     """A rosbag2 recording opened for replay.
 
@@ -222,31 +252,12 @@ class BagSource:
 
     @property
     def custom_data(self) -> dict[str, str]:
-        """``custom_data`` of the bag's ``metadata.yaml`` (rosbag2 metadata version >= 6); empty for a
-        bare storage file or a bag without it. Read from the file itself, so salvaged bags have it too."""
-        meta = self.path / "metadata.yaml"
-        if not meta.is_file():
-            return {}
-        try:
-            info = (yaml.safe_load(meta.read_text()) or {}).get("rosbag2_bagfile_information") or {}
-        except (yaml.YAMLError, AttributeError, OSError):
-            return {}
-        custom = info.get("custom_data") or {}
-        return {str(k): str(v) for k, v in custom.items()} if isinstance(custom, dict) else {}
+        """``custom_data`` of the bag's ``metadata.yaml`` (see :func:`custom_data_of`)."""
+        return custom_data_of(self.path)
 
     def label_map(self) -> DatasetConfig | None:
-        """The label space the bag carries (``custom_data`` :data:`LABEL_MAP_KEY`), or None.
-
-        Raises:
-            ValueError: the bag carries one that is not a valid ``dataset.yaml`` (names the bag).
-        """
-        text = self.custom_data.get(LABEL_MAP_KEY)
-        if text is None:
-            return None
-        try:
-            return DatasetConfig.from_dict(yaml.safe_load(text))
-        except (yaml.YAMLError, ValueError) as exc:
-            raise ValueError(f"bag {self.path}: metadata custom_data {LABEL_MAP_KEY} is not a label map: {exc}") from None
+        """The label space the bag carries (see :func:`label_map_of`)."""
+        return label_map_of(self.path)
 
     def first_message(self, topic: str) -> BagMessage | None:
         """The first message on ``topic`` (None when there is none or the bag breaks before it)."""

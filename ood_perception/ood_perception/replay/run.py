@@ -20,6 +20,7 @@ from ood_perception.evaluation.segmentation import MetricsAccumulator
 from ood_perception.pipeline import FusionConfig, FusionPipeline
 from ood_perception.pipeline.fusion import spec_sha256
 from ood_perception.replay.engine import BagReplay, LabelFolder, ReplaySettings, replay_bag
+from ood_perception.replay.labels import LabelSpace, check_model_classes, find_label_map
 from ood_perception.replay.report import (
     atomic_write_text,
     frames_table,
@@ -80,25 +81,33 @@ def run_job(job: ReplayJob) -> BagReplay:
     """Replay one bag into ``job.out_dir`` (output bag, metrics.json, timing.json, report.html)."""
 
     pipeline = build_pipeline(job.model_dir, job.backend, job.settings, job.threads)
-    dataset_config = None
-    if job.dataset_config is not None:
-        from ood_perception.data import DatasetConfig
-
-        dataset_config = DatasetConfig.from_yaml(job.dataset_config)
     folder = LabelFolder(job.labels, job.label_sequence) if job.labels else None
+    classes = model_classes(pipeline)
+    space = find_label_map(job.bag, job.dataset_config, folder.config if folder else None, classes)
+    check_model_classes(space, classes, str(job.model_dir or "default model"), job.bag)
+    settings = job.settings
+    if space.config is None:  # labels of an unknown map are not scored
+        settings = dataclasses.replace(settings, topics={**settings.topics, "labels": ""}, label_field="")
     job.out_dir.mkdir(parents=True, exist_ok=True)
     out = OutputBag(job.out_dir / "output.mcap")
     try:
-        result = replay_bag(job.bag, pipeline, job.settings, out, dataset_config, folder, progress=job.progress)
+        result = replay_bag(job.bag, pipeline, settings, out, space.config, folder, progress=job.progress)
     except BaseException:
         out.abort()
         raise
     out.close()  # also after a damaged bag: the outputs up to the damage are kept
-    write_outputs(job.out_dir, [result], info=_info(job, pipeline))
+    result.label_map = space.source
+    write_outputs(job.out_dir, [result], info=_info(job, pipeline, space))
     return result
 
 
-def _info(job: ReplayJob, pipeline: Any) -> dict[str, Any]:
+def model_classes(pipeline: Any) -> list[str] | None:
+    """The model's class names (``model.json``), None for a backend without them (test doubles)."""
+    names = getattr(getattr(pipeline.backend, "spec", None), "class_names", None)
+    return [str(n) for n in names] if names else None
+
+
+def _info(job: ReplayJob, pipeline: Any, space: LabelSpace) -> dict[str, Any]:
     spec = pipeline.backend.spec
 
     return {
@@ -109,6 +118,7 @@ def _info(job: ReplayJob, pipeline: Any) -> dict[str, Any]:
         "backend": job.backend,
         "threshold": float(pipeline.threshold),
         "labels": str(job.labels) if job.labels else "bag label topics",
+        "label_map": space.source,
     }
 
 
