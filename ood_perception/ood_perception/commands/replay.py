@@ -12,7 +12,7 @@ from ood_perception.replay.params import (
     parse_topic_overrides,
     settings_from_params,
 )
-from ood_perception.replay.run import run_replay
+from ood_perception.replay.run import merge_replays, run_replay
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,12 +21,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "replay",
         help="replay rosbag2 drives through the fusion pipeline: output bag, metrics, HTML report",
         description="Replay rosbag2 recordings (sqlite3 or mcap) in bag-time order through the same pipeline "
-        "objects as the fusion node; writes DIR/output.mcap, DIR/metrics.json, DIR/timing.json and DIR/report.html "
-        "(per bag under DIR/<bag>/ when several bags are given, plus pooled metrics and report in DIR). "
+        "objects as the fusion node; writes DIR/output/ (a rosbag2 directory: ros2 bag info/play and rosbags open it), "
+        "DIR/metrics.json, DIR/timing.json, DIR/report.html and DIR/state.npz (per bag under DIR/<bag>/ when several "
+        "bags or --shard are given, plus pooled metrics and report in DIR). The extrinsics come from the bag's "
+        "/tf_static and the label map from the bag (or a dataset.yaml next to it), so a `synth --bag` drive needs no "
+        "other flag. Shards replayed apart (--shard i/n, e.g. one per array job task) pool with "
+        "`replay --merge DIR_0 ... DIR_n-1 --out DIR`. "
         "Exit code 1 when a bag is damaged (its results up to the damage are still written).",
     )
-    p.add_argument("bags", nargs="+", metavar="BAG", help="bag directories or single .mcap/.db3 files")
+    p.add_argument("bags", nargs="*", metavar="BAG", help="bag directories or single .mcap/.db3 files")
     p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--merge", nargs="+", metavar="SHARD_DIR",
+                   help="instead of replaying: pool the outputs of `replay --shard i/n` runs (all n of them) into "
+                   "--out: metrics.json and report.html equal to one run over all the bags")
     p.add_argument("--params", help="ROS params file of the nodes (e.g. ood_perception/config/vehicle.yaml)")
     p.add_argument("--model", help="exported model directory (default: the shipped default model)")
     p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "torch", "tensorrt"])
@@ -58,8 +65,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def handler(args: argparse.Namespace) -> int:
-    """Run the replay; returns 1 when a bag was damaged, else 0."""
+    """Run the replay (or the merge of shards); returns 1 when a bag was damaged, else 0."""
 
+    if args.merge:
+        if args.bags:
+            raise ValueError("give either bags to replay or --merge SHARD_DIR..., not both")
+        data = merge_replays(args.merge, args.out)
+        damaged = [b for b in data["bags"] if b["error"]]
+        print(f"merged {len(args.merge)} shard outputs: {len(data['bags'])} bags; report: {args.out}/report.html")
+        return 1 if damaged else 0
+    if not args.bags:
+        raise ValueError("no bag given (or --merge SHARD_DIR... to pool shards)")
 
     settings = ReplaySettings(distro=args.distro, max_frames=args.max_frames, overlap=not args.serial)
     if args.params:

@@ -35,6 +35,7 @@ from rosbags.typesys import get_typestore as _get
 
 from ood_perception.atomic import replace_dir
 from ood_perception.codec.tf import matrix_to_translation_quaternion
+from ood_perception.data.bag_output import TF_STATIC_QOS
 from ood_perception.data.bag_reader import LABEL_MAP_KEY
 from ood_perception.data.config import DatasetConfig
 from ood_perception.data.frame import Frame
@@ -117,7 +118,8 @@ class BagWriter:
 
     def _conn(self, topic: str, msgtype: str):
         if topic not in self._conns:
-            self._conns[topic] = self._writer.add_connection(topic, msgtype, typestore=self.ts)
+            qos = [TF_STATIC_QOS] if topic == "/tf_static" else ()
+            self._conns[topic] = self._writer.add_connection(topic, msgtype, typestore=self.ts, offered_qos_profiles=qos)
         return self._conns[topic]
 
     def _write(self, topic: str, msg: Any, stamp_ns: int) -> None:

@@ -310,6 +310,9 @@ def replay_bag(
         T_cam_lidar, extrinsics = resolve_extrinsics(src, topics["image"], topics["points"], settings.T_cam_lidar,
                                                      settings.extrinsics, settings.extrinsics_source)
         settings = dataclasses.replace(settings, T_cam_lidar=T_cam_lidar)
+        if out_bag is not None and extrinsics["camera_frame"] and extrinsics["lidar_frame"]:
+            start = src.start_ns or 0  # the extrinsics used, so the output bag's frames line up in a viewer
+            out_bag.write_tf_static(T_cam_lidar, extrinsics["camera_frame"], extrinsics["lidar_frame"], start, start)
         if dataset_config is None:
             if label_folder is not None:
                 dataset_config = label_folder.config

@@ -87,7 +87,7 @@ def resolve_extrinsics(src: BagSource, image_topic: str, points_topic: str, T_se
         raise ValueError(f"extrinsics mode must be one of {', '.join(MODES)}, got {mode!r}")
     T_settings = np.asarray(T_settings, float)
     cam, lid = sensor_frames(src, image_topic, points_topic)
-    record: dict[str, Any] = {"frames": f"{lid} -> {cam}"}
+    record: dict[str, Any] = {"frames": f"{lid} -> {cam}", "lidar_frame": lid, "camera_frame": cam}
     T_tf = None
     try:
         tree = read_tf_static(src)
