@@ -44,10 +44,11 @@ DEFAULT_OUTPUT_TOPICS = {
     "recognition": "/recognition/result",
 }
 
-#: The QoS tf2's StaticTransformBroadcaster offers (reliable, transient local, keep last 100): recorded
-#: with ``/tf_static`` so that ``ros2 bag play`` republishes it latched for late subscribers.
-_INF = QosTime(sec=0x7FFFFFFF, nsec=0xFFFFFFFF)
-TF_STATIC_QOS = Qos(history=QosHistory.KEEP_LAST, depth=100, reliability=QosReliability.RELIABLE,
+#: The QoS tf2_ros' StaticTransformBroadcaster offers (``StaticBroadcasterQoS``: reliable, transient
+#: local, keep last 1): recorded with ``/tf_static`` so that ``ros2 bag play`` republishes it latched
+#: for late subscribers. Infinite durations as rmw's ``RMW_DURATION_INFINITE`` (metadata version 9).
+_INF = QosTime(sec=9223372036, nsec=854775807)
+TF_STATIC_QOS = Qos(history=QosHistory.KEEP_LAST, depth=1, reliability=QosReliability.RELIABLE,
                     durability=QosDurability.TRANSIENT_LOCAL, deadline=_INF, lifespan=_INF,
                     liveliness=QosLiveliness.AUTOMATIC, liveliness_lease_duration=_INF,
                     avoid_ros_namespace_conventions=False)
