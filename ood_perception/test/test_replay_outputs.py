@@ -128,3 +128,24 @@ def test_state_round_trip_keeps_the_accumulator(tmp_path) -> None:
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
     with pytest.raises(ValueError, match="not a replay state file"):
         load_bag_state(tmp_path / "bad.npz")
+
+
+def test_unknown_label_map_is_not_scored(tmp_path, monkeypatch, capsys) -> None:
+    """A model whose classes are not SemanticKITTI's and a bag with no label map near it: the labels
+    are not scored (rather than with a wrong map), metrics.json and a warning say why."""
+    def named_pipeline(*a, **k):
+        p = pipeline()
+        p.backend.spec.class_names = ["road"]
+        return p
+
+    monkeypatch.setattr(run_mod, "build_pipeline", named_pipeline)
+    bag = write_drive_bag(tmp_path / "lonely" / "deeper" / "bag", frames=3)
+    res = run_mod.run_replay([bag], tmp_path / "out", settings(), progress=False)
+    data = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert data["metrics"]["frames_with_labels"] == 0 and not data["metrics"]["pixel"]["available"]
+    assert data["info"]["label_map"].startswith("none") and res[0].label_map == data["info"]["label_map"]
+    # with the map given, the same model scores them (its class 'road' is the map's class)
+    cfg = tmp_path / "labels.yaml"
+    dataset_config().write_yaml(cfg)
+    run_mod.run_replay([bag], tmp_path / "out2", settings(), dataset_config=cfg, progress=False)
+    assert json.loads((tmp_path / "out2" / "metrics.json").read_text())["metrics"]["frames_with_labels"] == 3

@@ -7,9 +7,10 @@ object with ``state()``, ``merge()`` and a loader in :data:`LOADERS`, e.g. the a
 :func:`load_bag_state` rebuilds them, and pooling the rebuilt accumulators in bag order gives the
 very arrays a single run over all bags pools, so the metrics are equal (tested).
 
-Format: one uncompressed ``.npz`` (no pickles): arrays under ``acc/<name>/<key>`` and
-``thumb/<best|worst>/<k>``, everything else as JSON in the ``meta`` entry. Pixel scores dominate
-the size (4 bytes + 1 per labelled pixel).
+Format: one uncompressed ``.npz`` (no pickles): arrays under ``acc/<name>/<key>`` (boolean ones
+as bits) and ``thumb/<best|worst>/<k>``, everything else as JSON in the ``meta`` entry. Exact
+pooling needs every labelled pixel's score, so the size is about 4.1 bytes per labelled pixel
+(a 20-frame 512x256 synthetic drive: 12.9 MB, its output bag 20 MB).
 """
 
 from __future__ import annotations
@@ -56,13 +57,17 @@ def save_bag_state(path: str | Path, result: BagReplay, accumulators: Mapping[st
             raise TypeError(f"no state loader for accumulator {name!r} of type {kind}; add one to replay.state.LOADERS")
         values: dict[str, Any] = {}
         keys: list[str] = []
+        packed: dict[str, list[int]] = {}  # boolean arrays as bits (8x smaller): key -> shape
         for k, v in acc.state().items():
             if isinstance(v, np.ndarray):
+                if v.dtype == bool:
+                    packed[k] = list(v.shape)
+                    v = np.packbits(v.reshape(-1))
                 arrays[f"acc/{name}/{k}"] = v
                 keys.append(k)
             else:
                 values[k] = v
-        accs[name] = {"type": kind, "values": values, "arrays": keys, "config": _config_of(acc)}
+        accs[name] = {"type": kind, "values": values, "arrays": keys, "packed": packed, "config": _config_of(acc)}
     thumbs: dict[str, list[int]] = {}
     for which, items in (result.thumbnails or {}).items():
         thumbs[which] = []
@@ -107,6 +112,8 @@ def load_bag_state(path: str | Path) -> tuple[BagReplay, dict[str, Any], dict[st
     accs: dict[str, Any] = {}
     for name, entry in meta["accumulators"].items():
         state = {**entry["values"], **{k: data[f"acc/{name}/{k}"] for k in entry["arrays"]}}
+        for k, shape in entry["packed"].items():
+            state[k] = np.unpackbits(state[k], count=int(np.prod(shape))).astype(bool).reshape(shape)
         accs[name] = LOADERS[entry["type"]](state, entry)
     thumbs = {which: [(idx, data[f"thumb/{which}/{k}"]) for k, idx in enumerate(items)]
               for which, items in meta["thumbnails"].items()}
