@@ -54,7 +54,7 @@ def _one_pass(bag: Path, pipeline: Any, settings: Any) -> dict[str, Any]:
     timings: list[dict[str, float]] = []
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        with OutputBag(Path(tmp) / "output.mcap") as out:
+        with OutputBag(Path(tmp) / "output") as out:
             res = replay_bag(bag, pipeline, settings, out, on_frame=lambda rec, r: timings.append(dict(r.timings)))
         wall = time.perf_counter() - t0
     return {"wall_s": wall, "frames": res.frames, "timings": timings, "labelled": res.metrics.summary().get("frames_with_labels", 0)}

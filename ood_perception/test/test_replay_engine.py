@@ -60,6 +60,8 @@ def read_outputs(path):
     with BagSource(path) as src:
         for m in src.messages(src.topics):
             key = m.topic.split("/")[-1]
+            if key == "tf_static":
+                continue
             if key in ("mask", "score"):
                 out[key].append((m.msg.header.stamp.sec, m.msg.header.stamp.nanosec, image_to_numpy(m.msg)))
             elif key == "points":
@@ -74,10 +76,10 @@ def test_replay_outputs_and_metrics_match_independent_computation(tmp_path):
     from ood_perception.metrics import ood_metrics
 
     bag = write_drive_bag(tmp_path / "in", frames=6, anomaly_frames=(2, 3, 4))
-    with OutputBag(tmp_path / "output.mcap") as out:
+    with OutputBag(tmp_path / "output") as out:
         res = replay_bag(bag, pipeline(), settings(), out, dataset_config())
     assert res.error is None and len(res.frames) == 6
-    got = read_outputs(tmp_path / "output.mcap")
+    got = read_outputs(tmp_path / "output")
     assert len(got["mask"]) == len(got["alerts"]) == 6
     scores, oods = [], []
     for i, (sec, nsec, mask) in enumerate(got["mask"]):
@@ -128,10 +130,10 @@ def test_overlapped_inference_gives_the_serial_outputs(tmp_path, backend):
     for overlap in (False, True):
         cfg = FusionConfig(min_region_pixels=20, alert=AlertConfig(raise_k=2, raise_n=3, clear_frames=2, cooldown_s=0.0))
         seen = []
-        with OutputBag(tmp_path / f"out_{overlap}.mcap") as out:
+        with OutputBag(tmp_path / f"out_{overlap}") as out:
             res = replay_bag(bag, FusionPipeline(backend(), cfg), settings(overlap=overlap), out, dataset_config(),
                              on_frame=lambda rec, r, seen=seen: seen.append(rec.index))
-        runs[overlap] = (res, read_outputs(tmp_path / f"out_{overlap}.mcap"), seen)
+        runs[overlap] = (res, read_outputs(tmp_path / f"out_{overlap}"), seen)
     (a, out_a, seen_a), (b, out_b, seen_b) = runs[False], runs[True]
     assert len(a.frames) == len(b.frames) == 8 and seen_a == seen_b == list(range(8))
     key = [(f.stamp_ns, f.level, f.description, f.frame_score, f.num_regions) for f in a.frames]
@@ -170,11 +172,11 @@ def test_truncated_bag_keeps_results_up_to_damage(tmp_path, storage):
     from ood_perception.data.bag_output import OutputBag
 
     bag = truncate_bag(write_drive_bag(tmp_path / "a", storage=storage, frames=40), 0.5)
-    with OutputBag(tmp_path / "output.mcap") as out:
+    with OutputBag(tmp_path / "output") as out:
         res = replay_bag(bag, pipeline(), settings(), out, dataset_config())
     assert res.error and str(bag) in res.error and "after message #" in res.error
     assert 5 < len(res.frames) < 40
-    assert len(read_outputs(tmp_path / "output.mcap")["alerts"]) == len(res.frames)
+    assert len(read_outputs(tmp_path / "output")["alerts"]) == len(res.frames)
 
 
 def test_no_labels_means_no_metrics(tmp_path):
@@ -199,7 +201,7 @@ def test_cli_outputs_deterministic_and_report(tmp_path, monkeypatch):
         run_mod.run_replay([bag], tmp_path / f"out{k}", settings(overlap=overlap), dataset_config=cfg, progress=False)
         outs.append(tmp_path / f"out{k}")
     for k in (1, 2):
-        assert (outs[0] / "output.mcap").read_bytes() == (outs[k] / "output.mcap").read_bytes()
+        assert (outs[0] / "output/output.mcap").read_bytes() == (outs[k] / "output/output.mcap").read_bytes()
         assert (outs[0] / "metrics.json").read_bytes() == (outs[k] / "metrics.json").read_bytes()
     data = json.loads((outs[0] / "metrics.json").read_text())
     assert data["metrics"]["pixel"]["available"] and len(data["bags"][0]["per_frame"]) == 5
@@ -222,7 +224,7 @@ def test_several_bags_workers_and_shards(tmp_path, monkeypatch):
     res = run_mod.run_replay(bags, tmp_path / "out", settings(), dataset_config=cfg, shard="0/2", progress=False)
     assert [r.bag for r in res] == [str(bags[0]), str(bags[2])]
     pooled = json.loads((tmp_path / "out/metrics.json").read_text())
-    assert (tmp_path / "out/bag0/output.mcap").exists() and (tmp_path / "out/bag2/report.html").exists()
+    assert (tmp_path / "out/bag0/output/metadata.yaml").exists() and (tmp_path / "out/bag2/report.html").exists()
     n = sum(json.loads((tmp_path / f"out/{b}/metrics.json").read_text())["metrics"]["pixel"]["n"] for b in ("bag0", "bag2"))
     assert pooled["metrics"]["pixel"]["n"] == n == 2 * 3 * H * W
 

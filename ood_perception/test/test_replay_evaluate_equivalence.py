@@ -269,3 +269,70 @@ def test_evaluate_calibrates_the_component_threshold_on_val(drive, results) -> N
     assert c["threshold_source"] == f"the val split ({FRAMES} frames)"
     assert c["threshold"] == ev["components"]["threshold"]
     assert c["per_tau"] == ev["components"]["per_tau"]
+def _replay(args, out):
+    assert main(["replay", *args, "--out", str(out), "--no-progress"]) == 0
+    return json.loads((out / "metrics.json").read_text())
+
+
+def _same_metrics(a, b) -> None:
+    for key in ("pixel", "point", "segmentation", "segmentation_point"):
+        assert a["metrics"][key] == b["metrics"][key], key
+
+
+def test_replay_without_flags_equals_replay_with_calib_and_dataset_config(drive, results) -> None:
+    """Issue 13: ``replay BAG --out DIR`` on a synth bag: the label map comes from the bag's metadata
+    (or the dataset.yaml next to it), the extrinsics from its /tf_static, so the metrics equal those
+    with ``--calib`` and ``--dataset-config`` (and with the label folder)."""
+    tmp, ds, _ = drive
+    _, rp_folder, _ = results
+    bag, model = str(ds / "bags" / "00"), ["--model", str(tmp / "onnx")]
+    plain = _replay([bag, *model], tmp / "plain")
+    flags = _replay([bag, *model, "--calib", str(ds / "sequences/00/calib.txt"),
+                     "--dataset-config", str(ds / "dataset.yaml")], tmp / "flags")
+    _same_metrics(plain, flags)
+    _same_metrics(plain, rp_folder)
+    m = plain["metrics"]
+    assert m["frames_with_labels"] == FRAMES and m["pixel"]["available"] and m["pixel"]["n_ood"] > 0
+    e = plain["bags"][0]["extrinsics"]
+    assert e["source"] == "/tf_static" and e["frames"] == "lidar -> camera_optical" and e["status"] == "agrees"
+    np.testing.assert_allclose(e["T_cam_lidar"], flags["bags"][0]["extrinsics"]["T_cam_lidar"], atol=1e-6)
+    assert flags["bags"][0]["extrinsics"]["source"].startswith("--calib")
+    assert plain["info"]["label_map"] == "the bag's metadata"
+    # the params (node default) on request: the camera mount is missing, and metrics.json says so
+    params = _replay([bag, *model, "--extrinsics", "params"], tmp / "params")
+    pe = params["bags"][0]["extrinsics"]
+    assert pe["source"] == "node default" and pe["status"] == "differs" and pe["translation_m"] > 0.2
+
+
+def test_dataset_yaml_next_to_a_bag_without_metadata_map(drive, tmp_path) -> None:
+    """A bare storage file copied into the dataset (no metadata.yaml): dataset.yaml two folders up."""
+    from ood_perception.replay.labels import dataset_yaml_near, find_label_map
+
+    _, ds, _ = drive
+    assert dataset_yaml_near(ds / "bags" / "00") == (ds / "dataset.yaml").resolve()
+    (db,) = (ds / "bags" / "00").glob("*.db3")
+    assert find_label_map(db).source == str((ds / "dataset.yaml").resolve())
+    assert find_label_map(ds / "bags" / "00").source == "the bag's metadata"
+    lonely = tmp_path / "a" / "b" / "c"
+    lonely.mkdir(parents=True)
+    assert find_label_map(lonely, model_classes=["x"]).config is None  # nothing found, not SemanticKITTI's
+
+
+def test_labels_of_another_label_space_are_refused(drive, capsys) -> None:
+    """A model whose classes are not the bag's label map: one line naming both, nothing written."""
+    import shutil
+
+    tmp, ds, _ = drive
+    other = tmp / "other_model"
+    shutil.copytree(tmp / "onnx", other)
+    spec = json.loads((other / "model.json").read_text())
+    spec["class_names"] = ["car", "bicycle", "motorcycle", *spec["class_names"][3:]]
+    (other / "model.json").write_text(json.dumps(spec))
+    capsys.readouterr()
+    assert main(["replay", str(ds / "bags" / "00"), "--out", str(tmp / "refused"), "--model", str(other),
+                 "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "the bag's metadata" in err and "motorcycle" not in err.split("is not the label space")[0]
+    assert f"the model {other}" in err and "motorcycle" in err
+    assert not (tmp / "refused").exists()

@@ -179,10 +179,10 @@ class LiveComparison:
 
 def compare_live(replay_out: Path, frames: Sequence[Any], live: Any, mask_topic: str = "/ood/mask") -> LiveComparison:
     """Compare the live node's record (:class:`~.live.LiveRecord`) with replay's frames and the
-    masks in replay's output bag (``replay_out/output.mcap``), keyed by camera stamp."""
+    masks in replay's output bag (``replay_out/output/``, a rosbag2 directory), keyed by camera stamp."""
 
     replay_masks: dict[int, np.ndarray] = {}
-    with BagSource(replay_out / "output.mcap") as src:
+    with BagSource(replay_out / "output") as src:
         for m in src.messages([mask_topic]):
             msg = m.msg
             stamp = int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)

@@ -12,7 +12,7 @@ from ood_perception.replay.params import (
     parse_topic_overrides,
     settings_from_params,
 )
-from ood_perception.replay.run import run_replay
+from ood_perception.replay.run import merge_replays, run_replay
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,12 +21,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "replay",
         help="replay rosbag2 drives through the fusion pipeline: output bag, metrics, HTML report",
         description="Replay rosbag2 recordings (sqlite3 or mcap) in bag-time order through the same pipeline "
-        "objects as the fusion node; writes DIR/output.mcap, DIR/metrics.json, DIR/timing.json and DIR/report.html "
-        "(per bag under DIR/<bag>/ when several bags are given, plus pooled metrics and report in DIR). "
+        "objects as the fusion node; writes DIR/output/ (a rosbag2 directory: ros2 bag info/play and rosbags open it), "
+        "DIR/metrics.json, DIR/timing.json, DIR/report.html and DIR/state.npz (per bag under DIR/<bag>/ when several "
+        "bags or --shard are given, plus pooled metrics and report in DIR). The extrinsics come from the bag's "
+        "/tf_static and the label map from the bag (or a dataset.yaml next to it), so a `synth --bag` drive needs no "
+        "other flag. Shards replayed apart (--shard i/n, e.g. one per array job task) pool with "
+        "`replay --merge DIR_0 ... DIR_n-1 --out DIR`. "
         "Exit code 1 when a bag is damaged (its results up to the damage are still written).",
     )
-    p.add_argument("bags", nargs="+", metavar="BAG", help="bag directories or single .mcap/.db3 files")
+    p.add_argument("bags", nargs="*", metavar="BAG", help="bag directories or single .mcap/.db3 files")
     p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--merge", nargs="+", metavar="SHARD_DIR",
+                   help="instead of replaying: pool the outputs of `replay --shard i/n` runs (all n of them) into "
+                   "--out: metrics.json and report.html equal to one run over all the bags")
     p.add_argument("--params", help="ROS params file of the nodes (e.g. ood_perception/config/vehicle.yaml)")
     p.add_argument("--model", help="exported model directory (default: the shipped default model)")
     p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "torch", "tensorrt"])
@@ -34,10 +41,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--shard", help="i/n: replay only every n-th bag from i (bags sorted by path)")
     p.add_argument("--calib", metavar="CALIB_TXT",
                    help="KITTI calib.txt whose Tr (P2 offset folded in) gives the LiDAR->camera extrinsics, "
-                   "overriding the params file's (e.g. DATA/sequences/00/calib.txt of `ood-perception synth --bag`)")
+                   "overriding the bag's /tf_static and the params file's")
+    p.add_argument("--extrinsics", choices=["auto", "params"], default="auto",
+                   help="auto (default): the LiDAR->camera transform of the bag's /tf_static, else the params file's "
+                   "lidar_to_camera.* (else the node's default); params: always the params file's, as the node does "
+                   "live (still checked against /tf_static). The choice is in metrics.json bags[].extrinsics")
     p.add_argument("--labels", help="SemanticKITTI-layout folder with labels (else the bag's camera/labels topic)")
     p.add_argument("--sequence", help="sequence of --labels to use (default: all, in order)")
-    p.add_argument("--dataset-config", help="dataset.yaml of the label ids (default: the label folder's, else SemanticKITTI)")
+    p.add_argument("--dataset-config",
+                   help="dataset.yaml of the label ids (default: the --labels folder's, else the map in the bag's "
+                   "metadata, else a dataset.yaml next to the bag, else SemanticKITTI's when it is the model's); "
+                   "a map whose classes are not the model's is refused")
     p.add_argument("--topic", action="append", metavar="NAME=TOPIC",
                    help="map an input (image, camera_info, points, labels) to a bag topic; repeatable")
     p.add_argument("--distro", default="kilted", choices=["humble", "jazzy", "kilted"],
@@ -51,14 +65,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def handler(args: argparse.Namespace) -> int:
-    """Run the replay; returns 1 when a bag was damaged, else 0."""
+    """Run the replay (or the merge of shards); returns 1 when a bag was damaged, else 0."""
 
+    if args.merge:
+        if args.bags:
+            raise ValueError("give either bags to replay or --merge SHARD_DIR..., not both")
+        data = merge_replays(args.merge, args.out)
+        damaged = [b for b in data["bags"] if b["error"]]
+        print(f"merged {len(args.merge)} shard outputs: {len(data['bags'])} bags; report: {args.out}/report.html")
+        return 1 if damaged else 0
+    if not args.bags:
+        raise ValueError("no bag given (or --merge SHARD_DIR... to pool shards)")
 
     settings = ReplaySettings(distro=args.distro, max_frames=args.max_frames, overlap=not args.serial)
     if args.params:
         settings = settings_from_params(node_parameters(args.params), settings)
+    if args.extrinsics == "params":
+        settings.extrinsics = "fixed"
     if args.calib:
         settings.T_cam_lidar = extrinsics_from_kitti_calib(args.calib)
+        settings.extrinsics, settings.extrinsics_source = "fixed", f"--calib {args.calib}"
     settings.topics.update(parse_topic_overrides(args.topic))
     if args.workers < 1:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
@@ -73,9 +99,10 @@ def handler(args: argparse.Namespace) -> int:
     for r in results:
         if r.extrinsics.get("status") == "differs":
             e = r.extrinsics
-            print(f"ood-perception replay: warning: {r.bag}: the extrinsics used differ from the bag's /tf_static "
-                  f"({e['frames']}) by {e['translation_m']:.3f} m, {e['rotation_deg']:.2f} deg; give --calib or "
-                  "lidar_to_camera.* in --params", file=sys.stderr)
+            print(f"ood-perception replay: warning: {r.bag}: the extrinsics used ({e['source']}) differ from the bag's "
+                  f"/tf_static ({e['frames']}) by {e['translation_m']:.3f} m, {e['rotation_deg']:.2f} deg", file=sys.stderr)
+        if r.label_map.startswith("none"):
+            print(f"ood-perception replay: warning: {r.bag}: labels not scored: {r.label_map}", file=sys.stderr)
     for r in damaged:
         print(f"ood-perception replay: error: {r.error} (results up to there were written)", file=sys.stderr)
     print(f"report: {args.out}/report.html")

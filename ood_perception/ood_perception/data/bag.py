@@ -8,6 +8,11 @@ Topics (relative names, as the nodes subscribe to them):
   label (uint32 at 16, raw: semantic | instance << 16), point_step 20;
 * ``/tf_static`` (lidar -> camera optical) and ``/tf`` (map -> lidar from the frame pose).
 
+With ``label_map``, the label space of the label topics (``dataset.yaml`` content: labels, learning
+map, OOD ids) goes into ``metadata.yaml`` ``custom_data`` under
+:data:`~ood_perception.data.bag_reader.LABEL_MAP_KEY`, so replay scores the labels with the right map
+without being told (``ros2 bag`` keeps custom_data; a bare storage file has none).
+
 Camera and LiDAR are written at their own rates (each at most the frame rate): a frame's camera
 (LiDAR) messages go out when its stamp reaches the next camera (LiDAR) tick. The bag is written to
 a temporary directory next to the target and renamed when complete.
@@ -23,12 +28,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores
 from rosbags.typesys import get_typestore as _get
-from scipy.spatial.transform import Rotation
 
 from ood_perception.atomic import replace_dir
+from ood_perception.codec.tf import matrix_to_translation_quaternion
+from ood_perception.data.bag_output import TF_STATIC_QOS
+from ood_perception.data.bag_reader import LABEL_MAP_KEY
+from ood_perception.data.config import DatasetConfig
 from ood_perception.data.frame import Frame
 
 CAMERA_FRAME = "camera_optical"
@@ -46,11 +55,11 @@ def get_typestore():
     raise RuntimeError("rosbags has no ROS 2 Humble/Jazzy/Kilted typestore; upgrade rosbags")
 
 
-def _quat(r: np.ndarray) -> tuple[float, float, float, float]:
-    """Rotation matrix -> quaternion (x, y, z, w)."""
-
-    x, y, z, w = Rotation.from_matrix(r).as_quat()
-    return float(x), float(y), float(z), float(w)
+def label_map_text(config: DatasetConfig) -> str:
+    """The label space of ``config`` as ``dataset.yaml`` text (no splits or generator record)."""
+    d = config.to_dict()
+    keep = ("labels", "color_map", "learning_map", "learning_map_inv", "ood_ids")
+    return yaml.safe_dump({k: d[k] for k in keep}, sort_keys=False, default_flow_style=None, width=100)
 
 
 class BagWriter:
@@ -63,10 +72,13 @@ class BagWriter:
         overwrite: replace an existing bag at ``path``.
         start_ns: added to every stamp (header and bag time); ROS reads a zero stamp as unset, so
             a drive whose first frame is at t = 0 needs an offset for the nodes to accept it.
+        label_map: label space of ``camera/labels`` and the clouds' ``label`` field, stored in
+            the bag's metadata (see the module docstring).
     """
 
     def __init__(self, path: str | os.PathLike[str], storage: str = "sqlite3", camera_rate: float = 10.0,
-                 lidar_rate: float = 10.0, overwrite: bool = False, start_ns: int = 0) -> None:
+                 lidar_rate: float = 10.0, overwrite: bool = False, start_ns: int = 0,
+                 label_map: DatasetConfig | None = None) -> None:
 
         plugins = {"sqlite3": StoragePlugin.SQLITE3, "mcap": StoragePlugin.MCAP}
         if storage not in plugins:
@@ -87,6 +99,8 @@ class BagWriter:
         self.periods = {"camera": 1.0 / camera_rate, "lidar": 1.0 / lidar_rate}
         self._next: dict[str, int | None] = {"camera": None, "lidar": None}
         self._writer = Writer(self._tmp, version=9, storage_plugin=plugins[storage])
+        if label_map is not None:
+            self._writer.set_custom_data(LABEL_MAP_KEY, label_map_text(label_map))
         self._writer.open()
         self._conns: dict[str, Any] = {}
         self._static_written = False
@@ -104,7 +118,8 @@ class BagWriter:
 
     def _conn(self, topic: str, msgtype: str):
         if topic not in self._conns:
-            self._conns[topic] = self._writer.add_connection(topic, msgtype, typestore=self.ts)
+            qos = [TF_STATIC_QOS] if topic == "/tf_static" else ()
+            self._conns[topic] = self._writer.add_connection(topic, msgtype, typestore=self.ts, offered_qos_profiles=qos)
         return self._conns[topic]
 
     def _write(self, topic: str, msg: Any, stamp_ns: int) -> None:
@@ -118,12 +133,13 @@ class BagWriter:
         return t["std_msgs/msg/Header"](stamp=t["builtin_interfaces/msg/Time"](sec=int(sec), nanosec=int(nsec)), frame_id=frame_id)
 
     def _transform(self, stamp_ns: int, parent: str, child: str, m: np.ndarray):
+        """TransformStamped parent -> child holding ``m``, the pose of ``child`` in ``parent``."""
         t = self.ts.types
-        qx, qy, qz, qw = _quat(m[:3, :3])
+        (x, y, z), (qx, qy, qz, qw) = matrix_to_translation_quaternion(m)
         return t["geometry_msgs/msg/TransformStamped"](
             header=self._header(stamp_ns, parent), child_frame_id=child,
             transform=t["geometry_msgs/msg/Transform"](
-                translation=t["geometry_msgs/msg/Vector3"](x=float(m[0, 3]), y=float(m[1, 3]), z=float(m[2, 3])),
+                translation=t["geometry_msgs/msg/Vector3"](x=x, y=y, z=z),
                 rotation=t["geometry_msgs/msg/Quaternion"](x=qx, y=qy, z=qz, w=qw)))
 
     def _due(self, sensor: str, stamp: float) -> bool:
@@ -203,9 +219,9 @@ class BagWriter:
 
 
 def write_bag(path: str | os.PathLike[str], frames, storage: str = "sqlite3", camera_rate: float = 10.0,
-              lidar_rate: float = 10.0, overwrite: bool = False) -> dict[str, int]:
+              lidar_rate: float = 10.0, overwrite: bool = False, label_map: DatasetConfig | None = None) -> dict[str, int]:
     """Write an iterable of frames (one sequence, increasing stamps) as a rosbag2; returns message counts."""
-    with BagWriter(path, storage, camera_rate, lidar_rate, overwrite) as bag:
+    with BagWriter(path, storage, camera_rate, lidar_rate, overwrite, label_map=label_map) as bag:
         for frame in frames:
             bag.write_frame(frame)
     return dict(bag.counts)

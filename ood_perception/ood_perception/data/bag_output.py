@@ -1,9 +1,15 @@
-"""The replay output bag: the nodes' output topics, with the input stamps, in one MCAP file.
+"""The replay output bag: the nodes' output topics, with the input stamps, as a rosbag2 directory.
+
+``DIR/output/`` holds ``metadata.yaml`` and the storage file (MCAP by default), so ``ros2 bag
+info``/``ros2 bag play``, rosbags' ``AnyReader`` and Foxglove open it like any recording. The
+extrinsics replay used go on ``/tf_static`` (LiDAR -> camera optical, the ROS convention), so
+``/ood/points`` (LiDAR frame) and ``/ood/mask`` (camera frame) line up in a viewer.
 
 Messages are built with rosbags' type store (kilted's standard types plus
 ``ood_perception_msgs`` registered from its ``.msg`` text), so no ROS installation is needed to
-write them; rosbags' CDR bytes equal rclpy's for these types. The file is written under a
-temporary name and renamed when complete: ``DIR/output.mcap`` is either whole or absent.
+write them; rosbags' CDR bytes equal rclpy's for these types. The bag is written in a temporary
+directory next to the target and renamed into place when complete: ``DIR/output`` is either whole
+or absent (an earlier one is replaced only then).
 """
 
 from __future__ import annotations
@@ -16,11 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import get_types_from_msg
 
-from ood_perception.atomic import commit_file
+from ood_perception.atomic import replace_dir
 from ood_perception.codec.conversions import SCORED_POINT_DTYPE
+from ood_perception.codec.tf import matrix_to_translation_quaternion
 from ood_perception.data.bag_reader import typestore_for
 from ood_perception.geometry import region_in_camera
 
@@ -35,6 +43,15 @@ DEFAULT_OUTPUT_TOPICS = {
     "alerts": "/ood/alerts",
     "recognition": "/recognition/result",
 }
+
+#: The QoS tf2_ros' StaticTransformBroadcaster offers (``StaticBroadcasterQoS``: reliable, transient
+#: local, keep last 1): recorded with ``/tf_static`` so that ``ros2 bag play`` republishes it latched
+#: for late subscribers. Infinite durations as rmw's ``RMW_DURATION_INFINITE`` (metadata version 9).
+_INF = QosTime(sec=9223372036, nsec=854775807)
+TF_STATIC_QOS = Qos(history=QosHistory.KEEP_LAST, depth=1, reliability=QosReliability.RELIABLE,
+                    durability=QosDurability.TRANSIENT_LOCAL, deadline=_INF, lifespan=_INF,
+                    liveliness=QosLiveliness.AUTOMATIC, liveliness_lease_duration=_INF,
+                    avoid_ros_namespace_conventions=False)
 
 _POINTFIELD = {"<f4": 7, "<i4": 5, "<u4": 6, "<u2": 4, "<i2": 3, "|u1": 2, "|i1": 1, "<f8": 8}
 
@@ -71,27 +88,34 @@ def _time(store: Any, stamp_ns: int) -> Any:
 
 
 class OutputBag:
-    """Writer of ``output.mcap`` (or ``.db3``); use as a context manager or call :meth:`close`.
+    """Writer of the output rosbag2 directory; use as a context manager or call :meth:`close`.
 
     Args:
-        path: final file, e.g. ``DIR/output.mcap``; must not exist (earlier results are replaced
-            only when the new file is complete).
+        path: the bag directory to create, e.g. ``DIR/output`` (an existing one is replaced only
+            when the new bag is complete).
         topics: output topic names (defaults: :data:`DEFAULT_OUTPUT_TOPICS`).
+        storage: ``mcap`` (default) or ``sqlite3``.
     """
 
-    def __init__(self, path: str | Path, topics: dict[str, str] | None = None, distro: str = "kilted") -> None:
+    def __init__(self, path: str | Path, topics: dict[str, str] | None = None, distro: str = "kilted",
+                 storage: str = "mcap") -> None:
 
+        plugins = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
+        if storage not in plugins:
+            raise ValueError(f"output bag storage must be mcap or sqlite3, got {storage!r}")
         self.path = Path(path)
+        if self.path.suffix in (".mcap", ".db3"):
+            raise ValueError(f"output bag {self.path}: give the bag directory (e.g. DIR/output), not a storage file")
         self.topics = {**DEFAULT_OUTPUT_TOPICS, **(topics or {})}
         self.store = output_typestore(distro)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmpdir = Path(tempfile.mkdtemp(prefix=f".{self.path.stem}.tmp-", dir=self.path.parent))
-        storage = StoragePlugin.MCAP if self.path.suffix != ".db3" else StoragePlugin.SQLITE3
-        self._bagdir = self._tmpdir / self.path.stem
-        self._writer = Writer(self._bagdir, version=9, storage_plugin=storage)
+        self._tmpdir = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.tmp-", dir=self.path.parent))
+        self._bagdir = self._tmpdir / self.path.name
+        self._writer = Writer(self._bagdir, version=9, storage_plugin=plugins[storage])
         self._writer.open()
         self._conns: dict[str, Any] = {}
         self.count = 0
+        self._done = False
 
     def _conn(self, key: str, msgtype: str) -> Any:
         if key not in self._conns:
@@ -190,21 +214,43 @@ class OutputBag:
         """Write any message of this type store on output topic ``key``."""
         self._write(key, msgtype, msg, bag_time_ns)
 
+    def write_tf_static(self, T_cam_lidar: np.ndarray, camera_frame: str, lidar_frame: str, stamp_ns: int,
+                        bag_time_ns: int | None = None) -> None:
+        """Write ``/tf_static`` with one transform ``lidar_frame`` -> ``camera_frame`` holding the
+        camera's pose in the LiDAR frame (the inverse of ``T_cam_lidar``), as tf2 expects."""
+        T = self.store.types
+        (x, y, z), (qx, qy, qz, qw) = matrix_to_translation_quaternion(np.linalg.inv(np.asarray(T_cam_lidar, float)))
+        tf = T["geometry_msgs/msg/TransformStamped"](
+            header=self.header(stamp_ns, lidar_frame), child_frame_id=camera_frame,
+            transform=T["geometry_msgs/msg/Transform"](translation=T["geometry_msgs/msg/Vector3"](x=x, y=y, z=z),
+                                                       rotation=T["geometry_msgs/msg/Quaternion"](x=qx, y=qy, z=qz, w=qw)))
+        if "tf_static" not in self._conns:
+            self._conns["tf_static"] = self._writer.add_connection("/tf_static", "tf2_msgs/msg/TFMessage", typestore=self.store,
+                                                                   offered_qos_profiles=[TF_STATIC_QOS])
+        self._writer.write(self._conns["tf_static"], int(stamp_ns if bag_time_ns is None else bag_time_ns),
+                           self.store.serialize_cdr(T["tf2_msgs/msg/TFMessage"](transforms=[tf]), "tf2_msgs/msg/TFMessage"))
+        self.count += 1
+
     def close(self) -> Path:
-        """Finish the file and move it into place; returns the final path."""
+        """Finish the bag and move it into place; returns the final path."""
+        if self._done:
+            return self.path
         self._writer.close()
-        (storage,) = [p for p in self._bagdir.iterdir() if p.suffix in (".mcap", ".db3")]
-        commit_file(storage, self.path)
+        replace_dir(self._bagdir, self.path)
         shutil.rmtree(self._tmpdir, ignore_errors=True)
+        self._done = True
         return self.path
 
     def abort(self) -> None:
         """Drop everything written (nothing appears at :attr:`path`)."""
+        if self._done:
+            return
         try:
             self._writer.close()
         except Exception:  # noqa: BLE001,S110 - the temp dir goes anyway
             pass
         shutil.rmtree(self._tmpdir, ignore_errors=True)
+        self._done = True
 
     def __enter__(self) -> OutputBag:
         return self

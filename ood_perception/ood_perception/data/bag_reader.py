@@ -24,11 +24,18 @@ from pathlib import Path
 from typing import Any
 
 import apsw
+import yaml
 from rosbags.highlevel import AnyReader
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
+from ood_perception.data.config import DatasetConfig
+
 #: ROS 2 distros whose built-in message types can decode bags without embedded definitions.
 DISTROS = ("humble", "jazzy", "kilted")
+
+#: ``custom_data`` key of ``metadata.yaml`` holding the label space (``dataset.yaml`` text: labels,
+#: learning map, OOD ids) of the bag's label topics; written by :class:`ood_perception.data.bag.BagWriter`.
+LABEL_MAP_KEY = "ood_perception/label_map"
 
 #: How many messages the salvage reader holds back to restore bag-time order of a file scan.
 SALVAGE_REORDER_WINDOW = 32
@@ -135,6 +142,36 @@ def _storage_files(path: Path) -> list[Path]:
     return files
 
 
+def custom_data_of(path: str | Path) -> dict[str, str]:
+    """``custom_data`` of a bag directory's ``metadata.yaml`` (rosbag2 metadata version >= 6); empty
+    for a bare storage file or a bag without it. Read from the file itself (no storage opened), so
+    damaged bags have it too."""
+    meta = Path(path) / "metadata.yaml"
+    if not meta.is_file():
+        return {}
+    try:
+        info = (yaml.safe_load(meta.read_text()) or {}).get("rosbag2_bagfile_information") or {}
+    except (yaml.YAMLError, AttributeError, OSError):
+        return {}
+    custom = info.get("custom_data") or {}
+    return {str(k): str(v) for k, v in custom.items()} if isinstance(custom, dict) else {}
+
+
+def label_map_of(path: str | Path) -> DatasetConfig | None:
+    """The label space a bag carries in ``custom_data`` :data:`LABEL_MAP_KEY`, or None.
+
+    Raises:
+        ValueError: the bag carries one that is not a valid ``dataset.yaml`` (names the bag).
+    """
+    text = custom_data_of(path).get(LABEL_MAP_KEY)
+    if text is None:
+        return None
+    try:
+        return DatasetConfig.from_dict(yaml.safe_load(text))
+    except (yaml.YAMLError, ValueError) as exc:
+        raise ValueError(f"bag {path}: metadata custom_data {LABEL_MAP_KEY} is not a label map: {exc}") from None
+
+
 class BagSource:
     """A rosbag2 recording opened for replay.
 
@@ -212,6 +249,25 @@ class BagSource:
         if self._reader is not None:
             return self._reader.end_time if self._reader.message_count else None
         return None
+
+    @property
+    def custom_data(self) -> dict[str, str]:
+        """``custom_data`` of the bag's ``metadata.yaml`` (see :func:`custom_data_of`)."""
+        return custom_data_of(self.path)
+
+    def label_map(self) -> DatasetConfig | None:
+        """The label space the bag carries (see :func:`label_map_of`)."""
+        return label_map_of(self.path)
+
+    def first_message(self, topic: str) -> BagMessage | None:
+        """The first message on ``topic`` (None when there is none or the bag breaks before it)."""
+        gen = self.messages([topic])
+        try:
+            return next(gen, None)
+        except BagReadError:
+            return None
+        finally:
+            gen.close()
 
     def message_count(self, topics: Iterable[str] | None = None) -> int | None:
         """Number of messages on ``topics`` (all when None); None when not known in advance."""

@@ -128,6 +128,40 @@ class MetricsAccumulator:
         self.point_confusion += other.point_confusion
         self.frames += other.frames
 
+    def state(self) -> dict[str, Any]:
+        """Numbers and arrays that rebuild this accumulator with :meth:`from_state` (e.g. saved per
+        bag and pooled later: replay shards). The label config is not included (the caller keeps it)."""
+        pix_s, pix_y = self.arrays("pixel")
+        pt_s, pt_y = self.arrays("point")
+        return {"threshold": None if self.threshold is None else float(self.threshold),
+                "input_hw": None if self.input_hw is None else [int(v) for v in self.input_hw],
+                "frames": int(self.frames), "confusion": self.confusion.copy(), "point_confusion": self.point_confusion.copy(),
+                "pixel_scores": pix_s, "pixel_ood": pix_y, "point_scores": pt_s, "point_ood": pt_y}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], config: Any) -> MetricsAccumulator:
+        """Inverse of :meth:`state` with the label ``config`` it was collected with.
+
+        Raises:
+            ValueError: the confusion matrices do not fit ``config``'s classes.
+        """
+        hw = state.get("input_hw")
+        acc = cls(config, state.get("threshold"), tuple(int(v) for v in hw) if hw is not None else None)
+        for key in ("confusion", "point_confusion"):
+            conf = np.asarray(state[key], np.int64)
+            if conf.shape != (acc.num_classes, acc.num_classes):
+                raise ValueError(f"accumulator state: {key} is {conf.shape}, the label config has {acc.num_classes} classes")
+            setattr(acc, key, conf.copy())
+        acc.frames = int(state["frames"])
+        for kind, scores, ood in (("pix", "pixel_scores", "pixel_ood"), ("pt", "point_scores", "point_ood")):
+            s, y = np.asarray(state[scores], np.float32), np.asarray(state[ood], bool)
+            if s.shape != y.shape:
+                raise ValueError(f"accumulator state: {scores} and {ood} differ in length")
+            if s.size:
+                getattr(acc, f"_{kind}_scores").append(s)
+                getattr(acc, f"_{kind}_ood").append(y)
+        return acc
+
     # ------------------------------------------------------------------ results
     def arrays(self, kind: str = "pixel") -> tuple[np.ndarray, np.ndarray]:
         """All (scores, is_ood) of ``kind`` (``pixel`` or ``point``) collected so far."""

@@ -143,6 +143,26 @@ class AlertMetrics:
         for k, v in other.skipped.items():
             self.skipped[k] = self.skipped.get(k, 0) + v
 
+    def state(self) -> dict[str, Any]:
+        """JSON-serialisable state (shard pooling, :mod:`ood_perception.replay.state`); the dataset
+        config is saved beside it by the caller and given back to :meth:`from_state`."""
+        return {"sequence": self.sequence, "threshold": self.threshold,
+                "alerts": None if self.alerts is None else self.alerts.state(),
+                "components": None if self.components is None else self.components.state(),
+                "frames_with_instances": self.frames_with_instances,
+                "frames_without_instances": self.frames_without_instances, "skipped": dict(self.skipped)}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], dataset_config: Any) -> AlertMetrics:
+        """Inverse of :meth:`state`."""
+        out = cls(dataset_config, state["sequence"], state["threshold"])
+        out.alerts = None if state["alerts"] is None else AlertEvaluator.from_state(state["alerts"])
+        out.components = None if state["components"] is None else ComponentAccumulator.from_state(state["components"])
+        out.frames_with_instances = int(state["frames_with_instances"])
+        out.frames_without_instances = int(state["frames_without_instances"])
+        out.skipped = {str(k): int(v) for k, v in state["skipped"].items()}
+        return out
+
     def renamed(self, sequence: str) -> AlertMetrics:
         """A copy whose frames belong to sequence ``sequence`` (two bags with the same file name)."""
         out = AlertMetrics(self.config, sequence, self.threshold)

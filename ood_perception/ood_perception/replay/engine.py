@@ -27,6 +27,7 @@ which).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -36,7 +37,6 @@ from typing import Any
 
 import cv2
 import numpy as np
-from scipy.spatial.transform import Rotation
 
 from ood_perception.codec.conversions import (
     ConversionError,
@@ -44,12 +44,20 @@ from ood_perception.codec.conversions import (
     image_to_numpy,
     pointcloud2_to_array,
 )
+from ood_perception.codec.tf import frame_name
 from ood_perception.data import SemanticKittiReader
 from ood_perception.data.bag_reader import BagReadError, BagSource
 from ood_perception.evaluation.segmentation import MetricsAccumulator
 from ood_perception.pipeline import FusionConfig, inputs
 from ood_perception.pipeline.frame_handler import FrameSettings, FusionFrameProcessor, extrinsics_from_params
 from ood_perception.replay.alert_metrics import AlertMetrics
+from ood_perception.replay.extrinsics import (
+    TF_TOLERANCE_DEG,
+    TF_TOLERANCE_M,
+    compare,
+    read_tf_static,
+    resolve_extrinsics,
+)
 
 #: Logical input topics (relative names, resolved in the bag by :meth:`BagSource.resolve`).
 DEFAULT_INPUT_TOPICS = {
@@ -76,7 +84,11 @@ class ReplaySettings:
         fusion: :class:`~ood_perception.pipeline.FusionConfig` keyword arguments.
         sync: :class:`~ood_perception.pipeline.ApproximateSync` keyword arguments (``slop``,
             ``stale_timeout``, ``clock_jump``, ``queue_size``).
-        T_cam_lidar: 4x4 extrinsics (LiDAR -> camera optical frame).
+        T_cam_lidar: 4x4 extrinsics (LiDAR -> camera optical frame) from the params / ``--calib``.
+        extrinsics: ``auto`` (the bag's ``/tf_static`` when it connects the cloud's and the image's
+            frames, else ``T_cam_lidar``) or ``fixed`` (``T_cam_lidar`` always); see
+            :mod:`ood_perception.replay.extrinsics`.
+        extrinsics_source: where ``T_cam_lidar`` came from (recorded in ``metrics.json``).
         negate_y: flip LiDAR y (carla-ros-bridge before its ROS conversion).
         intensity_field: cloud field read as intensity.
         max_points: clouds with more points are rejected as bad input (the node's ``max_points``).
@@ -95,6 +107,8 @@ class ReplaySettings:
     fusion: dict[str, Any] = field(default_factory=dict)
     sync: dict[str, Any] = field(default_factory=dict)
     T_cam_lidar: np.ndarray = field(default_factory=lambda: node_default_extrinsics())
+    extrinsics: str = "auto"
+    extrinsics_source: str = "node default"
     negate_y: bool = False
     intensity_field: str = "intensity"
     max_points: int = 2_000_000
@@ -147,7 +161,8 @@ class BagReplay:
     salvaged: bool = False
     bad_inputs: dict[str, int] = field(default_factory=dict)  # per reason, as the node counts them
     thumbnails: dict[str, list[tuple[int, np.ndarray]]] = field(default_factory=dict)
-    extrinsics: dict[str, Any] = field(default_factory=dict)  # check against the bag's /tf_static
+    extrinsics: dict[str, Any] = field(default_factory=dict)  # which were used, checked against /tf_static
+    label_map: str = ""  # where the labels' map came from (replay.labels), set by the caller
     alert_metrics: AlertMetrics | None = None  # alert-level + component metrics (frames with pixel labels)
 
     @property
@@ -249,48 +264,25 @@ class LabelFolder:
         return f.pixel_labels, f.point_labels, f.pixel_instances
 
 
-#: The extrinsics in use "agree" with the bag's /tf_static within these bounds.
-TF_TOLERANCE_M = 1e-3
-TF_TOLERANCE_DEG = 0.05
-
-
 def check_tf_static(src: BagSource, camera_frame: str, lidar_frame: str, T_cam_lidar: np.ndarray) -> dict[str, Any]:
-    """Compare the extrinsics replay uses with the bag's ``/tf_static`` (a direct transform between
-    the cloud's and the image's frame ids, either direction; chains are not followed).
+    """Compare extrinsics with the bag's ``/tf_static`` (the transform between the cloud's and the
+    image's frame ids through the static tree, chains followed).
 
     Returns:
         ``{"status": "agrees" | "differs" | "absent" | "unreadable", ...}`` with, when a transform
-        was found, the translation [m] and rotation [deg] between the two. Replay never uses the
-        bag's TF for projection (the node does not either); this only warns about a mismatch.
+        was found, the translation [m] and rotation [deg] between the two.
     """
-    topic = src.resolve("/tf_static", required=False)
-    if topic is None or not camera_frame or not lidar_frame:
-        return {"status": "absent"}
-
-    strip = lambda f: f.lstrip("/")  # noqa: E731
-    cam, lid = strip(camera_frame), strip(lidar_frame)
     try:
-        for k, m in enumerate(src.messages([topic])):
-            if k >= 16:  # static transforms come first; do not scan a long recording for more
-                break
-            for tf in m.msg.transforms:
-                parent, child = strip(tf.header.frame_id), strip(tf.child_frame_id)
-                if {parent, child} != {cam, lid}:
-                    continue
-                t, q = tf.transform.translation, tf.transform.rotation
-                pose = np.eye(4)
-                pose[:3, :3] = Rotation.from_quat([q.x, q.y, q.z, q.w]).as_matrix()
-                pose[:3, 3] = (t.x, t.y, t.z)
-                T_tf = np.linalg.inv(pose) if parent == lid else pose  # pose of child in parent
-                diff = T_tf @ np.linalg.inv(np.asarray(T_cam_lidar, float))
-                dist = float(np.linalg.norm(diff[:3, 3]))
-                angle = float(np.degrees(Rotation.from_matrix(diff[:3, :3]).magnitude()))
-                ok = dist <= TF_TOLERANCE_M and angle <= TF_TOLERANCE_DEG
-                return {"status": "agrees" if ok else "differs", "frames": f"{lid} -> {cam}",
-                        "translation_m": round(dist, 6), "rotation_deg": round(angle, 4)}
-    except Exception as exc:  # noqa: BLE001 - a bad /tf_static must not stop a replay
-        return {"status": "unreadable", "error": f"{type(exc).__name__}: {exc}"}
-    return {"status": "absent"}
+        tree = read_tf_static(src)
+    except ValueError as exc:
+        return {"status": "unreadable", "error": str(exc)}
+    T_tf = tree.lookup(camera_frame, lidar_frame) if tree is not None and camera_frame and lidar_frame else None
+    if T_tf is None:
+        return {"status": "absent"}
+    dist, angle = compare(T_tf, T_cam_lidar)
+    ok = dist <= TF_TOLERANCE_M and angle <= TF_TOLERANCE_DEG
+    return {"status": "agrees" if ok else "differs", "frames": f"{frame_name(lidar_frame)} -> {frame_name(camera_frame)}",
+            "translation_m": round(dist, 6), "rotation_deg": round(angle, 4)}
 
 
 def replay_bag(
@@ -334,6 +326,12 @@ def replay_bag(
             "labels": src.resolve(names["labels"], required=False) if names.get("labels") else None,
         }
         by_topic = {v: k for k, v in topics.items() if v}
+        T_cam_lidar, extrinsics = resolve_extrinsics(src, topics["image"], topics["points"], settings.T_cam_lidar,
+                                                     settings.extrinsics, settings.extrinsics_source)
+        settings = dataclasses.replace(settings, T_cam_lidar=T_cam_lidar)
+        if out_bag is not None and extrinsics["camera_frame"] and extrinsics["lidar_frame"]:
+            start = src.start_ns or 0  # the extrinsics used, so the output bag's frames line up in a viewer
+            out_bag.write_tf_static(T_cam_lidar, extrinsics["camera_frame"], extrinsics["lidar_frame"], start, start)
         if dataset_config is None:
             if label_folder is not None:
                 dataset_config = label_folder.config
@@ -450,7 +448,6 @@ def replay_bag(
         first_ns: int | None = None
         last_ns: int | None = None
         error: str | None = None
-        lidar_frame = [""]  # frame id of the first cloud (for the /tf_static check)
         image_index: dict[int, int] = {}  # camera stamp -> position among the bag's camera messages
         images_seen = 0
         total = src.message_count(by_topic)
@@ -495,7 +492,6 @@ def replay_bag(
                     if kind == "image":
                         notes = proc.add_camera(inputs.decode_camera(m.msg, source=m.msg))
                     else:
-                        lidar_frame[0] = lidar_frame[0] or str(m.msg.header.frame_id)
                         lid_in, notes = inputs.decode_lidar(m.msg, fs, source=m.msg)
                         notes += proc.add_lidar(lid_in)
                 except ConversionError:
@@ -531,7 +527,6 @@ def replay_bag(
             awaiting.clear()
             if bar is not None:
                 bar.close()
-        extrinsics = check_tf_static(src, proc.camera_frame, lidar_frame[0], settings.T_cam_lidar)
         sync_counters = {k: getattr(sync.counters, k) for k in sync.counters.__dataclass_fields__}
         duration = ((last_ns - first_ns) * 1e-9) if first_ns is not None and last_ns is not None else 0.0
         return BagReplay(

@@ -7,14 +7,16 @@ overriding it) and maps the parameters with the node's own code
 ``min_region_pixels`` ...), alert state machine (``raise_k``, ``raise_n``, ``clear_frames``,
 ``cooldown_s``), synchroniser (``slop``, ``stale_timeout``, ``clock_jump``, ``sync_queue_size``),
 extrinsics (``lidar_to_camera.matrix``, else the camera pose ``lidar_to_camera.xyz`` +
-``.rpy`` in the LiDAR frame, inverted), ``intensity_field``, ``negate_lidar_y``. Input topics come
+``.rpy`` in the LiDAR frame, inverted; used when the bag has no ``/tf_static`` between the sensors'
+frames, or always with ``--extrinsics params``), ``intensity_field``, ``negate_lidar_y``. Input topics come
 from ``--topic`` (the node's are remapped at launch, not parameters).
 
 ``--calib calib.txt`` (a KITTI / SemanticKITTI calibration file, e.g. a synthetic sequence's
 ``sequences/XX/calib.txt``) sets the extrinsics from its ``Tr`` (with ``P2``'s offset folded in,
-as the dataset readers do: :func:`extrinsics_from_kitti_calib`) and overrides the params file's;
-the intrinsics always come from the bag's CameraInfo. With it, replay of an ``ood-perception synth
---bag`` drive feeds the model the same LiDAR tensors as ``ood-perception evaluate`` on the dataset.
+as the dataset readers do: :func:`extrinsics_from_kitti_calib`) and overrides the params file's and
+the bag's ``/tf_static``;
+the intrinsics always come from the bag's CameraInfo. A ``synth --bag`` drive carries the same
+extrinsics in its ``/tf_static``, so replay needs no ``--calib`` for it (see :mod:`.extrinsics`).
 """
 
 from __future__ import annotations
@@ -120,6 +122,7 @@ def settings_from_params(params: dict[str, Any], base: ReplaySettings | None = N
     s.sync = {**s.sync, **sync_kwargs(params)}
     if any(k in params for k in (MATRIX_PARAM, "lidar_to_camera.xyz", "lidar_to_camera.rpy")):
         s.T_cam_lidar = extrinsics_from_params(params)
+        s.extrinsics_source = "params"
     if "negate_lidar_y" in params:
         s.negate_y = bool(params["negate_lidar_y"])
     if "intensity_field" in params:

@@ -1,26 +1,43 @@
 """Replay of many bags: sharding, worker processes, per-bag outputs, pooled metrics and report.
 
-Layout of ``--out DIR``: one bag -> ``DIR/output.mcap``, ``DIR/metrics.json``, ``DIR/timing.json``,
-``DIR/report.html``. Several bags -> the same per bag under ``DIR/<bag name>/`` plus pooled
-``DIR/metrics.json`` and ``DIR/report.html``. ``metrics.json`` holds only deterministic content
-(identical for identical bag, model and params); wall-clock figures go to ``timing.json``.
+Layout of ``--out DIR``: one bag -> ``DIR/output/`` (a rosbag2 directory: ``metadata.yaml`` +
+``output.mcap``), ``DIR/metrics.json``, ``DIR/timing.json``, ``DIR/report.html`` and
+``DIR/state.npz`` (the metric accumulators' state, :mod:`.state`). Several bags, or any ``--shard``
+-> the same per bag under ``DIR/<bag name>/`` plus pooled ``DIR/metrics.json`` and
+``DIR/report.html``. ``DIR/shard.json`` (written last: a finished run) lists the bags and where
+their outputs are. ``metrics.json`` holds only deterministic content (identical for identical bag,
+model and params); wall-clock figures go to ``timing.json``.
+
+A bag's outputs are written into a temporary folder next to its target and moved into place when
+complete, so a failed bag leaves nothing behind (no half-written or empty output).
+
+Shards: ``--shard i/n`` replays every n-th of the sorted bags from i (e.g. one array job task per
+shard, each with its own ``--out``); :func:`merge_replays` (``replay --merge DIR... --out DIR``)
+pools the shards' per-bag states into one ``metrics.json`` and ``report.html`` equal to a single
+run over all the bags.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 import os
-from collections.abc import Sequence
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from ood_perception import runtime
+from ood_perception.atomic import replace_dir
 from ood_perception.data.bag_output import OutputBag
 from ood_perception.evaluation.segmentation import MetricsAccumulator
 from ood_perception.pipeline import FusionConfig, FusionPipeline
 from ood_perception.pipeline.fusion import spec_sha256
 from ood_perception.replay.alert_metrics import pool as pool_alert_metrics
 from ood_perception.replay.engine import BagReplay, LabelFolder, ReplaySettings, replay_bag
+from ood_perception.replay.labels import LabelSpace, check_model_classes, find_label_map
 from ood_perception.replay.report import (
     atomic_write_text,
     frames_table,
@@ -29,6 +46,12 @@ from ood_perception.replay.report import (
     render_html,
     write_json,
 )
+from ood_perception.replay.state import STATE_FILE, load_bag_state, save_bag_state
+
+#: The output rosbag2 directory's name in a bag's output folder.
+OUTPUT_BAG = "output"
+#: The manifest of a finished replay output folder (bags, shard, per-bag folders).
+MANIFEST = "shard.json"
 
 
 def select_shard(bags: Sequence[str | Path], shard: str | None) -> list[Path]:
@@ -81,25 +104,64 @@ def run_job(job: ReplayJob) -> BagReplay:
     """Replay one bag into ``job.out_dir`` (output bag, metrics.json, timing.json, report.html)."""
 
     pipeline = build_pipeline(job.model_dir, job.backend, job.settings, job.threads)
-    dataset_config = None
-    if job.dataset_config is not None:
-        from ood_perception.data import DatasetConfig
-
-        dataset_config = DatasetConfig.from_yaml(job.dataset_config)
     folder = LabelFolder(job.labels, job.label_sequence) if job.labels else None
-    job.out_dir.mkdir(parents=True, exist_ok=True)
-    out = OutputBag(job.out_dir / "output.mcap")
-    try:
-        result = replay_bag(job.bag, pipeline, job.settings, out, dataset_config, folder, progress=job.progress)
-    except BaseException:
-        out.abort()
-        raise
-    out.close()  # also after a damaged bag: the outputs up to the damage are kept
-    write_outputs(job.out_dir, [result], info=_info(job, pipeline))
+    classes = model_classes(pipeline)
+    space = find_label_map(job.bag, job.dataset_config, folder.config if folder else None, classes)
+    check_model_classes(space, classes, str(job.model_dir or "default model"), job.bag)
+    settings = job.settings
+    if space.config is None:  # labels of an unknown map are not scored
+        settings = dataclasses.replace(settings, topics={**settings.topics, "labels": ""}, label_field="")
+    with staged(job.out_dir) as stage:
+        out = OutputBag(stage / OUTPUT_BAG)
+        try:
+            result = replay_bag(job.bag, pipeline, settings, out, space.config, folder, progress=job.progress)
+        except BaseException:
+            out.abort()
+            raise
+        out.close()  # also after a damaged bag: the outputs up to the damage are kept
+        result.label_map = space.source
+        info = _info(job, pipeline, space)
+        write_outputs(stage, [result], info=info)
+        save_bag_state(stage / STATE_FILE, result, accumulators_of(result), info)
     return result
 
 
-def _info(job: ReplayJob, pipeline: Any) -> dict[str, Any]:
+def accumulators_of(result: BagReplay) -> dict[str, Any]:
+    """The metric accumulators of a bag's result that shards pool (name -> object with ``state()``
+    and ``merge()``, and a loader in :data:`ood_perception.replay.state.LOADERS`)."""
+    accs: dict[str, Any] = {"segmentation": result.metrics}
+    if result.alert_metrics is not None:
+        accs["alerts"] = result.alert_metrics
+    return accs
+
+
+@contextlib.contextmanager
+def staged(out_dir: Path) -> Iterator[Path]:
+    """A temporary folder next to ``out_dir``; on success each entry in it replaces the same-named
+    entry of ``out_dir`` (created then), on failure it is deleted and ``out_dir`` is not touched.
+    Entry by entry, not the whole folder: ``--out`` may hold other things (e.g. ``--out .``)."""
+    out_dir = Path(os.path.abspath(out_dir))
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        yield tmp
+        out_dir.mkdir(exist_ok=True)
+        for entry in sorted(tmp.iterdir()):
+            if entry.is_dir():
+                replace_dir(entry, out_dir / entry.name)
+            else:
+                os.replace(entry, out_dir / entry.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def model_classes(pipeline: Any) -> list[str] | None:
+    """The model's class names (``model.json``), None for a backend without them (test doubles)."""
+    names = getattr(getattr(pipeline.backend, "spec", None), "class_names", None)
+    return [str(n) for n in names] if names else None
+
+
+def _info(job: ReplayJob, pipeline: Any, space: LabelSpace) -> dict[str, Any]:
     spec = pipeline.backend.spec
 
     return {
@@ -110,6 +172,7 @@ def _info(job: ReplayJob, pipeline: Any) -> dict[str, Any]:
         "backend": job.backend,
         "threshold": float(pipeline.threshold),
         "labels": str(job.labels) if job.labels else "bag label topics",
+        "label_map": space.source,
     }
 
 
@@ -173,33 +236,112 @@ def run_replay(
     names = [b.name or str(b) for b in selected]
     if len(set(names)) != len(names):
         names = [f"{i:03d}_{n}" for i, n in enumerate(names)]
-    single = len(selected) == 1
+    single = len(selected) == 1 and not shard
     jobs = [
         ReplayJob(bag=b, out_dir=out_dir if single else out_dir / n, model_dir=Path(model_dir) if model_dir else None,
                   backend=backend, settings=settings, labels=Path(labels) if labels else None, label_sequence=label_sequence,
                   dataset_config=Path(dataset_config) if dataset_config else None, progress=progress and workers <= 1)
         for b, n in zip(selected, names, strict=True)
     ]
-    if workers <= 1 or len(jobs) == 1:
-        results = [run_job(j) for j in jobs]
-    else:
-        import multiprocessing as mp
+    existed = out_dir.exists()
+    try:
+        if workers <= 1 or len(jobs) == 1:
+            results = [run_job(j) for j in jobs]
+        else:
+            import multiprocessing as mp  # lazy: only for --workers > 1
 
-        from tqdm import tqdm
+            from tqdm import tqdm
 
-        ctx = mp.get_context("spawn")
-        with ctx.Pool(min(workers, len(jobs))) as pool:
-            results = list(tqdm(pool.imap(run_job, jobs), total=len(jobs), desc="bags", disable=not progress))
+            ctx = mp.get_context("spawn")
+            with ctx.Pool(min(workers, len(jobs))) as pool:
+                results = list(tqdm(pool.imap(run_job, jobs), total=len(jobs), desc="bags", disable=not progress))
+    except BaseException:
+        _clean_failed(out_dir, [] if single else names, existed)
+        raise
     if not single:
-        first = results[0]
-        info = {"bags": [r.bag for r in results], "backend": backend, "model": str(model_dir or "default model"), "shard": shard or "all"}
-        write_outputs(out_dir, results, info, metrics=_pooled(first, results))
+        info = {"bags": [r.bag for r in results], "backend": backend, "model": str(model_dir or "default model"),
+                "shard": shard or "all"}
+        write_outputs(out_dir, results, info, metrics=_pooled(results))
+    write_json(out_dir / MANIFEST, {
+        "shard": shard or "0/1", "bags": [str(b) for b in sorted(Path(b) for b in bags)],
+        "dirs": {str(b): ("." if single else n) for b, n in zip(selected, names, strict=True)},
+    })
     return results
 
 
-def _pooled(first: BagReplay, results: Sequence[BagReplay]) -> Any:
+def _clean_failed(out_dir: Path, names: Sequence[str], existed: bool) -> None:
+    """After a failed run: drop the staging folders of killed workers, and ``out_dir`` if this run
+    created it and left it empty."""
+    if not out_dir.is_dir():
+        return
+    for n in names:
+        for tmp in out_dir.glob(f".{n}.tmp-*"):
+            shutil.rmtree(tmp, ignore_errors=True)
+    if not existed and not any(out_dir.iterdir()):
+        out_dir.rmdir()
 
-    pooled = MetricsAccumulator(first.metrics.config, first.metrics.threshold, first.metrics.input_hw)
+
+def _pooled(results: Sequence[BagReplay]) -> Any:
+    first = results[0].metrics
+    pooled = MetricsAccumulator(first.config, first.threshold, first.input_hw)
     for r in results:
         pooled.merge(r.metrics)
     return pooled
+
+
+def merge_replays(dirs: Sequence[str | Path], out_dir: str | Path) -> dict[str, Any]:
+    """Pool finished replay outputs (the shards of one bag list) into ``out_dir``: ``metrics.json``,
+    ``timing.json``, ``report.html`` and a manifest, equal to replaying all the bags in one run.
+
+    Raises:
+        FileNotFoundError: a folder is not a finished replay output (no ``shard.json``).
+        ValueError: the shards are of different bag lists or models, one is missing or given twice.
+    """
+    manifests = []
+    for d in dirs:
+        f = Path(d) / MANIFEST
+        if not f.is_file():
+            raise FileNotFoundError(f"{d} is not a finished replay output (no {MANIFEST}; was its run interrupted?)")
+        m = json.loads(f.read_text())
+        if "merged" in m:
+            raise ValueError(f"{d} is itself a merge of {len(m['merged'])} shards; merge the shard folders")
+        manifests.append((Path(d), m))
+    bag_list = manifests[0][1]["bags"]
+    n = int(manifests[0][1]["shard"].split("/")[1])
+    seen: dict[int, Path] = {}
+    for d, m in manifests:
+        if m["bags"] != bag_list or int(m["shard"].split("/")[1]) != n:
+            raise ValueError(f"{d} is a shard of another bag list or shard count than {manifests[0][0]}; "
+                             "merge the shards of one run")
+        i = int(m["shard"].split("/")[0])
+        if i in seen:
+            raise ValueError(f"shard {i}/{n} given twice: {seen[i]} and {d}")
+        seen[i] = d
+    missing = [f"{i}/{n}" for i in range(n) if i not in seen]
+    if missing:
+        raise ValueError(f"shards {', '.join(missing)} missing (have {', '.join(f'{i}/{n}' for i in sorted(seen))})")
+    loaded = []
+    for d, m in manifests:
+        for bag, sub in m["dirs"].items():
+            loaded.append((Path(bag), d / sub / STATE_FILE))
+    loaded.sort(key=lambda x: x[0])  # the order a single run pools in (select_shard's sort)
+    results, pooled, infos = [], {}, []
+    for _, state in loaded:
+        result, accs, info = load_bag_state(state)
+        results.append(result)
+        infos.append(info)
+        for name, acc in accs.items():
+            if name not in pooled:
+                pooled[name] = load_bag_state(state)[1][name]  # a fresh copy to pool into
+            else:
+                pooled[name].merge(acc)
+    models = {i.get("model_sha256") for i in infos}
+    if len(models) > 1:
+        raise ValueError(f"the shards were replayed with different models ({len(models)} model hashes); merge one run")
+    info = {"bags": [r.bag for r in results], "backend": infos[0].get("backend"), "model": infos[0].get("model"),
+            "shard": f"merged {n} shards"}
+    out_dir = Path(out_dir)
+    with staged(out_dir) as stage:
+        data = write_outputs(stage, results, info, metrics=pooled["segmentation"])
+        write_json(stage / MANIFEST, {"merged": [str(d) for d, _ in manifests], "bags": bag_list})
+    return data

@@ -67,7 +67,8 @@ def render_sequence(plan: SequencePlan, config: WorldConfig, out: str | os.PathL
         from ood_perception.data.bag import BagWriter
 
         bag_writer = BagWriter(Path(out) / "bags" / plan.name, storage=bag, camera_rate=config.frame_rate,
-                               lidar_rate=config.frame_rate, overwrite=overwrite, start_ns=BAG_START_NS)
+                               lidar_rate=config.frame_rate, overwrite=overwrite, start_ns=BAG_START_NS,
+                               label_map=_cfg())
     t_build = time.perf_counter() - t0
     t_write = 0.0
     try:
