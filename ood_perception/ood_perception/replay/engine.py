@@ -31,12 +31,14 @@ import dataclasses
 import time
 from collections import Counter, deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
 from ood_perception.codec.conversions import (
     ConversionError,
@@ -45,7 +47,7 @@ from ood_perception.codec.conversions import (
     pointcloud2_to_array,
 )
 from ood_perception.codec.tf import frame_name
-from ood_perception.data import SemanticKittiReader
+from ood_perception.data import DatasetConfig, SemanticKittiReader
 from ood_perception.data.bag_reader import BagReadError, BagSource
 from ood_perception.evaluation.segmentation import MetricsAccumulator
 from ood_perception.pipeline import FusionConfig, inputs
@@ -285,6 +287,277 @@ def check_tf_static(src: BagSource, camera_frame: str, lidar_frame: str, T_cam_l
             "translation_m": round(dist, 6), "rotation_deg": round(angle, 4)}
 
 
+class ReplaySession:
+    """One bag through the fusion node's frame objects, step by named step (see the module docstring).
+
+    ``ReplaySession(...).run()`` is :func:`replay_bag`. The steps, in the order a message meets them:
+    :meth:`_open` (topics, extrinsics, label map, accumulators, the node's frame processor),
+    :meth:`_on_message` (per message in bag-time order: :meth:`_on_camera_info`,
+    :meth:`_on_label_image`, or :meth:`_on_sensor` for camera and LiDAR, which starts a frame when
+    the synchroniser pairs one), :meth:`_emit` (a frame's model is done: outputs, record, labels),
+    :meth:`_finish` (labels arrived: metrics, alert evaluation, thumbnails), :meth:`_drain` (the
+    bag ended or broke: frames in flight are finished) and :meth:`_result`.
+    Overlapped (``settings.overlap``), the model of frame k runs on a second thread while frame
+    k-1 is emitted; the outputs are identical to the serial order (tested).
+    """
+
+    def __init__(self, bag_path: str | Path, pipeline: Any, settings: ReplaySettings | None = None,
+                 out_bag: Any = None, dataset_config: Any = None, label_folder: LabelFolder | None = None,
+                 progress: bool = False, on_frame: Callable[[FrameRecord, Any], None] | None = None,
+                 sequence: str | None = None) -> None:
+        self.bag_path, self.pipeline, self.out_bag = bag_path, pipeline, out_bag
+        self.settings = settings or ReplaySettings()
+        self.dataset_config, self.label_folder = dataset_config, label_folder
+        self.progress, self.on_frame = progress, on_frame
+        self.sequence = sequence or Path(bag_path).name or str(bag_path)
+        self.now = 0.0  # the processor's arrival clock: the bag time of the current message
+        self.bad: Counter[str] = Counter()
+        self.frames: list[FrameRecord] = []
+        self.pending_labels: dict[int, np.ndarray] = {}  # label images that came before their frame
+        self.awaiting: dict[int, _Scored] = {}  # frames waiting for their label image
+        self.image_index: dict[int, int] = {}  # camera stamp -> position among the bag's camera messages
+        self.images_seen = 0
+        self.inflight: deque[tuple[Any, Any, int, float]] = deque()  # (started, model future, bag ns, t0)
+        self.executor: Any = None
+        self.n_started = 0
+        self.first_ns: int | None = None
+        self.last_ns: int | None = None
+        self.error: str | None = None
+        self.thumbs = _Thumbs(self.settings.thumbnails)
+
+    # ------------------------------------------------------------------ the whole run
+    def run(self) -> BagReplay:
+        """Replay the bag; see :func:`replay_bag` for what is returned and raised."""
+        t_wall = time.perf_counter()
+        self.src = BagSource(self.bag_path, distro=self.settings.distro)
+        try:
+            self._open()
+            if self.settings.overlap:
+                self.executor = ThreadPoolExecutor(1, thread_name_prefix="replay-infer")
+            depth = OVERLAP_DEPTH if self.executor is not None else 0
+            bar = tqdm(total=self.src.message_count(self.by_topic), desc=Path(self.bag_path).name, unit="msg",
+                       leave=False, disable=not self.progress)
+            try:
+                for m in self.src.messages(self.by_topic):
+                    bar.update(1)
+                    if self._on_message(m, depth):
+                        break
+            except BagReadError as exc:
+                self.error = str(exc)
+            finally:
+                self._drain()
+                bar.close()
+            return self._result(time.perf_counter() - t_wall)
+        finally:
+            self.src.close()
+
+    # ------------------------------------------------------------------ steps
+    def _open(self) -> None:
+        """Resolve the topics, the extrinsics (``/tf_static``, params or ``--calib``) and the label
+        map; build the accumulators and the node's frame processor."""
+        src, settings = self.src, self.settings
+        names = {**DEFAULT_INPUT_TOPICS, **settings.topics}
+        self.topics = {
+            "image": src.resolve(names["image"]),
+            "points": src.resolve(names["points"]),
+            "camera_info": src.resolve(names["camera_info"]),
+            "labels": src.resolve(names["labels"], required=False) if names.get("labels") else None,
+        }
+        self.by_topic = {v: k for k, v in self.topics.items() if v}
+        T_cam_lidar, self.extrinsics = resolve_extrinsics(src, self.topics["image"], self.topics["points"],
+                                                          settings.T_cam_lidar, settings.extrinsics,
+                                                          settings.extrinsics_source)
+        self.settings = settings = dataclasses.replace(settings, T_cam_lidar=T_cam_lidar)
+        if self.out_bag is not None and self.extrinsics["camera_frame"] and self.extrinsics["lidar_frame"]:
+            start = src.start_ns or 0  # the extrinsics used, so the output bag's frames line up in a viewer
+            self.out_bag.write_tf_static(T_cam_lidar, self.extrinsics["camera_frame"], self.extrinsics["lidar_frame"],
+                                         start, start)
+        if self.dataset_config is None:
+            self.dataset_config = (self.label_folder.config if self.label_folder is not None
+                                   else DatasetConfig.semantic_kitti())
+        threshold = getattr(self.pipeline, "threshold", None)
+        self.metrics = MetricsAccumulator(self.dataset_config, threshold, getattr(self.pipeline, "input_hw", None))
+        self.alert_metrics = AlertMetrics(self.dataset_config, self.sequence, threshold)
+        self.fs = settings.frame_settings()
+        self.proc = FusionFrameProcessor(self.pipeline, self.fs, clock=lambda: self.now)  # arrival clock: bag time
+
+    def _on_message(self, m: Any, depth: int) -> bool:
+        """One message in bag-time order; True when replay should stop (``max_frames`` reached)."""
+        kind = self.by_topic[m.topic]
+        self.first_ns = m.timestamp_ns if self.first_ns is None else self.first_ns
+        self.last_ns = m.timestamp_ns
+        self.now = m.timestamp_ns * 1e-9
+        if kind == "camera_info":
+            self._on_camera_info(m.msg)
+        elif kind == "labels":
+            self._on_label_image(m.msg)
+        else:
+            return self._on_sensor(kind, m, depth)
+        return False
+
+    def _on_camera_info(self, msg: Any) -> None:
+        try:
+            self.proc.set_camera_info(inputs.decode_camera_info(msg))
+        except ConversionError:
+            self.bad["bad_camera_info"] += 1
+
+    def _on_label_image(self, msg: Any) -> None:
+        """A ``camera/labels`` image: finishes the frame of its stamp, or waits for it."""
+        stamp = _stamp_ns(msg.header)
+        if stamp in self.awaiting:
+            item = self.awaiting.pop(stamp)
+            item.pix_raw = image_to_numpy(msg)
+            self._finish(item)
+        else:
+            self.pending_labels[stamp] = image_to_numpy(msg)
+            if len(self.pending_labels) > 64:
+                self.pending_labels.pop(next(iter(self.pending_labels)))
+
+    def _on_sensor(self, kind: str, m: Any, depth: int) -> bool:
+        """A camera image or LiDAR cloud, handled as the fusion node's callbacks and worker do (same
+        objects); a paired frame is started and its model queued (or run, serial)."""
+        if kind == "image":  # label folder frame i = the bag's i-th camera message, dropped or not
+            self.image_index[_stamp_ns(m.msg.header)] = self.images_seen
+            self.images_seen += 1
+            while len(self.image_index) > 256:
+                self.image_index.pop(next(iter(self.image_index)))
+        t0 = time.perf_counter()
+        try:
+            if kind == "image":
+                notes = self.proc.add_camera(inputs.decode_camera(m.msg, source=m.msg))
+            else:
+                lid_in, notes = inputs.decode_lidar(m.msg, self.fs, source=m.msg)
+                notes += self.proc.add_lidar(lid_in)
+        except ConversionError:
+            self.bad["bad_image" if kind == "image" else "bad_cloud"] += 1
+            return False
+        self.bad.update(n.reason for n in notes if n.bad)
+        synced = self.proc.take()
+        if synced is None:
+            return False
+        started = self.proc.start(synced)
+        future = None
+        if self.executor is not None:  # the model of this frame runs while earlier ones are finished
+            future = self.executor.submit(self.proc.pipeline.infer, started.pending)
+        else:
+            self.proc.pipeline.infer(started.pending)
+        self.inflight.append((started, future, m.timestamp_ns, t0))
+        while len(self.inflight) > depth:
+            self._emit(*self.inflight.popleft())
+        self.n_started += 1
+        return self.settings.max_frames is not None and self.n_started >= self.settings.max_frames
+
+    def _emit(self, started: Any, future: Any, bag_ns: int, t0: float) -> None:
+        """Complete a started frame (in frame order): output bag, record, labels (or wait for them)."""
+        if future is not None:
+            future.result()  # infer() turns model errors into a DEGRADED result itself
+        out = self.proc.complete(started)
+        self.bad.update(n.reason for n in out.notes if n.bad)
+        result = out.result
+        latency = time.perf_counter() - t0
+        cam = out.camera
+        stamp_ns = out.header.stamp_ns
+        if self.out_bag is not None:
+            self.out_bag.write_frame(out, bag_ns)
+        pix_raw, pt_raw, pix_inst = self._folder_labels(cam)
+        if out.lidar is not None and pt_raw is None and self.settings.label_field:
+            pt_raw = self._cloud_labels(out.lidar.source)
+        rec = FrameRecord(
+            index=len(self.frames), stamp_ns=stamp_ns, bag_time_ns=bag_ns, level=int(result.level),
+            description=result.decision.description, frame_score=float(result.frame_score),
+            anomalous_fraction=float(result.anomalous_fraction), num_regions=len(result.regions),
+            latency_s=latency, modalities=list(result.modalities),
+        )
+        self.frames.append(rec)
+        item = _Scored(rec, result, cam.image if cam is not None else None, out.points, out.calib,
+                       pix_raw, pt_raw, pix_inst)
+        if cam is not None and pix_raw is None and self.topics["labels"]:
+            if stamp_ns in self.pending_labels:  # the label image came first
+                item.pix_raw = self.pending_labels.pop(stamp_ns)
+                self._finish(item)
+            else:
+                self.awaiting[stamp_ns] = item
+                while len(self.awaiting) > LABEL_WAIT_FRAMES:  # its label never came
+                    self._finish(self.awaiting.pop(next(iter(self.awaiting))))
+        else:
+            self._finish(item)
+        if self.on_frame is not None:
+            self.on_frame(rec, result)
+
+    def _folder_labels(self, cam: Any) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+        """(pixel ids, point ids, pixel instances) of the label folder's frame of this camera image."""
+        if cam is None or self.label_folder is None or cam.header.stamp_ns not in self.image_index:
+            return None, None, None
+        return self.label_folder.get_with_instances(self.image_index[cam.header.stamp_ns])
+
+    def _cloud_labels(self, cloud_msg: Any) -> np.ndarray | None:
+        """Per-point raw ids from the cloud's label field (finite points, as the pipeline keeps them)."""
+        cloud = pointcloud2_to_array(cloud_msg)
+        if self.settings.label_field not in (cloud.dtype.names or ()):
+            return None
+        finite = np.isfinite(cloud_field(cloud, "x")) & np.isfinite(cloud_field(cloud, "y")) & np.isfinite(cloud_field(cloud, "z"))
+        return cloud_field(cloud, self.settings.label_field, np.float64)[finite].astype(np.int64)
+
+    def _finish(self, item: _Scored) -> None:
+        """A frame with its labels (or none): metrics, alert evaluation, thumbnail candidates."""
+        rec, result = item.rec, item.result
+        gt_ood = None
+        if item.pix_raw is not None or item.pt_raw is not None:
+            rec.has_labels = True
+            stats = self.metrics.add(result, item.pix_raw, item.pt_raw, item.points, item.calib)
+            rec.frame_auroc, rec.ood_iou = stats.get("auroc"), stats.get("ood_iou")
+            if item.pix_raw is not None:
+                gt_ood = self.dataset_config.ood_mask(item.pix_raw)
+                self._add_alert_frame(item)
+        if item.rgb is not None:
+            key = rec.ood_iou if rec.ood_iou is not None else rec.frame_auroc
+            if key is None:  # without labels: most / least anomalous frames
+                key = rec.frame_score
+            self.thumbs.offer(float(key), rec.index,  # rendered at the end, only for the frames kept
+                              lambda rgb=item.rgb, mask=result.mask, gt=gt_ood: overlay(rgb, mask, gt))
+
+    def _add_alert_frame(self, item: _Scored) -> None:
+        """Feed the alert evaluation: level, frame score, labels, scored points' labels."""
+        result = item.result
+        if result.mask is not None:
+            hw = result.mask.shape[:2]
+        elif item.rgb is not None:
+            hw = item.rgb.shape[:2]
+        else:
+            hw = np.asarray(item.pix_raw).shape[:2]
+        pt_lab = None
+        if item.pt_raw is not None and item.points is not None and len(item.pt_raw) == len(item.points):
+            inview = getattr(result, "in_view", None)  # the pipeline's own view test, as metrics uses it
+            if inview is None or len(inview) != len(item.points):
+                inview = self.metrics._inview(item.points, item.calib)  # noqa: SLF001 - same test as the metrics
+            if inview is not None:
+                pt_lab = np.asarray(item.pt_raw)[inview]
+        self.alert_metrics.add(result, item.rec.stamp_ns, hw, item.pix_raw, item.pix_inst, pt_lab)
+
+    def _drain(self) -> None:
+        """The bag ended (or broke): finish the frames in flight and those still waiting for labels."""
+        try:
+            while self.inflight:
+                self._emit(*self.inflight.popleft())
+        finally:
+            if self.executor is not None:
+                self.executor.shutdown(wait=True)
+        for item in self.awaiting.values():
+            self._finish(item)
+        self.awaiting.clear()
+
+    def _result(self, wall_s: float) -> BagReplay:
+        sync = self.proc.sync
+        sync_counters = {k: getattr(sync.counters, k) for k in sync.counters.__dataclass_fields__}
+        duration = ((self.last_ns - self.first_ns) * 1e-9) if self.first_ns is not None and self.last_ns is not None else 0.0
+        return BagReplay(
+            bag=str(self.bag_path), frames=self.frames, metrics=self.metrics, duration_s=duration, wall_s=wall_s,
+            topics={k: v for k, v in self.topics.items() if v}, sync_counters=sync_counters, error=self.error,
+            salvaged=self.src.salvaged, thumbnails=self.thumbs.result(), bad_inputs=dict(sorted(self.bad.items())),
+            extrinsics=self.extrinsics, alert_metrics=self.alert_metrics,
+        )
+
+
 def replay_bag(
     bag_path: str | Path,
     pipeline: Any,
@@ -296,7 +569,8 @@ def replay_bag(
     on_frame: Callable[[FrameRecord, Any], None] | None = None,
     sequence: str | None = None,
 ) -> BagReplay:
-    """Replay one bag through ``pipeline`` (a :class:`~ood_perception.pipeline.FusionPipeline`).
+    """Replay one bag through ``pipeline`` (a :class:`~ood_perception.pipeline.FusionPipeline`);
+    a :class:`ReplaySession` does the work.
 
     Args:
         out_bag: an :class:`~ood_perception.data.bag_output.OutputBag` to record the outputs, or None.
@@ -312,228 +586,5 @@ def replay_bag(
     Raises:
         MissingTopicError: a required input topic is not in the bag (lists the bag's topics).
     """
-
-
-    settings = settings or ReplaySettings()
-    t_wall = time.perf_counter()
-    src = BagSource(bag_path, distro=settings.distro)
-    try:
-        names = {**DEFAULT_INPUT_TOPICS, **settings.topics}
-        topics = {
-            "image": src.resolve(names["image"]),
-            "points": src.resolve(names["points"]),
-            "camera_info": src.resolve(names["camera_info"]),
-            "labels": src.resolve(names["labels"], required=False) if names.get("labels") else None,
-        }
-        by_topic = {v: k for k, v in topics.items() if v}
-        T_cam_lidar, extrinsics = resolve_extrinsics(src, topics["image"], topics["points"], settings.T_cam_lidar,
-                                                     settings.extrinsics, settings.extrinsics_source)
-        settings = dataclasses.replace(settings, T_cam_lidar=T_cam_lidar)
-        if out_bag is not None and extrinsics["camera_frame"] and extrinsics["lidar_frame"]:
-            start = src.start_ns or 0  # the extrinsics used, so the output bag's frames line up in a viewer
-            out_bag.write_tf_static(T_cam_lidar, extrinsics["camera_frame"], extrinsics["lidar_frame"], start, start)
-        if dataset_config is None:
-            if label_folder is not None:
-                dataset_config = label_folder.config
-            else:
-                from ood_perception.data import DatasetConfig
-
-                dataset_config = DatasetConfig.semantic_kitti()
-        metrics = MetricsAccumulator(dataset_config, getattr(pipeline, "threshold", None), getattr(pipeline, "input_hw", None))
-        alert_metrics = AlertMetrics(dataset_config, sequence or Path(bag_path).name or str(bag_path),
-                                     getattr(pipeline, "threshold", None))
-        now = [0.0]
-        fs = settings.frame_settings()
-        proc = FusionFrameProcessor(pipeline, fs, clock=lambda: now[0])  # arrival clock: bag time
-        sync = proc.sync
-        bad: Counter[str] = Counter()
-        pending_labels: dict[int, np.ndarray] = {}
-        frames: list[FrameRecord] = []
-        thumbs = _Thumbs(settings.thumbnails)
-        awaiting: dict[int, _Scored] = {}
-
-        def finish(item: _Scored) -> None:
-            rec, result = item.rec, item.result
-            gt_ood = None
-            if item.pix_raw is not None or item.pt_raw is not None:
-                rec.has_labels = True
-                stats = metrics.add(result, item.pix_raw, item.pt_raw, item.points, item.calib)
-                rec.frame_auroc, rec.ood_iou = stats.get("auroc"), stats.get("ood_iou")
-                if item.pix_raw is not None:
-                    gt_ood = dataset_config.ood_mask(item.pix_raw)
-                    add_alert_frame(item)
-            if item.rgb is not None:
-                key = rec.ood_iou if rec.ood_iou is not None else rec.frame_auroc
-                if key is None:  # without labels: most / least anomalous frames
-                    key = rec.frame_score
-                thumbs.offer(float(key), rec.index,  # rendered at the end, only for the frames kept
-                             lambda rgb=item.rgb, mask=result.mask, gt=gt_ood: overlay(rgb, mask, gt))
-
-        def add_alert_frame(item: _Scored) -> None:
-            """Feed the alert evaluation: level, frame score, labels, scored points' labels."""
-            result = item.result
-            if result.mask is not None:
-                hw = result.mask.shape[:2]
-            elif item.rgb is not None:
-                hw = item.rgb.shape[:2]
-            else:
-                hw = np.asarray(item.pix_raw).shape[:2]
-            pt_lab = None
-            if item.pt_raw is not None and item.points is not None and len(item.pt_raw) == len(item.points):
-                inview = getattr(result, "in_view", None)  # the pipeline's own view test, as metrics uses it
-                if inview is None or len(inview) != len(item.points):
-                    inview = metrics._inview(item.points, item.calib)
-                if inview is not None:
-                    pt_lab = np.asarray(item.pt_raw)[inview]
-            alert_metrics.add(result, item.rec.stamp_ns, hw, item.pix_raw, item.pix_inst, pt_lab)
-
-        def emit(started: Any, future: Any, bag_ns: int, t0: float) -> None:
-            """Complete a started frame (in frame order): output bag, labels, metrics, record."""
-            if future is not None:
-                future.result()  # infer() turns model errors into a DEGRADED result itself
-            out = proc.complete(started)
-            bad.update(n.reason for n in out.notes if n.bad)
-            result = out.result
-            latency = time.perf_counter() - t0
-            cam, lid = out.camera, out.lidar
-            rgb, points = (cam.image if cam is not None else None), out.points
-            stamp_ns = out.header.stamp_ns
-            if out_bag is not None:
-                out_bag.write_frame(out, bag_ns)
-            calib_used = out.calib
-            # labels for metrics: from the label folder now, from the label topic when it arrives
-            pt_raw = None
-            has_folder_pix = False
-            pix_raw = None
-            pix_inst = None
-            if cam is not None and label_folder is not None and cam.header.stamp_ns in image_index:
-                pix_raw, pt_raw, pix_inst = label_folder.get_with_instances(image_index[cam.header.stamp_ns])
-                has_folder_pix = pix_raw is not None
-            if lid is not None and pt_raw is None and settings.label_field:
-                cloud = pointcloud2_to_array(lid.source)
-                if settings.label_field in (cloud.dtype.names or ()):
-                    finite = np.isfinite(cloud_field(cloud, "x")) & np.isfinite(cloud_field(cloud, "y")) & np.isfinite(cloud_field(cloud, "z"))
-                    pt_raw = cloud_field(cloud, settings.label_field, np.float64)[finite].astype(np.int64)
-            rec = FrameRecord(
-                index=len(frames), stamp_ns=stamp_ns, bag_time_ns=bag_ns, level=int(result.level),
-                description=result.decision.description, frame_score=float(result.frame_score),
-                anomalous_fraction=float(result.anomalous_fraction), num_regions=len(result.regions),
-                latency_s=latency, modalities=list(result.modalities),
-            )
-            frames.append(rec)
-            item = _Scored(rec, result, rgb, points, calib_used, pix_raw, pt_raw, pix_inst)
-            if cam is not None and not has_folder_pix and topics["labels"]:
-                if stamp_ns in pending_labels:  # the label image came first
-                    item.pix_raw = pending_labels.pop(stamp_ns)
-                    finish(item)
-                else:
-                    awaiting[stamp_ns] = item
-                    while len(awaiting) > LABEL_WAIT_FRAMES:  # its label never came
-                        finish(awaiting.pop(next(iter(awaiting))))
-            else:
-                finish(item)
-            if on_frame is not None:
-                on_frame(rec, result)
-
-        executor = None
-        if settings.overlap:
-            from concurrent.futures import ThreadPoolExecutor
-
-            executor = ThreadPoolExecutor(1, thread_name_prefix="replay-infer")
-        # (started frame, model future or None, bag time, t0), oldest first: overlapped, up to OVERLAP_DEPTH
-        # frames whose model is queued or running while earlier ones are finished; serial, none
-        inflight: deque[tuple[Any, Any, int, float]] = deque()
-        depth = OVERLAP_DEPTH if executor is not None else 0
-        n_started = 0
-        first_ns: int | None = None
-        last_ns: int | None = None
-        error: str | None = None
-        image_index: dict[int, int] = {}  # camera stamp -> position among the bag's camera messages
-        images_seen = 0
-        total = src.message_count(by_topic)
-        bar = None
-        if progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=total, desc=Path(bag_path).name, unit="msg", leave=False)
-        try:
-            for m in src.messages(by_topic):
-                if bar is not None:
-                    bar.update(1)
-                kind = by_topic[m.topic]
-                first_ns = m.timestamp_ns if first_ns is None else first_ns
-                last_ns = m.timestamp_ns
-                now[0] = m.timestamp_ns * 1e-9
-                if kind == "camera_info":
-                    try:
-                        proc.set_camera_info(inputs.decode_camera_info(m.msg))
-                    except ConversionError:
-                        bad["bad_camera_info"] += 1
-                    continue
-                if kind == "labels":
-                    lstamp = _stamp_ns(m.msg.header)
-                    if lstamp in awaiting:
-                        item = awaiting.pop(lstamp)
-                        item.pix_raw = image_to_numpy(m.msg)
-                        finish(item)
-                    else:
-                        pending_labels[lstamp] = image_to_numpy(m.msg)
-                        if len(pending_labels) > 64:
-                            pending_labels.pop(next(iter(pending_labels)))
-                    continue
-                if kind == "image":  # label folder frame i = the bag's i-th camera message, dropped or not
-                    image_index[_stamp_ns(m.msg.header)] = images_seen
-                    images_seen += 1
-                    while len(image_index) > 256:
-                        image_index.pop(next(iter(image_index)))
-                # what the fusion node's callbacks and worker do (ros/fusion_node.py), with the same objects
-                t0 = time.perf_counter()
-                try:
-                    if kind == "image":
-                        notes = proc.add_camera(inputs.decode_camera(m.msg, source=m.msg))
-                    else:
-                        lid_in, notes = inputs.decode_lidar(m.msg, fs, source=m.msg)
-                        notes += proc.add_lidar(lid_in)
-                except ConversionError:
-                    bad["bad_image" if kind == "image" else "bad_cloud"] += 1
-                    continue
-                bad.update(n.reason for n in notes if n.bad)
-                synced = proc.take()
-                if synced is None:
-                    continue
-                started = proc.start(synced)
-                future = None
-                if executor is not None:  # the model of this frame runs while earlier ones are finished
-                    future = executor.submit(proc.pipeline.infer, started.pending)
-                else:
-                    proc.pipeline.infer(started.pending)
-                inflight.append((started, future, m.timestamp_ns, t0))
-                while len(inflight) > depth:
-                    emit(*inflight.popleft())
-                n_started += 1
-                if settings.max_frames is not None and n_started >= settings.max_frames:
-                    break
-        except BagReadError as exc:
-            error = str(exc)
-        finally:
-            try:
-                while inflight:  # the frames whose model was queued or running when the bag ended (or broke)
-                    emit(*inflight.popleft())
-            finally:
-                if executor is not None:
-                    executor.shutdown(wait=True)
-            for item in awaiting.values():
-                finish(item)
-            awaiting.clear()
-            if bar is not None:
-                bar.close()
-        sync_counters = {k: getattr(sync.counters, k) for k in sync.counters.__dataclass_fields__}
-        duration = ((last_ns - first_ns) * 1e-9) if first_ns is not None and last_ns is not None else 0.0
-        return BagReplay(
-            bag=str(bag_path), frames=frames, metrics=metrics, duration_s=duration,
-            wall_s=time.perf_counter() - t_wall, topics={k: v for k, v in topics.items() if v},
-            sync_counters=sync_counters, error=error, salvaged=src.salvaged, thumbnails=thumbs.result(),
-            bad_inputs=dict(sorted(bad.items())), extrinsics=extrinsics, alert_metrics=alert_metrics,
-        )
-    finally:
-        src.close()
+    return ReplaySession(bag_path, pipeline, settings, out_bag, dataset_config, label_folder, progress, on_frame,
+                         sequence).run()
