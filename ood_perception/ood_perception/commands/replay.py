@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 
+from ood_perception.commands._help import PlainHelpFormatter
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``replay`` subcommand."""
     p = subparsers.add_parser(
         "replay",
+        formatter_class=PlainHelpFormatter,
         help="replay rosbag2 drives through the fusion pipeline: output bag, metrics, HTML report",
         description="Replay rosbag2 recordings (sqlite3 or mcap) in bag-time order through the same pipeline "
         "objects as the fusion node; writes DIR/output.mcap, DIR/metrics.json, DIR/timing.json and DIR/report.html "

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import importlib
 
+from ood_perception.commands._help import PlainHelpFormatter, task_summary
+
 #: task name -> module implementing it.
 TASKS: dict[str, str] = {
     "segmentation": "ood_perception.trainer.segmentation",
@@ -33,12 +35,12 @@ def available_tasks() -> dict[str, object]:
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``train`` with one sub-subcommand per available task."""
     parser = subparsers.add_parser("train", help="train a model (segmentation, recognition, distill)",
-                                   description="Train a model. Tasks: " + ", ".join(TASKS))
+                                   description="Train a model. Tasks: " + ", ".join(TASKS),
+                                   formatter_class=PlainHelpFormatter)
     tasks = parser.add_subparsers(dest="task", metavar="TASK")
     for name, mod in available_tasks().items():
-        doc = (mod.__doc__ or "").strip().splitlines()
-        sub = tasks.add_parser(name, help=doc[0] if doc else name, description=(mod.__doc__ or "").strip(),
-                               formatter_class=argparse.RawDescriptionHelpFormatter)
+        sub = tasks.add_parser(name, help=task_summary(mod.__doc__, name), description=(mod.__doc__ or "").strip(),
+                               formatter_class=PlainHelpFormatter)
         mod.add_arguments(sub)
         sub.set_defaults(func=mod.run)
     parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
