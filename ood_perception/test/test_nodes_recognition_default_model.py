@@ -62,7 +62,8 @@ def test_node_with_default_recognition_model_publishes_results(rclpy_context, mo
             m.header.frame_id = "camera"
             pub.publish(m)
             assert spin_until(ex, lambda n=i + 1: node.rate.total >= n, 10.0, step=0.005)  # the node took it
-        clip_alerts = lambda: [a for a in alerts if a.header.frame_id == "camera"]  # noqa: E731
+        # one alert per clip; a loaded machine can also see "video stale" alerts between frames
+        clip_alerts = lambda: [a for a in alerts if a.header.frame_id == "camera" and a.description != "video stale"]  # noqa: E731
         assert spin_until(ex, lambda: len(results) >= 2 and len(clip_alerts()) >= 2, 10.0), node.diagnostics_values()
     finally:
         ex.shutdown()
