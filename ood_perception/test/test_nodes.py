@@ -116,7 +116,7 @@ class Harness:
                 return a
         return None
 
-    def wait_alert(self, t, timeout=10.0):
+    def wait_alert(self, t, timeout=30.0):
         assert spin_until(self.ex, lambda: self.alert_at(t) is not None, timeout), f"no alert for stamp {t}"
         return self.alert_at(t)
 
@@ -141,9 +141,10 @@ def diag_values(h):
 def test_fusion_node_end_to_end_alert_and_clear(rclpy_context):
     from ood_perception_msgs.msg import OodAlert
 
-    # staleness is not under test here: a first frame that takes long on a loaded machine (lazy
-    # imports, the first DBSCAN) must not make the next frame's LiDAR look stale
-    node = make_node(rclpy_context, stale_timeout=60.0)
+    # staleness and QoS are not under test here: a first frame that takes long on a loaded machine
+    # (lazy imports, the first DBSCAN) must not make the next frame's LiDAR look stale, and a
+    # best-effort reader may lose a fragmented message under load (the publishers are reliable)
+    node = make_node(rclpy_context, stale_timeout=60.0, reliability="reliable")
     assert node._state == "active"
     h = Harness(rclpy_context, node)
     try:
