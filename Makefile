@@ -65,7 +65,7 @@ test: setup
 $(STAMPS)/demo-apt:
 	@mkdir -p $(STAMPS)
 	@if [ ! -f /usr/share/doc/opencv-doc/examples/data/vtest.avi ]; then \
-	  echo "installing Debian opencv-doc (real video vtest.avi for the demo)"; \
+	  echo "installing Debian opencv-doc (96 MB download, 274 MB on disk) for the demo's real video vtest.avi"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  ( $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq opencv-doc >/dev/null ) \
 	    || echo "opencv-doc not installed: the demo runs without the real video"; \

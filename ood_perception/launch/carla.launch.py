@@ -16,6 +16,13 @@ from launch.actions import DeclareLaunchArgument
 from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
+from launch_ros.parameter_descriptions import ParameterValue
+
+
+def _text(name):
+    # A launch argument as a string parameter: launch_ros parses bare substitutions in a parameter
+    # dict as YAML, so model:='' would become None (refused) and device:=0 an integer.
+    return ParameterValue(LaunchConfiguration(name), value_type=str)
 
 
 def generate_launch_description():
@@ -34,8 +41,8 @@ def generate_launch_description():
         Node(
             package="ood_perception", executable="fusion_segmentation_node", name="fusion_segmentation",
             parameters=[LaunchConfiguration("config"),
-                        {"model_dir": LaunchConfiguration("model"), "backend": LaunchConfiguration("backend"),
-                         "device": LaunchConfiguration("device"), "use_sim_time": True, "autostart": True}],
+                        {"model_dir": _text("model"), "backend": _text("backend"),
+                         "device": _text("device"), "use_sim_time": True, "autostart": True}],
             remappings=[
                 ("camera/image", ["/carla/", role, "/", camera, "/image"]),
                 ("camera/camera_info", ["/carla/", role, "/", camera, "/camera_info"]),

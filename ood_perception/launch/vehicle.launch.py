@@ -16,15 +16,22 @@ from launch.actions import DeclareLaunchArgument
 from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
+from launch_ros.parameter_descriptions import ParameterValue
+
+
+def _text(name):
+    # A launch argument as a string parameter: launch_ros parses bare substitutions in a parameter
+    # dict as YAML, so model:='' would become None (refused) and device:=0 an integer.
+    return ParameterValue(LaunchConfiguration(name), value_type=str)
 
 
 def generate_launch_description():
     share = get_package_share_directory("ood_perception")
     config = LaunchConfiguration("config")
     overrides = {
-        "model_dir": LaunchConfiguration("model"),
-        "backend": LaunchConfiguration("backend"),
-        "device": LaunchConfiguration("device"),
+        "model_dir": _text("model"),
+        "backend": _text("backend"),
+        "device": _text("device"),
         "autostart": True,
     }
     return LaunchDescription([
@@ -42,8 +49,8 @@ def generate_launch_description():
              parameters=[config, overrides], output="screen"),
         Node(package="ood_perception", executable="action_recognition_node", name="action_recognition",
              parameters=[LaunchConfiguration("recognition_config"),
-                         {"model_dir": LaunchConfiguration("recognition_model"),
-                          "backend": LaunchConfiguration("backend"), "device": LaunchConfiguration("device"),
+                         {"model_dir": _text("recognition_model"),
+                          "backend": _text("backend"), "device": _text("device"),
                           "autostart": True}],
              condition=IfCondition(LaunchConfiguration("recognition")), output="screen"),
         Node(package="rviz2", executable="rviz2", name="rviz2",

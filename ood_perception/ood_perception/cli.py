@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from ood_perception import __version__, commands
+from ood_perception.runtime import BackendUnavailableError
 
 #: Order in which subcommands are listed in ``--help`` (others follow alphabetically).
 _ORDER = ["synth", "train", "evaluate", "export", "replay", "run", "demo", "bench"]
@@ -55,6 +56,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as exc:  # user errors: one clear line, no traceback
         print(f"ood-perception {args.command}: error: {exc}", file=sys.stderr)
         return 1
+    except BackendUnavailableError as exc:  # e.g. --backend tensorrt without TensorRT/CUDA: not a crash
+        print(f"ood-perception {args.command}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

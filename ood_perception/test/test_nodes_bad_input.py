@@ -9,6 +9,7 @@ streams must give DEGRADED alerts naming the missing piece, never CLEAR.
 from __future__ import annotations
 
 import re
+import time
 
 import numpy as np
 import pytest
@@ -23,8 +24,55 @@ from conftest import spin_until  # noqa: E402
 from ood_perception.ros import messages as rosmsg  # noqa: E402
 
 
-def _spin(h, seconds=0.15):
-    spin_until(h.ex, lambda: False, timeout=seconds, step=0.02)
+class Counted:
+    """A publisher that counts what it sent, so the test can wait until the node has taken it."""
+
+    def __init__(self, pub):
+        self.pub, self.sent = pub, 0
+
+    def publish(self, msg):
+        self.pub.publish(msg)
+        self.sent += 1
+
+    def get_subscription_count(self):
+        return self.pub.get_subscription_count()
+
+
+def _received(node) -> int:
+    """Messages the node's input callbacks have been called with (each ticks its rate meter first)."""
+    return sum(node.rates[k].total for k in ("camera", "camera_info", "lidar"))
+
+
+def _sent(h) -> int:
+    return h.pub_img.sent + h.pub_info.sent + h.pub_pts.sent
+
+
+def _settle(h, node, timeout=10.0):
+    """Spin until every message published so far has reached the node's callbacks (a callback that
+    raised would raise here, out of the executor)."""
+    assert spin_until(h.ex, lambda: _received(node) >= _sent(h), timeout, step=0.01), (_received(node), _sent(h))
+
+
+def _pace(h, stamp, period=0.1, timeout=10.0):
+    """Publish at a 10 Hz sensor's spacing: wait until the node's synchroniser holds the camera image
+    stamped ``stamp`` (a condition), and until ``period`` has passed since the previous paced frame.
+    The node's pairing and stale rules run on arrival time, so these cases need real spacing; this
+    paces input, it asserts nothing about durations."""
+    sync = h.node.sync
+    due = getattr(h, "_paced_at", 0.0) + period
+
+    def ready():
+        newest = sync._newest.get("camera")  # noqa: SLF001 - the newest camera stamp it holds
+        return newest is not None and newest >= stamp - 1e-9 and time.monotonic() >= due
+
+    assert spin_until(h.ex, ready, timeout, step=0.01), f"camera image {stamp} not received"
+    h._paced_at = time.monotonic()
+
+
+def _stale(h, node, stream, timeout=10.0):
+    """Spin until ``stream`` has been silent beyond the node's stale_timeout (on the node's clock)."""
+    limit = float(node.params["stale_timeout"])
+    assert spin_until(h.ex, lambda: (node.sync.age(stream) or 0.0) > limit, timeout, step=0.02), stream
 
 
 def test_bad_input_matrix(rclpy_context):
@@ -32,6 +80,7 @@ def test_bad_input_matrix(rclpy_context):
 
     node = make_node(rclpy_context, stale_timeout=0.3, max_points=100_000, raise_k=1, raise_n=1, clear_frames=1)
     h = Harness(rclpy_context, node)
+    h.pub_img, h.pub_info, h.pub_pts = Counted(h.pub_img), Counted(h.pub_info), Counted(h.pub_pts)
     img, pts = scene(red=False, hot_points=False)
     t = [200.0]
 
@@ -142,7 +191,7 @@ def test_bad_input_matrix(rclpy_context):
 
         for _name, fn in cases.items():
             fn()
-            _spin(h, 0.1)  # raises here if a callback raised
+            _settle(h, node)  # raises here if a callback raised
 
         # --- good frames are still served (paired, with CameraInfo now)
         def good_frame():
@@ -167,7 +216,8 @@ def test_bad_input_matrix(rclpy_context):
         h.wait_alert(s, 5.0)  # served after the jump (reset counted below)
 
         # --- camera-only stream: LiDAR silent beyond stale_timeout -> DEGRADED with ["camera"]
-        _spin(h, 0.4)
+        _settle(h, node)
+        _stale(h, node, "lidar")
         s = nxt()
         red, _ = scene(red=False, hot_points=False)
         h.pub_info.publish(h.info())
@@ -175,7 +225,7 @@ def test_bad_input_matrix(rclpy_context):
         a = h.wait_alert(s)
         assert list(a.modalities) == ["camera"] and a.level == OodAlert.DEGRADED and "lidar stale" in a.description
         # --- LiDAR-only stream
-        _spin(h, 0.4)
+        _stale(h, node, "camera")
         s = nxt()
         h.pub_pts.publish(h.cloud(pts, s))
         a = h.wait_alert(s)
@@ -189,8 +239,17 @@ def test_bad_input_matrix(rclpy_context):
             res = node.set_parameters([Parameter(name, value=value)])[0]
             assert not res.successful and name in res.reason
 
-        # --- /diagnostics counts every reason
-        _spin(h, 0.5)
+        # --- /diagnostics counts every reason: wait for a report made after everything above
+        _settle(h, node)
+        mark = node.get_clock().now().nanoseconds
+
+        def fresh():
+            if not h.got["diag"]:
+                return False
+            st = h.got["diag"][-1].header.stamp
+            return st.sec * 1_000_000_000 + st.nanosec >= mark
+
+        assert spin_until(h.ex, fresh, 10.0), "no /diagnostics after the last input"
         d = diag_values(h)
         for key in ("bad.bad_image", "bad.bad_cloud", "bad.zero_stamp", "bad.duplicate_stamp", "bad.bad_camera_info",
                     "bad.nonfinite_points", "bad.empty_cloud", "bad.missing_camera_info", "bad.old_stamp"):
@@ -243,7 +302,7 @@ def test_unpairable_streams_and_unusable_clouds_are_degraded_and_on_diagnostics(
         for s in stamps:
             h.pub_img.publish(h.image(img, s))
             h.pub_pts.publish(h.cloud(pts, s - 0.7))
-            _spin(h, 0.1)
+            _pace(h, s)
         a = h.wait_alert(stamps[-2])  # (the newest camera image waits for the next one)
         assert a.level == OodAlert.DEGRADED and list(a.modalities) == ["camera"]
         assert "no camera/lidar pair within slop 0.050 s" in a.description
@@ -265,7 +324,7 @@ def test_unpairable_streams_and_unusable_clouds_are_degraded_and_on_diagnostics(
         bad[:, 0] = np.nan
         for k in range(3):  # re-establish pairing first, then the NaN cloud
             h.send_frame(s + 0.1 * k, red=False)
-            _spin(h, 0.1)
+            _pace(h, s + 0.1 * k)
         h.pub_img.publish(h.image(img, s + 0.3))
         h.pub_pts.publish(h.cloud(bad, s + 0.3))
         a = h.wait_alert(s + 0.3)
@@ -381,7 +440,7 @@ def test_diagnostics_warn_clears_and_large_outputs_are_downscaled(rclpy_context)
         def ok():
             t[0] += 0.1
             h.send_frame(t[0], red=False)
-            _spin(h, 0.1)
+            _pace(h, t[0])
             st = _diag_status(h)
             return st.level == DiagnosticStatus.OK
 

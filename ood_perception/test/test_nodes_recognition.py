@@ -75,12 +75,15 @@ def test_recognition_node_results_alerts_and_stale(rclpy_context):
             m.header.stamp = stamp_from_sec(10.0 + i / 30)
             m.header.frame_id = "video"
             pub.publish(m)
-            spin_until(ex, lambda: False, timeout=0.03, step=0.01)  # input QoS is KEEP_LAST 5: pace the stream
-        assert spin_until(ex, lambda: len(results) >= 3, 10.0)
+            # input QoS is KEEP_LAST 5: pace the stream by waiting until the node's callback took this frame
+            assert spin_until(ex, lambda n=i + 1: node.rate.total >= n, 10.0, step=0.005)
+        clip_alerts = lambda: [a for a in alerts if a.header.frame_id == "video" and a.description != "video stale"]  # noqa: E731
+        # each clip's result is published before its alert: wait for both
+        assert spin_until(ex, lambda: len(results) >= 3 and len(clip_alerts()) >= 3, 10.0)
         assert [r.is_ood for r in results[:3]] == [False, True, False]
         assert results[1].ood_score == pytest.approx((230 - 20) / 255, abs=1e-3) and results[1].num_frames == 4
         assert results[0].header.frame_id == "video"
-        clip_alerts = [a for a in alerts if a.header.frame_id == "video" and a.description != "video stale"]
+        clip_alerts = clip_alerts()
         assert [a.level for a in clip_alerts[:3]] == [OodAlert.CLEAR, OodAlert.ALERT, OodAlert.CLEAR]
         # stream stops: DEGRADED alerts, never CLEAR; bad input counted
         assert spin_until(ex, lambda: any(a.level == OodAlert.DEGRADED and "stale" in a.description for a in alerts), 5.0)

@@ -69,7 +69,21 @@ def test_recognition_bad_input_matrix(rclpy_context):
     model = build_recognition_model(RecognitionConfig(num_classes=3, embed_dim=8, width=4)).eval()
     params = {"autostart": True, "raise_k": 1, "raise_n": 1, "clear_frames": 1, "cooldown_s": 0.0, "stale_timeout": 0.4,
               "diagnostics_period": 0.2, "log_throttle_s": 60.0, "clock_jump": 1.0, "frame_queue": 200}
-    node = ActionRecognitionNode(context=rclpy_context, recognizer=recognizer(model),
+    pushed = []  # outcome of each frame the node's worker pushed into its recogniser: result, none or error
+    node_rec = recognizer(model)
+    inner_push = node_rec.push
+
+    def counting_push(rgb, stamp):
+        try:
+            r = inner_push(rgb, stamp)
+        except Exception:
+            pushed.append("error")
+            raise
+        pushed.append("none" if r is None else "result")
+        return r
+
+    node_rec.push = counting_push
+    node = ActionRecognitionNode(context=rclpy_context, recognizer=node_rec,
                                  parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
     io = rclpy.create_node("rec_bad_io", context=rclpy_context)
     qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
@@ -81,17 +95,20 @@ def test_recognition_bad_input_matrix(rclpy_context):
     ex.add_node(node)
     ex.add_node(io)
     accepted: list[tuple[np.ndarray, float] | str] = []  # what the node must feed its recogniser; "reset" markers
+    sent = [0]
     expected_bad: dict[str, int] = {}
 
     def send(msg, stamp: float, rgb: np.ndarray | None = None, bad: str | None = None) -> None:
         msg.header.stamp = stamp_from_sec(stamp) if stamp > 0 else stamp_from_sec(0.0)
         msg.header.frame_id = "video"
         pub.publish(msg)
+        sent[0] += 1
         if bad:
             expected_bad[bad] = expected_bad.get(bad, 0) + 1
         elif rgb is not None:
             accepted.append((rgb, stamp))
-        spin_until(ex, lambda: False, timeout=0.03, step=0.01)  # input QoS is KEEP_LAST 5: pace the stream
+        # input QoS is KEEP_LAST 5: pace the stream by waiting until the node's callback took this one
+        assert spin_until(ex, lambda: node.rate.total >= sent[0], 10.0, step=0.005), (node.rate.total, sent[0])
 
     def good(i: int, stamp: float, encoding: str = "rgb8", size: tuple[int, int] = (24, 32)) -> None:
         rgb = frame(i, *size)
@@ -146,7 +163,11 @@ def test_recognition_bad_input_matrix(rclpy_context):
              np.zeros((24, 32, 3), np.uint8))
         for i in range(12, 18):
             good(i, t := t + 1 / 30)
-        # --- clock jump back (bag loop): buffer and alerts reset, then served again
+        # --- clock jump back (bag loop): buffer and alerts reset, then served again. The jump also
+        # discards frames still queued for the worker (they belong to the old timeline), so first
+        # wait until the worker has pushed every frame accepted so far.
+        before = sum(1 for item in accepted if item != "reset")
+        assert spin_until(ex, lambda: len(pushed) >= before, 20.0), (len(pushed), before)
         t = 5.0
         accepted.append("reset")
         for i in range(18, 24):
@@ -167,9 +188,20 @@ def test_recognition_bad_input_matrix(rclpy_context):
             if r is not None:
                 expected.append(r)
         assert failures >= 1 and len(expected) >= 6
-        assert spin_until(ex, lambda: len(results) >= len(expected), 20.0), (len(results), len(expected))
-        spin_until(ex, lambda: False, timeout=0.2, step=0.02)
-        assert len(results) == len(expected)
+        # wait until the worker has pushed every accepted frame and published what each push gave (the
+        # node counts a clip after publishing it, a failure after counting it), and until it all arrived:
+        # one result and one alert per clip, one DEGRADED alert per failure
+        frames = sum(1 for item in accepted if item != "reset")
+
+        def done() -> bool:
+            made, failed_pushes = pushed.count("result"), pushed.count("error")
+            return (len(pushed) >= frames and node._clips >= made and len(results) >= made
+                    and node.bad.snapshot().get("recognition_error", 0) >= failed_pushes
+                    and sum("model failure" in a.description for a in alerts) >= failed_pushes
+                    and sum(a.description != "video stale" for a in alerts) >= made + failed_pushes)
+
+        assert spin_until(ex, done, 20.0), (len(pushed), frames, len(results))
+        assert len(pushed) == frames and pushed.count("error") == failures and len(results) == len(expected)
         for got, exp in zip(results, expected, strict=True):
             assert (got.class_id, got.class_name, got.num_frames) == (exp.class_id, exp.class_name, exp.num_frames)
             assert got.ood_score == pytest.approx(exp.ood_score, abs=1e-5)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 
@@ -136,23 +135,57 @@ def test_pairing_recovers_and_a_stale_stream_is_not_a_pairing_problem():
 
 
 def test_wait_blocks_the_worker_not_the_producer():
-    s = ApproximateSync(slop=0.01, stale_timeout=0)
+    """Producers never wait for the worker: neither while it waits for a frame nor while it is busy
+    with one (the subscription callbacks must not stall behind inference). Every wait below is on
+    a condition with a generous timeout; no duration is asserted."""
+    s = ApproximateSync(slop=0.01, stale_timeout=0, clock=FakeClock())
+    waiting, busy, release = threading.Event(), threading.Event(), threading.Event()
     got = []
 
     def worker():
-        got.append(s.wait(timeout=5.0))
+        waiting.set()
+        got.append(s.wait(timeout=30.0))  # blocks until the producer's pair arrives
+        busy.set()
+        release.wait(30.0)  # "inference" on the frame: holds no lock of the synchroniser
+        got.append(s.wait(timeout=30.0))
 
-    th = threading.Thread(target=worker)
+    th = threading.Thread(target=worker, daemon=True)
     th.start()
-    time.sleep(0.05)
-    t0 = time.perf_counter()
-    s.add("camera", 1.0, "c")
-    s.add("lidar", 1.0, "l")
-    assert time.perf_counter() - t0 < 0.05
-    th.join(2.0)
-    assert got and got[0].camera.msg == "c"
+    assert waiting.wait(10.0)
+
+    def produce(k: int) -> threading.Thread:
+        t = threading.Thread(target=lambda: (s.add("camera", 1.0 + k, f"c{k}"), s.add("lidar", 1.0 + k, f"l{k}")),
+                             daemon=True)
+        t.start()
+        return t
+
+    p = produce(0)
+    p.join(10.0)
+    assert not p.is_alive(), "add() blocked while the worker was waiting"
+    assert busy.wait(10.0) and got[0].camera.msg == "c0"
+    # the worker is busy with frame 0: three more pairs go in without waiting; the newest is kept
+    for k in (1, 2, 3):
+        p = produce(k)
+        p.join(10.0)
+        assert not p.is_alive(), "add() blocked while the worker was busy"
+    assert s.counters.dropped_overwritten == 2 and th.is_alive()
+    release.set()
+    th.join(10.0)
+    assert not th.is_alive() and got[1].camera.msg == "c3" and got[1].lidar.msg == "l3"
     s.close()
-    assert s.wait(timeout=1.0) is None
+    assert s.wait(timeout=30.0) is None  # closed: returns None at once instead of waiting
+
+
+def test_wait_times_out_on_the_condition_not_a_sleep():
+    """wait(timeout) with nothing to deliver returns None; close() releases a blocked waiter."""
+    s = ApproximateSync(slop=0.01, stale_timeout=0, clock=FakeClock())
+    assert s.wait(timeout=0.0) is None
+    out = []
+    th = threading.Thread(target=lambda: out.append(s.wait(timeout=60.0)), daemon=True)
+    th.start()
+    s.close()
+    th.join(10.0)
+    assert not th.is_alive() and out == [None]
 
 
 @pytest.mark.parametrize("kw", [{"slop": 0}, {"slop": -1}, {"clock_jump": 0}, {"queue_size": 0}])

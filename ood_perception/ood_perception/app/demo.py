@@ -102,7 +102,8 @@ def check_model(model_dir: str | Path | None) -> Path:
         runtime.load_spec(path)
     except Exception as exc:  # noqa: BLE001 - any problem with the model stops the demo with one line
         raise DemoError(f"no usable model at {path} ({type(exc).__name__}: {exc}); "
-                        "the default model ships with the package (issue 5) - or pass --model DIR") from None
+                        "the default model ships with the package in ood_perception/assets/default_model "
+                        "($OOD_PERCEPTION_MODEL overrides it); or pass --model DIR") from None
     return path
 
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 
 from ood_perception.app.demo import demo_main
+from ood_perception.commands._help import PlainHelpFormatter
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``demo`` subcommand."""
     p = subparsers.add_parser(
         "demo",
+        formatter_class=PlainHelpFormatter,
         help="synthesise a drive, replay it, run the live node graph and recognition; write demo_out/report.html",
         description="Synthesise a short drive with anomalies (cached), replay it through the fusion pipeline, run "
         "the fusion node in-process over rclpy on the same bag and compare, run action recognition with the default "

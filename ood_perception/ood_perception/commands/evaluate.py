@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ood_perception.commands._help import PlainHelpFormatter
 from ood_perception.trainer import evaluate as ev
 
 
@@ -12,6 +13,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     parser = subparsers.add_parser("evaluate", help="evaluate a segmentation checkpoint (mIoU, AUROC/FPR95/AUPR, plots)",
                                    description=(ev.__doc__ or "").strip(),
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+                                   formatter_class=PlainHelpFormatter)
     ev.add_arguments(parser)
     parser.set_defaults(func=ev.run)

@@ -14,6 +14,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ood_perception.commands._help import PlainHelpFormatter
+
 
 def _param(text: str) -> tuple[str, Any]:
     if "=" not in text:
@@ -31,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "export",
         help="export a checkpoint + OOD scorer to ONNX with model.json",
         description=__doc__,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=PlainHelpFormatter,
     )
     p.add_argument("checkpoint", help="training checkpoint (.pt)")
     p.add_argument("--out", required=True, help="model directory to write (replaced atomically with --force)")
@@ -49,11 +51,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "test for a recognition clip dataset: give a clip dataset of another data seed)")
     p.add_argument("--eval-data", default=None, metavar="DIR",
                    help="recognition only: held-out clip dataset (test + near/far OOD splits) evaluated into model.json")
-    p.add_argument("--calib-frames", type=int, default=64, help="at most this many calibration frames")
-    p.add_argument("--tpr", type=float, default=0.95, help="share of ID pixels below the threshold")
-    p.add_argument("--opset", type=int, default=18, help="ONNX opset")
+    p.add_argument("--calib-frames", type=int, default=64, help="at most this many calibration frames (default 64)")
+    p.add_argument("--tpr", type=float, default=0.95, help="share of ID pixels (or clips) below the threshold (default 0.95)")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
     p.add_argument("--exporter", choices=("torchscript", "dynamo"), default="torchscript",
-                   help="torch.onnx exporter")
+                   help="torch.onnx exporter (default torchscript)")
     p.add_argument("--force", action="store_true", help="replace an existing --out directory")
     p.set_defaults(func=handler)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ood_perception.commands._help import PlainHelpFormatter
 from ood_perception.replay.engine import ReplaySettings
 from ood_perception.replay.params import (
     extrinsics_from_kitti_calib,
@@ -19,6 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``replay`` subcommand."""
     p = subparsers.add_parser(
         "replay",
+        formatter_class=PlainHelpFormatter,
         help="replay rosbag2 drives through the fusion pipeline: output bag, metrics, HTML report",
         description="Replay rosbag2 recordings (sqlite3 or mcap) in bag-time order through the same pipeline "
         "objects as the fusion node; writes DIR/output/ (a rosbag2 directory: ros2 bag info/play and rosbags open it), "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 
+from ood_perception.commands._help import PlainHelpFormatter
 from ood_perception.ros.runner import run_nodes
 
 
@@ -15,6 +16,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``run`` subcommand."""
     p = subparsers.add_parser(
         "run",
+        formatter_class=PlainHelpFormatter,
         help="run the ROS 2 nodes (fusion segmentation, action recognition) from params files",
         description="Start fusion_segmentation and/or action_recognition in one process with ROS params "
         "files (rclpy --ros-args --params-file), straight to active, on a MultiThreadedExecutor. "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from ood_perception.commands._help import PlainHelpFormatter
 from ood_perception.world.config import WorldConfig
 from ood_perception.world.synth import generate_dataset
 
@@ -23,6 +24,7 @@ def register(subparsers) -> None:
     """Add the ``synth`` subcommand."""
     p = subparsers.add_parser(
         "synth",
+        formatter_class=PlainHelpFormatter,
         help="render a synthetic driving dataset (camera + LiDAR + labels + anomalies)",
         description="Render procedural street sequences with Open3D ray casting into the SemanticKITTI layout "
         "(velodyne, labels, image_2, image_2_label, calib.txt, poses.txt) plus dataset.yaml; the same seed "
@@ -65,7 +67,7 @@ def handler(args: argparse.Namespace) -> int:
     try:
         summary = generate_dataset(args.out, args.sequences, args.frames, args.seed, cfg, args.split, weathers,
                                    args.bag, args.workers, args.overwrite, progress=not args.quiet)
-    except FileExistsError as exc:
-        raise ValueError(str(exc)) from None
+    except FileExistsError:
+        raise ValueError(f"{args.out} already holds a dataset (dataset.yaml); add --overwrite to write into it") from None
     print(json.dumps({k: summary[k] for k in ("out", "frames", "frames_per_s", "splits")}))
     return 0

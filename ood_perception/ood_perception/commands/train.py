@@ -11,6 +11,7 @@ import argparse
 import importlib
 from types import ModuleType
 
+from ood_perception.commands._help import PlainHelpFormatter
 from ood_perception.world.clips import ensure_clip_dataset
 
 #: task name -> (module implementing it, one-line help).
@@ -39,7 +40,7 @@ def task_module(name: str) -> ModuleType:
 def task_parser(name: str, mod: ModuleType) -> argparse.ArgumentParser:
     """The argument parser of one task (``ood-perception train NAME ...``)."""
     parser = argparse.ArgumentParser(prog=f"ood-perception train {name}", description=(mod.__doc__ or "").strip(),
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=PlainHelpFormatter)
     mod.add_arguments(parser)
     return parser
 
@@ -70,7 +71,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "train", help="train a model (" + ", ".join(TASKS) + ")",
         description=f"Train a model.\n\ntasks:\n{listing}\n\n`ood-perception train TASK --help` shows a task's arguments.",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        formatter_class=PlainHelpFormatter)
     parser.add_argument("task", choices=list(TASKS), metavar="TASK", help="one of: " + ", ".join(TASKS))
     parser.add_argument("task_args", nargs=argparse.REMAINDER, metavar="...", help="the task's arguments")
     parser.set_defaults(func=lambda args: run_task(args.task, args.task_args))

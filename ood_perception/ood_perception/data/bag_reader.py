@@ -194,6 +194,10 @@ class BagSource:
     # -- opening --------------------------------------------------------------------------------
     def _open(self) -> None:
 
+        if self.path.is_dir() and not (self.path / "metadata.yaml").is_file() and not _storage_files(self.path):
+            raise BagError(self.path, "not a rosbag2 bag (the folder has no metadata.yaml and no .mcap/.db3 file)")
+        if self.path.is_file() and self.path.suffix not in (".mcap", ".db3"):
+            raise BagError(self.path, "not a rosbag2 bag (give a bag folder or a .mcap/.db3 file)")
         try:
             reader = AnyReader([self.path], default_typestore=self._default_types)
             reader.open()

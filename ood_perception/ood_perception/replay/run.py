@@ -92,7 +92,9 @@ def build_pipeline(model_dir: Path | None, backend: str, settings: ReplaySetting
     """Load the model and build the fusion node's pipeline with the replay settings."""
 
     opts: dict[str, Any] = {}
-    if backend == "onnxruntime":
+    if backend == "tensorrt":  # TensorRT engines run on CUDA only; the other backends replay on the CPU
+        opts["device"] = "cuda"
+    elif backend == "onnxruntime":
         opts["intra_op_threads"] = threads
     elif backend == "torch":
         opts["threads"] = threads
@@ -233,6 +235,33 @@ def run_replay(
     for b in selected:
         if not Path(b).exists():
             raise FileNotFoundError(f"bag {b} does not exist")
+    created = None  # the outermost folder of out_dir this run creates (None: out_dir exists already)
+    probe = out_dir.absolute()
+    while not probe.exists():
+        created, probe = probe, probe.parent
+    try:
+        return _run_selected(bags, selected, out_dir, settings, model_dir, backend, workers, shard, labels,
+                             label_sequence, dataset_config, progress)
+    except BaseException:
+        if created is not None:  # a failed replay leaves no empty folders behind; never touches one the user had
+            _remove_empty_dirs(created)
+        raise
+
+
+def _remove_empty_dirs(root: Path) -> None:
+    """Remove ``root`` and the folders under it that hold no file (bottom-up; files are never removed)."""
+    if not root.is_dir():
+        return
+    for dirpath, _, _ in sorted(os.walk(root), key=lambda w: -len(Path(w[0]).parts)):
+        try:
+            os.rmdir(dirpath)  # fails (and keeps the folder) when anything is left in it
+        except OSError:
+            pass
+
+
+def _run_selected(bags: Sequence[str | Path], selected: list[Path], out_dir: Path, settings: ReplaySettings, model_dir: str | Path | None,
+                  backend: str, workers: int, shard: str | None, labels: str | Path | None, label_sequence: str | None,
+                  dataset_config: str | Path | None, progress: bool) -> list[BagReplay]:
     names = [b.name or str(b) for b in selected]
     if len(set(names)) != len(names):
         names = [f"{i:03d}_{n}" for i, n in enumerate(names)]

@@ -121,7 +121,7 @@ def generate_dataset(out: str | os.PathLike[str], sequences: int = 1, frames: in
     cfg = config or WorldConfig()
     out = Path(out)
     if (out / "dataset.yaml").exists() and not overwrite:
-        raise FileExistsError(f"{out} already holds a dataset (dataset.yaml); pass overwrite to replace it")
+        raise FileExistsError(f"{out} already holds a dataset (dataset.yaml); pass overwrite=True to write into it")
     if bag not in (None, "sqlite3", "mcap"):
         raise ValueError(f"bag storage must be sqlite3 or mcap, got {bag!r}")
     if workers < 1:
