@@ -452,3 +452,32 @@ def test_diagnostics_warn_clears_and_large_outputs_are_downscaled(rclpy_context)
         assert (mask.width, mask.height, score.width, score.height) == (64, 48, 64, 48)
     finally:
         h.close()
+
+
+def test_a_standing_alert_does_not_hide_a_lost_lidar(rclpy_context):
+    """Issue 14 item 4 over DDS: red frames raise an ALERT; the LiDAR stops; the level reads
+    DEGRADED (not ALERT) with the regions kept and 'ALERT standing' in the description; the LiDAR
+    comes back: ALERT again (the confirmed history was kept)."""
+    from ood_perception_msgs.msg import OodAlert
+
+    node = make_node(rclpy_context, name="standing", stale_timeout=0.3, raise_k=1, raise_n=1, clear_frames=3)
+    h = Harness(rclpy_context, node)
+    red, pts = scene(red=True, hot_points=False)
+    try:
+        t = 600.0
+        h.send_frame(t, red=True)
+        assert h.wait_alert(t).level == OodAlert.ALERT
+        _spin(h, 0.45)  # the LiDAR stops
+        t += 0.5
+        h.pub_img.publish(h.image(red, t))
+        a = h.wait_alert(t)
+        assert a.level == OodAlert.DEGRADED and list(a.modalities) == ["camera"] and a.regions
+        assert a.description.startswith("ALERT standing") and "lidar stale for" in a.description
+        t += 0.1  # the LiDAR is back (sent first: a camera image ahead of it would still find it stale)
+        h.pub_pts.publish(h.cloud(pts, t))
+        _spin(h, 0.05)
+        h.pub_img.publish(h.image(red, t))
+        a = h.wait_alert(t)
+        assert a.level == OodAlert.ALERT and list(a.modalities) == ["camera", "lidar"]
+    finally:
+        h.close()
