@@ -1,7 +1,7 @@
 """Replay of many bags: sharding, worker processes, per-bag outputs, pooled metrics and report.
 
 Layout of ``--out DIR``: one bag -> ``DIR/output.mcap``, ``DIR/metrics.json``, ``DIR/timing.json``,
-``DIR/report.html``. Several bags -> the same per bag under ``DIR/<bag name>/`` plus pooled
+``DIR/report.html``. Several bags -> the same per bag under ``DIR/<bag name>/`` (:func:`bag_output_name`) plus pooled
 ``DIR/metrics.json`` and ``DIR/report.html``. ``metrics.json`` holds only deterministic content
 (identical for identical bag, model and params); wall-clock figures go to ``timing.json``.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,32 @@ def select_shard(bags: Sequence[str | Path], shard: str | None) -> list[Path]:
     if n < 1 or not 0 <= i < n:
         raise ValueError(f"--shard {shard}: need n >= 1 and 0 <= i < n")
     return paths[i::n]
+
+
+#: Names in ``--out`` that belong to the pooled results; a bag's folder never takes one of them.
+RESERVED_OUTPUT_NAMES = frozenset({"metrics.json", "timing.json", "report.html", "output.mcap", "output"})
+
+
+def bag_output_name(path: str | Path, taken: set[str] | frozenset[str] = frozenset()) -> str:
+    """The folder name under ``--out`` for one bag's results when several bags are replayed.
+
+    The bag's own name (``drive_07`` for ``/data/drive_07/`` or ``a/b/..`` normalised first), with
+    characters other than letters, digits, ``._-+`` replaced by ``_`` and leading dots dropped, so
+    the name is one plain path component: it cannot be ``.``, ``..``, empty, hidden or contain a
+    separator, hence cannot leave ``--out`` or land on it. Names of the pooled outputs
+    (:data:`RESERVED_OUTPUT_NAMES`) get a ``bag_`` prefix; a name already in ``taken`` (compared
+    case-insensitively, for case-insensitive filesystems) gets ``_2``, ``_3``, ... Pure: the caller
+    adds the result to ``taken``.
+    """
+    name = Path(os.path.abspath(os.fspath(path))).name  # "a/.." -> "a"'s parent, "." -> the cwd's name
+    name = re.sub(r"[^A-Za-z0-9._+-]", "_", name).lstrip(".") or "bag"
+    if name.lower() in RESERVED_OUTPUT_NAMES:
+        name = f"bag_{name}"
+    used = {t.lower() for t in taken}
+    candidate, k = name, 2
+    while candidate.lower() in used:
+        candidate, k = f"{name}_{k}", k + 1
+    return candidate
 
 
 @dataclasses.dataclass
@@ -165,9 +192,9 @@ def run_replay(
     for b in selected:
         if not Path(b).exists():
             raise FileNotFoundError(f"bag {b} does not exist")
-    names = [b.name or str(b) for b in selected]
-    if len(set(names)) != len(names):
-        names = [f"{i:03d}_{n}" for i, n in enumerate(names)]
+    names: list[str] = []
+    for b in selected:
+        names.append(bag_output_name(b, set(names)))
     single = len(selected) == 1
     jobs = [
         ReplayJob(bag=b, out_dir=out_dir if single else out_dir / n, model_dir=Path(model_dir) if model_dir else None,
