@@ -22,6 +22,7 @@ from rosbags.typesys import get_types_from_msg
 from ood_perception.atomic import commit_file
 from ood_perception.codec.conversions import SCORED_POINT_DTYPE
 from ood_perception.data.bag_reader import typestore_for
+from ood_perception.data.mcap_chunks import add_chunk_crcs
 from ood_perception.geometry import region_in_camera
 
 #: The message types of ood_perception_msgs, in dependency order.
@@ -194,6 +195,8 @@ class OutputBag:
         """Finish the file and move it into place; returns the final path."""
         self._writer.close()
         (storage,) = [p for p in self._bagdir.iterdir() if p.suffix in (".mcap", ".db3")]
+        if storage.suffix == ".mcap":
+            add_chunk_crcs(storage)  # rosbags writes none; with them a damaged chunk is detected on reading
         commit_file(storage, self.path)
         shutil.rmtree(self._tmpdir, ignore_errors=True)
         return self.path
