@@ -64,3 +64,34 @@ def test_same_named_bags_get_distinct_folders(tmp_path, monkeypatch):
     bags = [write_drive_bag(tmp_path / f"{d}/bag", frames=1) for d in ("x", "y")]
     run_mod.run_replay(bags, tmp_path / "out", settings(), dataset_config=None, progress=False)
     assert (tmp_path / "out/bag/output.mcap").is_file() and (tmp_path / "out/bag_2/output.mcap").is_file()
+
+
+def test_replay_steps_over_a_corrupted_chunk(tmp_path, monkeypatch, capsys):
+    """The case: a replayed MCAP bag with one flipped byte in its second chunk. Before: rc 0 and
+    silently changed results. Now: the chunk is skipped, frames after it are replayed, rc 1, and
+    metrics.json and stderr name the chunk, the CRC mismatch and the messages lost."""
+    from replay_bags import storage_file
+    from test_bag_damage import chunks, flip_byte
+
+    from ood_perception import cli
+    from ood_perception.data.mcap_chunks import add_chunk_crcs
+
+    monkeypatch.setattr(run_mod, "build_pipeline", lambda *a, **k: pipeline())
+    cfg = tmp_path / "dataset.yaml"
+    dataset_config().write_yaml(cfg)
+    bag = write_drive_bag(tmp_path / "b", storage="mcap", frames=160)
+    add_chunk_crcs(storage_file(bag))
+    intact = run_mod.run_replay([bag], tmp_path / "intact", settings(), dataset_config=cfg, progress=False)[0]
+    cs = chunks(storage_file(bag))
+    flip_byte(storage_file(bag), cs[1][2] - 100)
+    rc = cli.main(["replay", str(bag), "--out", str(tmp_path / "out"), "--dataset-config", str(cfg), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "CRC mismatch" in err and f"chunk at byte {cs[1][0]}" in err
+    data = json.loads((tmp_path / "out/metrics.json").read_text())["bags"][0]
+    (skip,) = data["skipped"]
+    assert skip["kind"] == "chunk" and skip["messages_lost"] == len(cs[1][4])
+    chunk_frames = len({t for _, t in cs[1][4]})
+    after = [f for f in data["per_frame"] if f["bag_time_ns"] > cs[1][1].end_ns]
+    assert len(after) > 0.3 * len(intact.frames)  # the frames after the damaged chunk were replayed
+    assert len(intact.frames) - chunk_frames - 2 <= data["frames"] < len(intact.frames)
+

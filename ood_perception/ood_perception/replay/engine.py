@@ -134,8 +134,9 @@ class BagReplay:
     wall_s: float
     topics: dict[str, str]
     sync_counters: dict[str, Any]
-    error: str | None = None  # BagReadError text when the bag was damaged (results kept)
+    error: str | None = None  # BagReadError / skipped-damage text when the bag was damaged (results kept)
     salvaged: bool = False
+    skipped: list[dict[str, Any]] = field(default_factory=list)  # damaged parts stepped over (Skipped.to_dict)
     bad_inputs: dict[str, int] = field(default_factory=dict)  # per reason, as the node counts them
     thumbnails: dict[str, list[tuple[int, np.ndarray]]] = field(default_factory=dict)
     extrinsics: dict[str, Any] = field(default_factory=dict)  # check against the bag's /tf_static
@@ -295,8 +296,9 @@ def replay_bag(
         on_frame: called with each frame's record and the pipeline result (tests, live views).
 
     Returns:
-        :class:`BagReplay`. A damaged bag does not raise: the frames before the damage are kept
-        and ``error`` holds the :class:`~ood_perception.data.bag_reader.BagReadError` text.
+        :class:`BagReplay`. A damaged bag does not raise: damaged parts are stepped over (listed in
+        ``skipped``), the frames before a final cut are kept, and ``error`` holds the damage report
+        and the :class:`~ood_perception.data.bag_reader.BagReadError` text.
 
     Raises:
         MissingTopicError: a required input topic is not in the bag (lists the bag's topics).
@@ -490,6 +492,8 @@ def replay_bag(
             awaiting.clear()
             if bar is not None:
                 bar.close()
+        error = "; then ".join(t for t in (src.damage_report(), error) if t) or None
+        skipped = [sk.to_dict() for sk in src.skipped]  # before the /tf_static check reads the bag again
         extrinsics = check_tf_static(src, proc.camera_frame, lidar_frame[0], settings.T_cam_lidar)
         sync_counters = {k: getattr(sync.counters, k) for k in sync.counters.__dataclass_fields__}
         duration = ((last_ns - first_ns) * 1e-9) if first_ns is not None and last_ns is not None else 0.0
@@ -497,6 +501,7 @@ def replay_bag(
             bag=str(bag_path), frames=frames, metrics=metrics, duration_s=duration,
             wall_s=time.perf_counter() - t_wall, topics={k: v for k, v in topics.items() if v},
             sync_counters=sync_counters, error=error, salvaged=src.salvaged, thumbnails=thumbs.result(),
+            skipped=skipped,
             bad_inputs=dict(sorted(bad.items())), extrinsics=extrinsics,
         )
     finally:

@@ -155,6 +155,7 @@ def write_outputs(out_dir: Path, results: Sequence[BagReplay], info: dict[str, A
         "alerts": level_counts(frames),
         "bags": [
             {"bag": r.bag, "frames": len(r.frames), "bag_time_s": r.duration_s, "error": r.error, "salvaged": r.salvaged,
+             "skipped": r.skipped,
              "topics": r.topics, "sync": r.sync_counters, "bad_inputs": r.bad_inputs, "extrinsics": r.extrinsics, **({"per_frame": frames_table(r.frames)} if len(results) == 1 else {})}
             for r in results
         ],
