@@ -8,6 +8,12 @@ fails, and end up with the permissions a plain ``open()`` would give (``0o666 & 
 ``tempfile.mkstemp`` would otherwise stay private, mode 0600). Directories made here get
 ``0o777 & ~umask`` for the same reason (``tempfile.mkdtemp`` makes them 0700).
 
+A process stopped by SIGTERM (``kill``, a container or systemd stop, ``multiprocessing``'s
+``Pool.terminate``) would by default die without running any of that clean-up and leave its
+``.<name>.tmp-*`` folders behind; :func:`terminate_as_exception` turns SIGTERM into
+:class:`Terminated` (a ``KeyboardInterrupt``), so ``finally`` blocks and the removal of temporaries
+run as they do on Ctrl-C. The command line installs it for every subcommand.
+
 Stdlib only: this module sits below every room of the package and may be imported from anywhere.
 """
 
@@ -16,17 +22,21 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 __all__ = [
+    "Terminated",
     "atomic_dir",
     "atomic_path",
     "atomic_write_bytes",
     "atomic_write_text",
     "current_umask",
     "replace_dir",
+    "terminate_as_exception",
 ]
 
 
@@ -179,3 +189,39 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread on SIGTERM (see :func:`terminate_as_exception`). A
+    ``KeyboardInterrupt`` so that every clean-up written for Ctrl-C runs, and ``except Exception``
+    blocks do not swallow it."""
+
+    signum = signal.SIGTERM
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+def install_terminate_handler() -> bool:
+    """Make SIGTERM raise :class:`Terminated` in this process (main thread only; returns whether
+    it was installed). For worker processes, e.g. as a ``multiprocessing.Pool`` initializer."""
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    return True
+
+
+@contextlib.contextmanager
+def terminate_as_exception() -> Iterator[None]:
+    """Within the block, SIGTERM raises :class:`Terminated` in the main thread (a no-op in other
+    threads); the previous handler is restored afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)

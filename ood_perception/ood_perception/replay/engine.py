@@ -19,6 +19,7 @@ sequence, counting messages the node drops too, e.g. a zero stamp), plus per-poi
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -41,6 +42,7 @@ from ood_perception.data.bag_reader import BagReadError, BagSource
 from ood_perception.evaluation.segmentation import MetricsAccumulator
 from ood_perception.pipeline import FusionConfig, inputs
 from ood_perception.pipeline.frame_handler import FrameSettings, FusionFrameProcessor, extrinsics_from_params
+from ood_perception.replay.interrupt import stop_requests
 
 #: Logical input topics (relative names, resolved in the bag by :meth:`BagSource.resolve`).
 DEFAULT_INPUT_TOPICS = {
@@ -140,6 +142,7 @@ class BagReplay:
     bad_inputs: dict[str, int] = field(default_factory=dict)  # per reason, as the node counts them
     thumbnails: dict[str, list[tuple[int, np.ndarray]]] = field(default_factory=dict)
     extrinsics: dict[str, Any] = field(default_factory=dict)  # check against the bag's /tf_static
+    interrupted: str | None = None  # the signal (SIGINT/SIGTERM) that stopped the replay early; results kept
 
     @property
     def x_real_time(self) -> float:
@@ -298,7 +301,9 @@ def replay_bag(
     Returns:
         :class:`BagReplay`. A damaged bag does not raise: damaged parts are stepped over (listed in
         ``skipped``), the frames before a final cut are kept, and ``error`` holds the damage report
-        and the :class:`~ood_perception.data.bag_reader.BagReadError` text.
+        and the :class:`~ood_perception.data.bag_reader.BagReadError` text. SIGINT/SIGTERM stop
+        it between messages (:mod:`ood_perception.replay.interrupt`): the frames in flight are
+        finished and the result, up to there, has ``interrupted`` set to the signal's name.
 
     Raises:
         MissingTopicError: a required input topic is not in the bag (lists the bag's topics).
@@ -420,8 +425,12 @@ def replay_bag(
             from tqdm import tqdm
 
             bar = tqdm(total=total, desc=Path(bag_path).name, unit="msg", leave=False)
+        stops = contextlib.ExitStack()  # Ctrl-C / SIGTERM: stop between messages, keep what was done
+        stop = stops.enter_context(stop_requests())
         try:
             for m in src.messages(by_topic):
+                if stop.requested:
+                    break
                 if bar is not None:
                     bar.update(1)
                 kind = by_topic[m.topic]
@@ -492,6 +501,7 @@ def replay_bag(
             awaiting.clear()
             if bar is not None:
                 bar.close()
+            stops.close()
         error = "; then ".join(t for t in (src.damage_report(), error) if t) or None
         skipped = [sk.to_dict() for sk in src.skipped]  # before the /tf_static check reads the bag again
         extrinsics = check_tf_static(src, proc.camera_frame, lidar_frame[0], settings.T_cam_lidar)
@@ -501,7 +511,7 @@ def replay_bag(
             bag=str(bag_path), frames=frames, metrics=metrics, duration_s=duration,
             wall_s=time.perf_counter() - t_wall, topics={k: v for k, v in topics.items() if v},
             sync_counters=sync_counters, error=error, salvaged=src.salvaged, thumbnails=thumbs.result(),
-            skipped=skipped,
+            skipped=skipped, interrupted=stop.signal,
             bad_inputs=dict(sorted(bad.items())), extrinsics=extrinsics,
         )
     finally:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ood_perception import runtime
+from ood_perception.atomic import install_terminate_handler
 from ood_perception.data.bag_output import OutputBag
 from ood_perception.evaluation.segmentation import MetricsAccumulator
 from ood_perception.pipeline import FusionConfig, FusionPipeline
@@ -150,12 +151,13 @@ def write_outputs(out_dir: Path, results: Sequence[BagReplay], info: dict[str, A
     summary = metrics.summary()
     frames = [f for r in results for f in r.frames]
     data = {
+        "interrupted": any(r.interrupted for r in results),
         "info": {k: v for k, v in info.items()},
         "metrics": summary,
         "alerts": level_counts(frames),
         "bags": [
             {"bag": r.bag, "frames": len(r.frames), "bag_time_s": r.duration_s, "error": r.error, "salvaged": r.salvaged,
-             "skipped": r.skipped,
+             "skipped": r.skipped, "interrupted": r.interrupted is not None,
              "topics": r.topics, "sync": r.sync_counters, "bad_inputs": r.bad_inputs, "extrinsics": r.extrinsics, **({"per_frame": frames_table(r.frames)} if len(results) == 1 else {})}
             for r in results
         ],
@@ -204,18 +206,25 @@ def run_replay(
         for b, n in zip(selected, names, strict=True)
     ]
     if workers <= 1 or len(jobs) == 1:
-        results = [run_job(j) for j in jobs]
+        results = []
+        for j in jobs:
+            results.append(run_job(j))
+            if results[-1].interrupted:  # Ctrl-C / SIGTERM: the bags done so far are the results
+                break
     else:
         import multiprocessing as mp
 
         from tqdm import tqdm
 
         ctx = mp.get_context("spawn")
-        with ctx.Pool(min(workers, len(jobs))) as pool:
+        # workers unwind on SIGTERM (Pool.terminate, kill) so their temporary output folders are removed
+        with ctx.Pool(min(workers, len(jobs)), initializer=install_terminate_handler) as pool:
             results = list(tqdm(pool.imap(run_job, jobs), total=len(jobs), desc="bags", disable=not progress))
     if not single:
         first = results[0]
         info = {"bags": [r.bag for r in results], "backend": backend, "model": str(model_dir or "default model"), "shard": shard or "all"}
+        if len(results) < len(jobs):  # stopped by Ctrl-C / SIGTERM
+            info["not_replayed"] = [str(j.bag) for j in jobs[len(results):]]
         write_outputs(out_dir, results, info, metrics=_pooled(first, results))
     return results
 
