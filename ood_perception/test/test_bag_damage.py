@@ -96,6 +96,8 @@ def test_corrupted_chunk_is_skipped_and_reading_goes_on(tmp_path):
     assert got[-1] == full[-1]  # read to the end
     (skip,) = skipped
     assert skip.kind == "chunk" and skip.byte_offset == off and "CRC mismatch" in skip.reason
+    k = skip.after_index  # messages delivered before the first one after the damaged chunk
+    assert got[:k] == full[:k] and got[k - 1][1] <= h.start_ns and got[k][1] >= h.end_ns
     assert skip.messages_lost == len(msgs)
     assert f"chunk at byte {off}" in report and "CRC mismatch" in report and f"{len(msgs)} messages lost" in report
     assert report.startswith(f"bag {bag}: skipped 1 damaged part and read on")
@@ -124,6 +126,29 @@ def test_damaged_chunk_in_a_cut_short_file(tmp_path):
     n2 = len(cs[1][4])
     assert len(got) > n2 and set(got) <= set(full)
     assert "cut off" in str(err.value) and err.value.byte_offset == cs[2][0]
+
+
+def test_bytes_that_are_no_record_are_skipped_to_the_next_chunk(tmp_path):
+    """A scanned file (cut short: no summary) whose second chunk's record header is damaged: the
+    scan resumes at the next well-formed chunk and says the loss is unknown."""
+    bag = write_drive_bag(tmp_path / "b", storage="mcap", frames=160)
+    f = storage_file(bag)
+    add_chunk_crcs(f)
+    full, _, _ = read_all(bag)
+    cs = chunks(f)
+    truncate_bag(bag, cs[-1][2] / f.stat().st_size)  # drop the summary and footer only
+    with f.open("r+b") as fh:  # opcode 0x06 -> 0xf9: no record type
+        fh.seek(cs[1][0])
+        fh.write(b"\xf9")
+    got = []
+    with BagSource(bag) as src, pytest.raises(BagReadError, match="incomplete"):
+        for m in src.messages(TOPICS):
+            got.append((m.topic, m.timestamp_ns))
+    (skip,) = src.skipped
+    assert skip.kind == "bytes" and (skip.byte_offset, skip.byte_end) == (cs[1][0], cs[2][0])
+    assert skip.messages_lost is None and "resumed at the next well-formed chunk" in skip.describe()
+    lost = {t for _, t in cs[1][4]}
+    assert got == [m for m in full if m[1] not in lost]
 
 
 def damage_sqlite_page(db, which=0.5, pagetype="leaf"):

@@ -720,9 +720,13 @@ class _Salvage:
         position: int | None = None
         failure: Exception | None = None
 
+        pending: list[tuple[int, Skipped]] = []  # skips whose after_index waits for the next message read after them
+
         def emit(item: tuple[int, int, str, bytes]) -> BagMessage | None:
             nonlocal index, last_topic, last_ts
-            ts, _, topic, data = item
+            ts, seq, topic, data = item
+            while pending and pending[0][0] < seq:  # the first message read after the damage comes out now
+                pending.pop(0)[1].after_index = index
             if keep is not None and not keep(topic, ts):
                 return None
             msgtype = self.topics[topic]
@@ -740,7 +744,7 @@ class _Salvage:
         try:
             for item in raw:
                 if isinstance(item, Skipped):
-                    item.after_index = index + len(heap)
+                    pending.append((next(counter), item))
                     skipped.append(item)
                     continue
                 topic, ts, data, pos = item
@@ -753,6 +757,8 @@ class _Salvage:
         while heap:
             if (m := emit(heapq.heappop(heap))) is not None:
                 yield m
+        for _, skip in pending:
+            skip.after_index = index
         complete = self._complete if is_mcap else self._db_file is None
         if failure is None and complete:
             return
