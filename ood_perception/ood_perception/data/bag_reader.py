@@ -405,7 +405,11 @@ class BagSource:
             raise BagReadError(self.path, topic=None, index=index, timestamp_ns=last_ts,
                                reason=f"{reason} (split bag: cannot scan past the damage)", start_ns=self.start_ns)
         self.read_error = reason
-        self._resumed = _Salvage(files[0], self._default_types, self.path)
+        try:
+            self._resumed = _Salvage(files[0], self._default_types, self.path)
+        except BagError as exc:  # not even the topic table reads: the end of the bag for us
+            raise BagReadError(self.path, topic=None, index=index, timestamp_ns=last_ts,
+                               reason=f"{reason}; scanning the file failed too: {exc}", start_ns=self.start_ns) from exc
         seen: Counter[str] = Counter()
 
         def keep(topic: str, ts: int) -> bool:
