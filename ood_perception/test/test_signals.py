@@ -102,6 +102,7 @@ def test_stopped_replay_keeps_results_up_to_the_stop(tmp_path, monkeypatch, caps
     pooled = json.loads((out / "metrics.json").read_text())
     assert pooled["interrupted"] is True and pooled["info"]["not_replayed"] == [str(bags[1])]
     assert not (out / "bag1").exists() and not list(out.rglob(".*tmp*"))
+    assert f"<b>Interrupted</b> ({signal.Signals(sig).name})" in (out / "bag0/report.html").read_text()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
 
 
