@@ -12,7 +12,8 @@ A process stopped by SIGTERM (``kill``, a container or systemd stop, ``multiproc
 ``Pool.terminate``) would by default die without running any of that clean-up and leave its
 ``.<name>.tmp-*`` folders behind; :func:`terminate_as_exception` turns SIGTERM into
 :class:`Terminated` (a ``KeyboardInterrupt``), so ``finally`` blocks and the removal of temporaries
-run as they do on Ctrl-C. The command line installs it for every subcommand.
+run as they do on Ctrl-C. The command line installs it for every subcommand; process-pool workers
+use :func:`install_worker_signal_handlers`.
 
 Stdlib only: this module sits below every room of the package and may be imported from anywhere.
 """
@@ -203,13 +204,18 @@ def _raise_terminated(signum: int, frame: object) -> None:
     raise Terminated()
 
 
-def install_terminate_handler() -> bool:
-    """Make SIGTERM raise :class:`Terminated` in this process (main thread only; returns whether
-    it was installed). For worker processes, e.g. as a ``multiprocessing.Pool`` initializer."""
-    if threading.current_thread() is not threading.main_thread():
-        return False
-    signal.signal(signal.SIGTERM, _raise_terminated)
-    return True
+def _exit_terminated(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM during the clean-up kills at once
+    raise SystemExit(128 + signal.SIGTERM)
+
+
+def install_worker_signal_handlers() -> None:
+    """For worker processes (a ``multiprocessing.Pool`` initializer): SIGINT is ignored (Ctrl-C
+    reaches the whole process group; the parent decides and terminates the pool), and SIGTERM
+    (``Pool.terminate``) exits via ``SystemExit`` so ``finally`` blocks and the removal of
+    temporaries run, quietly, once; a second SIGTERM kills."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _exit_terminated)
 
 
 @contextlib.contextmanager

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -115,3 +116,34 @@ def test_second_signal_stops_at_once_without_results(tmp_path, monkeypatch, caps
     code = cli.main(["replay", str(bag), "--out", str(out), "--serial", "--no-progress"])
     assert code == 130 and capsys.readouterr().err.strip().endswith("interrupted")
     assert not out.exists() or list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("sig, rc, line", [(signal.SIGTERM, 143, "terminated (SIGTERM)"), (signal.SIGINT, 130, "interrupted")])
+def test_replay_workers_stopped_leave_no_temporaries(tmp_path, sig, rc, line):
+    """The case: ``replay --workers 2`` (default model) stopped by SIGTERM to the command, or Ctrl-C
+    to its process group, while both workers write ``.output.tmp-*``. Before: SIGTERM killed the
+    workers on the spot and their temporaries stayed. Now: the workers ignore Ctrl-C (the parent
+    decides), unwind on the pool's SIGTERM and remove their temporaries; one line, exit 143 / 130."""
+    bags = [write_drive_bag(tmp_path / f"bag{i}", frames=200) for i in range(2)]
+    out = tmp_path / "out"
+    script = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+              "from ood_perception import cli; sys.exit(cli.main(sys.argv[1:]))")
+    env = {**os.environ, "PYTHONPATH": str(PACKAGE_ROOT)}
+    proc = subprocess.Popen([sys.executable, "-c", script, "replay", *map(str, bags), "--out", str(out), "--workers", "2",
+                             "--no-progress"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while len(list(out.glob("bag*/.output.tmp-*"))) < 2:  # both workers are writing
+            assert proc.poll() is None and time.monotonic() < deadline, "the workers never started writing"
+            time.sleep(0.2)
+        if sig == signal.SIGINT:
+            os.killpg(proc.pid, sig)  # Ctrl-C reaches the whole foreground process group
+        else:
+            proc.send_signal(sig)
+        code = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert code == rc and proc.stderr.read().strip().splitlines()[-1] == line
+    assert not list(out.rglob(".*tmp*"))

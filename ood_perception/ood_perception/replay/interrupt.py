@@ -11,6 +11,7 @@ at once, and the partial outputs are removed as on any other failure.
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import signal
 import threading
 from collections.abc import Iterator
@@ -39,10 +40,13 @@ def stop_requests() -> Iterator[StopRequest]:
     """Within the block, SIGINT/SIGTERM set the yielded :class:`StopRequest` (a second one raises).
 
     Only the main thread can receive signals; elsewhere (a worker thread) the request is never set
-    and signals keep their current handlers. Previous handlers are restored on exit.
+    and signals keep their current handlers. Neither is it set in a child process (a pool worker of
+    ``replay --workers``): there the parent handles Ctrl-C and ends the pool, whose workers unwind
+    (:func:`~ood_perception.atomic.install_worker_signal_handlers`). Previous handlers are
+    restored on exit.
     """
     request = StopRequest()
-    if threading.current_thread() is not threading.main_thread():
+    if threading.current_thread() is not threading.main_thread() or multiprocessing.parent_process() is not None:
         yield request
         return
 

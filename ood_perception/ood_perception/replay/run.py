@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ood_perception import runtime
-from ood_perception.atomic import install_terminate_handler
+from ood_perception.atomic import install_worker_signal_handlers
 from ood_perception.data.bag_output import OutputBag
 from ood_perception.evaluation.segmentation import MetricsAccumulator
 from ood_perception.pipeline import FusionConfig, FusionPipeline
@@ -217,8 +217,8 @@ def run_replay(
         from tqdm import tqdm
 
         ctx = mp.get_context("spawn")
-        # workers unwind on SIGTERM (Pool.terminate, kill) so their temporary output folders are removed
-        with ctx.Pool(min(workers, len(jobs)), initializer=install_terminate_handler) as pool:
+        # workers leave Ctrl-C to this process and unwind on SIGTERM (Pool.terminate), removing their temporaries
+        with ctx.Pool(min(workers, len(jobs)), initializer=install_worker_signal_handlers) as pool:
             results = list(tqdm(pool.imap(run_job, jobs), total=len(jobs), desc="bags", disable=not progress))
     if not single:
         first = results[0]
