@@ -36,6 +36,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "current_umask",
+    "install_worker_signal_handlers",
     "replace_dir",
     "terminate_as_exception",
 ]

@@ -496,12 +496,12 @@ def replay_bag(
             finally:
                 if executor is not None:
                     executor.shutdown(wait=True)
+                stops.close()  # the caller's signal handlers back, also when finishing a frame failed
             for item in awaiting.values():
                 finish(item)
             awaiting.clear()
             if bar is not None:
                 bar.close()
-            stops.close()
         error = "; then ".join(t for t in (src.damage_report(), error) if t) or None
         skipped = [sk.to_dict() for sk in src.skipped]  # before the /tf_static check reads the bag again
         extrinsics = check_tf_static(src, proc.camera_frame, lidar_frame[0], settings.T_cam_lidar)
