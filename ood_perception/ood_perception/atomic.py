@@ -8,6 +8,13 @@ fails, and end up with the permissions a plain ``open()`` would give (``0o666 & 
 ``tempfile.mkstemp`` would otherwise stay private, mode 0600). Directories made here get
 ``0o777 & ~umask`` for the same reason (``tempfile.mkdtemp`` makes them 0700).
 
+A process stopped by SIGTERM (``kill``, a container or systemd stop, ``multiprocessing``'s
+``Pool.terminate``) would by default die without running any of that clean-up and leave its
+``.<name>.tmp-*`` folders behind; :func:`terminate_as_exception` turns SIGTERM into
+:class:`Terminated` (a ``KeyboardInterrupt``), so ``finally`` blocks and the removal of temporaries
+run as they do on Ctrl-C. The command line installs it for every subcommand; process-pool workers
+use :func:`install_worker_signal_handlers`.
+
 Stdlib only: this module sits below every room of the package and may be imported from anywhere.
 """
 
@@ -16,17 +23,22 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 __all__ = [
+    "Terminated",
     "atomic_dir",
     "atomic_path",
     "atomic_write_bytes",
     "atomic_write_text",
     "current_umask",
+    "install_worker_signal_handlers",
     "replace_dir",
+    "terminate_as_exception",
 ]
 
 
@@ -179,3 +191,44 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread on SIGTERM (see :func:`terminate_as_exception`). A
+    ``KeyboardInterrupt`` so that every clean-up written for Ctrl-C runs, and ``except Exception``
+    blocks do not swallow it."""
+
+    signum = signal.SIGTERM
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+def _exit_terminated(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM during the clean-up kills at once
+    raise SystemExit(128 + signal.SIGTERM)
+
+
+def install_worker_signal_handlers() -> None:
+    """For worker processes (a ``multiprocessing.Pool`` initializer): SIGINT is ignored (Ctrl-C
+    reaches the whole process group; the parent decides and terminates the pool), and SIGTERM
+    (``Pool.terminate``) exits via ``SystemExit`` so ``finally`` blocks and the removal of
+    temporaries run, quietly, once; a second SIGTERM kills."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _exit_terminated)
+
+
+@contextlib.contextmanager
+def terminate_as_exception() -> Iterator[None]:
+    """Within the block, SIGTERM raises :class:`Terminated` in the main thread (a no-op in other
+    threads); the previous handler is restored afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)

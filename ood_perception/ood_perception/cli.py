@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from ood_perception import __version__, commands
+from ood_perception.atomic import Terminated, terminate_as_exception
 from ood_perception.runtime import BackendUnavailableError
 
 #: Order in which subcommands are listed in ``--help`` (others follow alphabetically).
@@ -49,7 +50,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        with terminate_as_exception():  # SIGTERM unwinds like Ctrl-C: temporaries are removed, not left
+            return int(args.func(args) or 0)
+    except Terminated:
+        print("terminated (SIGTERM)", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -467,7 +467,7 @@ def test_a_standing_alert_does_not_hide_a_lost_lidar(rclpy_context):
         t = 600.0
         h.send_frame(t, red=True)
         assert h.wait_alert(t).level == OodAlert.ALERT
-        _spin(h, 0.45)  # the LiDAR stops
+        _stale(h, node, "lidar")  # the LiDAR stops
         t += 0.5
         h.pub_img.publish(h.image(red, t))
         a = h.wait_alert(t)
@@ -475,7 +475,7 @@ def test_a_standing_alert_does_not_hide_a_lost_lidar(rclpy_context):
         assert a.description.startswith("ALERT standing") and "lidar stale for" in a.description
         t += 0.1  # the LiDAR is back (sent first: a camera image ahead of it would still find it stale)
         h.pub_pts.publish(h.cloud(pts, t))
-        _spin(h, 0.05)
+        assert spin_until(h.ex, lambda: (node.sync._newest.get("lidar") or 0.0) >= t - 1e-9, 10.0)  # noqa: SLF001
         h.pub_img.publish(h.image(red, t))
         a = h.wait_alert(t)
         assert a.level == OodAlert.ALERT and list(a.modalities) == ["camera", "lidar"]

@@ -75,8 +75,9 @@ def test_truncated_bag_salvages_and_names_position(tmp_path, storage):
         assert e.byte_offset is not None and "byte" in str(e)
 
 
-def test_corrupt_payload_names_topic_and_index(tmp_path):
-    """A message whose bytes do not deserialise: error with its own topic and index."""
+def test_corrupt_payload_is_skipped_and_reported(tmp_path):
+    """A message whose bytes do not deserialise: skipped (reading goes on), reported with its own
+    topic and index."""
     import sqlite3
 
     bag = write_drive_bag(tmp_path / "b", storage="sqlite3", frames=3)
@@ -87,12 +88,15 @@ def test_corrupt_payload_names_topic_and_index(tmp_path):
     con.execute("UPDATE messages SET data=? WHERE id=?", (b"\x00\x01\x00\x00" + b"\xff" * 10, mid))
     con.commit()
     con.close()
-    seen = []
-    with BagSource(bag) as src, pytest.raises(BagReadError) as err:
-        for m in src.messages(["/camera/image", "/lidar/points"]):
-            seen.append(m.topic)
-    assert err.value.topic == "/lidar/points" and err.value.index == len(seen) == 3
-    assert "cannot deserialise sensor_msgs/msg/PointCloud2" in str(err.value)
+    with BagSource(bag) as src:
+        seen = [m.topic for m in src.messages(["/camera/image", "/lidar/points"])]
+        (skip,) = src.skipped
+        report = src.damage_report()
+    assert seen.count("/lidar/points") == 2 and seen.count("/camera/image") == 3  # the one after it too
+    assert skip.kind == "message" and skip.topic == "/lidar/points" and skip.after_index == 3
+    assert skip.messages_lost == 1
+    assert report.startswith(f"bag {bag}: skipped 1 damaged part and read on (messages lost: 1): message #3 on /lidar/points")
+    assert "cannot deserialise sensor_msgs/msg/PointCloud2" in report
 
 
 def test_missing_bag_is_clear(tmp_path):

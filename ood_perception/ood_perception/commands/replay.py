@@ -29,7 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "/tf_static and the label map from the bag (or a dataset.yaml next to it), so a `synth --bag` drive needs no "
         "other flag. Shards replayed apart (--shard i/n, e.g. one per array job task) pool with "
         "`replay --merge DIR_0 ... DIR_n-1 --out DIR`. "
-        "Exit code 1 when a bag is damaged (its results up to the damage are still written).",
+        "Exit code 1 when a bag is damaged (damaged parts are skipped and reported; the rest is replayed). "
+        "Ctrl-C or SIGTERM stops between messages and writes the results up to the stop (exit code 130 / 143; "
+        "a second signal stops at once without results).",
     )
     p.add_argument("bags", nargs="*", metavar="BAG", help="bag directories or single .mcap/.db3 files")
     p.add_argument("--out", required=True, help="output directory")
@@ -67,7 +69,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def handler(args: argparse.Namespace) -> int:
-    """Run the replay (or the merge of shards); returns 1 when a bag was damaged, else 0."""
+    """Run the replay (or the merge of shards); returns 130/143 when stopped by SIGINT/SIGTERM, 1 when a bag
+    was damaged, else 0."""
 
     if args.merge:
         if args.bags:
@@ -108,4 +111,9 @@ def handler(args: argparse.Namespace) -> int:
     for r in damaged:
         print(f"ood-perception replay: error: {r.error} (results up to there were written)", file=sys.stderr)
     print(f"report: {args.out}/report.html")
+    stopped = next((r for r in results if r.interrupted), None)
+    if stopped is not None:
+        print(f"ood-perception replay: interrupted ({stopped.interrupted}) in {stopped.bag} after {len(stopped.frames)} "
+              f"frames; results up to the stop were written (metrics.json: \"interrupted\": true)", file=sys.stderr)
+        return 130 if stopped.interrupted == "SIGINT" else 143
     return 1 if damaged else 0

@@ -15,7 +15,8 @@ without being told (``ros2 bag`` keeps custom_data; a bare storage file has none
 
 Camera and LiDAR are written at their own rates (each at most the frame rate): a frame's camera
 (LiDAR) messages go out when its stamp reaches the next camera (LiDAR) tick. The bag is written to
-a temporary directory next to the target and renamed when complete.
+a temporary directory next to the target and renamed when complete. MCAP chunks carry CRC-32s
+(:func:`~ood_perception.data.mcap_chunks.add_chunk_crcs`), so a damaged chunk is detected on reading.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from ood_perception.data.bag_output import TF_STATIC_QOS
 from ood_perception.data.bag_reader import LABEL_MAP_KEY
 from ood_perception.data.config import DatasetConfig
 from ood_perception.data.frame import Frame
+from ood_perception.data.mcap_chunks import add_chunk_crcs
 
 CAMERA_FRAME = "camera_optical"
 LIDAR_FRAME = "lidar"
@@ -201,6 +203,8 @@ class BagWriter:
         if self._closed:
             return self.path
         self._writer.close()
+        for f in self._tmp.glob("*.mcap"):  # rosbags writes no chunk CRCs; add them (damage is then detected)
+            add_chunk_crcs(f)
         replace_dir(self._tmp, self.path)
         shutil.rmtree(self._tmpdir, ignore_errors=True)
         self._closed = True

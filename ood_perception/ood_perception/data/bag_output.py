@@ -30,6 +30,7 @@ from ood_perception.atomic import replace_dir
 from ood_perception.codec.conversions import SCORED_POINT_DTYPE
 from ood_perception.codec.tf import matrix_to_translation_quaternion
 from ood_perception.data.bag_reader import typestore_for
+from ood_perception.data.mcap_chunks import add_chunk_crcs
 from ood_perception.geometry import region_in_camera
 
 #: The message types of ood_perception_msgs, in dependency order.
@@ -236,6 +237,8 @@ class OutputBag:
         if self._done:
             return self.path
         self._writer.close()
+        for storage in self._bagdir.glob("*.mcap"):
+            add_chunk_crcs(storage)  # rosbags writes none; with them a damaged chunk is detected on reading
         replace_dir(self._bagdir, self.path)
         shutil.rmtree(self._tmpdir, ignore_errors=True)
         self._done = True

@@ -39,7 +39,7 @@ import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from ood_perception.atomic import atomic_write_text
@@ -199,6 +199,10 @@ class ModelSpec:
             raise ModelCorruptError(source, f"malformed field: {exc!r}") from exc
         if "onnx" not in spec.files:
             raise ModelCorruptError(source, "'files' has no 'onnx' entry")
+        for role, ref in spec.files.items():
+            problem = unsafe_file_path(ref.path)
+            if problem:
+                raise ModelCorruptError(source, f"files.{role}.path {ref.path!r} {problem}")
         if spec.colors and len(spec.colors) != len(spec.class_names):
             raise ModelCorruptError(
                 source, f"{len(spec.colors)} colours for {len(spec.class_names)} class names"
@@ -221,6 +225,49 @@ def _require_names(source: Any, what: str, have: list[str], need: tuple[str, ...
     lacking = [n for n in need if n not in have]
     if lacking:
         raise ModelMismatchError(source, f"{kind} model lacks {what} {', '.join(lacking)}")
+
+
+def unsafe_file_path(path: str) -> str | None:
+    """Why a ``files.*.path`` entry of ``model.json`` may not be used (None when it may).
+
+    Entries are names *inside* the model directory: relative, without ``..`` components, drive
+    letters or NUL bytes (forward or back slashes both count as separators). This keeps a crafted or
+    copied-and-edited ``model.json`` from making the runtime hash and load an arbitrary readable
+    file elsewhere (``/etc/...``, ``../other_model/model.onnx``).
+    """
+    if not path or "\0" in path:
+        return "is empty or contains a NUL byte"
+    posix, win = PurePosixPath(path), PureWindowsPath(path)
+    if posix.is_absolute() or win.is_absolute() or win.drive or path.startswith(("/", "\\")):
+        return "is absolute; file paths must be relative to the model directory"
+    if ".." in posix.parts or ".." in win.parts:
+        return "leaves the model directory ('..'); file paths must stay inside it"
+    return None
+
+
+def model_file(model_dir: str | os.PathLike[str], spec: ModelSpec, role: str) -> Path:
+    """The path of ``spec.files[role]`` inside ``model_dir``, confined to it.
+
+    Raises:
+        ModelMismatchError: the spec lists no file for ``role``.
+        ModelCorruptError: the entry is absolute, has ``..``, or resolves (through a symbolic link)
+            to a file outside the model directory.
+    """
+    model_dir = Path(model_dir)
+    if role not in spec.files:
+        raise ModelMismatchError(model_dir / SPEC_NAME, f"lists no {role!r} file (has: {', '.join(spec.files)})")
+    ref = spec.files[role]
+    problem = unsafe_file_path(ref.path)
+    if problem:
+        raise ModelCorruptError(model_dir / SPEC_NAME, f"files.{role}.path {ref.path!r} {problem}")
+    path = model_dir / ref.path
+    root = model_dir.resolve()
+    target = path.resolve()
+    if target != root and root not in target.parents:
+        raise ModelCorruptError(
+            path, f"{role} file listed in {SPEC_NAME} resolves to {target}, outside the model directory {root}"
+        )
+    return path
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -266,13 +313,11 @@ def read_verified(model_dir: str | os.PathLike[str], spec: ModelSpec, role: str)
     Raises:
         ModelMismatchError: the spec lists no file for ``role``.
         ModelNotFoundError: the file is missing.
-        ModelCorruptError: its sha256 differs from ``model.json``.
+        ModelCorruptError: its sha256 differs from ``model.json``, or its path leaves the model
+            directory (see :func:`model_file`).
     """
-    model_dir = Path(model_dir)
-    if role not in spec.files:
-        raise ModelMismatchError(model_dir / SPEC_NAME, f"lists no {role!r} file (has: {', '.join(spec.files)})")
+    path = model_file(model_dir, spec, role)
     ref = spec.files[role]
-    path = model_dir / ref.path
     if not path.is_file():
         raise ModelNotFoundError(path, f"{role} file listed in {SPEC_NAME} does not exist")
     data = path.read_bytes()

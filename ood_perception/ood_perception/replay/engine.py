@@ -27,6 +27,7 @@ which).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections import Counter, deque
@@ -60,6 +61,7 @@ from ood_perception.replay.extrinsics import (
     read_tf_static,
     resolve_extrinsics,
 )
+from ood_perception.replay.interrupt import stop_requests
 
 #: Logical input topics (relative names, resolved in the bag by :meth:`BagSource.resolve`).
 DEFAULT_INPUT_TOPICS = {
@@ -159,13 +161,15 @@ class BagReplay:
     wall_s: float
     topics: dict[str, str]
     sync_counters: dict[str, Any]
-    error: str | None = None  # BagReadError text when the bag was damaged (results kept)
+    error: str | None = None  # BagReadError / skipped-damage text when the bag was damaged (results kept)
     salvaged: bool = False
+    skipped: list[dict[str, Any]] = field(default_factory=list)  # damaged parts stepped over (Skipped.to_dict)
     bad_inputs: dict[str, int] = field(default_factory=dict)  # per reason, as the node counts them
     thumbnails: dict[str, list[tuple[int, np.ndarray]]] = field(default_factory=dict)
     extrinsics: dict[str, Any] = field(default_factory=dict)  # which were used, checked against /tf_static
     label_map: str = ""  # where the labels' map came from (replay.labels), set by the caller
     alert_metrics: AlertMetrics | None = None  # alert-level + component metrics (frames with pixel labels)
+    interrupted: str | None = None  # the signal (SIGINT/SIGTERM) that stopped the replay early; results kept
 
     @property
     def x_real_time(self) -> float:
@@ -337,16 +341,25 @@ class ReplaySession:
             depth = OVERLAP_DEPTH if self.executor is not None else 0
             bar = tqdm(total=self.src.message_count(self.by_topic), desc=Path(self.bag_path).name, unit="msg",
                        leave=False, disable=not self.progress)
+            stops = contextlib.ExitStack()  # Ctrl-C / SIGTERM: stop between messages, keep what was done
+            self.stop = stops.enter_context(stop_requests())
             try:
                 for m in self.src.messages(self.by_topic):
+                    if self.stop.requested:
+                        break
                     bar.update(1)
                     if self._on_message(m, depth):
                         break
             except BagReadError as exc:
                 self.error = str(exc)
             finally:
-                self._drain()
-                bar.close()
+                try:
+                    self._drain()
+                finally:
+                    stops.close()  # the caller's signal handlers back, also when finishing a frame failed
+                    bar.close()
+            # damaged parts stepped over (skipped) come first, then a final cut (BagReadError)
+            self.error = "; then ".join(e for e in (self.src.damage_report(), self.error) if e) or None
             return self._result(time.perf_counter() - t_wall)
         finally:
             self.src.close()
@@ -555,6 +568,7 @@ class ReplaySession:
             topics={k: v for k, v in self.topics.items() if v}, sync_counters=sync_counters, error=self.error,
             salvaged=self.src.salvaged, thumbnails=self.thumbs.result(), bad_inputs=dict(sorted(self.bad.items())),
             extrinsics=self.extrinsics, alert_metrics=self.alert_metrics,
+            skipped=[sk.to_dict() for sk in self.src.skipped], interrupted=self.stop.signal,
         )
 
 
@@ -580,8 +594,11 @@ def replay_bag(
         sequence: the bag's name in the alert evaluation (default: the bag's file name).
 
     Returns:
-        :class:`BagReplay`. A damaged bag does not raise: the frames before the damage are kept
-        and ``error`` holds the :class:`~ood_perception.data.bag_reader.BagReadError` text.
+        :class:`BagReplay`. A damaged bag does not raise: damaged parts are stepped over (listed in
+        ``skipped``), the frames before a final cut are kept, and ``error`` holds the damage report
+        and the :class:`~ood_perception.data.bag_reader.BagReadError` text. SIGINT/SIGTERM stop
+        it between messages (:mod:`ood_perception.replay.interrupt`): the frames in flight are
+        finished and the result, up to there, has ``interrupted`` set to the signal's name.
 
     Raises:
         MissingTopicError: a required input topic is not in the bag (lists the bag's topics).

@@ -261,7 +261,11 @@ def render_html(
     ]))
     for b in bags:
         if b.error:
-            parts.append(f"<p class='err'><b>Damaged bag</b> (results up to the damage are included): {html.escape(b.error)}</p>")
+            parts.append(f"<p class='err'><b>Damaged bag</b> (damaged parts skipped; the rest, up to any cut, is "
+                         f"included): {html.escape(b.error)}</p>")
+        if getattr(b, "interrupted", None):
+            parts.append(f"<p class='err'><b>Interrupted</b> ({html.escape(b.interrupted)}): {html.escape(b.bag)} was "
+                         f"stopped after {len(b.frames)} frames; results up to the stop are included.</p>")
     parts.append("<h2>Metrics</h2>")
     if not summary.get("frames_with_labels"):
         parts.append("<p class='note'>No labels: the bag has no label topic and no label folder was given, "

@@ -3,7 +3,7 @@
 Layout of ``--out DIR``: one bag -> ``DIR/output/`` (a rosbag2 directory: ``metadata.yaml`` +
 ``output.mcap``), ``DIR/metrics.json``, ``DIR/timing.json``, ``DIR/report.html`` and
 ``DIR/state.npz`` (the metric accumulators' state, :mod:`.state`). Several bags, or any ``--shard``
--> the same per bag under ``DIR/<bag name>/`` plus pooled ``DIR/metrics.json`` and
+-> the same per bag under ``DIR/<bag name>/`` (:func:`bag_output_name`) plus pooled ``DIR/metrics.json`` and
 ``DIR/report.html``. ``DIR/shard.json`` (written last: a finished run) lists the bags and where
 their outputs are. ``metrics.json`` holds only deterministic content (identical for identical bag,
 model and params); wall-clock figures go to ``timing.json``.
@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -30,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ood_perception import runtime
-from ood_perception.atomic import replace_dir
+from ood_perception.atomic import install_worker_signal_handlers, replace_dir
 from ood_perception.data.bag_output import OutputBag
 from ood_perception.evaluation.segmentation import MetricsAccumulator
 from ood_perception.pipeline import FusionConfig, FusionPipeline
@@ -70,6 +71,32 @@ def select_shard(bags: Sequence[str | Path], shard: str | None) -> list[Path]:
     if n < 1 or not 0 <= i < n:
         raise ValueError(f"--shard {shard}: need n >= 1 and 0 <= i < n")
     return paths[i::n]
+
+
+#: Names in ``--out`` that belong to the pooled results; a bag's folder never takes one of them.
+RESERVED_OUTPUT_NAMES = frozenset({"metrics.json", "timing.json", "report.html", "output.mcap", "output"})
+
+
+def bag_output_name(path: str | Path, taken: set[str] | frozenset[str] = frozenset()) -> str:
+    """The folder name under ``--out`` for one bag's results when several bags are replayed.
+
+    The bag's own name (``drive_07`` for ``/data/drive_07/`` or ``a/b/..`` normalised first), with
+    characters other than letters, digits, ``._-+`` replaced by ``_`` and leading dots dropped, so
+    the name is one plain path component: it cannot be ``.``, ``..``, empty, hidden or contain a
+    separator, hence cannot leave ``--out`` or land on it. Names of the pooled outputs
+    (:data:`RESERVED_OUTPUT_NAMES`) get a ``bag_`` prefix; a name already in ``taken`` (compared
+    case-insensitively, for case-insensitive filesystems) gets ``_2``, ``_3``, ... Pure: the caller
+    adds the result to ``taken``.
+    """
+    name = Path(os.path.abspath(os.fspath(path))).name  # "a/.." -> "a"'s parent, "." -> the cwd's name
+    name = re.sub(r"[^A-Za-z0-9._+-]", "_", name).lstrip(".") or "bag"
+    if name.lower() in RESERVED_OUTPUT_NAMES:
+        name = f"bag_{name}"
+    used = {t.lower() for t in taken}
+    candidate, k = name, 2
+    while candidate.lower() in used:
+        candidate, k = f"{name}_{k}", k + 1
+    return candidate
 
 
 @dataclasses.dataclass
@@ -191,12 +218,14 @@ def write_outputs(out_dir: Path, results: Sequence[BagReplay], info: dict[str, A
     alert_metrics = pool_alert_metrics([r.alert_metrics for r in results])  # pooled like MetricsAccumulator
     alert_eval = alert_metrics.result() if alert_metrics is not None else {}
     data = {
+        "interrupted": any(r.interrupted for r in results),
         "info": {k: v for k, v in info.items()},
         "metrics": summary,
         "alerts": {"levels": level_counts(frames), **alert_eval.get("alerts", {})},
         "components": alert_eval.get("components", {"available": False, "reason": "no alert metrics"}),
         "bags": [
             {"bag": r.bag, "frames": len(r.frames), "bag_time_s": r.duration_s, "error": r.error, "salvaged": r.salvaged,
+             "skipped": r.skipped, "interrupted": r.interrupted is not None,
              "topics": r.topics, "sync": r.sync_counters, "bad_inputs": r.bad_inputs, "extrinsics": r.extrinsics, **({"per_frame": frames_table(r.frames)} if len(results) == 1 else {})}
             for r in results
         ],
@@ -262,9 +291,9 @@ def _remove_empty_dirs(root: Path) -> None:
 def _run_selected(bags: Sequence[str | Path], selected: list[Path], out_dir: Path, settings: ReplaySettings, model_dir: str | Path | None,
                   backend: str, workers: int, shard: str | None, labels: str | Path | None, label_sequence: str | None,
                   dataset_config: str | Path | None, progress: bool) -> list[BagReplay]:
-    names = [b.name or str(b) for b in selected]
-    if len(set(names)) != len(names):
-        names = [f"{i:03d}_{n}" for i, n in enumerate(names)]
+    names: list[str] = []
+    for b in selected:
+        names.append(bag_output_name(b, set(names)))
     single = len(selected) == 1 and not shard
     jobs = [
         ReplayJob(bag=b, out_dir=out_dir if single else out_dir / n, model_dir=Path(model_dir) if model_dir else None,
@@ -275,14 +304,19 @@ def _run_selected(bags: Sequence[str | Path], selected: list[Path], out_dir: Pat
     existed = out_dir.exists()
     try:
         if workers <= 1 or len(jobs) == 1:
-            results = [run_job(j) for j in jobs]
+            results = []
+            for j in jobs:
+                results.append(run_job(j))
+                if results[-1].interrupted:  # Ctrl-C / SIGTERM: the bags done so far are the results
+                    break
         else:
             import multiprocessing as mp  # lazy: only for --workers > 1
 
             from tqdm import tqdm
 
             ctx = mp.get_context("spawn")
-            with ctx.Pool(min(workers, len(jobs))) as pool:
+            # workers leave Ctrl-C to this process and unwind on SIGTERM (Pool.terminate), removing their temporaries
+            with ctx.Pool(min(workers, len(jobs)), initializer=install_worker_signal_handlers) as pool:
                 results = list(tqdm(pool.imap(run_job, jobs), total=len(jobs), desc="bags", disable=not progress))
     except BaseException:
         _clean_failed(out_dir, [] if single else names, existed)
@@ -290,11 +324,14 @@ def _run_selected(bags: Sequence[str | Path], selected: list[Path], out_dir: Pat
     if not single:
         info = {"bags": [r.bag for r in results], "backend": backend, "model": str(model_dir or "default model"),
                 "shard": shard or "all"}
+        if len(results) < len(jobs):  # stopped by Ctrl-C / SIGTERM
+            info["not_replayed"] = [str(j.bag) for j in jobs[len(results):]]
         write_outputs(out_dir, results, info, metrics=_pooled(results))
-    write_json(out_dir / MANIFEST, {
-        "shard": shard or "0/1", "bags": [str(b) for b in sorted(Path(b) for b in bags)],
-        "dirs": {str(b): ("." if single else n) for b, n in zip(selected, names, strict=True)},
-    })
+    if len(results) == len(jobs):  # a stopped run is no finished shard (--merge refuses it)
+        write_json(out_dir / MANIFEST, {
+            "shard": shard or "0/1", "bags": [str(b) for b in sorted(Path(b) for b in bags)],
+            "dirs": {str(b): ("." if single else n) for b, n in zip(selected, names, strict=True)},
+        })
     return results
 
 
