@@ -108,12 +108,17 @@ def stamp_from_sec(sec: float) -> Any:
 def run_node_main(node_cls: Any, prog: str, argv: list[str] | None = None) -> int:
     """Console entry point shared by the nodes: ``PROG [--autostart] [--ros-args ...]``.
 
-    Initialises rclpy with the ROS arguments, builds ``node_cls`` (with ``autostart`` set when
-    ``--autostart`` is given, i.e. straight to active), spins it on a MultiThreadedExecutor until
-    Ctrl-C, and shuts down cleanly.
+    Applies the shipped DDS transport profile (unless chosen otherwise, see
+    :mod:`ood_perception.ros.transport`), initialises rclpy with the ROS arguments, builds
+    ``node_cls`` (with ``autostart`` set when ``--autostart`` is given, i.e. straight to active),
+    spins it on a MultiThreadedExecutor until Ctrl-C, and shuts down cleanly.
     """
     import argparse
     import sys
+
+    from ood_perception.ros.transport import apply_transport_profile
+
+    apply_transport_profile(log=lambda m: print(f"{prog}: {m}", file=sys.stderr, flush=True))
 
     import rclpy
     from rclpy.executors import MultiThreadedExecutor

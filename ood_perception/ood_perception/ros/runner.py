@@ -53,10 +53,20 @@ def run_nodes(
     remaps: Sequence[str] = (),
     duration: float | None = None,
     log: Any = print,
+    transport: bool = True,
 ) -> int:
     """Start ``nodes`` (default: those in the params files) active and spin until SIGINT/SIGTERM or
-    ``duration`` seconds. Returns 0, or 1 when a node fails to become active."""
+    ``duration`` seconds. Returns 0, or 1 when a node fails to become active.
+
+    ``transport``: apply the shipped DDS transport profile first (:mod:`ood_perception.ros.transport`;
+    variables you set yourself win); it only takes effect if no DDS participant exists yet in this process.
+    """
     import importlib
+
+    from ood_perception.ros.transport import apply_transport_profile
+
+    if transport:
+        apply_transport_profile(log=lambda m: log(f"ood-perception run: {m}"))
 
     import rclpy
     from rclpy.executors import MultiThreadedExecutor
