@@ -18,6 +18,9 @@ def test_launch_files_exist_and_parse():
     for path in LAUNCH:
         tree = ast.parse(path.read_text(), str(path))
         assert any(isinstance(n, ast.FunctionDef) and n.name == "generate_launch_description" for n in tree.body)
+        # every launch sets the shipped DDS transport profile for the processes it starts
+        text = path.read_text()
+        assert "SetEnvironmentVariable" in text and "apply_transport_profile" in text
     carla = (PKG / "launch" / "carla.launch.py").read_text()
     for needle in ('"use_sim_time": True', "/camera_info", '"lidar/points"', '"camera/image"'):
         assert needle in carla
@@ -41,3 +44,44 @@ def test_launch_description_builds(path):
     except Exception as exc:  # package not installed into an ament index (pip-only environment)
         pytest.skip(f"package share directory not available: {exc}")
     assert ld.entities
+
+
+@pytest.mark.parametrize("path", LAUNCH, ids=[p.name for p in LAUNCH])
+def test_launch_sets_the_transport_profile_for_its_processes(path, monkeypatch):
+    """Run generate_launch_description against minimal stand-ins for launch/launch_ros (absent here):
+    the first actions set the shipped Fast DDS profile unless the user's environment has one."""
+    import sys
+    import types
+
+    class Action:
+        def __init__(self, *args, **kwargs):
+            self.args, self.kwargs = args, kwargs
+
+    class SetEnvironmentVariable(Action):
+        pass
+
+    fakes = {
+        "launch": types.SimpleNamespace(LaunchDescription=lambda entities: list(entities)),
+        "launch.actions": types.SimpleNamespace(DeclareLaunchArgument=Action, SetEnvironmentVariable=SetEnvironmentVariable),
+        "launch.conditions": types.SimpleNamespace(IfCondition=Action),
+        "launch.substitutions": types.SimpleNamespace(LaunchConfiguration=Action),
+        "launch_ros": types.SimpleNamespace(),
+        "launch_ros.actions": types.SimpleNamespace(Node=Action),
+        "ament_index_python": types.SimpleNamespace(),
+        "ament_index_python.packages": types.SimpleNamespace(get_package_share_directory=lambda name: str(PKG)),
+    }
+    for name, mod in fakes.items():
+        monkeypatch.setitem(sys.modules, name, mod)
+    for var in ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE", "FASTDDS_BUILTIN_TRANSPORTS",
+                "OOD_PERCEPTION_TRANSPORT", "RMW_IMPLEMENTATION"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("ROS_DISTRO", "kilted")
+    spec = importlib.util.spec_from_file_location("launch_under_test", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    entities = mod.generate_launch_description()
+    env = [e.args for e in entities if isinstance(e, SetEnvironmentVariable)]
+    assert env == [("FASTDDS_DEFAULT_PROFILES_FILE", str(PKG / "config" / "fastdds_large_data.xml"))]
+    assert isinstance(entities[0], SetEnvironmentVariable)  # before any process starts
+    monkeypatch.setenv("FASTDDS_DEFAULT_PROFILES_FILE", "/mine.xml")  # the user's own profile wins
+    assert not [e for e in mod.generate_launch_description() if isinstance(e, SetEnvironmentVariable)]
