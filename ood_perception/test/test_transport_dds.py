@@ -189,3 +189,17 @@ def test_large_frames_from_a_publisher_without_the_profile_are_reported_lost(rcl
         ex.shutdown()
         node.destroy_node()
         io.destroy_node()
+
+
+def test_stale_sensor_with_a_matched_publisher_points_at_transport(rclpy_context):
+    """Nothing arrives although a publisher is matched (what 100% transport loss looks like when the
+    middleware reports nothing): the stale status says so instead of only "stale"."""
+    node = make_node(rclpy_context, stale_timeout=0.5)
+    h = Harness(rclpy_context, node)  # its publishers are matched to the node's subscriptions
+    try:
+        assert spin_until(h.ex, lambda: any("stale" in d.status[0].message for d in h.got["diag"]), 5.0)
+        msg = next(d.status[0].message for d in h.got["diag"] if "stale" in d.status[0].message)
+        assert msg.startswith("stale: camera, lidar; camera, lidar publisher matched but nothing arrives")
+        assert "README: Transport" in msg
+    finally:
+        h.close()
