@@ -16,8 +16,10 @@ is created:
 * ``LARGE_DATA``: ``FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA`` on both sides, Fast DDS's own
   large-data mode (TCP for data between hosts, SHM on one host with its default segment);
 * ``udp:default`` / ``udp:shipped``: UDP only (no SHM: the path samples take between hosts),
-  here over loopback, with default socket buffers vs the shipped profile's. Loopback loses
-  nothing on the wire, so this measures socket-buffer overflow only, not a real network.
+  here over loopback, with default socket buffers vs the shipped profile's. Loopback has no
+  wire losses: what is lost here is lost in the two hosts' stacks (socket buffers -- the kernel's
+  UDP counters over the run are recorded -- or the DDS fragment handling), a lower bound for a
+  real network.
 
 Cells are measured side by side: for each (message, QoS) every configuration runs in turn, so
 machine load drifts affect them alike. The output is the delivered share and rate per cell.
