@@ -175,7 +175,10 @@ def message_lost_callbacks(callback: Callable[[int], None]) -> Any:
             from rclpy.qos_event import SubscriptionEventCallbacks
         except ImportError:
             return None
-    return SubscriptionEventCallbacks(message_lost=lambda ev: callback(int(ev.total_count_change)))
+    try:
+        return SubscriptionEventCallbacks(message_lost=lambda ev: callback(int(ev.total_count_change)))
+    except TypeError:  # an rclpy without the message_lost event
+        return None
 
 
 # ----------------------------------------------------------------------------- loss accounting
