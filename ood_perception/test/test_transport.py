@@ -176,3 +176,27 @@ def test_bad_monitor_arguments():
     with pytest.raises(ValueError, match="gap_factor"):
         TransportLossMonitor(gap_factor=1.0)
     assert math.isnan(TransportLossMonitor().values(("x",))["x_publisher_hz"])
+
+
+def test_callback_adapters_match_this_rclpy():
+    pytest.importorskip("rclpy", reason="rclpy is installed by `make setup`")
+    import inspect
+
+    from ood_perception.ros.transport import message_lost_callbacks, with_message_info
+
+    got: list = []
+    cb = with_message_info(lambda msg, info: got.append((msg, info)))
+    try:
+        from rclpy.subscription import MessageInfo  # noqa: F401
+    except ImportError:  # Humble: message only, info None
+        cb("m")
+        assert got == [("m", None)]
+    else:  # rclpy passes (msg, info) to a two-parameter callback
+        assert len(inspect.signature(cb).parameters) == 2
+        cb("m", {"publication_sequence_number": 3})
+        assert got == [("m", {"publication_sequence_number": 3})]
+    counts: list[int] = []
+    events = message_lost_callbacks(counts.append)
+    assert events is not None and events.message_lost is not None
+    events.message_lost(type("Ev", (), {"total_count": 9, "total_count_change": 4})())
+    assert counts == [4]
