@@ -12,11 +12,13 @@ import os
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument
+from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
 from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
+
+from ood_perception.ros.transport import apply_transport_profile
 
 
 def _text(name):
@@ -29,7 +31,12 @@ def generate_launch_description():
     share = get_package_share_directory("ood_perception")
     role, camera, lidar = (LaunchConfiguration(n) for n in ("role_name", "camera", "lidar"))
 
+    # The shipped DDS transport profile (config/fastdds_large_data.xml, or cyclonedds.xml under
+    # RMW_IMPLEMENTATION=rmw_cyclonedds_cpp) for every process this launch starts; variables you
+    # exported yourself win. Drivers started from this launch (or an including one) inherit it.
+    transport = [SetEnvironmentVariable(k, v) for k, v in apply_transport_profile({**os.environ}).variables.items()]
     return LaunchDescription([
+        *transport,
         DeclareLaunchArgument("config", default_value=os.path.join(share, "config", "carla.yaml")),
         DeclareLaunchArgument("model", default_value="", description="model directory ('' = packaged default)"),
         DeclareLaunchArgument("backend", default_value="onnxruntime", description="onnxruntime | torch | tensorrt"),

@@ -13,6 +13,17 @@ import pytest
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 os.environ.setdefault("ROS_DOMAIN_ID", str(100 + os.getpid() % 100))
 
+# The product runs with the shipped DDS transport profile (ood-perception run, the node entry
+# points and the launch files apply it before rclpy starts), so the tests do too: set here, at
+# collection, before any test creates a DDS participant (Fast DDS reads it once per process).
+# What this hides: (1) nothing here runs with Fast DDS's defaults, whose loss of large samples
+# bench/transport.py measures instead; (2) nodes sharing one rclpy context (most node tests) talk
+# intra-process and never touch a transport at all -- test_transport_dds.py therefore publishes
+# from a separate process.
+from ood_perception.ros.transport import apply_transport_profile  # noqa: E402
+
+apply_transport_profile(log=None)
+
 
 @pytest.fixture
 def rclpy_context():

@@ -50,7 +50,9 @@ def test_run_command_serves_frames_with_real_model(rclpy_context, model_dir, tmp
     proc = subprocess.Popen(
         [*CLI, "run", "--params", str(PKG / "config" / "vehicle.yaml"), "--params", str(override),
          "--model", str(model_dir), "--duration", "60"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        # without the transport variables conftest set: `run` must apply the shipped profile itself
+        env={**{k: v for k, v in os.environ.items() if not k.endswith("_DEFAULT_PROFILES_FILE")}, "OMP_NUM_THREADS": "1"},
         cwd=tmp_path,  # not the repository root, whose ood_perception/ folder would shadow the package
     )
     io = rclpy.create_node("run_io", context=rclpy_context)
@@ -99,6 +101,8 @@ def test_run_command_serves_frames_with_real_model(rclpy_context, model_dir, tmp
         out, _ = proc.communicate(timeout=30)
         assert proc.returncode == 0, out
         assert "fusion_segmentation active" in out
+        if os.environ.get("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp") == "rmw_fastrtps_cpp":
+            assert "ood-perception run: transport: Fast DDS profile" in out and "fastdds_large_data.xml" in out
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -33,6 +33,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--remap", action="append", default=[], metavar="FROM:=TO",
                    help="topic remapping, e.g. camera/image:=/carla/ego_vehicle/rgb_front/image (repeatable)")
     p.add_argument("--use-sim-time", action="store_true", help="use /clock (simulators, bag playback)")
+    p.add_argument("--no-transport-profile", action="store_true",
+                   help="do not apply the shipped DDS transport profile (config/fastdds_large_data.xml or "
+                   "cyclonedds.xml, chosen by RMW_IMPLEMENTATION); FASTDDS_DEFAULT_PROFILES_FILE / CYCLONEDDS_URI "
+                   "you set yourself always win")
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: run until Ctrl-C)")
     p.set_defaults(func=handler)
 
@@ -52,4 +56,5 @@ def handler(args: argparse.Namespace) -> int:
     if args.duration is not None and not args.duration > 0:
         raise ValueError(f"--duration must be > 0, got {args.duration}")
     nodes = [n.strip() for n in args.nodes.split(",") if n.strip()] if args.nodes else None
-    return run_nodes(args.params, nodes=nodes, overrides=overrides, remaps=args.remap, duration=args.duration)
+    return run_nodes(args.params, nodes=nodes, overrides=overrides, remaps=args.remap, duration=args.duration,
+                     transport=not args.no_transport_profile)

@@ -157,16 +157,19 @@ def stamp_from_sec(sec: float) -> Any:
 def run_node_main(node_cls: Any, prog: str, argv: list[str] | None = None) -> int:
     """Console entry point shared by the nodes: ``PROG [--autostart] [--ros-args ...]``.
 
-    Initialises rclpy with the ROS arguments, builds ``node_cls`` (with ``autostart`` set when
-    ``--autostart`` is given, i.e. straight to active), spins it on a MultiThreadedExecutor until
-    Ctrl-C, and shuts down cleanly.
+    Applies the shipped DDS transport profile (unless chosen otherwise, see
+    :mod:`ood_perception.ros.transport`), initialises rclpy with the ROS arguments, builds
+    ``node_cls`` (with ``autostart`` set when ``--autostart`` is given, i.e. straight to active),
+    spins it on a MultiThreadedExecutor until Ctrl-C, and shuts down cleanly.
     """
 
-    import rclpy  # lazy: rclpy is heavy to import and only this path needs it
-    from rclpy.executors import (  # lazy: rclpy is heavy to import and only this path needs it
-        MultiThreadedExecutor,
-    )
-    from rclpy.parameter import Parameter  # lazy: rclpy is heavy to import and only this path needs it
+    from ood_perception.ros.transport import apply_transport_profile
+
+    apply_transport_profile(log=lambda m: print(f"{prog}: {m}", file=sys.stderr, flush=True))
+
+    import rclpy  # lazy: rclpy after the transport profile is in the environment (read when the first DDS participant starts)
+    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.parameter import Parameter
 
     argv = list(sys.argv if argv is None else argv)
     parser = argparse.ArgumentParser(prog=prog)

@@ -77,6 +77,7 @@ from ood_perception.ros.common import (
 )
 from ood_perception.ros.lifecycle import WorkerLifecycleNode
 from ood_perception.ros.messages import build_alert, build_markers, header_msg
+from ood_perception.ros.transport import TransportLossMonitor, message_lost_callbacks, with_message_info
 from ood_perception_msgs.msg import OodAlert
 
 NODE_NAME = "fusion_segmentation"
@@ -118,6 +119,8 @@ class FusionSegmentationNode(WorkerLifecycleNode):
         self.settings = FrameSettings()
         self.bad = BadInputLog(self.get_logger(), 5.0)
         self.rates = {k: RateMeter() for k in ("camera", "lidar", "camera_info", "processed")}
+        # frames lost before the callbacks (publisher sequence numbers / header-stamp gaps)
+        self.transport_loss = TransportLossMonitor()
         self.latency = LatencyStats()
         self.model_latency = LatencyStats()
         self.sync: ApproximateSync | None = None
@@ -207,13 +210,25 @@ class FusionSegmentationNode(WorkerLifecycleNode):
         self.sync = self.processor.sync
         qos = sensor_qos(p["reliability"], int(p["qos_depth"]))
         self._subs = [
-            self.create_subscription(Image, "camera/image", self._on_image, qos),
+            self._sensor_subscription(Image, "camera/image", self._on_image, qos, "camera"),
             self.create_subscription(CameraInfo, "camera/camera_info", self._on_camera_info, qos),
-            self.create_subscription(PointCloud2, "lidar/points", self._on_points, qos),
+            self._sensor_subscription(PointCloud2, "lidar/points", self._on_points, qos, "lidar"),
         ]
         self._start_worker()
         self._state = "active"
         return super().on_activate(state)
+
+    def _sensor_subscription(self, msg_type: Any, topic: str, callback: Any, qos: Any, name: str) -> Any:
+        """A subscription whose callback also gets rmw's MessageInfo (sequence numbers) and whose
+        DDS sample-lost events are counted, where this rclpy/RMW provides them."""
+        events = message_lost_callbacks(lambda n: self.transport_loss.lost_in_transport(name, n))
+        if events is not None:
+            try:
+                return self.create_subscription(msg_type, topic, with_message_info(callback), qos, event_callbacks=events)
+            except Exception as exc:  # noqa: BLE001 - UnsupportedEventTypeError: an RMW without the event
+                self.get_logger().info(f"{topic}: no DDS sample-lost events ({type(exc).__name__}); "
+                                       "counting sequence/stamp gaps only")
+        return self.create_subscription(msg_type, topic, with_message_info(callback), qos)
 
     def _wake_worker(self) -> None:
         if self.sync is not None:
@@ -232,9 +247,10 @@ class FusionSegmentationNode(WorkerLifecycleNode):
             else:
                 self.get_logger().warning(note.detail)
 
-    def _on_image(self, msg: Any) -> None:
+    def _on_image(self, msg: Any, info: Any = None) -> None:
         try:
             self.rates["camera"].tick()
+            self.transport_loss.observe("camera", conv.stamp_to_sec(msg.header.stamp), info)
             cam = inputs.decode_camera(msg)
             proc = self.processor
             if proc is not None:
@@ -255,9 +271,10 @@ class FusionSegmentationNode(WorkerLifecycleNode):
         except Exception as exc:  # noqa: BLE001
             self.bad.report("camera_info_callback_error", f"{type(exc).__name__}: {exc}")
 
-    def _on_points(self, msg: Any) -> None:
+    def _on_points(self, msg: Any, info: Any = None) -> None:
         try:
             self.rates["lidar"].tick()
+            self.transport_loss.observe("lidar", conv.stamp_to_sec(msg.header.stamp), info)
             lid, notes = inputs.decode_lidar(msg, self.settings)
             self._report(notes)
             proc = self.processor
@@ -361,11 +378,24 @@ class FusionSegmentationNode(WorkerLifecycleNode):
                 values[f"{name}_age_s"] = float("nan") if age is None else age
             values["unpaired_single"] = c.unpaired_single
             values["pairing"] = sync.pairing_problem() or "ok"
+        values.update(self.transport_loss.values(("camera", "lidar")))
+        values["transport_loss"] = self.transport_loss.summary(("camera", "lidar"))
         bad, recent = self.bad.snapshot(), self.bad.recent()
         values["bad_inputs"] = sum(bad.values())
         values["bad_inputs_recent"] = sum(recent.values())  # over diagnostics_window: what the level judges
         values.update({f"bad.{k}": v for k, v in sorted(bad.items())})
         return values
+
+    def _publisher_count(self, name: str) -> int:
+        """Publishers matched to the ``camera`` / ``lidar`` subscription (0 before activation)."""
+        subs = getattr(self, "_subs", None) or []
+        index = {"camera": 0, "lidar": 2}[name]  # the order on_activate creates them in
+        if len(subs) <= index:
+            return 0
+        try:
+            return int(subs[index].get_publisher_count())
+        except Exception:  # noqa: BLE001 - a subscription destroyed meanwhile
+            return 0
 
     def publish_diagnostics(self) -> None:
         """Publish one DiagnosticArray; when active and both sensors are stale, also a DEGRADED alert."""
@@ -377,8 +407,17 @@ class FusionSegmentationNode(WorkerLifecycleNode):
             level, msg = DiagnosticStatus.ERROR, self._model_error or f"node {self._state}"
         elif stale:
             level, msg = DiagnosticStatus.WARN, f"stale: {', '.join(stale)}"
+            if values["transport_loss"]:
+                msg += f"; {values['transport_loss']} (README: Transport)"
+            else:
+                silent = [n for n in stale if self._publisher_count(n) > 0]
+                if silent:
+                    msg += (f"; {', '.join(silent)} publisher matched but nothing arrives: "
+                            "large samples lost in transport? (README: Transport)")
         elif values.get("pairing", "ok") != "ok":
             level, msg = DiagnosticStatus.WARN, f"streams do not pair: {values['pairing']}"
+        elif values["transport_loss"]:
+            level, msg = DiagnosticStatus.WARN, f"{values['transport_loss']} (README: Transport)"
         elif values["bad_inputs_recent"]:
             recent = ", ".join(f"{k} {v}" for k, v in sorted(self.bad.recent().items()))
             level, msg = (DiagnosticStatus.WARN, f"{values['bad_inputs_recent']} bad inputs in the last "

@@ -67,15 +67,23 @@ def run_nodes(
     remaps: Sequence[str] = (),
     duration: float | None = None,
     log: Any = print,
+    transport: bool = True,
 ) -> int:
     """Start ``nodes`` (default: those in the params files) active and spin until SIGINT/SIGTERM or
-    ``duration`` seconds. Returns 0, or 1 when a node fails to become active."""
+    ``duration`` seconds. Returns 0, or 1 when a node fails to become active.
 
-    import rclpy  # lazy: rclpy is heavy to import and only this path needs it
-    from rclpy.executors import (  # lazy: rclpy is heavy to import and only this path needs it
-        MultiThreadedExecutor,
-    )
-    from rclpy.parameter import Parameter  # lazy: rclpy is heavy to import and only this path needs it
+    ``transport``: apply the shipped DDS transport profile first (:mod:`ood_perception.ros.transport`;
+    variables you set yourself win); it only takes effect if no DDS participant exists yet in this process.
+    """
+
+    from ood_perception.ros.transport import apply_transport_profile
+
+    if transport:
+        apply_transport_profile(log=lambda m: log(f"ood-perception run: {m}"))
+
+    import rclpy  # lazy: rclpy after the transport profile is in the environment (read when the first DDS participant starts)
+    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.parameter import Parameter
 
     in_files = nodes_in_params(params_files, warn=lambda line: log(f"ood-perception run: warning: {line}"))
     names = list(nodes) if nodes else in_files
