@@ -14,6 +14,7 @@ TASKS: dict[str, str] = {
     "segmentation": "ood_perception.trainer.segmentation",
     "recognition": "ood_perception.trainer.recognition",
     "distill": "ood_perception.distill.cli",
+    "crops": "ood_perception.trainer.crops",
 }
 
 

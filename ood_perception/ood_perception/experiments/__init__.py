@@ -1,0 +1,1 @@
+"""Generators of docs/results tables and ablations."""
