@@ -29,6 +29,7 @@ import torch
 
 from ood_perception.atomic import atomic_write_text
 from ood_perception.data.crops import CropSet
+from ood_perception.models.mofe import build_split_backbone
 from ood_perception.trainer.crops import (
     CropTrainConfig,
     evaluate_crops,
@@ -89,8 +90,6 @@ def _load_crops(path: Path) -> tuple[CropSet, ...]:
 def run_seed(seed: int, cache: Path, cfg: CropTrainConfig, size: int, sequences: int, frames: int,
              methods: tuple[str, ...]) -> dict[str, Any]:
     """Metrics of every method for one seed (from the cache where the configuration matches)."""
-    from ood_perception.trainer.crops import build_backbone
-
     world = cache / f"world_s{seed}"
     t0 = time.time()
     ensure_world(world, seed, sequences, frames)
@@ -112,7 +111,7 @@ def run_seed(seed: int, cache: Path, cfg: CropTrainConfig, size: int, sequences:
                 out["methods"][m] = saved["result"]
                 continue
         if backbone is None:
-            backbone = build_backbone("mobilenet_v2")
+            backbone = build_split_backbone("mobilenet_v2")
             tpath = cache / f"trunk_s{seed}_{size}.pt"
             if tpath.is_file():
                 caches = torch.load(tpath, weights_only=True)
@@ -198,7 +197,9 @@ def render(results: dict[int, dict[str, Any]], methods: tuple[str, ...], cfg: Cr
     ]
     for m in methods:
         rs = [results[s]["methods"][m] for s in seeds]
-        cells = [_mean_std([r["id_accuracy"] for r in rs]), _mean_std([r["router_accuracy"] for r in rs])]
+        one_expert = m in ("pretrained", "baseline")
+        cells = ["— (untrained head)" if m == "pretrained" else _mean_std([r["id_accuracy"] for r in rs]),
+                 "— (one expert)" if one_expert else _mean_std([r["router_accuracy"] for r in rs])]
         cells += [_mean_std([r[k][met] for r in rs]) for k, met, _, _ in COLUMNS]
         lines.append(f"| {ROW_NAMES.get(m, m)} | " + " | ".join(cells) + " |")
     lines += ["", "## Paired differences vs the baseline (method − baseline, percentage points, mean [95% CI])", "",

