@@ -7,12 +7,17 @@ import json
 import cv2
 import numpy as np
 import pytest
+import torch
 
+from ood_perception.cli import main
 from ood_perception.data import Frame, SemanticKittiWriter
 from ood_perception.data.crops import OOD_LABEL, CropSet, real_crops, world_crops
 from ood_perception.geometry import Calibration
 from ood_perception.geometry.crops import square_box
+from ood_perception.models.dual_encoder import DualEncoder, HashTokenizer, TinyImageEncoder, TinyTextEncoder
+from ood_perception.pipeline.crops import CropClassifier
 from ood_perception.pipeline.regions import Region
+from ood_perception.trainer.crops import evaluate_neglabel, train_cma
 from ood_perception.world.labels import world_dataset_config
 
 CAR, PERSON, POLE, BOX_ANOMALY, TRAILER = 10, 30, 80, 206, 200
@@ -85,9 +90,6 @@ def test_real_crops_from_a_directory(tmp_path):
 
 
 def test_train_crops_cli_and_region_classifier(world, tmp_path, capsys):
-    from ood_perception.cli import main
-    from ood_perception.pipeline.crops import CropClassifier
-
     ck = tmp_path / "crops.pt"
     rc = main(["train", "crops", "--data", str(world), "--method", "mofe", "--backbone", "tiny", "--size", "32",
                "--epochs", "2", "--real-images", "none", "--classes", "car,pole", "--out", str(ck)])
@@ -110,7 +112,19 @@ def test_train_crops_cli_and_region_classifier(world, tmp_path, capsys):
                  "--real-images", "none"]) != 0
     assert "classes without training crops: ['bicycle'" in capsys.readouterr().err
     with pytest.raises(ValueError, match="not a crop checkpoint"):
-        import torch
-
         torch.save({"kind": "other"}, tmp_path / "x.pt")
         CropClassifier(tmp_path / "x.pt")
+
+
+def test_cma_training_and_neglabel_evaluation_on_tiny_encoders(world):
+    torch.manual_seed(0)
+    classes = ("car", "pole")
+    train = world_crops(world, "train", size=32, min_pixels=50, class_names=classes)
+    test = world_crops(world, "test", size=32, min_pixels=50, class_names=classes)
+    enc = DualEncoder(TinyImageEncoder(16), TinyTextEncoder(256, 16), HashTokenizer(256, 6), embed_dim=8)
+    before = {k: v.clone() for k, v in enc.state_dict().items()}
+    train_cma(enc, train.images, train.labels, classes, epochs=2, batch_size=4, lr=1e-2)
+    assert any(not torch.equal(before[k], v) for k, v in enc.state_dict().items())
+    res = evaluate_neglabel(enc, test, ["tree", "dog", "house"])
+    assert res["n_id"] == 4 and {"synthetic", "near", "far"} <= set(res)
+    assert 0.0 <= res["synthetic"]["auroc"] <= 1.0 and 0.0 <= res["id_accuracy"] <= 1.0

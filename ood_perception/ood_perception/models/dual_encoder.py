@@ -155,13 +155,22 @@ def open_clip_layout(state_dict: dict[str, Any]) -> dict[str, Any]:
             "visual_keys": sum(k.startswith("visual.") for k in sd), "logit_scale": float(sd["logit_scale"])}
 
 
+#: CLIP's image normalisation (RGB in [0, 1]).
+CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+
+
 class _OpenClipImage(nn.Module):
+    """open_clip's image tower on RGB in [0, 1] (normalised here)."""
+
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
+        self.register_buffer("mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 3, 1, 1))
 
     def forward(self, images: Tensor) -> Tensor:
-        return self.model.encode_image(images)
+        return self.model.encode_image((images - self.mean) / self.std)
 
 
 class _OpenClipText(nn.Module):
@@ -177,7 +186,8 @@ def load_open_clip(path: str | os.PathLike[str], model_name: str = "ViT-B-32") -
     """A :class:`DualEncoder` from local open_clip weights (``open_clip`` must be installed).
 
     The file is checked with :func:`open_clip_layout` first, so a wrong file fails with one line
-    even before open_clip is imported. Inputs must then be CLIP-normalised images.
+    even before open_clip is imported. Images go in as RGB in [0, 1] at the model's input size
+    (224 for the usual ViT-B-32); CLIP's normalisation is applied inside.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
