@@ -155,9 +155,9 @@ def render(results: dict[int, dict[str, Any]], methods: tuple[str, ...], cfg: Cr
     r0 = results[seeds[0]]
     lines = [
         "# Object crops: is this object one of my classes? (MoFE, Dynamic-beta Mixup, kNN)", "",
-        f"Made by: `{command}` — {seconds / 60:.1f} min wall on the shared 2-core CPU of this machine "
-        "(7 engineers; load average ~5-8 while it ran), caches included (a rerun with warm caches only "
-        "rewrites this file).", "",
+        f"Made by: `{command}` — {seconds / 60:.1f} min wall on a shared 2-core CPU (5-minute load average "
+        f"{os.getloadavg()[1]:.1f} at the end), rendering of worlds already cached excluded (~1 min per seed); a rerun "
+        "with warm caches only rewrites this file.", "",
         "**Data.** Per seed, a synthetic world rendered with that seed (`ood-perception synth --sequences "
         f"{sequences} --frames {frames} --anomaly-rate 1.0 --seed S`: clean training sequences, every val/test frame "
         "with anomalies). Crops (`ood_perception.data.crops`): the square box around each object plus 15% context, "

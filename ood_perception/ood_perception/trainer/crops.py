@@ -318,6 +318,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.data}: no dataset.yaml; make one with `ood-perception synth --out {args.data}`")
     t0 = time.time()
     log = lambda m: print(m, file=sys.stderr)  # noqa: E731
+    if args.backbone == "dinov2" and args.size % 14:
+        raise ValueError(f"--backbone dinov2 needs --size a multiple of its 14-px patches (e.g. 98, 224), got {args.size}")
     classes = tuple(c.strip() for c in args.classes.split(",") if c.strip())
     train, val, test = load_crop_splits(args.data, args.size, args.real_images, args.seed, classes)
     if args.method == "cma":
