@@ -4,6 +4,8 @@
   camera and LiDAR feature maps; defaults N=10, gamma1=3.0 (paper, segmentation).
 * :class:`NPMix` / :func:`npmix_outlier_map` (MultiOOD's NP-Mix): nearest-prototype mixing, the
   baseline.
+* :class:`~ood_perception.synthesis.dynamic_beta.DynamicBetaMixup` (MoFE's Dynamic-beta Mixup,
+  used by ``train crops --method mofe-dbm``; import it from its module).
 * :data:`SYNTHESIS_METHODS`: the names the trainer accepts (``none``, ``fm``, ``npmix``).
 """
 
