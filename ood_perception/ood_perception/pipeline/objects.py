@@ -103,9 +103,9 @@ class ObjectConfig:
     min_points: int = 10
     max_extent: float = 8.0
     cluster_eps: float = 0.6
-    context_radius: float = 1.5
+    context_radius: float = 1.0
     min_context_points: int = 5
-    location_unknown: float = 0.5
+    location_unknown: float = 0.0
     w_unknown: float = 1.0
     w_conflict: float = 0.0
     w_ood: float = 0.0
