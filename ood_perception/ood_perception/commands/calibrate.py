@@ -14,12 +14,15 @@ unless a parameter (``threshold``, ``region_threshold``, ``scene_shift_fraction`
 from __future__ import annotations
 
 import argparse
+import pickle
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ood_perception.atomic import atomic_path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -39,6 +42,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--windows", default="1,2,3,4,5", help="track windows [frames] to choose from")
     p.add_argument("--max-frames", type=int, default=None, help="at most this many frames per drive")
     p.add_argument("--dry-run", action="store_true", help="print the values, do not write model.json")
+    p.add_argument("--frames-cache", default=None, metavar="PATH",
+                   help="pickle of the per-frame candidates: written after the model run, read instead of running "
+                        "the model when it exists (re-calibrate to another budget in seconds; a local cache, "
+                        "pickle: only load files you wrote)")
     p.set_defaults(func=handler)
 
 
@@ -80,6 +87,11 @@ def handler(args: argparse.Namespace) -> int:
     pipe = FusionPipeline(backend, config)
     frames: list[CalibrationFrame] = []
     t0 = time.perf_counter()
+    cache = Path(args.frames_cache) if args.frames_cache else None
+    if cache is not None and cache.is_file():
+        with cache.open("rb") as fh:
+            frames = pickle.load(fh)
+        roots = []  # nothing to run
     for root in roots:
         ds = DatasetConfig.from_yaml(root / "dataset.yaml")
         for frame, res in replay_dataset(pipe, root, max_frames=args.max_frames):
@@ -97,22 +109,27 @@ def handler(args: argparse.Namespace) -> int:
             ))
     if not frames:
         raise ValueError("no frame could be scored in the calibration data")
+    if cache is not None and not cache.is_file():
+        with atomic_path(cache) as tmp, tmp.open("wb") as fh:
+            pickle.dump(frames, fh)
     if settings.objects.w_ood > 0:
         print("calibrate: warning: object.w_ood > 0: the region scores were computed at the model's pixel "
               "threshold, not the calibrated one", file=sys.stderr)
     block = calibrate_decisions(frames, settings)
-    block.update({"data": [str(r) for r in roots], "params": args.params, "max_frames": args.max_frames,
+    block.update({"data": [str(d) for d in args.data], "params": args.params, "max_frames": args.max_frames,
                   "calibrated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "model_sha256": spec.files["onnx"].sha256,
                   "objects": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(settings.objects).items()
                               if k != "track_window"}})
     v = block["validation"]
     print(f"calibrated on {v['drives']} drives, {v['frames']} frames ({v['anomaly_free_frames']} anomaly-free, "
-          f"{v['positive_frames']} with >= 200 anomaly pixels) in {time.perf_counter() - t0:.0f} s")
+          f"{v['positive_frames']} with >= 200 anomaly pixels; budget on {v['budget_frames']} {v['budget_set']}) "
+          f"in {time.perf_counter() - t0:.0f} s")
     print(f"pixel_threshold {block['pixel_threshold']:.4f} (pixel FPR {args.pixel_fpr:.0%}); scene_shift_fraction "
           f"{block['scene_shift_fraction']:.3f} (largest validation fraction {v['max_anomalous_fraction']:.3f})")
     print(f"region_threshold {block['region_threshold']:.4f}, track_window {block['track_window']} "
           f"({v['window_choice']}): anomaly-free frames in ALERT {v['anomaly_free_alert_share']:.2%} "
-          f"(budget {args.budget:.2%}), frames with anomalies in ALERT "
+          f"(budget {args.budget:.2%}; all anomaly-free frames {v['anomaly_free_frames_all_drives_alert_share']:.2%}), "
+          f"frames with anomalies in ALERT "
           f"{'n/a' if v['positive_alert_share'] is None else format(v['positive_alert_share'], '.1%')}")
     if args.dry_run:
         return 0
