@@ -81,7 +81,7 @@ def object_scores(result: Any, point_labels: np.ndarray) -> dict[int, float]:
     return {k: best.get(k, (0, 0.0))[1] for k in keys}
 
 
-def evaluate_drives(drives: list[Path], backend: Any, config: FusionConfig) -> dict[str, Any]:
+def evaluate_drives(drives: list[Path], backend: Any, config: FusionConfig, clean: list[Path]) -> dict[str, Any]:
     ds_cfg = DatasetConfig.from_yaml(drives[0] / "dataset.yaml")
     ev = AlertEvaluator(ds_cfg.ood_ids)
     comp = ComponentAccumulator(ComponentConfig.scaled_to((256, 512)))
@@ -103,7 +103,8 @@ def evaluate_drives(drives: list[Path], backend: Any, config: FusionConfig) -> d
                 comp.add(res.mask > 0, ds_cfg.ood_mask(frame.pixel_labels))
             shifts += int(res.scene_shift)
     out = ev.result()
-    return {"alerts": out, "components": comp.result(), "scene_shift_frames": shifts,
+    clean_share = ev.select([d.name for d in clean]).result()["false_alerts"]["frame_share"] if clean else None
+    return {"alerts": out, "clean_drives_alert_share": clean_share, "components": comp.result(), "scene_shift_frames": shifts,
             "decision_source": dict(pipe.decision_source), "region_threshold": pipe.region_threshold,
             "pixel_threshold": pipe.threshold, "scene_shift_fraction": pipe.scene_shift_fraction,
             "track_window": pipe.objects.track_window, "seconds": time.perf_counter() - t0}
@@ -139,6 +140,7 @@ def summary(r: dict[str, Any]) -> dict[str, Any]:
     a = r["alerts"]
     fr, ob, fa, os_ = a["frame"], a["objects"], a["false_alerts"], a["object_scores"]
     return {
+        "clean_drives_frames_in_alert": r["clean_drives_alert_share"],
         "anomaly_free_frames_in_alert": fa.get("frame_share"),
         "acceptance_recall": ob["acceptance"].get("recall"),
         "acceptance_objects": ob["acceptance"].get("n"),
@@ -174,7 +176,7 @@ def main() -> int:
                                "model": args.model or "default", "machine": machine_info(), "decisions": {}}
     for decision in args.decision or ["objects"]:
         cfg = fusion_config(args.params, decision, overrides)
-        r = evaluate_drives(clean + anomalous, backend, cfg)
+        r = evaluate_drives(clean + anomalous, backend, cfg, clean)
         if args.real_video and Path(args.real_video).is_file():
             r["real_video"] = evaluate_video(args.real_video, backend, cfg, args.real_frames, (512, 256))
         r["summary"] = summary(r)
