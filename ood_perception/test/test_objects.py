@@ -313,3 +313,44 @@ def test_calibration_meets_the_budget_on_a_synthetic_score_distribution():
     assert alerts.mean() <= 0.02
     with pytest.raises(ValueError, match="anomaly-free"):
         calibrate_decisions(_drive("x", np.ones(5), np.full(5, 300)))
+
+
+# ---------------------------------------------------------------------------------------- the command
+
+
+def test_calibrate_command_refuses_bad_input_in_one_line(tmp_path, capsys):
+    from ood_perception.cli import main
+
+    assert main(["calibrate", "default", "--data", str(tmp_path)]) == 1
+    assert "no dataset.yaml" in capsys.readouterr().err
+    assert main(["calibrate", str(tmp_path), "--data", str(tmp_path)]) == 1
+    assert "model.json" in capsys.readouterr().err
+
+
+def test_calibrate_command_writes_the_decision_block_and_keeps_the_model_loadable(tmp_path, capsys):
+    import json
+    import shutil
+
+    from ood_perception import runtime
+    from ood_perception.cli import main
+    from ood_perception.world.config import WorldConfig
+    from ood_perception.world.synth import generate_dataset
+
+    data = tmp_path / "val"
+    cfg = WorldConfig()
+    cfg.anomalies.rate = 0.0
+    generate_dataset(data, sequences=1, frames=4, seed=8190, config=cfg, split="val", progress=False)
+    model = tmp_path / "model"
+    shutil.copytree(runtime.default_model_dir(), model)
+    before = json.loads((model / "model.json").read_text())
+    assert main(["calibrate", str(model), "--data", str(data), "--windows", "1,2"]) == 0
+    out = capsys.readouterr().out
+    assert "region_threshold" in out and "wrote" in out
+    after = json.loads((model / "model.json").read_text())
+    dec = after["decision"]
+    assert dec["validation"]["frames"] == 4 and dec["validation"]["budget_set"] == "frames of anomaly-free drives"
+    assert dec["track_window"] in (1, 2) and dec["validation"]["anomaly_free_alert_share"] <= 0.01
+    assert {k: v for k, v in after.items() if k != "decision"} == {k: v for k, v in before.items() if k != "decision"}
+    backend = runtime.load(model)  # sha256 of the model files still verified
+    p = FusionPipeline(backend, FusionConfig())
+    assert p.region_threshold == dec["region_threshold"] and p.decision_source["region_threshold"] == "model.json"
