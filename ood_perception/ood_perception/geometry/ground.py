@@ -72,6 +72,7 @@ def fit_ground_plane(
     min_candidates: int = 30,
     fallback_z: float = -1.73,
     max_candidates: int = 4000,
+    max_points: int = 20000,
     seed: int = 0,
 ) -> GroundPlane:
     """Fit the ground plane of a LiDAR cloud (see the module docstring).
@@ -87,9 +88,13 @@ def fit_ground_plane(
         fallback_z: ground height [m] in the LiDAR frame when nothing can be fitted (the default is
             the synthetic vehicle's LiDAR mount height, 1.73 m as in KITTI).
         max_candidates: candidates are stride-subsampled to this many (speed).
+        max_points: the cloud is stride-subsampled to this many points first (a 64-beam scan has
+            ~65k; the quantile and the range test over all of them cost more than the fit).
         seed: RANSAC random seed.
     """
     xyz = np.asarray(xyz, np.float64).reshape(-1, 3)
+    if len(xyz) > max_points:
+        xyz = xyz[:: int(np.ceil(len(xyz) / max_points))]
     fallback = GroundPlane((0.0, 0.0, 1.0), -float(fallback_z), 0, 0, False)
     finite = np.all(np.isfinite(xyz), axis=1)
     pts = xyz[finite & (np.hypot(xyz[:, 0], xyz[:, 1]) <= max_range)]

@@ -94,7 +94,8 @@ FUSION_PARAMETERS: list[tuple[str, Any, str]] = [
     ("object.max_height", 4.0, "points higher than this [m] above the ground are ignored"),
     ("object.min_points", 10, "smallest object candidate [points]"),
     ("object.max_extent", 8.0, "clusters wider than this [m] are structures, not objects"),
-    ("object.cluster_eps", 0.6, "DBSCAN radius of the object candidates [m]"),
+    ("object.cluster_eps", 0.6, "object candidates: above-ground points in 8-connected bird's-eye-view cells of "
+     "cluster_eps / 2 [m] form one object"),
     ("object.context_radius", 1.0, "ground points this far [m] around an object's footprint judge its location"),
     ("object.min_context_points", 5, "fewer ground points around an object: location unknown"),
     ("object.location_unknown", 0.0, "the location term (0..1) of an object whose surroundings cannot be judged"),

@@ -575,8 +575,7 @@ class FusionPipeline:
         oc = self.objects
         assert frame.points is not None and frame.calib is not None
         ground = fit_frame_ground(frame.points, oc)
-        cands = object_candidates(pts[:, :3], pscores, labels, ground, self.classes, oc, self.threshold,
-                                  self.config.max_cluster_points)
+        cands = object_candidates(pts[:, :3], pscores, labels, ground, self.classes, oc, self.threshold)
         proj = project_points(pts, frame.calib)
         u = np.clip(proj.u, 0, mask.shape[1] - 1)
         v = np.clip(proj.v, 0, mask.shape[0] - 1)
