@@ -19,6 +19,9 @@ Format (``format_version`` 1)::
       "score": {"name": "maxlogit", "params": {}, "unimodal": "maxlogit"},
       "threshold": 3.2,                      # score above = anomalous (95% of ID pixels below)
       "calibration": {"tpr": 0.95, "n_pixels": ..., "data": ..., "split": ...},
+      "decision": {"pixel_threshold": ..., "region_threshold": ..., "track_window": 3,
+                   "scene_shift_fraction": ..., "budget": 0.01, "validation": {...}, ...},
+                                             # optional: written by `ood-perception calibrate`
       "provenance": {"checkpoint": ..., "train": {...}, "metrics": {...}, "exported_at": ..., ...}
     }
 
@@ -104,6 +107,7 @@ class ModelSpec:
     calibration: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    decision: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -145,6 +149,8 @@ class ModelSpec:
         d["inputs"] = [t.to_dict() for t in self.inputs]
         d["outputs"] = [t.to_dict() for t in self.outputs]
         extra = d.pop("extra")
+        if not d["decision"]:  # uncalibrated decisions: no key (model.json files stay as export wrote them)
+            d.pop("decision")
         order = ["format_version", "kind"]
         out = {k: d[k] for k in order}
         out.update({k: v for k, v in d.items() if k not in order})
@@ -193,6 +199,7 @@ class ModelSpec:
                 calibration=dict(data.get("calibration") or {}),
                 provenance=dict(data.get("provenance") or {}),
                 format_version=version,
+                decision=dict(data.get("decision") or {}),
                 extra={k: v for k, v in data.items() if k not in known},
             )
         except (KeyError, TypeError, ValueError) as exc:

@@ -38,6 +38,7 @@ from ood_perception.pipeline.fusion import (
     FusionResult,
     PendingFrame,
 )
+from ood_perception.pipeline.objects import ObjectConfig, parse_names
 from ood_perception.pipeline.params import coerce_params
 from ood_perception.pipeline.sync import ApproximateSync, SyncedFrame
 
@@ -81,7 +82,39 @@ FUSION_PARAMETERS: list[tuple[str, Any, str]] = [
     ("cluster_eps", 0.6, "DBSCAN radius for anomalous points [m]"),
     ("cluster_min_points", 5, "DBSCAN min_points"),
     ("max_cluster_points", 5000, "more anomalous points than this are voxel-downsampled (eps/2 grid) before DBSCAN"),
-    ("frame_score_percentile", 99.0, "percentile of the score map reported as the frame score"),
+    ("frame_score_percentile", 99.0, "percentile of the score map reported as the frame score (pixel decisions)"),
+    ("decision", "auto", "auto | objects | pixels: decide on LiDAR objects (ground, location on the drivable area, "
+     "tracking; docs/architecture.md) or on mask pixels; auto = objects when the frame has usable LiDAR and the "
+     "model names a drivable class"),
+    ("region_threshold", float("nan"), "a tracked object whose score (0..1) is at or above is anomalous; "
+     "NaN = the model's calibrated value (ood-perception calibrate), else 0.5"),
+    ("scene_shift_fraction", float("nan"), "share of anomalous pixels from which the whole view is outside the "
+     "model's domain: DEGRADED, no regions; NaN = the model's calibrated value, else 0.5"),
+    ("object.min_height", 0.25, "a point this far [m] above the fitted ground plane belongs to an object candidate"),
+    ("object.max_height", 4.0, "points higher than this [m] above the ground are ignored"),
+    ("object.min_points", 10, "smallest object candidate [points]"),
+    ("object.max_extent", 8.0, "clusters wider than this [m] are structures, not objects"),
+    ("object.cluster_eps", 0.6, "object candidates: above-ground points in 8-connected bird's-eye-view cells of "
+     "cluster_eps / 2 [m] form one object"),
+    ("object.context_radius", 1.0, "ground points this far [m] around an object's footprint judge its location"),
+    ("object.min_context_points", 5, "fewer ground points around an object: location unknown"),
+    ("object.location_unknown", 0.0, "the location term (0..1) of an object whose surroundings cannot be judged"),
+    ("object.w_unknown", 1.0, "weight of the share of an object's points not labelled as a known object class"),
+    ("object.w_conflict", 0.0, "weight of the share of its points labelled ground though above the ground"),
+    ("object.w_ood", 0.0, "weight of the share of its points with a score >= threshold"),
+    ("object.w_extra", 0.0, "weight of the plug-in region term (FusionPipeline(region_term=...); off by default)"),
+    ("object.track_gate", 2.0, "largest distance [m] between a track's predicted centroid and a candidate"),
+    ("object.track_window", 0, "frames a track's score averages over (unseen frames count 0); 0 = the model's "
+     "calibrated value, else 3"),
+    ("object.track_max_missed", 2, "a track unseen this many frames in a row is dropped"),
+    ("object.known_classes", "car,bicycle,truck,person,bicyclist,motorcycle,motorcyclist,bus,other-vehicle,on-rails",
+     "comma-separated model class names of known objects"),
+    ("object.ground_classes", "road,sidewalk,terrain,parking,lane-marking,other-ground",
+     "comma-separated model class names of ground"),
+    ("object.drivable_classes", "road,parking,lane-marking", "comma-separated model class names of drivable ground"),
+    ("object.ground_inlier", 0.15, "RANSAC inlier distance of the ground plane [m]"),
+    ("object.ground_max_tilt_deg", 15.0, "largest tilt of the ground plane [deg]"),
+    ("object.ground_fallback_z", -1.73, "ground height [m] in the LiDAR frame when no plane can be fitted"),
     ("raise_k", 3, "ALERT when raise_k of the last raise_n frames had an anomalous region"),
     ("raise_n", 5, "window of the k-of-n rule [frames]"),
     ("clear_frames", 5, "consecutive frames without evidence needed to clear an ALERT"),
@@ -100,6 +133,8 @@ FUSION_PARAMETERS: list[tuple[str, Any, str]] = [
 _FUSION_FIELDS = ("frame_score_percentile", "min_region_pixels", "min_region_points", "cluster_eps",
                   "cluster_min_points", "max_cluster_points", "clock_jump", "min_lidar_points_in_view")
 _ALERT_FIELDS = ("raise_k", "raise_n", "clear_frames", "cooldown_s")
+#: Prefix of the object decisions' parameters (:class:`ObjectConfig` fields).
+OBJECT_PREFIX = "object."
 #: Parameter -> ApproximateSync keyword.
 SYNC_PARAMS = {"slop": "slop", "stale_timeout": "stale_timeout", "clock_jump": "clock_jump", "sync_queue_size": "queue_size"}
 
@@ -144,6 +179,14 @@ def validate_fusion_params(values: Mapping[str, Any]) -> None:
         raise ValueError("parameters cooldown_s and stale_timeout must be >= 0")
     if not 0 <= float(values["frame_score_percentile"]) <= 100:
         raise ValueError(f"parameter frame_score_percentile must be in [0, 100], got {values['frame_score_percentile']}")
+    if values["decision"] not in ("auto", "objects", "pixels"):
+        raise ValueError(f"parameter decision must be auto, objects or pixels, got {values['decision']!r}")
+    if math.isinf(float(values["region_threshold"])):
+        raise ValueError("parameter region_threshold must be finite or NaN (= the model's)")
+    shift = float(values["scene_shift_fraction"])
+    if not math.isnan(shift) and not 0 < shift <= 1:
+        raise ValueError(f"parameter scene_shift_fraction must be in (0, 1] or NaN (= the model's), got {shift}")
+    object_config(values)
     if values["backend"] not in ("onnxruntime", "torch", "tensorrt"):
         raise ValueError(f"parameter backend must be onnxruntime, torch or tensorrt, got {values['backend']!r}")
     thr = float(values["threshold"])
@@ -173,7 +216,31 @@ def fusion_config_kwargs(values: Mapping[str, Any]) -> dict[str, Any]:
         out["threshold"] = None if math.isnan(thr) else thr
     if any(k in values for k in _ALERT_FIELDS):
         out["alert"] = AlertConfig(*(type(_DEFAULTS[k])(values.get(k, _DEFAULTS[k])) for k in _ALERT_FIELDS))
+    if "decision" in values:
+        out["decision"] = str(values["decision"])
+    for key in ("region_threshold", "scene_shift_fraction"):
+        if key in values:
+            v = float(values[key])
+            out[key] = None if math.isnan(v) else v
+    if any(k.startswith(OBJECT_PREFIX) for k in values):
+        out["objects"] = object_config(values)
     return out
+
+
+def object_config(values: Mapping[str, Any]) -> ObjectConfig:
+    """The :class:`ObjectConfig` of the ``object.*`` parameters in ``values`` (the missing ones at their
+    parameter defaults). Raises ValueError naming the parameters when they are inconsistent."""
+    kw: dict[str, Any] = {}
+    for name, default, _ in FUSION_PARAMETERS:
+        if not name.startswith(OBJECT_PREFIX):
+            continue
+        value = values.get(name, default)
+        field_name = name[len(OBJECT_PREFIX):]
+        kw[field_name] = parse_names(value) if field_name.endswith("_classes") else type(default)(value)
+    try:
+        return ObjectConfig(**kw)
+    except ValueError as exc:
+        raise ValueError(f"object.* parameters: {exc}") from exc
 
 
 def sync_kwargs(values: Mapping[str, Any]) -> dict[str, Any]:

@@ -11,16 +11,29 @@ replay equals live. Steps per frame:
    ``camera_score_map`` / ``lidar_score_map`` with one (when the model has those heads);
 3. score and class maps resized to camera resolution (bilinear / nearest); mask = score >= threshold;
    each LiDAR point takes the score and class of its model-resolution pixel;
-4. regions: connected components of the mask and DBSCAN clusters of anomalous points, merged;
-5. the alert state machine gives the frame's level (DEGRADED when a modality is missing or the
+4. scene shift: when at least ``scene_shift_fraction`` of the scored pixels are anomalous the
+   whole view is outside the model's domain (unseen weather, a sensor fault, real images for a
+   model trained on the synthetic world): the frame is DEGRADED with that reason, no region is
+   reported and the alert history is not fed (an ALERT already standing stays standing);
+5. decisions (``decision``): on **objects** (``pipeline/objects.py``: above-ground LiDAR clusters,
+   their evidence, location on the drivable area and tracking, one region score each; the frame
+   has evidence when a tracked object scores >= ``region_threshold``; frame score = the highest
+   track score), or on **pixels** (connected components of the mask and DBSCAN clusters of
+   anomalous points, merged; any component is evidence; frame score = a percentile of the score
+   map). ``auto`` (default) decides on objects when the frame has usable LiDAR and the model names
+   a drivable class, else on pixels (camera-only frames, which are DEGRADED anyway);
+6. the alert state machine gives the frame's level (DEGRADED when a modality is missing or the
    model failed; a frame that cannot be scored is never CLEAR).
+
+Thresholds not given (None) come from the model's calibration (``model.json`` ``decision``, see
+``ood-perception calibrate``), else from the built-in defaults (:data:`DEFAULT_DECISION`).
 """
 
 from __future__ import annotations
 
 import inspect
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -35,11 +48,29 @@ from ood_perception.geometry.maps import (
     upsample_score_map,
 )
 from ood_perception.pipeline.alerts import DEGRADED, AlertConfig, AlertDecision, AlertStateMachine
+from ood_perception.pipeline.objects import (
+    ClassSets,
+    ObjectConfig,
+    ObjectEvidence,
+    ObjectTracker,
+    RegionTerm,
+    fit_frame_ground,
+    object_candidates,
+    object_region,
+    region_score,
+)
 from ood_perception.pipeline.regions import Region, cluster_points, mask_regions, merge_regions
 
 #: ImageNet normalisation, used when the model spec carries none.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+#: Decision values used when neither parameters nor the model's calibration give them: region
+#: score threshold (an object on the drivable area of which at least half the points are not
+#: labelled as a known class), track window [frames], and the scene-shift fraction (half of the
+#: scored pixels anomalous: the model's own calibration flags 5% of in-distribution pixels).
+DEFAULT_DECISION = {"region_threshold": 0.5, "track_window": 3, "scene_shift_fraction": 0.5}
+DECISION_MODES = ("auto", "objects", "pixels")
 
 
 class Backend(Protocol):
@@ -94,6 +125,11 @@ class FusionConfig:
         min_lidar_points_in_view: a cloud with fewer points in the camera's view is unusable (empty,
             all NaN, behind the camera, or a CameraInfo/extrinsics that put it out of view): the frame
             is scored without it (the camera-only head) and DEGRADED, as for a stale LiDAR.
+        decision: ``auto``, ``objects`` or ``pixels`` (module docstring, step 5).
+        objects: the object decisions' parameters (``track_window`` 0 = the model's calibrated one).
+        region_threshold: a tracked object with a score at or above is anomalous; None = the model's.
+        scene_shift_fraction: share of anomalous scored pixels from which the frame is a scene
+            shift (DEGRADED, no regions); None = the model's calibrated one; 1.0 never fires below all.
     """
 
     threshold: float | None = None
@@ -108,8 +144,18 @@ class FusionConfig:
     occlusion_tol: float = OCCLUSION_TOL
     occlusion_rel: float = OCCLUSION_REL
     min_lidar_points_in_view: int = 1
+    decision: str = "auto"
+    objects: ObjectConfig = field(default_factory=lambda: ObjectConfig(track_window=0))
+    region_threshold: float | None = None
+    scene_shift_fraction: float | None = None
 
     def __post_init__(self) -> None:
+        if self.decision not in DECISION_MODES:
+            raise ValueError(f"decision must be one of {DECISION_MODES}, got {self.decision!r}")
+        if self.region_threshold is not None and not np.isfinite(self.region_threshold):
+            raise ValueError(f"region_threshold must be finite, got {self.region_threshold}")
+        if self.scene_shift_fraction is not None and not 0 < self.scene_shift_fraction <= 1:
+            raise ValueError(f"scene_shift_fraction must be in (0, 1], got {self.scene_shift_fraction}")
         if self.threshold is not None and not np.isfinite(self.threshold):
             raise ValueError(f"threshold must be finite, got {self.threshold}")
         if not 0 <= self.frame_score_percentile <= 100:
@@ -145,6 +191,10 @@ class FusionResult:
     frames off the scan) have score NaN and mask 0. ``points`` ``[M, 4]`` are the in-view points
     with ``point_labels`` and ``point_scores`` (NaN / -1 for points occluded at their pixel);
     ``in_view`` bool ``[N]`` says which of the frame's input points they are (None without points).
+    ``frame_score`` is ``OodAlert.score``: on objects the highest track score (0 without a
+    candidate), on pixels the ``frame_score_percentile`` of the score map, NaN on a scene shift.
+    ``objects``: every object candidate with its evidence (object decisions only);
+    ``scene_shift``: the frame was judged outside the model's domain.
     """
 
     stamp: float
@@ -163,6 +213,8 @@ class FusionResult:
     anomalous_fraction: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    objects: list[ObjectEvidence] = field(default_factory=list)
+    scene_shift: bool = False
 
     @property
     def level(self) -> int:
@@ -194,17 +246,39 @@ class PendingFrame:
 class FusionPipeline:
     """Camera + LiDAR frame pipeline around one backend (see the module docstring)."""
 
-    def __init__(self, backend: Backend, config: FusionConfig | None = None) -> None:
+    def __init__(self, backend: Backend, config: FusionConfig | None = None,
+                 region_term: RegionTerm | None = None) -> None:
+        """``region_term``: the optional extra per-region term of the object decisions
+        (:data:`~ood_perception.pipeline.objects.RegionTerm`), weighted by ``objects.w_extra``."""
         self.backend = backend
         self.config = config or FusionConfig()
         spec = backend.spec
         self.input_hw = spec_input_hw(spec)
         self.mean = np.asarray(getattr(spec, "mean", None) or IMAGENET_MEAN, np.float32).reshape(3, 1, 1)
         self.std = np.asarray(getattr(spec, "std", None) or IMAGENET_STD, np.float32).reshape(3, 1, 1)
-        thr = self.config.threshold if self.config.threshold is not None else getattr(spec, "threshold", None)
+        calibrated = dict(getattr(spec, "decision", None) or {})
+        self.decision_source: dict[str, str] = {}
+        thr = self._pick("threshold", self.config.threshold, calibrated.get("pixel_threshold"),
+                         getattr(spec, "threshold", None))
         if thr is None or not np.isfinite(thr):
             raise ValueError("no OOD threshold: the model.json has none and the 'threshold' parameter is unset")
         self.threshold = float(thr)
+        self.region_threshold = float(self._pick("region_threshold", self.config.region_threshold,
+                                                 calibrated.get("region_threshold"), DEFAULT_DECISION["region_threshold"]))
+        self.scene_shift_fraction = float(self._pick("scene_shift_fraction", self.config.scene_shift_fraction,
+                                                     calibrated.get("scene_shift_fraction"),
+                                                     DEFAULT_DECISION["scene_shift_fraction"]))
+        window = self._pick("track_window", self.config.objects.track_window or None, calibrated.get("track_window"),
+                            DEFAULT_DECISION["track_window"])
+        self.objects = replace(self.config.objects, track_window=int(window))
+        self.classes = ClassSets.from_names(list(getattr(spec, "class_names", None) or []), self.objects)
+        if self.config.decision == "objects" and not self.classes.usable:
+            raise ValueError(f"decision=objects needs a model that names a drivable class "
+                             f"({', '.join(self.objects.drivable_classes)}); this one has none: use decision=pixels")
+        if self.objects.w_extra > 0 and region_term is None:
+            raise ValueError("w_extra > 0 needs a region term (FusionPipeline(region_term=...)); none was given")
+        self.region_term = region_term
+        self.tracker = ObjectTracker(self.objects)
         outputs = set(getattr(spec, "output_names", None) or [])
         self.unimodal = {"camera": "camera_score_map" in outputs, "lidar": "lidar_score_map" in outputs}
         self.alerts = AlertStateMachine(self.config.alert)
@@ -214,6 +288,26 @@ class FusionPipeline:
             self._pick_outputs = "outputs" in inspect.signature(backend.infer).parameters
         except (TypeError, ValueError):
             self._pick_outputs = False
+
+    def reset(self) -> None:
+        """Forget the alert history and the object tracks (a new drive)."""
+        self.alerts.reset()
+        self.tracker.reset()
+        self._last_stamp = None
+
+    def _pick(self, name: str, given: Any, calibrated: Any, default: Any) -> Any:
+        """The first of: the parameter, the model's calibration, the default (source recorded)."""
+        for source, value in (("parameter", given), ("model.json", calibrated), ("default", default)):
+            if value is not None:
+                self.decision_source[name] = source
+                return value
+        return None
+
+    def uses_objects(self, has_lidar: bool) -> bool:
+        """Whether a frame (with or without usable LiDAR) is decided on objects."""
+        if self.config.decision == "pixels":
+            return False
+        return has_lidar and self.classes.usable
 
     def heads(self) -> list[str]:
         """Output-name prefixes of the heads this pipeline may run: ``""`` (fused) and
@@ -358,6 +452,7 @@ class FusionPipeline:
         cfg, frame = self.config, pending.frame
         if self._last_stamp is not None and frame.stamp < self._last_stamp - cfg.clock_jump:
             self.alerts.reset()
+            self.tracker.reset()
         self._last_stamp = frame.stamp
         degraded, modalities = pending.degraded, pending.modalities
         if pending.skip is not None:  # nothing was scored: no modality is reported
@@ -400,14 +495,9 @@ class FusionPipeline:
         fraction = float(anomalous.sum()) / n_valid if n_valid else 0.0
         finite_m = score_m[np.isfinite(score_m)]
         frame_score = float(np.percentile(finite_m, cfg.frame_score_percentile)) if finite_m.size else float("nan")
-        all_valid = n_valid == valid.size
-        regions_2d, comp = mask_regions(anomalous, score if all_valid else np.where(valid, score, 0.0),
-                                        cfg.min_region_pixels)
-
         pts = np.zeros((0, 4), np.float32)
         labels = np.zeros(0, np.int32)
         pscores = np.zeros(0, np.float32)
-        regions_3d: list[Region] = []
         inview = None
         if flat is not None and frame.points is not None:
             inview = flat >= 0
@@ -419,23 +509,24 @@ class FusionPipeline:
             occluded = occluded_points(pts, pix, range_m, cfg.occlusion_tol, cfg.occlusion_rel)
             pscores = np.where(occluded, np.nan, pscores).astype(np.float32)
             labels = np.where(occluded, -1, labels)
-            hot = np.flatnonzero(pscores >= thr)
-            if hot.size:
-                regions_3d, cluster = cluster_points(
-                    pts[hot, :3], pscores[hot], cfg.cluster_eps, cfg.cluster_min_points, cfg.max_cluster_points
-                )
-                regions_3d = [r for r in regions_3d if r.num_points >= cfg.min_region_points]
-                cluster = np.where(cluster < len(regions_3d), cluster, -1)
-                proj = project_points(pts[hot], frame.calib)  # type: ignore[arg-type]
-                point_comp = np.zeros(hot.size, np.int32)
-                point_comp[proj.in_view] = comp[proj.v[proj.in_view], proj.u[proj.in_view]]
-                regions = merge_regions(regions_2d, regions_3d, point_comp, cluster)
-            else:
-                regions = regions_2d
+
+        objects: list[ObjectEvidence] = []
+        scene_shift = bool(n_valid) and fraction >= self.scene_shift_fraction
+        if scene_shift:
+            # the whole view is out of distribution: one DEGRADED reason, not a storm of regions
+            why = (f"scene outside the model's domain: {fraction:.0%} of the scored pixels are out of distribution "
+                   f"(scene_shift_fraction {self.scene_shift_fraction:.0%}); no regions judged")
+            degraded = _join(degraded, why)
+            regions: list[Region] = []
+            frame_score = float("nan")
+            decision = self.alerts.update(frame.stamp, None, degraded)
+        elif self.uses_objects("lidar" in modalities and len(pts) > 0):
+            regions, objects = self._object_decisions(frame, pts, labels, pscores, mask)
+            frame_score = max((ob.track_score for ob in objects), default=0.0)
+            decision = self.alerts.update(frame.stamp, bool(regions), degraded)
         else:
-            regions = regions_2d
-        evidence = bool(regions_2d) or bool(regions_3d)
-        decision = self.alerts.update(frame.stamp, evidence, degraded)
+            regions, evidence = self._pixel_decisions(frame, anomalous, score, valid, pts, pscores)
+            decision = self.alerts.update(frame.stamp, evidence, degraded)
         return FusionResult(
             stamp=frame.stamp,
             decision=decision,
@@ -451,7 +542,54 @@ class FusionPipeline:
             regions=regions,
             frame_score=frame_score,
             anomalous_fraction=fraction,
+            objects=objects,
+            scene_shift=scene_shift,
         )
+
+    def _pixel_decisions(self, frame: FusionFrame, anomalous: np.ndarray, score: np.ndarray, valid: np.ndarray,
+                         pts: np.ndarray, pscores: np.ndarray) -> tuple[list[Region], bool]:
+        """Decisions on pixels: mask components and clusters of anomalous points, merged; any is evidence."""
+        cfg, thr = self.config, self.threshold
+        all_valid = bool(valid.all())
+        regions_2d, comp = mask_regions(anomalous, score if all_valid else np.where(valid, score, 0.0),
+                                        cfg.min_region_pixels)
+        regions_3d: list[Region] = []
+        regions = regions_2d
+        hot = np.flatnonzero(pscores >= thr)
+        if hot.size:
+            regions_3d, cluster = cluster_points(
+                pts[hot, :3], pscores[hot], cfg.cluster_eps, cfg.cluster_min_points, cfg.max_cluster_points
+            )
+            regions_3d = [r for r in regions_3d if r.num_points >= cfg.min_region_points]
+            cluster = np.where(cluster < len(regions_3d), cluster, -1)
+            proj = project_points(pts[hot], frame.calib)  # type: ignore[arg-type]
+            point_comp = np.zeros(hot.size, np.int32)
+            point_comp[proj.in_view] = comp[proj.v[proj.in_view], proj.u[proj.in_view]]
+            regions = merge_regions(regions_2d, regions_3d, point_comp, cluster)
+        return regions, bool(regions_2d) or bool(regions_3d)
+
+    def _object_decisions(self, frame: FusionFrame, pts: np.ndarray, labels: np.ndarray, pscores: np.ndarray,
+                          mask: np.ndarray) -> tuple[list[Region], list[ObjectEvidence]]:
+        """Decisions on objects (``pipeline/objects.py``): the regions of the tracked objects scoring
+        >= ``region_threshold`` (highest first) and every candidate with its evidence."""
+        oc = self.objects
+        assert frame.points is not None and frame.calib is not None
+        ground = fit_frame_ground(frame.points, oc)
+        cands = object_candidates(pts[:, :3], pscores, labels, ground, self.classes, oc, self.threshold)
+        proj = project_points(pts, frame.calib)
+        u = np.clip(proj.u, 0, mask.shape[1] - 1)
+        v = np.clip(proj.v, 0, mask.shape[0] - 1)
+        for ob in cands:
+            if self.region_term is not None:
+                region = object_region(ob, pts, u, v, mask)
+                crop = None
+                if frame.image is not None:
+                    crop = frame.image[region.y_min:region.y_min + region.height, region.x_min:region.x_min + region.width]
+                ob.extra = float(self.region_term(crop, region, pts[ob.index, :3]))
+            ob.score = region_score(ob, oc)
+        self.tracker.update(frame.stamp, cands)
+        hits = sorted((ob for ob in cands if ob.track_score >= self.region_threshold), key=lambda ob: -ob.track_score)
+        return [object_region(ob, pts, u, v, mask) for ob in hits], cands
 
     def _unscored(self, frame: FusionFrame, reason: str, modalities: list[str], error: str | None = None) -> FusionResult:
         decision = self.alerts.update(frame.stamp, None, reason)

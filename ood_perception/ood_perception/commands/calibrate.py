@@ -1,0 +1,139 @@
+"""``ood-perception calibrate MODEL_DIR --data VAL [VAL ...]``: decisions calibrated to a false-alert budget.
+
+Runs the fusion pipeline (object decisions, the params file's settings) once over the validation
+datasets (SemanticKITTI layout, e.g. ``ood-perception synth --split val`` output; drives with and
+without anomalies), then chooses the pixel threshold, the scene-shift fraction, the region
+threshold and the track window so that at most ``--budget`` (default 1%) of the anomaly-free
+frames are in ALERT (:func:`ood_perception.pipeline.calibration.calibrate_decisions`), and
+writes them with their validation figures into ``MODEL_DIR/model.json`` (``decision``; atomic
+rewrite, the model files and their sha256 are untouched). The nodes and replay use these values
+unless a parameter (``threshold``, ``region_threshold``, ``scene_shift_fraction``,
+``object.track_window``) overrides them. Use validation seeds that are not the ones you report on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pickle
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ood_perception.atomic import atomic_path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``calibrate`` subcommand."""
+    p = subparsers.add_parser(
+        "calibrate",
+        help="calibrate pixel/region thresholds, track window and scene-shift rule to a false-alert budget",
+        description=__doc__,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("model_dir", metavar="MODEL_DIR", help="exported model directory ('default' = the packaged model)")
+    p.add_argument("--data", nargs="+", required=True, metavar="VAL_DATASET",
+                   help="validation dataset roots (SemanticKITTI layout with dataset.yaml), each sequence one drive")
+    p.add_argument("--params", default=None, help="fusion node params file (e.g. ood_perception/config/vehicle.yaml)")
+    p.add_argument("--budget", type=float, default=0.01, help="largest share of anomaly-free frames in ALERT")
+    p.add_argument("--pixel-fpr", type=float, default=0.05, help="share of anomaly-free pixels above the pixel threshold")
+    p.add_argument("--windows", default="1,2,3,4,5", help="track windows [frames] to choose from")
+    p.add_argument("--max-frames", type=int, default=None, help="at most this many frames per drive")
+    p.add_argument("--dry-run", action="store_true", help="print the values, do not write model.json")
+    p.add_argument("--frames-cache", default=None, metavar="PATH",
+                   help="pickle of the per-frame candidates: written after the model run, read instead of running "
+                        "the model when it exists (re-calibrate to another budget in seconds; a local cache, "
+                        "pickle: only load files you wrote)")
+    p.set_defaults(func=handler)
+
+
+def handler(args: argparse.Namespace) -> int:
+    """Run the calibration; prints the chosen values and figures."""
+    # lazy: the CLI imports every command module at start; the model runtime is heavy
+    from ood_perception import runtime
+    from ood_perception.data import DatasetConfig
+    from ood_perception.models.spec import SPEC_NAME, load_spec, write_spec
+    from ood_perception.pipeline import FusionConfig, FusionPipeline
+    from ood_perception.pipeline.alerts import AlertConfig
+    from ood_perception.pipeline.calibration import CalibrationFrame, CalibrationSettings, calibrate_decisions
+    from ood_perception.replay.dataset import replay_dataset
+    from ood_perception.replay.params import node_parameters, settings_from_params
+
+    model_dir = runtime.default_model_dir() if args.model_dir == "default" else Path(args.model_dir)
+    spec = load_spec(model_dir)
+    if spec.kind != "segmentation":
+        raise ValueError(f"{model_dir}: calibrate is for segmentation models, this one is {spec.kind}")
+    roots = [Path(d) for d in args.data]
+    for r in roots:
+        if not (r / "dataset.yaml").is_file():
+            raise FileNotFoundError(f"{r}: no dataset.yaml (give `ood-perception synth` output)")
+    try:
+        windows = tuple(int(w) for w in args.windows.split(",") if w.strip())
+    except ValueError:
+        raise ValueError(f"--windows must be comma-separated integers, got {args.windows!r}") from None
+    fusion: dict[str, Any] = {}
+    if args.params:
+        fusion = dict(settings_from_params(node_parameters(args.params)).fusion)
+    base = FusionConfig(**fusion)
+    # judge every candidate, never a scene shift; the thresholds are chosen afterwards
+    model_thr = spec.threshold if spec.threshold is not None else spec.decision.get("pixel_threshold")
+    config = FusionConfig(**{**fusion, "decision": "objects", "region_threshold": 2.0, "scene_shift_fraction": 1.0,
+                             "threshold": base.threshold if base.threshold is not None else model_thr})
+    settings = CalibrationSettings(budget=args.budget, pixel_fpr=args.pixel_fpr, windows=windows,
+                                   alert=base.alert or AlertConfig(), objects=base.objects)
+    backend = runtime.load(model_dir, intra_op_threads=1)
+    pipe = FusionPipeline(backend, config)
+    frames: list[CalibrationFrame] = []
+    t0 = time.perf_counter()
+    cache = Path(args.frames_cache) if args.frames_cache else None
+    if cache is not None and cache.is_file():
+        with cache.open("rb") as fh:
+            frames = pickle.load(fh)
+        roots = []  # nothing to run
+    for root in roots:
+        ds = DatasetConfig.from_yaml(root / "dataset.yaml")
+        for frame, res in replay_dataset(pipe, root, max_frames=args.max_frames):
+            if res.score is None:
+                continue
+            ood = ds.ood_mask(frame.pixel_labels) if frame.pixel_labels is not None else np.zeros(res.score.shape, bool)
+            sample = res.score[::4, ::4]
+            keep = ~ood[::4, ::4]
+            frames.append(CalibrationFrame(
+                sequence=f"{root}/{frame.sequence}", stamp=float(res.stamp),
+                centroids=np.array([ob.centroid for ob in res.objects], np.float64).reshape(-1, 3),
+                scores=np.array([ob.score for ob in res.objects], np.float64),
+                pixel_scores=sample[keep].astype(np.float32), all_pixel_scores=sample.ravel().astype(np.float32),
+                anomaly_pixels=int(ood.sum()),
+            ))
+    if not frames:
+        raise ValueError("no frame could be scored in the calibration data")
+    if cache is not None and not cache.is_file():
+        with atomic_path(cache) as tmp, tmp.open("wb") as fh:
+            pickle.dump(frames, fh)
+    if settings.objects.w_ood > 0:
+        print("calibrate: warning: object.w_ood > 0: the region scores were computed at the model's pixel "
+              "threshold, not the calibrated one", file=sys.stderr)
+    block = calibrate_decisions(frames, settings)
+    block.update({"data": [str(d) for d in args.data], "params": args.params, "max_frames": args.max_frames,
+                  "calibrated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "model_sha256": spec.files["onnx"].sha256,
+                  "objects": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(settings.objects).items()
+                              if k != "track_window"}})
+    v = block["validation"]
+    print(f"calibrated on {v['drives']} drives, {v['frames']} frames ({v['anomaly_free_frames']} anomaly-free, "
+          f"{v['positive_frames']} with >= 200 anomaly pixels; budget on {v['budget_frames']} {v['budget_set']}) "
+          f"in {time.perf_counter() - t0:.0f} s")
+    print(f"pixel_threshold {block['pixel_threshold']:.4f} (pixel FPR {args.pixel_fpr:.0%}); scene_shift_fraction "
+          f"{block['scene_shift_fraction']:.3f} (largest validation fraction {v['max_anomalous_fraction']:.3f})")
+    print(f"region_threshold {block['region_threshold']:.4f}, track_window {block['track_window']} "
+          f"({v['window_choice']}): anomaly-free frames in ALERT {v['anomaly_free_alert_share']:.2%} "
+          f"(budget {args.budget:.2%}; all anomaly-free frames {v['anomaly_free_frames_all_drives_alert_share']:.2%}), "
+          f"frames with anomalies in ALERT "
+          f"{'n/a' if v['positive_alert_share'] is None else format(v['positive_alert_share'], '.1%')}")
+    if args.dry_run:
+        return 0
+    spec.decision = block
+    write_spec(model_dir / SPEC_NAME, spec)
+    print(f"wrote {model_dir / SPEC_NAME} (decision)")
+    return 0

@@ -1,0 +1,356 @@
+"""Object decisions (pipeline/objects.py), the ground plane (geometry/ground.py), scene shift, and
+calibration to a false-alert budget (pipeline/calibration.py), on hand-made frames.
+
+The test backend labels each pixel from the image colour (green = car, blue = building, anything
+else = road) and scores it by redness, so the expected evidence of every object is known by
+construction: a box of LiDAR points standing on the road, seen as road/building -> an unknown
+object on the drivable area (region score 1); painted green -> a known object (score 0).
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from ood_perception.geometry import Calibration
+from ood_perception.geometry.ground import fit_ground_plane
+from ood_perception.pipeline import (
+    ALERT,
+    CLEAR,
+    DEGRADED,
+    AlertConfig,
+    FusionConfig,
+    FusionFrame,
+    FusionPipeline,
+)
+from ood_perception.pipeline.calibration import (
+    CalibrationFrame,
+    CalibrationSettings,
+    alert_frames,
+    calibrate_decisions,
+    evidence_scores,
+)
+from ood_perception.pipeline.frame_handler import FrameSettings, extrinsics_from_params
+from ood_perception.pipeline.objects import ObjectConfig, ObjectEvidence, ObjectTracker, region_score
+
+MEAN = [0.485, 0.456, 0.406]
+STD = [0.229, 0.224, 0.225]
+H, W = 96, 128
+CLASSES = ["car", "road", "building"]
+CALIB = Calibration(np.array([[100.0, 0, W / 2], [0, 100.0, H / 2], [0, 0, 1]]), W, H, extrinsics_from_params({}))
+GROUND_Z = -1.73
+
+
+class ColourBackend:
+    """score = redness; class = car where green dominates, building where blue dominates, else road."""
+
+    def __init__(self, decision: dict | None = None) -> None:
+        self.spec = SimpleNamespace(image_hw=(H, W), mean=MEAN, std=STD, threshold=0.5,
+                                    output_names=["class_map", "score_map", "camera_class_map", "camera_score_map"], class_names=CLASSES,
+                                    decision=decision or {})
+
+    def infer(self, inputs):
+        img = inputs["image"] * np.asarray(STD, np.float32).reshape(1, 3, 1, 1) + np.asarray(MEAN, np.float32).reshape(1, 3, 1, 1)
+        r, g, b = img[:, 0], img[:, 1], img[:, 2]
+        cls = np.where(g > r + 0.2, 0, np.where(b > r + 0.2, 2, 1)).astype(np.int64)
+        score = (r - 0.5 * (g + b)).astype(np.float32)
+        return {"score_map": score, "class_map": cls, "camera_score_map": score, "camera_class_map": cls}
+
+
+def ground_points() -> np.ndarray:
+    xs, ys = np.meshgrid(np.arange(4.0, 20.0, 0.25), np.arange(-4.0, 4.0, 0.25))
+    return np.column_stack([xs.ravel(), ys.ravel(), np.full(xs.size, GROUND_Z), np.zeros(xs.size)])
+
+
+def box_points(x: float = 10.0, height: float = 1.5) -> np.ndarray:
+    ys, zs = np.meshgrid(np.arange(-0.5, 0.51, 0.1), np.arange(GROUND_Z + 0.3, GROUND_Z + height, 0.1))
+    return np.column_stack([np.full(ys.size, x), ys.ravel(), zs.ravel(), np.zeros(ys.size)])
+
+
+def box_pixels(x: float = 10.0, height: float = 1.5) -> tuple[slice, slice]:
+    """Image rows/cols the box covers (camera at the LiDAR origin, optical axis = LiDAR x)."""
+    u0, u1 = W / 2 - 100 * 0.6 / x, W / 2 + 100 * 0.6 / x
+    v0, v1 = H / 2 - 100 * (GROUND_Z + height + 0.1) / x, H / 2 - 100 * (GROUND_Z + 0.2) / x
+    return slice(int(v0), int(np.ceil(v1))), slice(int(u0), int(np.ceil(u1)))
+
+
+def frames(n: int, box: bool, colour: tuple[int, int, int] = (120, 120, 120), red_patch: bool = False):
+    """``n`` frames 0.1 s apart of a stopped vehicle: grey road image, ground points, optionally a
+    box on the road painted ``colour``, optionally a red (high-score) patch on the road surface."""
+    img = np.full((H, W, 3), 120, np.uint8)
+    pts = [ground_points()]
+    if box:
+        rows, cols = box_pixels()
+        img[rows, cols] = colour
+        pts.append(box_points())
+    if red_patch:
+        img[80:92, 30:60] = (230, 20, 20)  # ground right in front: a flat, ground-level false positive
+    cloud = np.concatenate(pts).astype(np.float32)
+    return [FusionFrame(stamp=0.1 * i, image=img, points=cloud, calib=CALIB) for i in range(n)]
+
+
+def pipeline(**kw) -> FusionPipeline:
+    cfg = dict(decision="objects", region_threshold=0.9, alert=AlertConfig(raise_k=2, raise_n=3, clear_frames=1, cooldown_s=0.0),
+               objects=ObjectConfig(track_window=3))
+    cfg.update(kw)
+    return FusionPipeline(ColourBackend(), FusionConfig(**cfg))
+
+
+# ---------------------------------------------------------------------------------------- ground
+
+
+def test_ground_plane_recovers_a_tilted_ground_under_objects():
+    rng = np.random.default_rng(0)
+    xy = rng.uniform([-20, -20], [20, 20], (3000, 2))
+    z = -1.7 + 0.05 * xy[:, 0] + rng.normal(0, 0.02, len(xy))  # ~2.9 degree slope
+    wall = np.column_stack([rng.uniform(5, 6, 800), rng.uniform(-5, 5, 800), rng.uniform(-1.7, 3, 800)])
+    pts = np.concatenate([np.column_stack([xy, z]), wall])
+    plane = fit_ground_plane(pts)
+    assert plane.fitted and plane.normal[2] > 0.99
+    assert np.allclose(plane.height(np.column_stack([xy, z])), 0.0, atol=0.1)  # noise sigma 0.02
+    assert plane.height(np.array([[0.0, 0.0, 0.3]]))[0] == pytest.approx(2.0, abs=0.05)
+    assert fit_ground_plane(pts) == plane  # seeded
+
+
+def test_ground_plane_falls_back_without_enough_points():
+    plane = fit_ground_plane(np.zeros((3, 3)), fallback_z=-1.5)
+    assert not plane.fitted and plane.height(np.array([[0.0, 0.0, 0.0]]))[0] == pytest.approx(1.5)
+
+
+# ---------------------------------------------------------------------------------------- objects
+
+
+def test_unknown_object_on_the_road_alerts_after_persistence():
+    p = pipeline()
+    results = [p.process(f) for f in frames(5, box=True)]
+    r0 = results[0]
+    assert len(r0.objects) == 1
+    ob = r0.objects[0]
+    assert ob.unknown == 1.0 and ob.drivable == 1.0 and ob.score == 1.0
+    assert ob.centroid[0] == pytest.approx(10.0, abs=0.05) and ob.num_points == box_points().shape[0]
+    # track score over a 3-frame window: 1/3, 2/3, 1, 1, 1; region_threshold 0.9 -> evidence from frame 2;
+    # raise_k = 2 of 3 -> ALERT at frame 3
+    assert [round(r.objects[0].track_score, 4) for r in results] == [0.3333, 0.6667, 1.0, 1.0, 1.0]
+    assert [r.objects[0].track_id for r in results] == [1] * 5
+    assert [r.level for r in results] == [CLEAR, CLEAR, 1, ALERT, ALERT]
+    assert results[3].frame_score == 1.0 and results[0].frame_score == pytest.approx(1 / 3)
+    reg = results[3].regions[0]
+    assert reg.has_3d and reg.has_2d and reg.num_points == ob.num_points and reg.score == 1.0
+    rows, cols = box_pixels()
+    assert abs(reg.x_min - cols.start) <= 2 and abs(reg.y_min - rows.start) <= 2
+
+
+def test_flat_ground_level_false_positive_does_not_alert():
+    p = pipeline()
+    results = [p.process(f) for f in frames(6, box=False, red_patch=True)]
+    assert all(int((r.mask > 0).sum()) > 200 for r in results)  # the pixels are flagged ...
+    assert all(r.level == CLEAR and not r.regions and not r.objects and r.frame_score == 0.0 for r in results)
+
+
+def test_known_object_does_not_alert_and_pixel_decisions_would():
+    p = pipeline()
+    results = [p.process(f) for f in frames(5, box=True, colour=(40, 200, 40))]
+    assert all(r.objects and r.objects[0].unknown == 0.0 for r in results)
+    assert all(r.level == CLEAR for r in results)
+    # the same red patch decided on pixels alerts (the old rule)
+    px = pipeline(decision="pixels", min_region_pixels=20)
+    assert [r.level for r in (px.process(f) for f in frames(3, box=False, red_patch=True))][-1] == ALERT
+
+
+def test_auto_decides_on_pixels_for_camera_only_frames_and_models_without_a_drivable_class():
+    p = pipeline(decision="auto")
+    f = frames(1, box=False, red_patch=True)[0]
+    r = p.process(FusionFrame(stamp=0.0, image=f.image))
+    assert not r.objects and r.regions  # mask components
+    assert p.uses_objects(True)
+    nodrive = ColourBackend()
+    nodrive.spec.class_names = ["car", "grass", "building"]
+    assert not FusionPipeline(nodrive, FusionConfig()).uses_objects(True)
+    with pytest.raises(ValueError, match="drivable"):
+        FusionPipeline(nodrive, FusionConfig(decision="objects"))
+
+
+def test_region_score_weights_and_plug_in_term():
+    ev = ObjectEvidence(index=np.arange(3), centroid=(0, 0, 0), size=(1, 1, 1), top=1.0, unknown=0.5, conflict=1.0,
+                        ood=0.0, drivable=0.8, context_points=10, mean_score=0.0, max_score=0.0, extra=1.0)
+    assert region_score(ev, ObjectConfig()) == pytest.approx(0.8 * 0.5)
+    assert region_score(ev, ObjectConfig(w_unknown=1, w_conflict=1, w_extra=2)) == pytest.approx(0.8 * (0.5 + 1 + 2) / 4)
+    calls = []
+
+    def term(crop, region, pts):
+        calls.append((None if crop is None else crop.shape, pts.shape))
+        return 0.0  # "looks like a known object"
+
+    p = FusionPipeline(ColourBackend(), FusionConfig(decision="objects", region_threshold=0.9,
+                                                     objects=ObjectConfig(track_window=1, w_unknown=1.0, w_extra=1.0)),
+                       region_term=term)
+    r = p.process(frames(1, box=True)[0])
+    assert calls and calls[0][1] == (box_points().shape[0], 3) and calls[0][0][2] == 3
+    assert r.objects[0].score == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="region term"):
+        FusionPipeline(ColourBackend(), FusionConfig(objects=ObjectConfig(w_extra=1.0)))
+
+
+def test_tracker_follows_an_object_passing_a_moving_vehicle():
+    t = ObjectTracker(ObjectConfig(track_window=2, track_gate=1.5))
+    ids = []
+    for i in range(6):  # static object, vehicle at 9.5 m/s: the object moves -0.95 m per frame in the LiDAR frame
+        ob = ObjectEvidence(np.arange(1), (20.0 - 0.95 * i, 1.0, 0.0), (1, 1, 1), 1.0, 1, 0, 0, 1, 9, 0, 0, score=1.0)
+        far = ObjectEvidence(np.arange(1), (5.0, -8.0 + 3.0 * i, 0.0), (1, 1, 1), 1.0, 1, 0, 0, 1, 9, 0, 0, score=1.0)
+        t.update(0.1 * i, [ob, far])
+        ids.append((ob.track_id, far.track_id))
+    assert len({a for a, _ in ids}) == 1  # one track for the passing object
+    assert len({b for _, b in ids}) == 6  # 3 m jumps are beyond the gate: a new track each frame
+
+
+# ---------------------------------------------------------------------------------------- scene shift
+
+
+def test_scene_shift_is_degraded_without_regions_and_keeps_a_standing_alert():
+    p = pipeline(scene_shift_fraction=0.6)
+    for f in frames(4, box=True):
+        r = p.process(f)
+    assert r.level == ALERT
+    red = np.full((H, W, 3), (230, 20, 20), np.uint8)
+    r = p.process(FusionFrame(stamp=1.0, image=red, points=f.points, calib=CALIB))
+    assert r.scene_shift and r.level == DEGRADED and not r.regions and not r.objects
+    assert "outside the model's domain" in r.decision.description and r.decision.alert_standing
+    assert np.isnan(r.frame_score) and r.anomalous_fraction == 1.0
+    p2 = pipeline(scene_shift_fraction=0.6)
+    r2 = p2.process(FusionFrame(stamp=0.0, image=red))  # camera-only: the same rule
+    assert r2.scene_shift and r2.level == DEGRADED and not r2.decision.alert_standing
+
+
+# ---------------------------------------------------------------------------------------- spec + params
+
+
+def test_calibrated_values_come_from_the_model_unless_parameters_override():
+    dec = {"pixel_threshold": 0.3, "region_threshold": 0.7, "track_window": 4, "scene_shift_fraction": 0.4}
+    p = FusionPipeline(ColourBackend(dec), FusionConfig())
+    assert (p.threshold, p.region_threshold, p.objects.track_window, p.scene_shift_fraction) == (0.3, 0.7, 4, 0.4)
+    assert set(p.decision_source.values()) == {"model.json"}
+    s = FrameSettings.from_params({"region_threshold": 0.2, "object.track_window": 2, "threshold": 0.9,
+                                   "scene_shift_fraction": 0.8})
+    p = FusionPipeline(ColourBackend(dec), s.fusion)
+    assert (p.threshold, p.region_threshold, p.objects.track_window, p.scene_shift_fraction) == (0.9, 0.2, 2, 0.8)
+    p = FusionPipeline(ColourBackend(), FrameSettings.from_params({}).fusion)  # nothing calibrated: defaults
+    assert (p.threshold, p.region_threshold, p.objects.track_window, p.scene_shift_fraction) == (0.5, 0.5, 3, 0.5)
+
+
+def test_object_parameters_map_and_refuse_in_one_line():
+    s = FrameSettings.from_params({"object.min_points": 20, "object.known_classes": "car, truck ,", "decision": "pixels"})
+    assert s.fusion.objects.min_points == 20 and s.fusion.objects.known_classes == ("car", "truck")
+    assert s.fusion.decision == "pixels"
+    with pytest.raises(ValueError, match="object"):
+        FrameSettings.from_params({"object.min_height": 5.0})
+    with pytest.raises(ValueError, match="decision"):
+        FrameSettings.from_params({"decision": "vibes"})
+
+
+def test_model_spec_round_trips_the_decision_block(tmp_path):
+    from ood_perception.models.spec import ModelSpec, load_spec, write_spec
+
+    data = {"format_version": 1, "kind": "segmentation", "files": {"onnx": {"path": "m.onnx", "sha256": "ab"}},
+            "inputs": [{"name": n, "dtype": "float32", "shape": ["batch", 3, 8, 8]} for n in ("image", "lidar")],
+            "outputs": [{"name": n, "dtype": "float32", "shape": ["batch", 8, 8]} for n in
+                        ("class_map", "score_map", "camera_class_map", "camera_score_map", "lidar_class_map",
+                         "lidar_score_map")],
+            "class_names": ["road"], "score": {"name": "maxlogit"}}
+    spec = ModelSpec.from_dict(data)
+    assert spec.decision == {} and "decision" not in spec.to_dict()
+    spec.decision = {"region_threshold": 0.42, "validation": {"frames": 3}}
+    write_spec(tmp_path / "model.json", spec)
+    assert load_spec(tmp_path).decision == spec.decision
+
+
+# ---------------------------------------------------------------------------------------- calibration
+
+
+def _drive(name: str, scores: np.ndarray, anomaly_pixels: np.ndarray | None = None) -> list[CalibrationFrame]:
+    """One candidate per frame at a fixed place (one track), with the given region scores."""
+    apx = np.zeros(len(scores), int) if anomaly_pixels is None else anomaly_pixels
+    return [CalibrationFrame(name, 0.1 * i, np.array([[10.0, 0.0, 0.0]]), np.array([s]), np.array([0.0, 1.0]), int(a))
+            for i, (s, a) in enumerate(zip(scores, apx, strict=True))]
+
+
+def test_calibration_hand_computed_threshold_for_a_one_frame_rule():
+    # window 1, ALERT on the first anomalous frame, cleared on the next clean one: ALERT frames = frames >= tau
+    scores = np.array([0.1, 0.9, 0.2, 0.3, 0.95, 0.4, 0.1, 0.2, 0.3, 0.1])
+    settings = CalibrationSettings(budget=0.1, windows=(1,), default_window=1, pixel_fpr=0.5,
+                                   alert=AlertConfig(raise_k=1, raise_n=1, clear_frames=1, cooldown_s=0.0))
+    out = calibrate_decisions(_drive("a", scores), settings)
+    # a 10% budget on 10 frames allows one ALERT frame: tau = 0.95 (only the 0.95 frame)
+    assert out["region_threshold"] == pytest.approx(0.95) and out["track_window"] == 1
+    assert out["validation"]["anomaly_free_alert_share"] == pytest.approx(0.1)
+    assert out["pixel_threshold"] == pytest.approx(0.5)  # median of the pixel sample {0, 1} per frame
+    assert out["scene_shift_fraction"] == pytest.approx(0.75)  # 1.5 x 0.5, within [0.25, 0.95]
+    tight = calibrate_decisions(_drive("a", scores), CalibrationSettings(**{**vars(settings), "budget": 0.0}))
+    assert tight["region_threshold"] > 0.95  # no ALERT frame at all
+
+
+def test_calibration_meets_the_budget_on_a_synthetic_score_distribution():
+    rng = np.random.default_rng(7)
+    clean = [_drive(f"c{i}", rng.beta(1, 6, 100)) for i in range(8)]  # mostly low, a tail up to ~0.9
+    anomalous = []
+    for i in range(4):
+        s = rng.beta(1, 6, 100)
+        on = np.zeros(100, bool)
+        on[30:60] = True
+        s[on] = rng.beta(6, 2, on.sum())  # an anomaly in view for 3 s, scoring high
+        anomalous.append(_drive(f"a{i}", s, np.where(on, 500, 0)))
+    frames_ = [f for d in clean + anomalous for f in d]
+    settings = CalibrationSettings(budget=0.01, windows=(1, 2, 3, 5))
+    out = calibrate_decisions(frames_, settings)
+    v = out["validation"]
+    assert v["anomaly_free_alert_share"] <= 0.01 and v["anomaly_free_frames"] == 800 + 4 * 70
+    assert v["positive_alert_share"] > 0.5 and out["track_window"] in (1, 2, 3, 5)
+    # the same rule on fresh drives from the same distribution stays near the budget
+    fresh = [_drive(f"f{i}", rng.beta(1, 6, 100)) for i in range(20)]
+    objects = ObjectConfig(track_window=out["track_window"])
+    alerts = np.concatenate(alert_frames(fresh, evidence_scores(fresh, objects), out["region_threshold"], settings.alert))
+    assert alerts.mean() <= 0.02
+    with pytest.raises(ValueError, match="anomaly-free"):
+        calibrate_decisions(_drive("x", np.ones(5), np.full(5, 300)))
+
+
+# ---------------------------------------------------------------------------------------- the command
+
+
+def test_calibrate_command_refuses_bad_input_in_one_line(tmp_path, capsys):
+    from ood_perception.cli import main
+
+    assert main(["calibrate", "default", "--data", str(tmp_path)]) == 1
+    assert "no dataset.yaml" in capsys.readouterr().err
+    assert main(["calibrate", str(tmp_path), "--data", str(tmp_path)]) == 1
+    assert "model.json" in capsys.readouterr().err
+
+
+def test_calibrate_command_writes_the_decision_block_and_keeps_the_model_loadable(tmp_path, capsys):
+    import json
+    import shutil
+
+    from ood_perception import runtime
+    from ood_perception.cli import main
+    from ood_perception.world.config import WorldConfig
+    from ood_perception.world.synth import generate_dataset
+
+    data = tmp_path / "val"
+    cfg = WorldConfig()
+    cfg.anomalies.rate = 0.0
+    generate_dataset(data, sequences=1, frames=4, seed=8190, config=cfg, split="val", progress=False)
+    model = tmp_path / "model"
+    shutil.copytree(runtime.default_model_dir(), model)
+    before = json.loads((model / "model.json").read_text())
+    assert main(["calibrate", str(model), "--data", str(data), "--windows", "1,2"]) == 0
+    out = capsys.readouterr().out
+    assert "region_threshold" in out and "wrote" in out
+    after = json.loads((model / "model.json").read_text())
+    dec = after["decision"]
+    assert dec["validation"]["frames"] == 4 and dec["validation"]["budget_set"] == "frames of anomaly-free drives"
+    assert dec["track_window"] in (1, 2) and dec["validation"]["anomaly_free_alert_share"] <= 0.01
+    assert {k: v for k, v in after.items() if k != "decision"} == {k: v for k, v in before.items() if k != "decision"}
+    backend = runtime.load(model)  # sha256 of the model files still verified
+    p = FusionPipeline(backend, FusionConfig())
+    assert p.region_threshold == dec["region_threshold"] and p.decision_source["region_threshold"] == "model.json"
