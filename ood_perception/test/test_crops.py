@@ -132,3 +132,28 @@ def test_cma_training_and_neglabel_evaluation_on_tiny_encoders(world):
     res = evaluate_neglabel(enc, test, ["tree", "dog", "house"])
     assert res["n_id"] == 4 and {"synthetic", "near", "far"} <= set(res)
     assert 0.0 <= res["synthetic"]["auroc"] <= 1.0 and 0.0 <= res["id_accuracy"] <= 1.0
+
+
+def test_fusion_pipeline_classifies_region_crops_when_a_crop_model_is_set(world, tmp_path, capsys):
+    """Issue 16 item 4: with ``crop_model`` set, each reported region's crop is classified and the
+    result is in ``Region.extra["crop"]`` and the alert's description; off by default."""
+    from test_pipeline import RednessBackend
+
+    from ood_perception.pipeline import FusionConfig, FusionFrame, FusionPipeline
+
+    ck = tmp_path / "crops.pt"
+    assert main(["train", "crops", "--data", str(world), "--method", "baseline", "--backbone", "tiny", "--size", "32",
+                 "--epochs", "1", "--real-images", "none", "--classes", "car,pole", "--out", str(ck)]) == 0
+    capsys.readouterr()
+    image = np.full((64, 96, 3), 120, np.uint8)
+    image[16:48, 30:70] = (230, 20, 20)  # what RednessBackend flags: one region
+    backend = RednessBackend()
+    plain = FusionPipeline(backend, FusionConfig(decision="pixels")).process(FusionFrame(1.0, image=image))
+    assert plain.regions and "crops:" not in plain.decision.description and "crop" not in plain.regions[0].extra
+    with_crops = FusionPipeline(backend, FusionConfig(decision="pixels", crop_model=str(ck)))
+    res = with_crops.process(FusionFrame(1.0, image=image))
+    assert res.regions and "crops: region 1:" in res.decision.description
+    crop = res.regions[0].extra["crop"]
+    assert crop["label"] in ("car", "pole") and np.isfinite(crop["score"])
+    with pytest.raises(FileNotFoundError, match="crop model not found"):
+        FusionPipeline(backend, FusionConfig(crop_model=str(tmp_path / "missing.pt")))

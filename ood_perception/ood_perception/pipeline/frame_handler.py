@@ -75,6 +75,10 @@ FUSION_PARAMETERS: list[tuple[str, Any, str]] = [
     ("intensity_field", "intensity", "PointCloud2 field read as intensity (missing -> 0)"),
     ("negate_lidar_y", False, "negate y of incoming points (sources with a left-handed LiDAR frame)"),
     ("max_points", 2_000_000, "clouds with more points are rejected as bad input"),
+    ("crop_model", "", "crop checkpoint (ood-perception train crops --out) classifying each reported region's image "
+     "crop: the nearest known class or 'unknown object' goes into the alert description; empty = off"),
+    ("crop_context", 0.15, "crop margin around a region's box, as a share of its size (as in training)"),
+    ("crop_min_side", 8, "regions whose box side is smaller [px] are not classified"),
     ("min_lidar_points_in_view", 1, "a cloud with fewer points in the camera's view is unusable: the frame is "
      "scored camera-only (its unimodal head) and DEGRADED, as for a stale LiDAR"),
     ("min_region_pixels", 50, "smallest 2D anomalous component counted as evidence [camera pixels]"),
@@ -131,7 +135,8 @@ FUSION_PARAMETERS: list[tuple[str, Any, str]] = [
 
 #: Parameter -> FusionConfig field (same name), with its parameter default.
 _FUSION_FIELDS = ("frame_score_percentile", "min_region_pixels", "min_region_points", "cluster_eps",
-                  "cluster_min_points", "max_cluster_points", "clock_jump", "min_lidar_points_in_view")
+                  "cluster_min_points", "max_cluster_points", "clock_jump", "min_lidar_points_in_view",
+                  "crop_model", "crop_context", "crop_min_side")
 _ALERT_FIELDS = ("raise_k", "raise_n", "clear_frames", "cooldown_s")
 #: Prefix of the object decisions' parameters (:class:`ObjectConfig` fields).
 OBJECT_PREFIX = "object."
@@ -164,11 +169,13 @@ def validate_fusion_params(values: Mapping[str, Any]) -> None:
     for name in positive:
         if not float(values[name]) > 0:
             raise ValueError(f"parameter {name} must be > 0, got {values[name]}")
+    if not float(values["crop_context"]) >= 0:
+        raise ValueError(f"parameter crop_context must be >= 0, got {values['crop_context']}")
     if int(values["max_output_pixels"]) < 0:
         raise ValueError(f"parameter max_output_pixels must be >= 0 (0 = no limit), got {values['max_output_pixels']}")
     for name in ["qos_depth", "sync_queue_size", "max_points", "min_region_pixels", "min_region_points",
                  "cluster_min_points", "max_cluster_points", "raise_k", "raise_n", "clear_frames",
-                 "min_lidar_points_in_view"]:
+                 "min_lidar_points_in_view", "crop_min_side"]:
         if int(values[name]) < 1:
             raise ValueError(f"parameter {name} must be >= 1, got {values[name]}")
     if values["reliability"] not in ("best_effort", "reliable"):

@@ -130,6 +130,11 @@ class FusionConfig:
         region_threshold: a tracked object with a score at or above is anomalous; None = the model's.
         scene_shift_fraction: share of anomalous scored pixels from which the frame is a scene
             shift (DEGRADED, no regions); None = the model's calibrated one; 1.0 never fires below all.
+        crop_model: a crop checkpoint (``ood-perception train crops --out``) classifying the image
+            crop of each reported region (:class:`~ood_perception.pipeline.crops.CropClassifier`);
+            its result goes into ``Region.extra["crop"]`` and the alert's description; "" = off.
+        crop_context, crop_min_side: the crop's margin around the region's box and the smallest
+            box side [px] classified.
     """
 
     threshold: float | None = None
@@ -148,6 +153,9 @@ class FusionConfig:
     objects: ObjectConfig = field(default_factory=lambda: ObjectConfig(track_window=0))
     region_threshold: float | None = None
     scene_shift_fraction: float | None = None
+    crop_model: str = ""
+    crop_context: float = 0.15
+    crop_min_side: int = 8
 
     def __post_init__(self) -> None:
         if self.decision not in DECISION_MODES:
@@ -278,6 +286,13 @@ class FusionPipeline:
         if self.objects.w_extra > 0 and region_term is None:
             raise ValueError("w_extra > 0 needs a region term (FusionPipeline(region_term=...)); none was given")
         self.region_term = region_term
+        self.crop_classifier: Any = None
+        if self.config.crop_model:
+            # lazy: the crop classifier runs torch; a pipeline without one never imports it
+            from ood_perception.pipeline.crops import CropClassifier
+
+            self.crop_classifier = CropClassifier(self.config.crop_model, context=self.config.crop_context,
+                                                  min_side=self.config.crop_min_side)
         self.tracker = ObjectTracker(self.objects)
         outputs = set(getattr(spec, "output_names", None) or [])
         self.unimodal = {"camera": "camera_score_map" in outputs, "lidar": "lidar_score_map" in outputs}
@@ -527,6 +542,10 @@ class FusionPipeline:
         else:
             regions, evidence = self._pixel_decisions(frame, anomalous, score, valid, pts, pscores)
             decision = self.alerts.update(frame.stamp, evidence, degraded)
+        if self.crop_classifier is not None and regions and frame.image is not None:
+            phrases = self.crop_classifier.annotate(frame.image, regions)  # also fills Region.extra["crop"]
+            if phrases:
+                decision = replace(decision, description=f"{decision.description}; crops: {'; '.join(phrases)}")
         return FusionResult(
             stamp=frame.stamp,
             decision=decision,
