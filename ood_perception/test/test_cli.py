@@ -38,9 +38,9 @@ def test_help_does_not_import_torch_and_a_broken_task_says_so() -> None:
     import sys
 
     code = ("import sys; from ood_perception import cli; p = cli.build_parser(); "
-            "print('torch' in sys.modules, 'rclpy' in sys.modules)")
+            "print('torch' in sys.modules, 'rclpy' in sys.modules, 'sklearn' in sys.modules, 'open3d' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["False", "False"]
+    assert out.split() == ["False", "False", "False", "False"]
     from ood_perception.commands import train as train_cmd
 
     train_cmd.TASKS["broken"] = ("ood_perception.trainer.no_such_module", "a task whose module is missing")
@@ -48,3 +48,12 @@ def test_help_does_not_import_torch_and_a_broken_task_says_so() -> None:
         assert cli.main(["train", "broken"]) == 1
     finally:
         del train_cmd.TASKS["broken"]
+
+
+def test_evaluate_command_defaults_match_the_trainer() -> None:
+    """The evaluate command keeps its argument defaults beside the parser (so --help imports no
+    torch or scikit-learn); they must stay the trainer's."""
+    from ood_perception.commands import evaluate as cmd
+    from ood_perception.trainer import evaluate as ev
+
+    assert cmd.DEFAULT_SCORERS == ev.DEFAULT_SCORERS and cmd.RESOLUTIONS == ev.RESOLUTIONS

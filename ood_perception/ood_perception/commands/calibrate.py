@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ood_perception.atomic import atomic_path
+from ood_perception.commands._help import PlainHelpFormatter
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -31,15 +32,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "calibrate",
         help="calibrate pixel/region thresholds, track window and scene-shift rule to a false-alert budget",
         description=__doc__,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=PlainHelpFormatter,
     )
     p.add_argument("model_dir", metavar="MODEL_DIR", help="exported model directory ('default' = the packaged model)")
     p.add_argument("--data", nargs="+", required=True, metavar="VAL_DATASET",
                    help="validation dataset roots (SemanticKITTI layout with dataset.yaml), each sequence one drive")
     p.add_argument("--params", default=None, help="fusion node params file (e.g. ood_perception/config/vehicle.yaml)")
-    p.add_argument("--budget", type=float, default=0.01, help="largest share of anomaly-free frames in ALERT")
-    p.add_argument("--pixel-fpr", type=float, default=0.05, help="share of anomaly-free pixels above the pixel threshold")
-    p.add_argument("--windows", default="1,2,3,4,5", help="track windows [frames] to choose from")
+    p.add_argument("--budget", type=float, default=0.01, help="largest share of anomaly-free frames in ALERT (default %(default)s)")
+    p.add_argument("--pixel-fpr", type=float, default=0.05, help="share of anomaly-free pixels above the pixel threshold (default %(default)s)")
+    p.add_argument("--windows", default="1,2,3,4,5", help="track windows [frames] to choose from (default %(default)s)")
     p.add_argument("--max-frames", type=int, default=None, help="at most this many frames per drive")
     p.add_argument("--dry-run", action="store_true", help="print the values, do not write model.json")
     p.add_argument("--frames-cache", default=None, metavar="PATH",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from ood_perception.app.demo import demo_main
 from ood_perception.commands._help import PlainHelpFormatter
 
 
@@ -33,5 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def handler(args: argparse.Namespace) -> int:
     """Run the demo; a missing piece (e.g. no default model) is one line and exit code 1."""
+    from ood_perception.app.demo import (
+        demo_main,  # lazy: the command's implementation loads only when it runs (--help stays fast)
+    )
 
     return demo_main(args)

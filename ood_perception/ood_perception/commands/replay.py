@@ -6,14 +6,6 @@ import argparse
 import sys
 
 from ood_perception.commands._help import PlainHelpFormatter
-from ood_perception.replay.engine import ReplaySettings
-from ood_perception.replay.params import (
-    extrinsics_from_kitti_calib,
-    node_parameters,
-    parse_topic_overrides,
-    settings_from_params,
-)
-from ood_perception.replay.run import merge_replays, run_replay
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -71,6 +63,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def handler(args: argparse.Namespace) -> int:
     """Run the replay (or the merge of shards); returns 130/143 when stopped by SIGINT/SIGTERM, 1 when a bag
     was damaged, else 0."""
+    from ood_perception.replay.engine import (
+        ReplaySettings,  # lazy: the command's implementation loads only when it runs (--help stays fast)
+    )
+    from ood_perception.replay.params import (
+        extrinsics_from_kitti_calib,
+        node_parameters,
+        parse_topic_overrides,
+        settings_from_params,
+    )
+    from ood_perception.replay.run import merge_replays, run_replay
 
     if args.merge:
         if args.bags:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 
 from ood_perception.commands._help import PlainHelpFormatter
-from ood_perception.ros.runner import run_nodes
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -43,6 +42,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def handler(args: argparse.Namespace) -> int:
     """Run the nodes; 0 on a clean stop, 1 when a node cannot start."""
+    from ood_perception.ros.runner import (
+        run_nodes,  # lazy: the command's implementation loads only when it runs (--help stays fast)
+    )
 
     overrides: dict[str, object] = {}
     if args.model is not None:

@@ -6,8 +6,6 @@ import argparse
 import json
 
 from ood_perception.commands._help import PlainHelpFormatter
-from ood_perception.world.config import WorldConfig
-from ood_perception.world.synth import generate_dataset
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -53,7 +51,10 @@ def register(subparsers) -> None:
 
 def handler(args: argparse.Namespace) -> int:
     """Run ``synth``."""
-
+    from ood_perception.world.config import (
+        WorldConfig,  # lazy: the command's implementation loads only when it runs (--help stays fast)
+    )
+    from ood_perception.world.synth import generate_dataset
 
     cfg = WorldConfig.from_yaml(args.config) if args.config else WorldConfig()
     if args.anomaly_rate is not None:

@@ -34,7 +34,6 @@ exported graph does).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from pathlib import Path
@@ -460,41 +459,3 @@ def evaluate(checkpoint: str | os.PathLike[str], data_root: str | os.PathLike[st
               "frames": len(data), "input size": size, "metrics at": f"{resolution} resolution"}
     atomic_write_bytes(out / "report.md", _report(metrics, figures, header).encode())
     return metrics
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``ood-perception evaluate``."""
-    parser.add_argument("checkpoint", help="model.pt / last.pt written by `train segmentation`")
-    parser.add_argument("--data", required=True, help="dataset root")
-    parser.add_argument("--out", help="output dir (default: next to the checkpoint, eval/)")
-    parser.add_argument("--split", help="split to evaluate (default: test, else val, else all)")
-    parser.add_argument("--scorers", default=",".join(DEFAULT_SCORERS), help="comma-separated (default: %(default)s)")
-    parser.add_argument("--schema", help="CARLA-OOD schema YAML")
-    parser.add_argument("--cache-dir")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--overlays", type=int, default=6, help="overlay images to draw")
-    parser.add_argument("--resolution", choices=RESOLUTIONS, default=RESOLUTIONS[0],
-                        help="camera: pixel metrics at the label (camera) resolution with the node's upsampling and "
-                        "the pipeline's visible points, as `ood-perception replay` computes them; input: at the "
-                        "model input size, labels downsampled, all in-view points (default: %(default)s)")
-    parser.add_argument("--no-plots", action="store_true")
-    parser.add_argument("--quiet", action="store_true")
-
-
-def run(args: argparse.Namespace) -> int:
-    """Entry of ``ood-perception evaluate``."""
-    import torch  # lazy: torch is heavy to import and only this path needs it
-
-    torch.set_num_threads(1)
-    out = args.out or str(Path(args.checkpoint).resolve().parent / "eval")
-    scorers = tuple(s.strip() for s in args.scorers.split(",") if s.strip())
-    m = evaluate(args.checkpoint, args.data, out, args.split, scorers, args.schema, args.cache_dir, args.device,
-                 args.overlays, not args.no_plots, show_progress=not args.quiet, resolution=args.resolution)
-    seg = m["segmentation"].get("pixel") or m["segmentation"].get("point")
-    ood = m["ood"].get("pixel") or m["ood"].get("point") or {}
-    head = scorers[0]
-    line = f"mIoU {100 * seg['fused']['miou']:.1f}%" if seg else "no labels"
-    if head in ood:
-        line += f", {head}: AUROC {100 * ood[head]['auroc']:.1f}%, FPR95 {100 * ood[head]['fpr95']:.1f}%"
-    print(f"{line} -> {out}/report.md")
-    return 0
