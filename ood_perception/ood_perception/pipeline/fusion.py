@@ -526,6 +526,10 @@ class FusionPipeline:
             labels = np.where(occluded, -1, labels)
 
         objects: list[ObjectEvidence] = []
+        by_objects = self.uses_objects("lidar" in modalities and len(pts) > 0)
+        # OodAlert.threshold is what OodAlert.score is compared against: the region threshold for a
+        # track score (object decisions), the pixel threshold for a score-map percentile (pixels)
+        frame_thr = self.region_threshold if by_objects else thr
         scene_shift = bool(n_valid) and fraction >= self.scene_shift_fraction
         if scene_shift:
             # the whole view is out of distribution: one DEGRADED reason, not a storm of regions
@@ -535,7 +539,7 @@ class FusionPipeline:
             regions: list[Region] = []
             frame_score = float("nan")
             decision = self.alerts.update(frame.stamp, None, degraded)
-        elif self.uses_objects("lidar" in modalities and len(pts) > 0):
+        elif by_objects:
             regions, objects = self._object_decisions(frame, pts, labels, pscores, mask)
             frame_score = max((ob.track_score for ob in objects), default=0.0)
             decision = self.alerts.update(frame.stamp, bool(regions), degraded)
@@ -550,7 +554,7 @@ class FusionPipeline:
             stamp=frame.stamp,
             decision=decision,
             modalities=modalities,
-            threshold=thr,
+            threshold=frame_thr,
             score=score.astype(np.float32, copy=False),
             classes=classes.astype(np.int32, copy=False),
             mask=mask,

@@ -145,6 +145,7 @@ class FrameRecord:
     num_regions: int
     latency_s: float
     modalities: list[str]
+    threshold: float = float("nan")  # what frame_score was compared against (OodAlert.threshold)
     has_labels: bool = False
     frame_auroc: float | None = None  # per-frame pixel AUROC when the frame has ID and OOD pixels
     ood_iou: float | None = None  # IoU of the anomaly mask with the OOD label
@@ -388,9 +389,12 @@ class ReplaySession:
         if self.dataset_config is None:
             self.dataset_config = (self.label_folder.config if self.label_folder is not None
                                    else DatasetConfig.semantic_kitti())
-        threshold = getattr(self.pipeline, "threshold", None)
+        threshold = getattr(self.pipeline, "threshold", None)  # the pixel threshold
         self.metrics = MetricsAccumulator(self.dataset_config, threshold, getattr(self.pipeline, "input_hw", None))
-        self.alert_metrics = AlertMetrics(self.dataset_config, self.sequence, threshold)
+        uses_objects = getattr(self.pipeline, "uses_objects", None)
+        frame_threshold = (self.pipeline.region_threshold if uses_objects is not None and uses_objects(True)
+                           else threshold)  # what OodAlert.score is compared against (timeline)
+        self.alert_metrics = AlertMetrics(self.dataset_config, self.sequence, frame_threshold)
         self.fs = settings.frame_settings()
         self.proc = FusionFrameProcessor(self.pipeline, self.fs, clock=lambda: self.now)  # arrival clock: bag time
 
@@ -479,7 +483,7 @@ class ReplaySession:
             index=len(self.frames), stamp_ns=stamp_ns, bag_time_ns=bag_ns, level=int(result.level),
             description=result.decision.description, frame_score=float(result.frame_score),
             anomalous_fraction=float(result.anomalous_fraction), num_regions=len(result.regions),
-            latency_s=latency, modalities=list(result.modalities),
+            latency_s=latency, modalities=list(result.modalities), threshold=float(result.threshold),
         )
         self.frames.append(rec)
         item = _Scored(rec, result, cam.image if cam is not None else None, out.points, out.calib,

@@ -143,6 +143,9 @@ def fig_histograms(metrics: Any, threshold: float | None) -> str | None:
 
 def fig_timeline(frames: Sequence[Any], threshold: float | None) -> str | None:
     """Alert level per frame over bag time, with the frame score against the threshold."""
+    frame_thr = [f.threshold for f in frames if math.isfinite(getattr(f, "threshold", float("nan")))]
+    if frame_thr:  # the frame score's own threshold (object decisions: the region threshold)
+        threshold = float(np.median(frame_thr))
     if not frames:
         return None
     plt = _plt()

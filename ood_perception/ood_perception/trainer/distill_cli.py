@@ -2,13 +2,12 @@
 
     ood-perception train distill --task recognition CHECKPOINT [--data DIR] [--out OUT.pt]
     ood-perception train distill --task segmentation CHECKPOINT [--data DIR] [--out OUT.pt]
-    ood-perception train distill --task recognition --ablation --data DIR --report docs/results/distillation.md
 
-The first two freeze the experts and retrain only the joint (fused) head (:mod:`.trainer`), then
-write a new checkpoint (atomically) with the distillation settings and before/after metrics.
-``--ablation`` runs the whole ablation (:mod:`.ablation`) and writes the report;
-``--task segmentation --ablation CHECKPOINT --data DIR`` adds the segmentation section
-(:mod:`.seg_ablation`, its own schedule: 8 epochs, lr 1e-2, batch 8).
+Both freeze the experts and retrain only the joint (fused) head (:mod:`ood_perception.trainer.distill`),
+then write a new checkpoint (atomically) with the distillation settings and before/after metrics.
+The ablation table (docs/results/distillation.md) has its own command:
+``python -m ood_perception.experiments.distill_table --data DIR`` (``--task segmentation CHECKPOINT``
+for the segmentation section).
 """
 
 from __future__ import annotations
