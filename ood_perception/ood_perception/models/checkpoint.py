@@ -33,7 +33,12 @@ def read_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
         raise ValueError(f"checkpoint {path} holds a {type(ckpt).__name__}, expected a dict")
     missing = [k for k in REQUIRED_KEYS if k not in ckpt]
     if missing:
-        raise ValueError(f"checkpoint {path} lacks keys {missing}")
+        hint = ""
+        if (path.parent / "model.json").is_file():  # an exported model directory's torch weights
+            hint = (" (it is the torch weights of an exported model directory, not a training checkpoint: "
+                    "evaluate a training checkpoint, or replay a bag with --model "
+                    f"{path.parent})")
+        raise ValueError(f"checkpoint {path} lacks keys {missing}{hint}")
     return ckpt
 
 
