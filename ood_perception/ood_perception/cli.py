@@ -30,7 +30,7 @@ def _command_modules() -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
     """Build the full argument parser with every available subcommand."""
     parser = argparse.ArgumentParser(
-        prog="ood-perception",
+        prog="ood-perception", allow_abbrev=False,
         description="Multimodal out-of-distribution perception: data synthesis, training, "
         "evaluation, export, rosbag replay and running the ROS 2 nodes.",
     )
@@ -39,13 +39,27 @@ def build_parser() -> argparse.ArgumentParser:
     for name in _command_modules():
         module = importlib.import_module(f"{commands.__name__}.{name}")
         module.register(sub)
+    for command_parser in sub.choices.values():
+        # options spelled out: an abbreviation (--ou for --out) that works today would silently change
+        # meaning or break when an option is added, in scripts and launch files alike
+        command_parser.allow_abbrev = False
+    return parser
+
+
+def _command_parser(parser: argparse.ArgumentParser, command: str | None) -> argparse.ArgumentParser:
+    """The subcommand's own parser (its usage and ``prog`` name errors about its arguments)."""
+    for action in parser._actions:  # argparse keeps subparsers only here
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+            return action.choices[command]
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``ood-perception``; returns the process exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # reported by the command's parser: its usage, "ood-perception replay: error: ..."
+        _command_parser(parser, getattr(args, "command", None)).error(f"unrecognized arguments: {' '.join(unknown)}")
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -124,3 +124,45 @@ def test_demo_model_error_names_no_issue_number(tmp_path):
         check_model(tmp_path / "no_model_here")
     msg = str(exc.value)
     assert "\n" not in msg and "issue" not in msg and "--model DIR" in msg and "no_model_here" in msg
+
+
+def test_replay_refuses_to_replace_earlier_results_without_overwrite(tmp_path, capsys):
+    from replay_bags import write_drive_bag
+
+    bag = write_drive_bag(tmp_path / "bag", frames=2)
+    out = tmp_path / "out"
+    assert cli.main(["replay", str(bag), "--out", str(out), "--no-progress"]) == 0
+    capsys.readouterr()
+    before = (out / "metrics.json").read_bytes()
+    (out / "notes.txt").write_text("mine\n")
+    assert cli.main(["replay", str(bag), "--out", str(out), "--no-progress"]) == 1
+    err = one_line_error(capsys)
+    assert "--overwrite" in err and "metrics.json" in err and str(out) in err
+    assert (out / "metrics.json").read_bytes() == before
+    assert cli.main(["replay", str(bag), "--out", str(out), "--no-progress", "--overwrite"]) == 0
+    assert (out / "notes.txt").read_text() == "mine\n", "--overwrite replaced only the replay's own files"
+
+
+def test_unknown_or_abbreviated_options_are_errors_of_the_command(tmp_path, capsys):
+    for argv, command in ((["replay", "bag", "--out", str(tmp_path), "--bogus"], "replay"),
+                          (["replay", "bag", "--ou", str(tmp_path)], "replay"),  # no abbreviations
+                          (["train", "segmentation", "--data", str(tmp_path), "--bogus"], "train segmentation"),
+                          (["--bogus"], None)):
+        with pytest.raises(SystemExit) as exc:
+            cli.main(argv)
+        assert exc.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        prefix = f"ood-perception {command}: error:" if command else "ood-perception: error:"
+        assert err.startswith(prefix), err
+
+
+def test_evaluate_checks_its_paths_before_loading_torch(tmp_path, capsys):
+    import subprocess
+    import sys
+
+    code = ("import sys; from ood_perception import cli; rc = cli.main(['evaluate', sys.argv[1], '--data', sys.argv[2]]); "
+            "print('torch' in sys.modules); sys.exit(rc)")
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "nothere.pt"), str(tmp_path)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and r.stdout.strip() == "False", (r.stdout, r.stderr)
+    assert r.stderr.strip() == f"ood-perception evaluate: error: checkpoint not found: {tmp_path / 'nothere.pt'}"

@@ -344,8 +344,12 @@ def test_calibrate_command_writes_the_decision_block_and_keeps_the_model_loadabl
     shutil.copytree(runtime.default_model_dir(), model)
     before = json.loads((model / "model.json").read_text())
     assert main(["calibrate", str(model), "--data", str(data), "--windows", "1,2"]) == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert "region_threshold" in out and "wrote" in out
+    # 4 anomaly-free frames cannot resolve a 1% budget: said, with how many would
+    assert "cannot resolve a budget of 1.00%" in captured.err and ">= 100 anomaly-free" in captured.err
+    assert "test split" not in captured.err
     after = json.loads((model / "model.json").read_text())
     dec = after["decision"]
     assert dec["validation"]["frames"] == 4 and dec["validation"]["budget_set"] == "frames of anomaly-free drives"
@@ -354,3 +358,15 @@ def test_calibrate_command_writes_the_decision_block_and_keeps_the_model_loadabl
     backend = runtime.load(model)  # sha256 of the model files still verified
     p = FusionPipeline(backend, FusionConfig())
     assert p.region_threshold == dec["region_threshold"] and p.decision_source["region_threshold"] == "model.json"
+
+
+def test_calibrate_on_a_test_split_warns_that_it_is_no_longer_held_out(tmp_path, capsys):
+    from ood_perception.cli import main
+    from ood_perception.world.config import WorldConfig
+    from ood_perception.world.synth import generate_dataset
+
+    data = tmp_path / "test"
+    generate_dataset(data, sequences=1, frames=2, seed=8191, config=WorldConfig(), split="test", progress=False)
+    assert main(["calibrate", "default", "--data", str(data), "--windows", "1", "--dry-run"]) == 0
+    err = capsys.readouterr().err
+    assert "is a test split" in err and "--split val" in err

@@ -89,7 +89,11 @@ def test_sensor_sized_frames_fused_over_dds_with_shipped_profile(rclpy_context):
 
         # drain: the node finishes the frame in hand; nothing more is coming
         spin_until(ex, lambda: len(fused()) == FRAMES, 5.0)
-        spin_until(ex, lambda: False, 1.0)
+        def settled() -> bool:  # every pair formed is processed or dropped by the worker
+            v = node.diagnostics_values()
+            return v["frames_processed"] + (v.get("dropped_overwritten") or 0) >= (v.get("paired") or 0)
+
+        spin_until(ex, settled, 5.0)
         d = node.diagnostics_values()
         cam, lid = node.rates["camera"].total, node.rates["lidar"].total
         n_fused = len(fused())

@@ -95,6 +95,9 @@ def handler(args: argparse.Namespace) -> int:
         roots = []  # nothing to run
     for root in roots:
         ds = DatasetConfig.from_yaml(root / "dataset.yaml")
+        if ds.splits.get("test") and not (ds.splits.get("val") or ds.splits.get("train")):
+            print(f"calibrate: warning: {root} is a test split (synth --split test): figures later reported on "
+                  "these drives are no longer held out; calibrate on --split val drives", file=sys.stderr)
         for frame, res in replay_dataset(pipe, root, max_frames=args.max_frames):
             if res.score is None:
                 continue
@@ -117,6 +120,11 @@ def handler(args: argparse.Namespace) -> int:
         print("calibrate: warning: object.w_ood > 0: the region scores were computed at the model's pixel "
               "threshold, not the calibrated one", file=sys.stderr)
     block = calibrate_decisions(frames, settings)
+    clean = block["validation"]["budget_frames"]
+    if clean * args.budget < 1.0:
+        print(f"calibrate: warning: {clean} anomaly-free frames cannot resolve a budget of {args.budget:.2%} "
+              f"(one false ALERT is {1 / max(clean, 1):.2%}); use >= {int(np.ceil(1 / args.budget))} anomaly-free "
+              "validation frames", file=sys.stderr)
     block.update({"data": [str(d) for d in args.data], "params": args.params, "max_frames": args.max_frames,
                   "calibrated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "model_sha256": spec.files["onnx"].sha256,
                   "objects": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(settings.objects).items()

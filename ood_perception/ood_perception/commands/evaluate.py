@@ -51,6 +51,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Entry of ``ood-perception evaluate``."""
+    # the user's paths first: a typo is one line at once, not after seconds of importing torch
+    if not Path(args.checkpoint).is_file():
+        raise FileNotFoundError(f"checkpoint not found: {args.checkpoint}"
+                                + (" (a directory: give its .pt file)" if Path(args.checkpoint).is_dir() else ""))
+    if not Path(args.data).is_dir():
+        raise FileNotFoundError(f"dataset not found: {args.data}")
     import torch  # lazy: torch is heavy to import and only this path needs it
 
     from ood_perception.trainer.evaluate import evaluate  # lazy: the command's implementation

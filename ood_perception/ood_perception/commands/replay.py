@@ -27,6 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("bags", nargs="*", metavar="BAG", help="bag directories or single .mcap/.db3 files")
     p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the results of an earlier replay in --out (refused otherwise)")
     p.add_argument("--merge", nargs="+", metavar="SHARD_DIR",
                    help="instead of replaying: pool the outputs of `replay --shard i/n` runs (all n of them) into "
                    "--out: metrics.json and report.html equal to one run over all the bags")
@@ -72,8 +74,12 @@ def handler(args: argparse.Namespace) -> int:
         parse_topic_overrides,
         settings_from_params,
     )
-    from ood_perception.replay.run import merge_replays, run_replay
+    from ood_perception.replay.run import earlier_results, merge_replays, run_replay
 
+    found = earlier_results(args.out)
+    if found and not args.overwrite:
+        raise ValueError(f"--out {args.out} already holds an earlier replay's results ({', '.join(found)}); "
+                         "pass --overwrite to replace them, or choose another --out")
     if args.merge:
         if args.bags:
             raise ValueError("give either bags to replay or --merge SHARD_DIR..., not both")

@@ -53,6 +53,8 @@ def handler(args: argparse.Namespace) -> int:
         overrides["backend"] = args.backend
     if args.device is not None:
         overrides["device"] = args.device
+    elif args.backend == "tensorrt":  # TensorRT runs on CUDA only; replay picks cuda the same way
+        overrides["device"] = "cuda"
     if args.use_sim_time:
         overrides["use_sim_time"] = True
     if args.duration is not None and not args.duration > 0:

@@ -243,6 +243,13 @@ def write_outputs(out_dir: Path, results: Sequence[BagReplay], info: dict[str, A
     return data
 
 
+def earlier_results(out_dir: str | Path) -> list[str]:
+    """The files of an earlier replay or merge in ``out_dir`` (``metrics.json``, the manifest): a new run
+    would replace them, so the command asks for ``--overwrite``. Other files in ``--out`` are never touched."""
+    d = Path(out_dir)
+    return [n for n in ("metrics.json", MANIFEST) if (d / n).is_file()]
+
+
 def run_replay(
     bags: Sequence[str | Path],
     out_dir: str | Path,

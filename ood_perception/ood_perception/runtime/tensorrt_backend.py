@@ -310,10 +310,11 @@ class TensorRTBackend(Backend):
         parity_mask_agreement: float = 0.99,
         check_parity: bool = True,
     ) -> None:
+        trt = _import_tensorrt()  # first: without TensorRT, no device setting helps
         if device == "cpu":
-            raise BackendUnavailableError("backend 'tensorrt' runs on CUDA devices only (use device='cuda')")
+            raise BackendUnavailableError("backend 'tensorrt' runs on CUDA devices only: set the device to cuda "
+                                          "(node parameter device, or --device cuda)")
         super().__init__(model_dir, spec, device)
-        trt = _import_tensorrt()
         import torch  # lazy: torch is heavy to import and only this path needs it
 
         if not torch.cuda.is_available():
