@@ -370,3 +370,20 @@ def test_calibrate_on_a_test_split_warns_that_it_is_no_longer_held_out(tmp_path,
     assert main(["calibrate", "default", "--data", str(data), "--windows", "1", "--dry-run"]) == 0
     err = capsys.readouterr().err
     assert "is a test split" in err and "--split val" in err
+
+
+def test_ground_in_boxes_equals_the_dense_box_test():
+    """The x-slab search counts exactly the ground points the dense [K, G] test finds (edges inclusive)."""
+    from ood_perception.pipeline.objects import _ground_in_boxes
+
+    rng = np.random.default_rng(0)
+    for trial in range(100):
+        G, K = int(rng.integers(0, 2000)), int(rng.integers(0, 40))
+        g = rng.uniform(-30, 30, (G, 2)).round(int(rng.integers(0, 3)))  # rounding puts points on box edges
+        w = (rng.random(G) < 0.5).astype(np.float64)
+        lo = rng.uniform(-30, 30, (K, 2)).round(1)
+        hi = lo + rng.uniform(0, 8, (K, 2)).round(1)
+        near = np.all((g[None] >= lo[:, None]) & (g[None] <= hi[:, None]), axis=2)
+        count, total = _ground_in_boxes(g, w, lo, hi)
+        assert (count == near.sum(axis=1)).all(), trial
+        assert np.array_equal(total, near.astype(np.float64) @ w), trial

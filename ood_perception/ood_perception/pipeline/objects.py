@@ -258,11 +258,9 @@ def object_candidates(
     top = np.full(k, -np.inf)
     np.maximum.at(top, lab, h[above])
     # ground points in each kept cluster's footprint box widened by context_radius: [K, G] tests
-    r = config.context_radius
-    lo, hi = lo_all[keep, None, :2] - r, hi_all[keep, None, :2] + r
-    near = np.all((g_xy[None] >= lo) & (g_xy[None] <= hi), axis=2)
-    n_near = near.sum(axis=1)
-    drv = (near @ g_drivable) / np.maximum(n_near, 1)
+    n_near, drv_sum = _ground_in_boxes(g_xy, g_drivable, lo_all[keep, :2] - config.context_radius,
+                                       hi_all[keep, :2] + config.context_radius)
+    drv = drv_sum / np.maximum(n_near, 1)
     drv = np.where(n_near >= config.min_context_points, drv, config.location_unknown)
     order = np.argsort(lab, kind="stable")
     starts = np.r_[0, np.cumsum(cnt)]
@@ -275,6 +273,25 @@ def object_candidates(
             mean_score=float(mean_s[c]), max_score=float(max_s[c]),
         ))
     return out
+
+
+def _ground_in_boxes(g_xy: np.ndarray, weight: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per box ``[lo, hi]`` (inclusive, ``[K, 2]``): how many ground points lie in it and the sum of their
+    ``weight``. Points sorted by x once; each box tests only its x slab (found by binary search) instead
+    of all G points: the same sets as the dense ``[K, G]`` test, ~10x less work on a 64-beam frame."""
+    order = np.argsort(g_xy[:, 0], kind="stable")
+    xs, ys, w = g_xy[order, 0], g_xy[order, 1], weight[order]
+    a = np.searchsorted(xs, lo[:, 0], side="left")
+    b = np.searchsorted(xs, hi[:, 0], side="right")
+    count = np.zeros(len(lo), np.int64)
+    total = np.zeros(len(lo), np.float64)
+    for j in range(len(lo)):
+        if b[j] > a[j]:
+            y = ys[a[j]:b[j]]
+            inside = (y >= lo[j, 1]) & (y <= hi[j, 1])
+            count[j] = int(inside.sum())
+            total[j] = float(w[a[j]:b[j]][inside].sum())
+    return count, total
 
 
 def grid_clusters(xyz: np.ndarray, cell: float) -> np.ndarray:
