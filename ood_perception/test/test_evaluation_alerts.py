@@ -288,3 +288,49 @@ def test_world_pixel_and_point_objects_share_keys() -> None:
     res = ev.result()
     assert res["objects"]["acceptance"]["n"] == len(big) and res["objects"]["acceptance"]["met"]
     assert all(o["frames_to_alert"] == 0 for o in res["objects"]["list"] if o["in_view"])
+
+
+def test_excluded_types_are_neither_anomalies_nor_anomaly_free() -> None:
+    """A model's outlier_types (seen in training) are left out: a frame showing only them is not an
+    anomaly-free frame (an ALERT on it is no false alert) and not a positive; their objects and
+    points are not scored; the state keeps the excluded ids and merging other ids is refused."""
+    seen = 205  # debris, say, seen in training
+    ev = AlertEvaluator(OOD, (CAR,), CFG, excluded_ids=(seen,))
+    img = np.zeros((20, 20), np.uint16)
+    only_seen = img.copy()
+    only_seen[:10, :10] = seen  # 100 px of the excluded type
+    both = only_seen.copy()
+    both[15:, :] = 200  # 100 px of an evaluated type
+    ev.add("s", 0.0, CLEAR, 0.1, pixel_labels=img, pixel_instances=None)
+    ev.add("s", 0.1, ALERT, 0.8, pixel_labels=only_seen, pixel_instances=None)
+    ev.add("s", 0.2, ALERT, 0.9, pixel_labels=both, pixel_instances=None)
+    ev.add("s", 0.3, CLEAR, 0.2, pixel_labels=img, pixel_instances=None,
+           point_labels=np.array([seen] * 5 + [CAR] * 5, np.uint32), point_scores=np.ones(10))
+    res = ev.result()
+    fr = res["frame"]
+    assert (fr["n_positive"], fr["n_negative"], fr["n_excluded_small"], fr["n_excluded_type"]) == (1, 2, 0, 1)
+    fa = res["false_alerts"]
+    assert (fa["anomaly_free_frames"], fa["alert_frames_anomaly_free"], fa["false_episodes"]) == (2, 0, 0)
+    assert [e.frame_label for e in ev.timeline()] == ["negative", "excluded", "positive", "negative"]
+    assert set(ev.records[3].observations) == {object_key(CAR, 0)}  # the excluded type's points are not observed
+    assert res["config"]["excluded_ids"] == [seen]
+    back = AlertEvaluator.from_state(json.loads(json.dumps(ev.state())))
+    assert back.result() == res
+    with pytest.raises(ValueError, match="excluded_ids"):
+        ev.merge(AlertEvaluator(OOD, (CAR,), CFG))
+    with pytest.raises(ValueError, match="excluded"):
+        AlertEvaluator(OOD, (CAR,), CFG, excluded_ids=(200,))
+
+
+def test_dataset_config_excluding_types() -> None:
+    from ood_perception.world.labels import world_dataset_config
+
+    cfg = world_dataset_config()
+    names = {cfg.labels[i]: i for i in cfg.ood_ids}
+    out = cfg.excluding(["trailer", "animal", "not-a-type"])
+    assert out.excluded_ids == sorted([names["trailer"], names["animal"]]) and cfg.excluded_ids == []
+    assert names["trailer"] not in out.ood_ids and names["box"] in out.ood_ids
+    raw = np.array([names["trailer"], names["box"], 10])
+    assert out.ood_mask(raw).tolist() == [False, True, False]
+    assert out.to_train_ids(raw)[0] == 255  # ignored, not an ID class
+    assert cfg.excluding([]) is cfg and cfg.excluding(None) is cfg

@@ -11,7 +11,8 @@ import torch
 from runtime_helpers import H, W, tiny_checkpoint, tiny_dataset, tiny_inputs
 
 from ood_perception import runtime
-from ood_perception.models.spec import SEGMENTATION_OUTPUTS, sha256_file
+from ood_perception.models.errors import ModelCorruptError
+from ood_perception.models.spec import SEGMENTATION_OUTPUTS, load_spec, sha256_file
 from ood_perception.trainer.export import (
     calibrate_on_batches,
     export_model,
@@ -239,3 +240,22 @@ def test_recognition_export_round_trip(tmp_path):
     assert spec2.score["unimodal"] == "maxlogit" and spec2.threshold is None
     out2 = runtime.load(tmp_path / "m3", backend="torch").infer({"video": v[:3], "flow": f[:3]})
     np.testing.assert_allclose(out2["video_score"], -ref["video_logits"].max(1).values.numpy(), atol=1e-5)
+
+
+def test_outlier_types_of_the_checkpoint_reach_model_json(exported, tmp_path):
+    """model.json lists the anomaly types the training data labelled (issue 17: evaluations leave them
+    out); a checkpoint from before the record gives no key (unknown), the loader reads both."""
+    ckpt_path, model_dir, _ = exported
+    assert "outlier_types" not in json.loads((model_dir / "model.json").read_text())
+    assert load_spec(model_dir).outlier_types is None
+    ckpt = torch.load(ckpt_path, weights_only=True)
+    ckpt["outlier_types"] = ["stroller", "trailer"]
+    torch.save(ckpt, tmp_path / "seen.pt")
+    export_segmentation(tmp_path / "seen.pt", tmp_path / "model")
+    assert json.loads((tmp_path / "model" / "model.json").read_text())["outlier_types"] == ["stroller", "trailer"]
+    assert load_spec(tmp_path / "model").outlier_types == ["stroller", "trailer"]
+    data = json.loads((tmp_path / "model" / "model.json").read_text())
+    data["outlier_types"] = "trailer"
+    (tmp_path / "model" / "model.json").write_text(json.dumps(data))
+    with pytest.raises(ModelCorruptError, match="outlier_types"):
+        load_spec(tmp_path / "model")

@@ -197,3 +197,39 @@ def test_unscored_frames_stay_in_the_alert_evaluation():
     assert r["alerts"]["frame"]["n_positive"] == 1 and r["alerts"]["frame"]["n_unscored"] == 1
     assert r["alerts"]["frames"] == 2
     assert r["components"]["frames"] == 1 and r["components"]["skipped"] == {"components_unscored_frames": 1}
+
+
+def test_replay_leaves_out_the_anomaly_types_the_model_saw_in_training(tmp_path):
+    """model.json outlier_types (issue 17): replay evaluates only the other anomaly types."""
+    import json
+    import shutil
+
+    from ood_perception import runtime
+    from ood_perception.cli import main
+    from ood_perception.world.config import WorldConfig
+    from ood_perception.world.synth import generate_dataset
+
+    cfg = WorldConfig()
+    cfg.anomalies.rate = 1.0
+    generate_dataset(tmp_path / "w", sequences=1, frames=4, seed=8250, config=cfg, split="test", bag="mcap",
+                     progress=False)
+    model = tmp_path / "model"
+    shutil.copytree(runtime.default_model_dir(), model)
+    spec = json.loads((model / "model.json").read_text())
+    assert spec["outlier_types"] == []  # the default model's training split had no anomalies
+    seen = ["trailer", "overturned-car", "stroller", "shopping-cart", "animal", "debris", "box", "tire", "barrel"]
+    spec["outlier_types"] = seen  # all types but odd-shape
+    (model / "model.json").write_text(json.dumps(spec))
+    bag = tmp_path / "w" / "bags" / "00"
+    assert main(["replay", str(bag), "--out", str(tmp_path / "all"), "--no-progress"]) == 0
+    assert main(["replay", str(bag), "--out", str(tmp_path / "unseen"), "--model", str(model), "--no-progress"]) == 0
+    full = json.loads((tmp_path / "all" / "metrics.json").read_text())
+    part = json.loads((tmp_path / "unseen" / "metrics.json").read_text())
+    assert full["alerts"]["config"]["excluded_ids"] == []
+    assert len(part["alerts"]["config"]["excluded_ids"]) == 9 and part["alerts"]["config"]["ood_ids"] == [209]
+    assert "without the model's outlier_types" in part["info"]["label_map"]
+    # every frame shows anomalies: all are positives or excluded, none is anomaly-free in either run
+    fr_full, fr_part = full["alerts"]["frame"], part["alerts"]["frame"]
+    assert fr_full["n_negative"] == fr_part["n_negative"] == 0
+    assert fr_part["n_positive"] <= fr_full["n_positive"]
+    assert fr_part["n_positive"] + fr_part["n_excluded_small"] + fr_part["n_excluded_type"] + fr_part["n_unscored"] == 4

@@ -51,6 +51,8 @@ def test_training_lowers_loss_and_improves_miou(toy, tmp_path) -> None:
     trained_miou, untrained_miou = _miou(model, data), _miou(untrained, data)
     assert trained_miou > untrained_miou + 0.15, (trained_miou, untrained_miou)
     assert ckpt["class_names"] == ["car", "road", "building"] and ckpt["input_size"] == [32, 64]
+    # the toy train frames each show its one anomaly type: model.json will list it (issue 17)
+    assert ckpt["outlier_types"] == data.anomaly_types_seen() == ["anomaly"]
 
 
 @pytest.mark.parametrize("method,a2d", [("fm", False), ("npmix", True)])

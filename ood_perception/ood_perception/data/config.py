@@ -8,8 +8,9 @@ of the semantic-kitti-api) is used.
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -155,6 +156,25 @@ class DatasetConfig:
         """
         sem = np.asarray(raw).astype(np.int64, copy=False) & 0xFFFF
         return self._train_lut[sem]
+
+    @property
+    def excluded_ids(self) -> list[int]:
+        """Raw ids of anomaly types left out of evaluation by :meth:`excluding` (empty otherwise)."""
+        return list(getattr(self, "_excluded_ids", []))
+
+    def excluding(self, type_names: Iterable[str] | None) -> DatasetConfig:
+        """This label space with the anomaly types ``type_names`` (names in ``labels``; e.g. a model's
+        ``model.json`` ``outlier_types``, the types it saw in training) taken out of ``ood_ids``: their
+        pixels and points become ignored (neither in-distribution nor anomalies) and
+        :attr:`excluded_ids` lists them, so evaluations use only the other types. Names that are not
+        anomaly classes of this dataset cannot occur in it and are skipped."""
+        names = {str(n) for n in (type_names or [])}
+        ids = sorted(i for i in self.ood_ids if self.labels.get(i) in names)
+        if not ids:
+            return self
+        out = dataclasses.replace(self, ood_ids=[i for i in self.ood_ids if i not in ids])
+        out._excluded_ids = sorted(set(self.excluded_ids) | set(ids))
+        return out
 
     def ood_mask(self, raw: np.ndarray) -> np.ndarray:
         """Boolean mask of entries whose raw semantic id is in ``ood_ids``."""

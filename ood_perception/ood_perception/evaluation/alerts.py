@@ -197,6 +197,8 @@ class FrameRecord:
     Attributes:
         sequence, stamp, level, score: as given to :meth:`AlertEvaluator.add` (score None = not scored).
         anomaly_pixels: labelled anomaly pixels.
+        excluded_pixels: pixels of excluded anomaly types (types the model saw in training): such a
+            frame is neither anomaly-free nor, below ``frame_min_pixels`` of the other types, positive.
         objects: ``{key: pixels}`` of the anomaly objects with >= 1 pixel.
         observations: ``{key: (scored points, object score)}`` of the objects with >= ``min_points``
             scored points (anomaly and known-class).
@@ -209,19 +211,22 @@ class FrameRecord:
     anomaly_pixels: int
     objects: dict[int, int] = field(default_factory=dict)
     observations: dict[int, tuple[int, float]] = field(default_factory=dict)
+    excluded_pixels: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {"sequence": self.sequence, "stamp": self.stamp, "level": self.level, "score": self.score,
                 "anomaly_pixels": self.anomaly_pixels,
                 "objects": [[k, v] for k, v in sorted(self.objects.items())],
-                "observations": [[k, n, s] for k, (n, s) in sorted(self.observations.items())]}
+                "observations": [[k, n, s] for k, (n, s) in sorted(self.observations.items())],
+                "excluded_pixels": self.excluded_pixels}
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> FrameRecord:
         return cls(sequence=str(d["sequence"]), stamp=float(d["stamp"]), level=int(d["level"]),
                    score=None if d["score"] is None else float(d["score"]), anomaly_pixels=int(d["anomaly_pixels"]),
                    objects={int(k): int(v) for k, v in d["objects"]},
-                   observations={int(k): (int(n), float(s)) for k, n, s in d["observations"]})
+                   observations={int(k): (int(n), float(s)) for k, n, s in d["observations"]},
+                   excluded_pixels=int(d.get("excluded_pixels", 0)))
 
 
 def _fmean(values: Iterable[float]) -> float | None:
@@ -252,10 +257,13 @@ class AlertEvaluator:
         known_ids: raw semantic ids of in-distribution thing classes (for the object-score
             separation), e.g. :data:`SEMANTIC_KITTI_THING_IDS`; must not overlap ``ood_ids``.
         config: :class:`AlertEvalConfig`.
+        excluded_ids: raw ids of anomaly types left out of the evaluation (``model.json``
+            ``outlier_types``: the model saw them in training): not anomalies, not known objects,
+            and a frame showing them is not anomaly-free (``DatasetConfig.excluded_ids``).
     """
 
     def __init__(self, ood_ids: Iterable[int], known_ids: Iterable[int] = SEMANTIC_KITTI_THING_IDS,
-                 config: AlertEvalConfig | None = None) -> None:
+                 config: AlertEvalConfig | None = None, excluded_ids: Iterable[int] = ()) -> None:
         self.ood_ids = tuple(sorted({int(i) for i in ood_ids}))
         self.known_ids = tuple(sorted({int(i) for i in known_ids}))
         if not self.ood_ids:
@@ -263,7 +271,12 @@ class AlertEvaluator:
         both = sorted(set(self.ood_ids) & set(self.known_ids))
         if both:
             raise ValueError(f"ids {both} are both anomalies (ood_ids) and known classes (known_ids)")
+        self.excluded_ids = tuple(sorted({int(i) for i in excluded_ids}))
+        clash = sorted(set(self.excluded_ids) & (set(self.ood_ids) | set(self.known_ids)))
+        if clash:
+            raise ValueError(f"ids {clash} are excluded and also anomalies or known classes")
         self.config = config or AlertEvalConfig()
+        self._excluded_lut = _lut(self.excluded_ids, "excluded_ids")
         self._ood_lut = _lut(self.ood_ids, "ood_ids")
         self._object_lut = self._ood_lut | _lut(self.known_ids, "known_ids")
         self.records: list[FrameRecord] = []
@@ -316,8 +329,11 @@ class AlertEvaluator:
         ident = (str(sequence), stamp)
         if ident in self._seen:
             raise ValueError(f"frame {sequence!r} at stamp {stamp} was already added")
+        excluded = 0
         if pixel_labels is not None:
             objects = pixel_objects(pixel_labels, pixel_instances, self._ood_lut)
+            if self.excluded_ids:
+                excluded = int(self._excluded_lut[np.asarray(pixel_labels).astype(np.int64, copy=False) & 0xFFFF].sum())
         else:
             objects = {int(k): int(v) for k, v in anomaly_objects.items() if int(v) > 0}  # type: ignore[union-attr]
             bad = [k for k in objects if not self._ood_lut[k & 0xFFFF]]
@@ -332,15 +348,16 @@ class AlertEvaluator:
                 if int(k) in observations and math.isfinite(float(s)):
                     observations[int(k)] = (observations[int(k)][0], float(s))
         sc = None if score is None or not math.isfinite(float(score)) else float(score)
-        rec = FrameRecord(ident[0], stamp, int(level), sc, int(sum(objects.values())), objects, observations)
+        rec = FrameRecord(ident[0], stamp, int(level), sc, int(sum(objects.values())), objects, observations, excluded)
         self.records.append(rec)
         self._seen.add(ident)
         return rec
 
     def merge(self, other: AlertEvaluator) -> None:
         """Pool ``other`` (same ids and config; e.g. another bag) into this evaluator."""
-        if (other.ood_ids, other.known_ids, other.config) != (self.ood_ids, self.known_ids, self.config):
-            raise ValueError("cannot merge alert evaluators with different ood_ids, known_ids or config")
+        if (other.ood_ids, other.known_ids, other.config, other.excluded_ids) != (
+                self.ood_ids, self.known_ids, self.config, self.excluded_ids):
+            raise ValueError("cannot merge alert evaluators with different ood_ids, known_ids, excluded_ids or config")
         dup = self._seen & other._seen
         if dup:
             raise ValueError(f"{len(dup)} frames are in both evaluators, e.g. {sorted(dup)[0]}; "
@@ -352,7 +369,7 @@ class AlertEvaluator:
         """A new evaluator holding only the frames of ``sequences`` (e.g. one bag's share of a pooled
         evaluator, for a per-bag table); this one is left unchanged."""
         names = {sequences} if isinstance(sequences, str) else set(sequences)
-        out = AlertEvaluator(self.ood_ids, self.known_ids, self.config)
+        out = AlertEvaluator(self.ood_ids, self.known_ids, self.config, self.excluded_ids)
         out.records = [r for r in self.records if r.sequence in names]
         out._seen = {(r.sequence, r.stamp) for r in out.records}
         return out
@@ -360,12 +377,12 @@ class AlertEvaluator:
     def state(self) -> dict[str, Any]:
         """JSON-serialisable state (frames in (sequence, stamp) order); :meth:`from_state` rebuilds it."""
         return {"ood_ids": list(self.ood_ids), "known_ids": list(self.known_ids), "config": asdict(self.config),
-                "frames": [r.to_json() for r in self._sorted()]}
+                "excluded_ids": list(self.excluded_ids), "frames": [r.to_json() for r in self._sorted()]}
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> AlertEvaluator:
         """Inverse of :meth:`state`."""
-        ev = cls(state["ood_ids"], state["known_ids"], AlertEvalConfig(**state["config"]))
+        ev = cls(state["ood_ids"], state["known_ids"], AlertEvalConfig(**state["config"]), state.get("excluded_ids", ()))
         for d in state["frames"]:
             rec = FrameRecord.from_json(d)
             ev.records.append(rec)
@@ -376,15 +393,15 @@ class AlertEvaluator:
     def _sorted(self) -> list[FrameRecord]:
         return sorted(self.records, key=lambda r: (r.sequence, r.stamp))
 
-    def _frame_label(self, anomaly_pixels: int) -> str:
+    def _frame_label(self, anomaly_pixels: int, excluded_pixels: int = 0) -> str:
         if anomaly_pixels == 0:
-            return "negative"
+            return "negative" if excluded_pixels == 0 else "excluded"
         return "positive" if anomaly_pixels >= self.config.frame_min_pixels else "excluded"
 
     def timeline(self, sequence: str | None = None) -> list[TimelineEntry]:
         """One :class:`TimelineEntry` per frame in (sequence, stamp) order (one sequence if given)."""
         mp = self.config.object_min_pixels
-        return [TimelineEntry(r.sequence, r.stamp, r.level, r.score, r.anomaly_pixels, self._frame_label(r.anomaly_pixels),
+        return [TimelineEntry(r.sequence, r.stamp, r.level, r.score, r.anomaly_pixels, self._frame_label(r.anomaly_pixels, r.excluded_pixels),
                               tuple(k for k, v in sorted(r.objects.items()) if v >= mp))
                 for r in self._sorted() if sequence is None or r.sequence == sequence]
 
@@ -402,6 +419,7 @@ class AlertEvaluator:
         stamp = np.array([r.stamp for r in recs], np.float64)
         alert = np.array([r.level == ALERT for r in recs], bool)
         apx = np.array([r.anomaly_pixels for r in recs], np.int64)
+        xpx = np.array([r.excluded_pixels for r in recs], np.int64)
         score = np.array([np.nan if r.score is None else r.score for r in recs], np.float64)
         new_seq = np.r_[True, seq[1:] != seq[:-1]] if n else np.zeros(0, bool)
         seq_start = np.maximum.accumulate(np.where(new_seq, np.arange(n), 0)) if n else np.zeros(0, np.int64)
@@ -421,21 +439,23 @@ class AlertEvaluator:
         return {
             "frames": n,
             "sequences": len(set(seq.tolist())),
-            "frame": self._frame_metrics(score, apx, alert),
-            "false_alerts": self._false_alerts(recs, alert, apx, dt, new_seq | gap_before),
+            "frame": self._frame_metrics(score, apx, alert, xpx),
+            "false_alerts": self._false_alerts(recs, alert, apx, dt, new_seq | gap_before, xpx),
             "objects": self._object_metrics(recs, alert, index_in_seq),
             "object_scores": self._object_score_metrics(recs),
-            "config": {**asdict(cfg), "ood_ids": list(self.ood_ids), "known_ids": list(self.known_ids)},
+            "config": {**asdict(cfg), "ood_ids": list(self.ood_ids), "known_ids": list(self.known_ids),
+                       "excluded_ids": list(self.excluded_ids)},
         }
 
-    def _frame_metrics(self, score: np.ndarray, apx: np.ndarray, alert: np.ndarray) -> dict[str, Any]:
+    def _frame_metrics(self, score: np.ndarray, apx: np.ndarray, alert: np.ndarray, xpx: np.ndarray) -> dict[str, Any]:
         pos = apx >= self.config.frame_min_pixels
-        neg = apx == 0
+        neg = (apx == 0) & (xpx == 0)
         scored = np.isfinite(score)
         use = (pos | neg) & scored
         out: dict[str, Any] = {
             "n_positive": int((pos & scored).sum()), "n_negative": int((neg & scored).sum()),
-            "n_excluded_small": int((~pos & ~neg).sum()), "n_unscored": int(((pos | neg) & ~scored).sum()),
+            "n_excluded_small": int((~pos & ~neg & (xpx == 0)).sum()),
+            "n_excluded_type": int((~pos & ~neg & (xpx > 0)).sum()), "n_unscored": int(((pos | neg) & ~scored).sum()),
             "alert_rate_positive": float(alert[pos].mean()) if pos.any() else None,
             "alert_rate_negative": float(alert[neg].mean()) if neg.any() else None,
         }
@@ -443,8 +463,8 @@ class AlertEvaluator:
         return out
 
     def _false_alerts(self, recs: list[FrameRecord], alert: np.ndarray, apx: np.ndarray, dt: np.ndarray,
-                      breaks: np.ndarray) -> dict[str, Any]:
-        free = apx == 0
+                      breaks: np.ndarray, xpx: np.ndarray) -> dict[str, Any]:
+        free = (apx == 0) & (xpx == 0)
         n = alert.size
         start = alert & (np.r_[True, ~alert[:-1]] | breaks) if n else np.zeros(0, bool)
         run = np.where(alert, np.cumsum(start), 0)  # 1..n_runs on ALERT frames, 0 elsewhere

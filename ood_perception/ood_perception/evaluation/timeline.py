@@ -39,7 +39,8 @@ class TimelineEntry:
         score: the frame score (``OodAlert.score``, higher = more anomalous); None when not scored.
         anomaly_pixels: labelled anomaly pixels in the frame.
         frame_label: ``"positive"`` (>= ``frame_min_pixels`` anomaly pixels), ``"negative"`` (none)
-            or ``"excluded"`` (1 .. ``frame_min_pixels`` - 1), as the frame-level metrics use it.
+            or ``"excluded"`` (1 .. ``frame_min_pixels`` - 1, or only anomaly types the model saw in
+            training), as the frame-level metrics use it.
         objects_in_view: keys (``semantic | instance << 16``) of the anomaly objects in view
             (covering >= ``object_min_pixels`` pixels), increasing.
     """

@@ -22,6 +22,8 @@ Format (``format_version`` 1)::
       "decision": {"pixel_threshold": ..., "region_threshold": ..., "track_window": 3,
                    "scene_shift_fraction": ..., "budget": 0.01, "validation": {...}, ...},
                                              # optional: written by `ood-perception calibrate`
+      "outlier_types": [],                   # anomaly types labelled in the training data (segmentation;
+                                             # evaluations leave them out); absent = unknown (older export)
       "provenance": {"checkpoint": ..., "train": {...}, "metrics": {...}, "exported_at": ..., ...}
     }
 
@@ -108,6 +110,7 @@ class ModelSpec:
     provenance: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
     decision: dict[str, Any] = field(default_factory=dict)
+    outlier_types: list[str] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -151,6 +154,8 @@ class ModelSpec:
         extra = d.pop("extra")
         if not d["decision"]:  # uncalibrated decisions: no key (model.json files stay as export wrote them)
             d.pop("decision")
+        if d["outlier_types"] is None:  # unknown (exported before the key existed): no key
+            d.pop("outlier_types")
         order = ["format_version", "kind"]
         out = {k: d[k] for k in order}
         out.update({k: v for k, v in d.items() if k not in order})
@@ -200,6 +205,7 @@ class ModelSpec:
                 provenance=dict(data.get("provenance") or {}),
                 format_version=version,
                 decision=dict(data.get("decision") or {}),
+                outlier_types=_outlier_types(data.get("outlier_types", None)),
                 extra={k: v for k, v in data.items() if k not in known},
             )
         except (KeyError, TypeError, ValueError) as exc:
@@ -221,6 +227,14 @@ class ModelSpec:
             _require_names(source, "inputs", spec.input_names, RECOGNITION_INPUTS, spec.kind)
             _require_names(source, "outputs", spec.output_names, RECOGNITION_OUTPUTS, spec.kind)
         return spec
+
+
+def _outlier_types(value: Any) -> list[str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"outlier_types must be a list of anomaly type names, got {value!r}")
+    return list(value)
 
 
 def _tensor(t: Any) -> TensorSpec:

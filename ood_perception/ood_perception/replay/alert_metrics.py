@@ -64,7 +64,8 @@ class AlertMetrics:
         self.sequence = str(sequence)
         self.threshold = None if threshold is None else float(threshold)
         self.alerts: AlertEvaluator | None = (
-            AlertEvaluator(dataset_config.ood_ids, known_thing_ids(dataset_config)) if dataset_config.ood_ids else None)
+            AlertEvaluator(dataset_config.ood_ids, known_thing_ids(dataset_config),
+                           excluded_ids=dataset_config.excluded_ids) if dataset_config.ood_ids else None)
         self.components: ComponentAccumulator | None = None
         self.frames_with_instances = 0
         self.frames_without_instances = 0
@@ -132,7 +133,8 @@ class AlertMetrics:
         """
         if other.alerts is not None:
             if self.alerts is None:
-                self.alerts = AlertEvaluator(other.alerts.ood_ids, other.alerts.known_ids, other.alerts.config)
+                self.alerts = AlertEvaluator(other.alerts.ood_ids, other.alerts.known_ids, other.alerts.config,
+                                             other.alerts.excluded_ids)
             self.alerts.merge(other.alerts)
         if other.components is not None:
             if self.components is None:

@@ -90,7 +90,8 @@ class EvalAlertExtras:
         self.threshold_source = ""
         self.components: ComponentAccumulator | None = None
         self.skipped_components = 0
-        self.objects = AlertEvaluator(config.ood_ids, known_thing_ids(config)) if config.ood_ids else None
+        self.objects = (AlertEvaluator(config.ood_ids, known_thing_ids(config), excluded_ids=config.excluded_ids)
+                        if config.ood_ids else None)
 
     def set_threshold(self, threshold: float, source: str) -> None:
         """The threshold the components binarise at, and where it came from."""

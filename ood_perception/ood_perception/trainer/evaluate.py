@@ -370,7 +370,8 @@ def _alert_extras(model: Any, ckpt: dict[str, Any], root: Path, split: str | Non
     val split first when there is one (see :mod:`ood_perception.trainer.eval_alerts`)."""
     extras = EvalAlertExtras(data.config, head)
     if "val" in data.config.splits and split != "val":
-        val = _Spaced(SegmentationData(root, "val", size, cache_dir, schema, show_progress=show_progress),
+        val = _Spaced(SegmentationData(root, "val", size, cache_dir, schema, show_progress=show_progress,
+                                       exclude_types=ckpt.get("outlier_types") or []),
                       MAX_THRESHOLD_FRAMES)
         ids = IdPixelScores(data.config, head)
         evaluate_model(model, ckpt, val, (head,), train_data, device=device, on_frame=ids)
@@ -427,7 +428,10 @@ def evaluate(checkpoint: str | os.PathLike[str], data_root: str | os.PathLike[st
     root = Path(data_root)
     split = _pick_split(root, split, schema)
     size = ckpt.get("input_size") or [128, 256]
-    data = SegmentationData(root, split, size, cache_dir, schema, show_progress=show_progress)
+    # anomaly types the model saw in training are left out (their pixels and points ignored, frames
+    # showing them neither anomaly-free nor positive): only unseen types are evaluated
+    excluded = ckpt.get("outlier_types") or []
+    data = SegmentationData(root, split, size, cache_dir, schema, show_progress=show_progress, exclude_types=excluded)
     if data.config.class_names != list(ckpt["class_names"]):
         raise ValueError(f"{root}: classes {data.config.class_names} differ from the checkpoint's {list(ckpt['class_names'])}")
     train_data = None
@@ -451,6 +455,8 @@ def evaluate(checkpoint: str | os.PathLike[str], data_root: str | os.PathLike[st
     metrics["checkpoint"] = str(Path(checkpoint).resolve())
     metrics["data"] = str(root.resolve())
     metrics["split"] = split
+    # the types the model saw in training, left out here (None: the checkpoint predates the record)
+    metrics["outlier_types_excluded"] = ckpt.get("outlier_types")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     figures = _plots(raw, out, np.asarray(ckpt.get("colors") or data.config.colors, dtype=np.uint8)) if plots else []

@@ -38,7 +38,7 @@ from ood_perception.data import (
 from ood_perception.data.config import atomic_write_bytes
 
 #: Bump when the cached arrays change meaning.
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: anomaly_ids per sample (outlier_types of a trained model)
 
 
 def open_reader(root: str | os.PathLike[str], split: str | Sequence[str] | None = None,
@@ -100,6 +100,17 @@ class Sample:
     name: str
 
 
+def anomaly_ids_in(frame: Frame, config: DatasetConfig) -> np.ndarray:
+    """The raw anomaly ids (``config.ood_ids``) labelled in the frame's pixels or points."""
+    found: set[int] = set()
+    ood = set(config.ood_ids)
+    for raw in (frame.pixel_labels, frame.point_labels):
+        if raw is not None:
+            sem = np.unique(np.asarray(raw).astype(np.int64, copy=False) & 0xFFFF)
+            found.update(int(v) for v in sem if int(v) in ood)
+    return np.array(sorted(found), np.int64)
+
+
 def preprocess_frame(frame: Frame, config: DatasetConfig, input_size: Sequence[int]) -> Sample:
     """Frame -> :class:`Sample` at ``input_size = (H, W)``; errors name the frame."""
 
@@ -159,14 +170,17 @@ class SegmentationData:
         cache_dir: where the npz cache lives (default ``$XDG_CACHE_HOME/ood_perception/seg``).
         schema: CARLA-OOD schema (path or dict) for non-SemanticKITTI layouts.
         show_progress: tqdm while building the cache.
+        exclude_types: anomaly type names left out (``DatasetConfig.excluding``): for evaluating a
+            model that saw them in training (its ``outlier_types``).
     """
 
     def __init__(self, root: str | os.PathLike[str], split: str | Sequence[str] | None, input_size: Sequence[int],
-                 cache_dir: str | os.PathLike[str] | None = None, schema: Any = None, show_progress: bool = True) -> None:
+                 cache_dir: str | os.PathLike[str] | None = None, schema: Any = None, show_progress: bool = True,
+                 exclude_types: Sequence[str] | None = None) -> None:
         self.root = Path(root).resolve()
         self.input_size = (int(input_size[0]), int(input_size[1]))
         self.reader = open_reader(self.root, split, schema)
-        self.config: DatasetConfig = self.reader.config
+        self.config: DatasetConfig = self.reader.config.excluding(exclude_types)
         n = len(self.reader)
         if n == 0:
             raise ValueError(f"{self.root}: no frames in split {split!r}")
@@ -201,7 +215,8 @@ class SegmentationData:
                 buf = io.BytesIO()
                 np.savez(buf, image=s.image, lidar=s.lidar, target=s.target, pixel_ood=s.pixel_ood,
                          has_pixel_labels=np.array(s.has_pixel_labels), flat_index=s.flat_index,
-                         point_target=s.point_target, point_ood=s.point_ood, name=np.array(s.name))
+                         point_target=s.point_target, point_ood=s.point_ood, name=np.array(s.name),
+                         anomaly_ids=anomaly_ids_in(frame, self.reader.config))
                 atomic_write_bytes(path, buf.getvalue())
                 labelled += int((s.target != IGNORE_ID).sum())
                 self.names.append(s.name)
@@ -219,6 +234,16 @@ class SegmentationData:
         with np.load(self.cache_dir / f"{i:06d}.npz") as z:
             return Sample(z["image"], z["lidar"], z["target"], z["pixel_ood"], bool(z["has_pixel_labels"]),
                           z["flat_index"], z["point_target"], z["point_ood"], str(z["name"]))
+
+    def anomaly_types_seen(self) -> list[str]:
+        """Names of the anomaly types labelled in any frame of this split (pixels or points, excluded
+        types included): what a model trained on it saw, for ``model.json`` ``outlier_types``."""
+        ids: set[int] = set()
+        for i in range(len(self)):
+            with np.load(self.cache_dir / f"{i:06d}.npz") as z:
+                ids.update(int(v) for v in z["anomaly_ids"])
+        labels = self.reader.config.labels
+        return sorted(labels.get(i, str(i)) for i in ids)
 
     def lidar_stats(self, max_frames: int = 64) -> tuple[list[float], list[float]]:
         """Mean/std of x, y, z, range, intensity over valid pixels of up to ``max_frames`` frames

@@ -157,6 +157,7 @@ def train(cfg: dict[str, Any], data_root: str | os.PathLike[str], out_dir: str |
     data = SegmentationData(data_root, cfg["data"]["train_split"], cfg["input_size"], cfg["data"]["cache_dir"],
                             cfg["data"]["schema"], show_progress=show_progress and rank == 0)
     dcfg = data.config
+    outlier_types = data.anomaly_types_seen()  # model.json outlier_types: every anomaly type in training
     model_cfg = dict(cfg["model"], num_classes=dcfg.num_classes)
     if cfg["lidar_norm"] == "data":
         model_cfg["lidar_mean"], model_cfg["lidar_std"] = data.lidar_stats()
@@ -226,7 +227,7 @@ def train(cfg: dict[str, Any], data_root: str | os.PathLike[str], out_dir: str |
             "model_config": model.config.to_dict(), "state_dict": model.state_dict(),
             "class_names": dcfg.class_names, "colors": dcfg.colors.tolist(), "input_size": list(cfg["input_size"]),
             "mean": list(cfg["image_mean"]), "std": list(cfg["image_std"]), "train": train_info,
-            "metrics": metrics or {}, "dataset": dcfg.to_dict(),
+            "metrics": metrics or {}, "dataset": dcfg.to_dict(), "outlier_types": outlier_types,
             "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
             "epoch": epoch, "batch_in_epoch": batch_pos, "step": step, "rng": capture_rng(gen),
             "npmix": npmix.state_dict() if npmix is not None else {}, "history": history,

@@ -157,6 +157,7 @@ def export_model(
             threshold=meta.pop("threshold", None),
             calibration=dict(meta.pop("calibration", {}) or {}),
             provenance=provenance,
+            outlier_types=meta.pop("outlier_types", None),
             format_version=FORMAT_VERSION,
             extra={k: v for k, v in meta.items() if k not in known},
         )

@@ -173,6 +173,8 @@ def export_segmentation(
         "threshold": threshold,
         "calibration": calibration,
         "provenance": provenance,
+        # every anomaly type labelled in the training split (checkpoints before the key: unknown)
+        "outlier_types": ckpt.get("outlier_types"),
     }
     payload = {
         "builder": "segmentation",
