@@ -61,7 +61,8 @@ class SegTrainModule(nn.Module):
         self.npmix = npmix
 
     def forward(self, image: torch.Tensor, lidar: torch.Tensor, target: torch.Tensor,
-                generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                generator: torch.Generator, pixel_ood: torch.Tensor | None = None,
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         cfg, lc, sc = self.cfg, self.cfg["loss"], self.cfg["synthesis"]
         out = self.model(image, lidar)
         g = float(lc["focal_gamma"])
@@ -86,6 +87,10 @@ class SegTrainModule(nn.Module):
                 _, out_logits = self.model.fused_head(fo)
             parts["outlier_entropy"] = outlier_entropy_loss(out_logits, mask)
             loss = loss + float(sc["gamma1"]) * parts["outlier_entropy"]
+        if cfg["outlier_exposure"]["enabled"] and pixel_ood is not None:
+            # real anomaly pixels of the training split to uniform (outlier exposure); 0 without any
+            parts["outlier_exposure"] = outlier_entropy_loss(out["logits"], pixel_ood)
+            loss = loss + float(cfg["outlier_exposure"]["weight"]) * parts["outlier_exposure"]
         if cfg["a2d"]["enabled"]:
             parts["a2d"] = a2d_loss(out["camera_logits"], out["lidar_logits"], target,
                                     max_pixels=int(cfg["a2d"]["max_pixels"]), generator=generator)
@@ -114,10 +119,11 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
 
 
 def flip_batch(batch: dict[str, Any], generator: torch.Generator) -> None:
-    """Random horizontal flips (per sample, from ``generator``) of image, lidar and target."""
+    """Random horizontal flips (per sample, from ``generator``) of image, lidar, target and the
+    anomaly pixel mask."""
     b = batch["image"].shape[0]
     flip = torch.rand(b, generator=generator) < 0.5
-    for key in ("image", "lidar", "target"):
+    for key in ("image", "lidar", "target", "pixel_ood"):
         t = batch[key]
         t[flip] = t[flip].flip(-1)
 
@@ -194,7 +200,8 @@ def train(cfg: dict[str, Any], data_root: str | os.PathLike[str], out_dir: str |
 
         ck = read_checkpoint(last, map_location="cpu")
         saved_cfg = ck["train"]["config"]
-        for key in ("model", "synthesis", "a2d", "loss", "input_size", "batch_size", "seed", "lr"):
+        saved_cfg = {"outlier_exposure": {"enabled": False, "weight": 0.5}, **saved_cfg}  # runs from before the key
+        for key in ("model", "synthesis", "a2d", "outlier_exposure", "loss", "input_size", "batch_size", "seed", "lr"):
             if saved_cfg.get(key) != cfg.get(key):
                 raise ValueError(f"{last}: cannot resume, setting '{key}' differs ({saved_cfg.get(key)} vs {cfg.get(key)}); "
                                  "use another --out or --no-resume")
@@ -248,9 +255,9 @@ def train(cfg: dict[str, Any], data_root: str | os.PathLike[str], out_dir: str |
             batch = collate([data[i] for i in batches[batch_pos]], cfg["image_mean"], cfg["image_std"])
             if cfg["hflip"]:
                 flip_batch(batch, gen)
-            image, lidar, target = (batch[k].to(device) for k in ("image", "lidar", "target"))
+            image, lidar, target, pixel_ood = (batch[k].to(device) for k in ("image", "lidar", "target", "pixel_ood"))
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                loss, parts = wrapped(image, lidar, target, gen)
+                loss, parts = wrapped(image, lidar, target, gen, pixel_ood)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)

@@ -6,6 +6,14 @@ jointly for the distillation room)::
     L = focal(fused) + lovasz_w * lovasz(fused) + uni_w * (focal(camera) + focal(lidar))
         + gamma1 * L_ent(outliers)            # synthesis: fm | npmix (none: no term)
         + gamma2 * A2D(camera, lidar)         # --a2d
+        + oe_w * L_ent(real anomaly pixels)   # outlier_exposure.enabled (off by default)
+
+Outlier exposure (Hendrycks et al., "Deep Anomaly Detection with Outlier Exposure", ICLR 2019):
+the labelled anomaly pixels of the training split (render it with ``synth --train-anomaly-rate``
+and a world config whose ``anomalies.types`` lists the exposure types) are pushed to uniform
+predictions of the fused head with the same normalised-entropy term as the synthesised outliers;
+weight 0.5 is the paper's lambda for image classifiers (not verified against its code). The types
+the model saw end up in ``model.json`` ``outlier_types`` and evaluations leave them out.
 
 Outliers go through the *same* fused head; batch-norm running statistics are not updated by
 outlier batches (momentum set to 0 for that pass, our choice: ID statistics stay clean for test).
@@ -61,6 +69,7 @@ DEFAULTS: dict[str, Any] = {
     "synthesis": {"method": "fm", "n": 10, "gamma1": 3.0, "per_sample": True,
                   "npmix": {"queue_size": 256, "k": 3, "alpha": 10.0, "anchors": 256}},
     "a2d": {"enabled": False, "gamma2": 1.0, "max_pixels": 8192},
+    "outlier_exposure": {"enabled": False, "weight": 0.5},
     "data": {"train_split": "train", "schema": None, "cache_dir": None},
 }
 
@@ -112,6 +121,9 @@ def validate_config(cfg: dict[str, Any]) -> None:
             raise ValueError(f"{key} must be >= 1, got {cfg[key]}")
     if cfg["synthesis"]["method"] not in SYNTHESIS_METHODS:
         raise ValueError(f"synthesis.method must be one of {SYNTHESIS_METHODS}, got {cfg['synthesis']['method']!r}")
+    oe = cfg["outlier_exposure"]
+    if not isinstance(oe.get("enabled"), bool) or not float(oe.get("weight", 0)) > 0:
+        raise ValueError(f"outlier_exposure needs enabled: true|false and weight > 0, got {oe}")
     if cfg["lidar_norm"] not in ("data", "default"):
         raise ValueError(f"lidar_norm must be 'data' or 'default', got {cfg['lidar_norm']!r}")
     if float(cfg["lr"]) <= 0:
