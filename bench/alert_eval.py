@@ -47,15 +47,19 @@ DRIVES = ROOT / "build" / "drives"
 REAL_VIDEO = "/usr/share/doc/opencv-doc/examples/data/vtest.avi"
 
 
-def render(split: str, seed: int, frames: int, clean: bool) -> Path:
-    """The drive ``build/drives/<split>[a]_<seed>`` (rendered when missing)."""
-    out = DRIVES / f"{split}{'' if clean else 'a'}_{seed}"
+def render(split: str, seed: int, frames: int, clean: bool, world_config: str | None = None) -> Path:
+    """The drive ``build/drives/<split>[a]_<seed>`` (rendered when missing); with a world config (e.g.
+    one whose ``anomalies.types`` lists the types a model did not see) ``<split>a-<config stem>_<seed>``."""
+    tag = f"-{Path(world_config).stem}" if world_config and not clean else ""
+    out = DRIVES / f"{split}{'' if clean else 'a'}{tag}_{seed}"
     if (out / "bags").is_dir() and (out / "sequences" / "00" / "times.txt").is_file():
         return out
     cmd = [sys.executable, "-m", "ood_perception.cli", "synth", "--out", str(out), "--split", split, "--seed", str(seed),
            "--sequences", "1", "--frames", str(frames), "--bag", "mcap", "--quiet", "--overwrite"]
     if clean:
         cmd += ["--anomaly-rate", "0"]
+    elif world_config:
+        cmd += ["--config", str(world_config)]
     subprocess.run(cmd, check=True)
     return out
 
@@ -82,8 +86,9 @@ def object_scores(result: Any, point_labels: np.ndarray) -> dict[int, float]:
 
 
 def evaluate_drives(drives: list[Path], backend: Any, config: FusionConfig, clean: list[Path]) -> dict[str, Any]:
-    ds_cfg = DatasetConfig.from_yaml(drives[0] / "dataset.yaml")
-    ev = AlertEvaluator(ds_cfg.ood_ids)
+    # the anomaly types the model saw in training (model.json outlier_types) are left out
+    ds_cfg = DatasetConfig.from_yaml(drives[0] / "dataset.yaml").excluding(backend.spec.outlier_types)
+    ev = AlertEvaluator(ds_cfg.ood_ids, excluded_ids=ds_cfg.excluded_ids)
     comp = ComponentAccumulator(ComponentConfig.scaled_to((256, 512)))
     pipe = FusionPipeline(backend, config)
     shifts = 0
@@ -166,13 +171,17 @@ def main() -> int:
     ap.add_argument("--real-video", default=REAL_VIDEO)
     ap.add_argument("--real-frames", type=int, default=100)
     ap.add_argument("--out", default=None, help="results JSON (default: print only)")
+    ap.add_argument("--world-config", default=None,
+                    help="world config YAML for the anomaly drives (e.g. anomalies.types: the types to evaluate)")
     args = ap.parse_args()
     overrides = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)}
     clean = [render(args.split, int(s), args.frames, True) for s in args.clean_seeds.split(",") if s]
-    anomalous = [render(args.split, int(s), args.frames, False) for s in args.anomaly_seeds.split(",") if s]
+    anomalous = [render(args.split, int(s), args.frames, False, args.world_config)
+                 for s in args.anomaly_seeds.split(",") if s]
     backend = runtime.load(args.model, intra_op_threads=1)
     results: dict[str, Any] = {"seeds": {"split": args.split, "clean": args.clean_seeds, "anomaly": args.anomaly_seeds,
-                                         "frames": args.frames}, "params": args.params, "overrides": overrides,
+                                         "frames": args.frames, "world_config": args.world_config},
+                               "outlier_types_excluded": backend.spec.outlier_types, "params": args.params, "overrides": overrides,
                                "model": args.model or "default", "machine": machine_info(), "decisions": {}}
     for decision in args.decision or ["objects"]:
         cfg = fusion_config(args.params, decision, overrides)
