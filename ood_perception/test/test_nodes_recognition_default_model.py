@@ -86,3 +86,63 @@ def test_node_with_default_recognition_model_publishes_results(rclpy_context, mo
     assert results[1].header.stamp.sec == int(stamps[-1])
     assert all(a.source == "action_recognition" for a in clip_alerts())
     assert [a.score for a in clip_alerts()[:2]] == pytest.approx([r.ood_score for r in results[:2]], abs=1e-6)
+
+
+VTEST_AVI = "/usr/share/doc/opencv-doc/examples/data/vtest.avi"
+
+
+@pytest.mark.skipif(not (MODEL / "model.json").is_file(), reason="default recognition model not built")
+@pytest.mark.skipif(not __import__("os").path.isfile(VTEST_AVI),
+                    reason="Debian opencv-doc's vtest.avi is not installed (`make demo` installs it)")
+def test_node_with_default_recognition_model_flags_real_street_video(rclpy_context, monkeypatch):
+    """Issue 15 item 4: real street video is far from the synthetic clips the default model learned;
+    the node, fed the first 20 s of vtest.avi as ``sensor_msgs/Image`` over DDS, publishes
+    ``is_ood`` true on >= 95% of its clips (default stride 8: 24 clips)."""
+    import cv2
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.parameter import Parameter
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+
+    from ood_perception.ros.recognition_node import ActionRecognitionNode
+    from ood_perception_msgs.msg import Recognition
+
+    monkeypatch.delenv(runtime.RECOGNITION_MODEL_ENV, raising=False)
+    cap = cv2.VideoCapture(VTEST_AVI)
+    frames = []
+    while len(frames) < 200:
+        ok, bgr = cap.read()
+        assert ok, f"{VTEST_AVI} ended after {len(frames)} frames"
+        frames.append(bgr)
+    cap.release()
+    params = {"autostart": True, "reliability": "reliable", "qos_depth": 10}
+    node = ActionRecognitionNode("rec_vtest", context=rclpy_context,
+                                 parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
+    io = rclpy.create_node("rec_vtest_io", context=rclpy_context)
+    qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+    pub = io.create_publisher(Image, "video/image", qos)
+    results: list = []
+    io.create_subscription(Recognition, "recognition/result", results.append, qos)
+    ex = SingleThreadedExecutor(context=rclpy_context)
+    ex.add_node(node)
+    ex.add_node(io)
+    try:
+        assert node._state == "active", node.diagnostics_values()["model_error"]
+        assert spin_until(ex, lambda: pub.get_subscription_count() > 0, 10.0)
+        for i, bgr in enumerate(frames):  # 768 x 576 bgr8, 10 fps stamps
+            m = rosmsg.image_msg(bgr, "bgr8")
+            m.header.stamp = stamp_from_sec(1.0 + i / 10)
+            m.header.frame_id = "camera"
+            pub.publish(m)
+            assert spin_until(ex, lambda n=i + 1: node.rate.total >= n, 10.0, step=0.005)
+        clips = (len(frames) - 16) // 8 + 1
+        assert spin_until(ex, lambda: len(results) >= clips, 10.0), (len(results), node.diagnostics_values())
+    finally:
+        ex.shutdown()
+        node.destroy_node()
+        io.destroy_node()
+    flagged = sum(r.is_ood for r in results)
+    assert len(results) == clips == 24
+    assert flagged >= 0.95 * len(results), [round(r.ood_score, 3) for r in results]
+    assert all(r.score_name == runtime.load_spec(MODEL).score_name for r in results)

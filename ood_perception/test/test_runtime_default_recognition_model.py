@@ -4,6 +4,8 @@ through ONNX Runtime and torch."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 
@@ -29,8 +31,13 @@ def test_default_recognition_model_is_small_and_documented():
     assert size < 5 * 1024 * 1024, f"{MODEL} is {size / 1e6:.1f} MB"
     spec = runtime.load_spec(MODEL)
     assert spec.kind == "recognition" and len(spec.class_names) == 7 and spec.threshold is not None
-    assert spec.extra["clip_len"] == 16 and spec.input_size == [64, 64] and spec.score_name == "msp"
+    assert spec.extra["clip_len"] == 16 and spec.input_size == [64, 64]
     assert spec.calibration["tpr"] == 0.95 and spec.calibration["seed"] == 1  # ID validation clips: data seed 1
+    # the scorer was chosen on the seed-2 validation clips (Makefile DRM_CHOOSE): the recorded winner
+    choice = spec.provenance["scorer_choice"]
+    mean_auroc = {k: (v["near_ood_auroc"] + v["far_ood_auroc"]) / 2 for k, v in choice["validation"].items()}
+    assert spec.score_name == choice["chosen"] == max(mean_auroc, key=mean_auroc.get)
+    assert {"msp", "knn", "mahalanobis", "vim"} <= set(choice["validation"])
     prov = spec.provenance
     assert "train recognition" in prov["train"]["command"] and prov["train"]["seed"] == 0
     ev = prov["evaluation"]
@@ -43,21 +50,24 @@ def test_default_recognition_model_is_small_and_documented():
 
 @pytest.fixture(scope="module")
 def val_inputs():
-    """Network inputs of the seed-1 ID validation clips, regenerated as the Makefile recipe writes them."""
+    """Network inputs of the seed-1 ID calibration clips (the ``test`` split of ``$(DRM)/fit``),
+    regenerated as the Makefile recipe writes them."""
     spec = runtime.load_spec(MODEL)
-    vspec = ClipDatasetSpec(train_per_class=1, test_per_class=30, near_per_class=1, far_per_class=1)
+    vspec = ClipDatasetSpec(train_per_class=60, test_per_class=100, near_per_class=1, far_per_class=1)
     clips = [c.frames for c in iter_split("test", vspec, seed=1, config=ClipConfig())]
     fp = FlowParams(**spec.extra["flow_params"])
     video = np.stack([normalise_frames(c) for c in clips])
-    flow = np.stack([normalise_flow(compute_flow(c, fp), spec.extra["flow_scale"]) for c in clips])
+    with ThreadPoolExecutor(2) as pool:  # OpenCV's Farneback releases the GIL: 700 clips in half the time
+        flows = list(pool.map(lambda c: compute_flow(c, fp), clips))
+    flow = np.stack([normalise_flow(f, spec.extra["flow_scale"]) for f in flows])
     return video, flow
 
 
-@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
-def test_default_threshold_reproduces_from_its_validation_clips(backend, val_inputs):
-    """95% of the seed-1 ID validation clips (regenerated here) score at or below the threshold."""
+def test_default_threshold_reproduces_from_its_validation_clips(val_inputs):
+    """95% of the seed-1 ID calibration clips (regenerated here) score at or below the threshold
+    (ONNX Runtime, the nodes' backend; torch gives the same scores: the test below)."""
     spec = runtime.load_spec(MODEL)
-    be = runtime.load(MODEL, backend=backend)
+    be = runtime.load(MODEL, backend="onnxruntime")
     video, flow = val_inputs
     assert len(video) == spec.calibration["n_clips"]
     scores = np.concatenate([be.infer({"video": video[i:i + 35], "flow": flow[i:i + 35]})["score"]
