@@ -34,9 +34,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from ood_perception.atomic import atomic_write_text
+from ood_perception.replay.params import node_parameters
 
 HERE = Path(__file__).resolve().parent
 VEHICLE = HERE.parent / "ood_perception" / "config" / "vehicle.yaml"
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     generate_dataset(tmp / "drive", sequences=1, frames=args.frames, seed=args.seed, split="test", progress=False)
     render_s = time.perf_counter() - t0
     calib = SemanticKittiReader(tmp / "drive")[0].calib
-    params = yaml.safe_load(VEHICLE.read_text())["fusion_segmentation"]["ros__parameters"]
+    params = node_parameters(VEHICLE, warn=None)
     params = {k: v for k, v in params.items() if not (isinstance(v, float) and math.isnan(v))}
     params.pop("lidar_to_camera.xyz", None)
     params.pop("lidar_to_camera.rpy", None)

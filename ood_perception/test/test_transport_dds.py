@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 pytestmark = pytest.mark.ros
 pytest.importorskip("rclpy", reason="rclpy is installed by `make setup`")
@@ -30,6 +29,7 @@ pytest.importorskip("rclpy", reason="rclpy is installed by `make setup`")
 from test_nodes import Harness, diag_values, make_node  # noqa: E402
 
 from conftest import spin_until  # noqa: E402
+from ood_perception.replay.params import node_parameters  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 VEHICLE_YAML = HERE.parent / "config" / "vehicle.yaml"
@@ -38,7 +38,7 @@ RATE_HZ = 10.0
 
 
 def vehicle_params() -> dict:
-    return yaml.safe_load(VEHICLE_YAML.read_text())["fusion_segmentation"]["ros__parameters"]
+    return node_parameters(VEHICLE_YAML, warn=None)
 
 
 def test_shipped_profile_is_applied_to_this_session():

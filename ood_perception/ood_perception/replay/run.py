@@ -138,10 +138,10 @@ def run_job(job: ReplayJob) -> BagReplay:
     space = find_label_map(job.bag, job.dataset_config, folder.config if folder else None, classes)
     check_model_classes(space, classes, str(job.model_dir or "default model"), job.bag)
     seen = getattr(getattr(pipeline.backend, "spec", None), "outlier_types", None) or []
-    if space.config is not None and space.config.excluding(seen) is not space.config:
+    without_seen = space.config.excluding(seen) if space.config is not None else None
+    if without_seen is not space.config:
         # anomaly types the model saw in training (model.json outlier_types): evaluated without them
-        space = LabelSpace(space.config.excluding(seen), f"{space.source}, without the model's outlier_types "
-                           f"{', '.join(sorted(seen))}")
+        space = LabelSpace(without_seen, f"{space.source}, without the model's outlier_types {', '.join(sorted(seen))}")
     settings = job.settings
     if space.config is None:  # labels of an unknown map are not scored
         settings = dataclasses.replace(settings, topics={**settings.topics, "labels": ""}, label_field="")
