@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -30,6 +29,7 @@ import torch
 
 from ood_perception.atomic import atomic_write_text
 from ood_perception.data.crops import CropSet
+from ood_perception.experiments.stats import paired
 from ood_perception.models.mofe import build_split_backbone
 from ood_perception.trainer.crops import (
     CropTrainConfig,
@@ -151,12 +151,6 @@ def run_seed(seed: int, cache: Path, cfg: CropTrainConfig, size: int, sequences:
     return out
 
 
-def _t95(n: int) -> float:
-    from scipy.stats import t  # scipy ships with sklearn
-
-    return float(t.ppf(0.975, n - 1)) if n > 1 else float("nan")
-
-
 def _mean_std(v: list[float]) -> str:
     a = np.asarray(v, dtype=float) * 100
     return f"{a.mean():.1f} ± {a.std(ddof=1):.1f}" if a.size > 1 else f"{a.mean():.1f}"
@@ -227,7 +221,6 @@ def render(results: dict[int, dict[str, Any]], methods: tuple[str, ...], cfg: Cr
                  "— (one expert)" if one_expert else _mean_std([r["router_accuracy"] for r in rs])]
         cells += [_mean_std([r[k][met] for r in rs]) for k, met, _, _ in COLUMNS]
         lines.append(f"| {ROW_NAMES.get(m, m)} | " + " | ".join(cells) + " |")
-    tq = _t95(len(seeds))
     for ref, title in (("pretrained", "the pretrained kNN (the paper's baseline: backbone + kNN, no training)"),
                        ("baseline", "the fine-tuned baseline (same training budget, one expert)")):
         lines += ["", f"## Paired differences vs {title}", "",
@@ -240,13 +233,9 @@ def render(results: dict[int, dict[str, Any]], methods: tuple[str, ...], cfg: Cr
                 continue
             cells = []
             for k, met, _, higher in COLUMNS:
-                d = np.array([results[s]["methods"][m][k][met] - results[s]["methods"][ref][k][met] for s in seeds]) * 100
-                half = tq * d.std(ddof=1) / math.sqrt(d.size) if d.size > 1 else float("nan")
-                lo, hi = d.mean() - half, d.mean() + half
-                good = (lo > 0) if higher else (hi < 0)
-                bad = (hi < 0) if higher else (lo > 0)
-                verdict = "better" if good else "worse" if bad else "no clear diff."
-                cells.append(f"{d.mean():+.1f} [{lo:+.1f}, {hi:+.1f}] {verdict}")
+                pd = paired([results[s]["methods"][m][k][met] for s in seeds],
+                            [results[s]["methods"][ref][k][met] for s in seeds])
+                cells.append(pd.cell(higher, scale=100))
             lines.append(f"| {ROW_NAMES.get(m, m)} | " + " | ".join(cells) + " |")
     lines += ["", "## Per seed", "", "| seed | method | partition | synthetic FPR95 | synthetic AUROC | real AUROC | "
               "ID acc | train s |", "|---|---|---|---|---|---|---|---|"]
