@@ -142,3 +142,39 @@ def test_video_folder_dataset(tmp_path):
     with pytest.raises(ValueError, match="no videos"):
         (tmp_path / "empty" / "a").mkdir(parents=True)
         VideoFolderDataset(tmp_path / "empty")
+
+
+def test_video_stream_clips_are_the_clips_the_node_cuts(tmp_path):
+    """data.clips.video_stream_clips (the distillation table's real far-OOD split) cuts a video file
+    into exactly the clips pipeline.recognition.ClipBuffer emits when the node gets its frames."""
+
+    from ood_perception.data.clips import stack_video_streams, video_stream_clips
+    from ood_perception.pipeline.recognition import ClipBuffer
+
+    path = tmp_path / "moving.avi"
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (96, 72))
+    for i in range(37):
+        img = np.full((72, 96, 3), 40, np.uint8)
+        cv2.rectangle(img, (2 * i, 20), (2 * i + 15, 45), (0, 200, 255), -1)
+        w.write(img)
+    w.release()
+    cap, frames = cv2.VideoCapture(str(path)), []
+    while True:
+        ok, bgr = cap.read()
+        if not ok:
+            break
+        frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    cap.release()
+    assert len(frames) == 37
+    buf = ClipBuffer(clip_len=16, stride=8, size=32)
+    expected = [c for c in (buf.push(f, 0.1 * i) for i, f in enumerate(frames)) if c is not None]
+    got = video_stream_clips(path, clip_len=16, size=32, stride=8)
+    assert got.shape == (len(expected), 16, 32, 32, 3) == (3, 16, 32, 32, 3)  # frames 16, 24, 32
+    for g, (clip, _) in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(g, clip)
+    assert video_stream_clips(path, clip_len=16, size=32, stride=8, max_frames=15).shape[0] == 0
+    video, flow, labels = stack_video_streams([path, path], clip_len=16, size=32, stride=8)
+    assert video.shape == (6, 3, 16, 32, 32) and flow.shape == (6, 2, 15, 32, 32) and (labels == -1).all()
+    assert flow[0].std() > 0  # the rectangle moves
+    with pytest.raises(ValueError, match="cannot open"):
+        video_stream_clips(tmp_path / "missing.avi")

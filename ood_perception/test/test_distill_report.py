@@ -37,15 +37,51 @@ def test_report_has_every_row_scorer_and_mean_std(tmp_path):
             "distill": {"epochs": 1, "lr": 1e-3, "alpha": 0.5, "fm_channels": 32, "fm_weight": 1.0},
             "findings": findings(res), "seconds": 1.0, "machine": "test"}
     p = write_report(res, meta, tmp_path / "d.md")
-    text = p.read_text()
+    text, paired_part = p.read_text().split("## Paired differences vs Vanilla")
     for row in ROWS:
         assert len(re.findall(rf"^\| {re.escape(row)} \|", text, re.M)) == 4  # 2 splits x (FPR95, AUROC)
+        assert len(re.findall(rf"^\| {re.escape(row)} \|", paired_part, re.M)) == (0 if row == "Vanilla" else 2)
+    # paired cell by hand: per seed, Ours' mean AUROC over scorers minus Vanilla's; t(0.975, 2) = 4.303
+    d = np.array([np.mean([r["rows"]["Ours"][f"far_ood/{sc}"]["auroc"] - r["rows"]["Vanilla"][f"far_ood/{sc}"]["auroc"]
+                           for sc in SCORERS]) for r in res]) * 100
+    half = 4.302652729911275 * d.std(ddof=1) / np.sqrt(3)
+    far = paired_part.split("### far-ood")[1].split("###")[0]
+    ours = next(x for x in far.splitlines() if x.startswith("| Ours |"))
+    assert ours.split("|")[2].strip().startswith(f"{d.mean():+.1f} [{d.mean() - half:+.1f}, {d.mean() + half:+.1f}]")
     # a cell equals the mean ± sample std of its seeds, in %
     vals = np.array([r["rows"]["Ours"]["near_ood/energy"]["fpr95"] for r in res]) * 100
     line = next(x for x in text.splitlines() if x.startswith("| Ours |") and "near" in text.split(x)[0].split("##")[-1])
     assert f"{vals.mean():.1f} ± {vals.std(ddof=1):.1f}" in line.split("|")[5]  # ID acc, MSP, MaxLogit, Energy
     assert json.loads(p.with_suffix(".json").read_text())["meta"]["seeds"] == [0, 1, 2]
     assert any("Ours vs Vanilla" in f for f in meta["findings"])
+
+
+def test_ablation_resumes_with_the_seeds_it_has_not_finished(tmp_path, monkeypatch):
+    """Finished seeds are kept in the results folder; a re-run (more seeds) trains only the new ones,
+    and other settings never reuse them."""
+    from ood_perception.experiments import distill_table as dt
+
+    fake = {s: r for s, r in zip((0, 1, 2), _fake_results(), strict=True)}
+    calls: list[int] = []
+    g = np.random.default_rng(0)
+    splits = {k: (np.zeros((2, 3, 16, 64, 64), np.float32), np.zeros((2, 2, 15, 64, 64), np.float32), g.integers(0, 2, 2))
+              for k in ("train", "test", "near_ood", "far_ood")}
+    monkeypatch.setattr(dt, "ensure_clip_dataset", lambda data, *a: Path(data))
+    monkeypatch.setattr(dt, "load_splits", lambda root, progress=False: (splits, ["a", "b"]))
+
+    def run_seed(splits_, names, seed, *a, **k):
+        calls.append(seed)
+        return fake[seed]
+
+    monkeypatch.setattr(dt, "run_seed", run_seed)
+    kw = {"real_videos": (), "results_dir": tmp_path / "seeds", "log": lambda m: None}
+    dt.run_ablation(tmp_path / "clips", tmp_path / "d.md", seeds=(0, 1), **kw)
+    assert calls == [0, 1] and len(list((tmp_path / "seeds").glob("seed*.json"))) == 2
+    dt.run_ablation(tmp_path / "clips", tmp_path / "d.md", seeds=(0, 1, 2), **kw)
+    assert calls == [0, 1, 2]
+    assert json.loads((tmp_path / "d.json").read_text())["meta"]["seeds"] == [0, 1, 2]
+    dt.run_ablation(tmp_path / "clips", tmp_path / "d.md", seeds=(0,), train_epochs=3, **kw)  # other settings
+    assert calls == [0, 1, 2, 0]
 
 
 def test_score_head_runs_every_scorer_on_a_linear_head():

@@ -202,3 +202,53 @@ def stack_dataset(dataset, progress: bool = False) -> tuple[np.ndarray, np.ndarr
         flows.append(normalise_flow(s.flow))
         labels.append(s.label)
     return np.stack(vids), np.stack(flows), np.asarray(labels, np.int64)
+
+
+def video_stream_clips(path: str | os.PathLike, clip_len: int = 16, size: int = 64, stride: int = 8,
+                       max_frames: int | None = None) -> np.ndarray:
+    """Clips of consecutive frames of a video file, cut as the recognition node cuts a live stream
+    (``pipeline.recognition.ClipBuffer``: every frame converted to RGB and resized to ``size`` x
+    ``size`` with ``cv2.INTER_AREA``; the first clip when ``clip_len`` frames are in, then one every
+    ``stride`` frames). Unlike :func:`read_video_clip` (one clip sampled over a whole video, the
+    training convention of video datasets) it keeps the video's own frame rate, so a node-level
+    evaluation on real footage (e.g. the far-OOD rows of the distillation table) sees what the node
+    sees. Returns uint8 ``[N, clip_len, size, size, 3]`` (``N`` = 0 for a video shorter than a clip).
+
+    Raises:
+        ValueError: the file cannot be opened as a video, or bad clip parameters.
+    """
+    if clip_len < 2 or stride < 1 or size < 8:
+        raise ValueError(f"need clip_len >= 2, stride >= 1, size >= 8; got {clip_len}, {stride}, {size}")
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        raise ValueError(f"OpenCV cannot open the video {path}")
+    frames: list[np.ndarray] = []
+    clips: list[np.ndarray] = []
+    n = 0
+    try:
+        while max_frames is None or n < max_frames:
+            ok, bgr = cap.read()
+            if not ok:
+                break
+            rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            frames = [*frames[-(clip_len - 1):], cv2.resize(rgb, (size, size), interpolation=cv2.INTER_AREA)]
+            n += 1
+            if n >= clip_len and (n - clip_len) % stride == 0:
+                clips.append(np.stack(frames))
+    finally:
+        cap.release()
+    return np.stack(clips) if clips else np.zeros((0, clip_len, size, size, 3), np.uint8)
+
+
+def stack_video_streams(paths: Sequence[str | os.PathLike], clip_len: int = 16, size: int = 64, stride: int = 8,
+                        max_frames: int | None = None, flow_params: FlowParams = FlowParams()
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`video_stream_clips` of every video as network arrays (video ``[N, 3, T, H, W]``, flow
+    ``[N, 2, T-1, H, W]``, labels ``[N]`` all -1: OOD), normalised as :func:`stack_dataset` does."""
+    clips = [c for p in paths for c in video_stream_clips(p, clip_len, size, stride, max_frames)]
+    if not clips:
+        return (np.zeros((0, 3, clip_len, size, size), np.float32), np.zeros((0, 2, clip_len - 1, size, size), np.float32),
+                np.zeros(0, np.int64))
+    video = np.stack([normalise_frames(c) for c in clips])
+    flow = np.stack([normalise_flow(compute_flow(c, flow_params)) for c in clips])
+    return video, flow, np.full(len(clips), -1, np.int64)

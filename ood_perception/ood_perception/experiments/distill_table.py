@@ -18,6 +18,7 @@ Rows (all retrain a re-initialised joint head with the same schedule, so only th
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -30,6 +31,8 @@ from typing import Any
 import numpy as np
 
 from ood_perception.atomic import atomic_write_text
+from ood_perception.data.clips import stack_video_streams
+from ood_perception.experiments.stats import paired
 from ood_perception.metrics import ood_metrics
 from ood_perception.trainer.recognition import (
     RecognitionTrainConfig,
@@ -43,6 +46,8 @@ from ood_perception.world.clips import ensure_clip_dataset
 SCORERS: tuple[str, ...] = ("msp", "maxlogit", "energy", "gen", "react", "ash", "vim", "himplos")
 _TITLES = {"msp": "MSP", "maxlogit": "MaxLogit", "energy": "Energy", "gen": "GEN", "react": "ReAct",
            "ash": "ASH", "vim": "VIM", "himplos": "HIMPLoS"}
+#: Real street / film footage Debian's opencv-doc ships: the real far-OOD split (``real_ood``) when present.
+REAL_VIDEOS: tuple[str, ...] = tuple(f"/usr/share/doc/opencv-doc/examples/data/{n}" for n in ("vtest.avi", "Megamind.avi", "tree.avi"))
 
 
 def row_configs(base) -> dict[str, Any]:
@@ -207,6 +212,10 @@ def write_report(results: list[dict], meta: dict, path: str | os.PathLike, segme
         f"(N = {meta['distill']['fm_channels']} of 128 channels, entropy weight {meta['distill']['fm_weight']}) "
         "on the cached embeddings while retraining the head.",
         "",
+        *([f"Real far-OOD (`real_ood`, {meta['counts'].get('real_ood', 0)} clips): "
+           + ", ".join(f"`{Path(v).name}`" for v in meta["real_videos"])
+           + " (Debian opencv-doc), cut into clips of consecutive frames at stride 8 as the recognition node cuts "
+           "a stream (`data.clips.video_stream_clips`); no choice was made on them.", ""] if meta.get("real_videos") else []),
         "Expert test accuracy (mean over seeds): video "
         + _fmt([r["expert_acc"]["video"] for r in results]) + ", flow "
         + _fmt([r["expert_acc"]["flow"] for r in results])
@@ -230,6 +239,7 @@ def write_report(results: list[dict], meta: dict, path: str | os.PathLike, segme
                 cells += [_fmt(col(row, f"{split}/{s}", metric)) for s in scorers]
                 lines.append(f"| {row} | " + " | ".join(cells) + " |")
             lines.append("")
+    lines += paired_section(results, ood_splits, scorers)
     lines += ["## What held and what did not", ""] + meta["findings"] + [""]
     lines += [f"Wall time: {meta['seconds']:.0f} s on {meta['machine']}.", ""]
     raw: dict[str, Any] = {"meta": meta, "results": results}
@@ -284,15 +294,51 @@ def findings(results: list[dict]) -> list[str]:
                "near zero for both, softmax(-CE) is near uniform and Ours can only match Uniform KD. "
                f"Expert test accuracy: video {ev * 100:.1f}%, flow {ef * 100:.1f}% "
                f"({'flow weaker, as intended' if ef < ev - 0.02 else 'flow was NOT clearly weaker than video here'}).")
-    out.append("- Differences smaller than the std over seeds are not evidence either way (3 seeds, "
-               "~200 ID test clips and 160 OOD clips per split).")
+    out.append(f"- Differences whose paired 95% interval includes 0 are not evidence either way ({len(results)} seeds; "
+               "see the paired section above).")
     return out
+
+
+def paired_section(results: list[dict], ood_splits: list[str], scorers: list[str]) -> list[str]:
+    """Markdown: every row against Vanilla, paired over seeds (:func:`ood_perception.experiments.stats.paired`),
+    on the mean over scorers of AUROC and FPR95, and per scorer the count of better / worse verdicts."""
+    rows = [r for r in results[0]["rows"] if r != "Vanilla"]
+    seeds = [r["seed"] for r in results]
+    lines = ["## Paired differences vs Vanilla", "",
+             f"Row − Vanilla per seed (seeds {seeds}: same experts, same clips), percentage points, mean [95% CI] "
+             "with t(0.975, n−1) over seeds. *mean over scorers*: the difference of the row's and Vanilla's mean "
+             f"over the {len(scorers)} scorers. *per scorer*: how many scorers' own paired intervals are above / "
+             "below 0 (better / worse). Verdict: better/worse when the interval excludes 0, otherwise 'no clear "
+             "diff.'.", ""]
+    for split in ood_splits:
+        lines += [f"### {split.replace('_', '-')}", "",
+                  "| row | AUROC, mean over scorers ↑ | FPR95, mean over scorers ↓ | AUROC per scorer: better / worse | "
+                  "ID accuracy |", "|---|---|---|---|---|"]
+        for row in rows:
+            def per_seed(name: str, metric: str, scs: list[str] = scorers, split: str = split) -> list[float]:
+                return [float(np.mean([r["rows"][name][f"{split}/{sc}"][metric] for sc in scs])) for r in results]
+
+            auc = paired(per_seed(row, "auroc"), per_seed("Vanilla", "auroc"))
+            fpr = paired(per_seed(row, "fpr95"), per_seed("Vanilla", "fpr95"))
+            verdicts = [paired(per_seed(row, "auroc", [sc]), per_seed("Vanilla", "auroc", [sc])).verdict(True) for sc in scorers]
+            acc = paired([r["rows"][row]["id_acc"] for r in results], [r["rows"]["Vanilla"]["id_acc"] for r in results])
+            lines.append(f"| {row} | {auc.cell(True, 100)} | {fpr.cell(False, 100)} | {verdicts.count('better')} / "
+                         f"{verdicts.count('worse')} | {acc.cell(True, 100)} |")
+        lines.append("")
+    return lines
 
 
 def run_ablation(data: str | os.PathLike, report: str | os.PathLike, seeds=(0, 1, 2), train_epochs: int = 12,
                  distill_epochs: int = 30, distill_lr: float = 1e-3, alpha: float = 0.5, beta: float = 0.5,
-                 clips_per_class: int = 60, data_seed: int = 0, command: str = "", log=None) -> Path:
-    """Generate clips if needed, run every seed, write the report; returns its path."""
+                 clips_per_class: int = 60, data_seed: int = 0, command: str = "", log=None,
+                 real_videos: tuple[str, ...] | None = None, results_dir: str | os.PathLike | None = None) -> Path:
+    """Generate clips if needed, run every seed, write the report; returns its path.
+
+    ``real_videos``: video files cut into clips as the node cuts a stream (stride 8; default: those of
+    :data:`REAL_VIDEOS` that exist) and scored as the ``real_ood`` split; ``()`` = none.
+    ``results_dir``: each finished seed is kept there (``seed<S>-<settings hash>.json``), so an
+    interrupted run resumes with the seeds it has not finished (default: ``<report>.seeds/``).
+    """
 
     from ood_perception.trainer.distill import (  # lazy: torch is heavy to import and only this path needs it
         DistillConfig,
@@ -302,13 +348,32 @@ def run_ablation(data: str | os.PathLike, report: str | os.PathLike, seeds=(0, 1
     t0 = time.time()
     root = ensure_clip_dataset(data, clips_per_class, data_seed)
     splits, class_names = load_splits(root, progress=False)
+    videos = tuple(v for v in REAL_VIDEOS if Path(v).is_file()) if real_videos is None else tuple(real_videos)
+    if videos:
+        splits["real_ood"] = stack_video_streams(videos, clip_len=int(splits["train"][0].shape[2]),
+                                                 size=int(splits["train"][0].shape[-1]), stride=8)
     train_cfg = RecognitionTrainConfig(epochs=train_epochs)
     base = DistillConfig(alpha=alpha, beta=beta, epochs=distill_epochs, lr=distill_lr, reinit=True)
-    results = [run_seed(splits, class_names, s, train_cfg, base, log=log) for s in seeds]
+    counts = {k: int(len(v[2])) for k, v in splits.items()}
+    settings = json.dumps({"data": str(Path(root).resolve()), "counts": counts, "videos": list(videos),
+                           "train": asdict(train_cfg), "distill": asdict(base)}, sort_keys=True)
+    key = hashlib.sha256(settings.encode()).hexdigest()[:12]
+    cache = Path(results_dir) if results_dir is not None else Path(str(report) + ".seeds")
+    cache.mkdir(parents=True, exist_ok=True)
+    results = []
+    for s in seeds:
+        path = cache / f"seed{s}-{key}.json"
+        if path.is_file():
+            log(f"seed {s}: finished earlier ({path}), reused")
+            results.append(json.loads(path.read_text()))
+            continue
+        res = run_seed(splits, class_names, s, train_cfg, base, log=log)
+        atomic_write_text(path, json.dumps(res))
+        results.append(res)
     meta = {
         "command": command or f"run_ablation({data!r}, {report!r})",
         "data": str(root), "data_seed": data_seed,
-        "counts": {k: int(len(v[2])) for k, v in splits.items()},
+        "counts": counts, "real_videos": list(videos), "settings_key": key,
         "frames": int(splits["train"][0].shape[2]), "size": int(splits["train"][0].shape[-1]),
         "seeds": list(seeds), "train": asdict(train_cfg), "distill": asdict(base),
         "findings": findings(results), "seconds": time.time() - t0,
@@ -337,6 +402,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--beta", type=float, default=0.5, help="NCKD weight (paper advice 0.5; its code 0.8)")
     p.add_argument("--clips-per-class", type=int, default=60, help="train clips per class when generating")
     p.add_argument("--cache-dir", help="preprocessed-frame cache (segmentation)")
+    p.add_argument("--real-video", action="append", default=None, metavar="FILE",
+                   help="real video cut into clips for the real_ood split (repeatable; default: opencv-doc's "
+                        "vtest.avi, Megamind.avi, tree.avi where installed)")
+    p.add_argument("--no-real-video", action="store_true", help="no real_ood split")
+    p.add_argument("--results-dir", help="finished seeds kept here; a re-run resumes (default REPORT.seeds/)")
     p.add_argument("--threads", type=int, default=2)
     a = p.parse_args(argv)
     torch.set_num_threads(max(1, a.threads))
@@ -350,7 +420,9 @@ def main(argv: list[str] | None = None) -> int:
         return seg_main(sargv)
     cmd = "python -m ood_perception.experiments.distill_table " + " ".join(sys.argv[1:] if argv is None else argv)
     path = run_ablation(a.data, a.report, tuple(a.seeds), a.train_epochs, distill_epochs=a.epochs, distill_lr=a.lr,
-                        alpha=a.alpha, beta=a.beta, clips_per_class=a.clips_per_class, command=cmd)
+                        alpha=a.alpha, beta=a.beta, clips_per_class=a.clips_per_class, command=cmd,
+                        real_videos=() if a.no_real_video else (tuple(a.real_video) if a.real_video else None),
+                        results_dir=a.results_dir)
     print(f"wrote {path}", file=sys.stderr)
     return 0
 
