@@ -240,6 +240,7 @@ def write_report(results: list[dict], meta: dict, path: str | os.PathLike, segme
                 lines.append(f"| {row} | " + " | ".join(cells) + " |")
             lines.append("")
     lines += paired_section(results, ood_splits, scorers)
+    lines += verdicts_section(results, ood_splits, scorers)
     lines += ["## What held and what did not", ""] + meta["findings"] + [""]
     lines += [f"Wall time: {meta['seconds']:.0f} s on {meta['machine']}.", ""]
     raw: dict[str, Any] = {"meta": meta, "results": results}
@@ -328,6 +329,47 @@ def paired_section(results: list[dict], ood_splits: list[str], scorers: list[str
     return lines
 
 
+#: The claims the table tests: (claim, row, reference row).
+CLAIMS: tuple[tuple[str, str, str], ...] = (
+    ("dark-knowledge distillation from the experts (Ours, alpha = beta = 0.5) detects OOD better than no distillation",
+     "Ours", "Vanilla"),
+    ("the same with the paper code's alpha 0.2 / beta 0.8", "Ours (0.2/0.8)", "Vanilla"),
+    ("per-sample teacher weights (Ours) beat equal weights (Uniform KD)", "Ours", "Uniform KD"),
+    ("the weighted teachers beat the single best expert as teacher (Best KD)", "Ours", "Best KD"),
+    ("distilling into one head beats ensembling the experts' logits", "Ours", "Ensemble"),
+    ("Feature Mixing outlier synthesis detects OOD better than none", "FM", "Vanilla"),
+    ("distillation adds to Feature Mixing", "FM + Ours", "FM"),
+)
+
+
+def verdicts_section(results: list[dict], ood_splits: list[str], scorers: list[str]) -> list[str]:
+    """Markdown: one verdict per claim of :data:`CLAIMS` and OOD split, from the paired difference of
+    the mean AUROC over scorers (the primary metric; FPR95 beside it): *reproduced* when its 95%
+    interval is above 0, *not reproduced* when below 0 (the opposite holds), *unresolved* otherwise."""
+    if len(results) < 2:
+        return []
+    lines = ["## Verdicts", "",
+             f"Per claim and OOD split, from the paired differences over {len(results)} seeds (mean over the "
+             f"{len(scorers)} scorers; AUROC decides, FPR95 shown beside): **reproduced** when the AUROC interval is "
+             "above 0, **not reproduced** when it is below 0, **unresolved** when it includes 0.", "",
+             "| claim | " + " | ".join(s.replace("_", "-") for s in ood_splits) + " |", "|---|" + "---|" * len(ood_splits)]
+    for claim, row, ref in CLAIMS:
+        if row not in results[0]["rows"] or ref not in results[0]["rows"]:
+            continue
+        cells = []
+        for split in ood_splits:
+            def per_seed(name: str, metric: str, split: str = split) -> list[float]:
+                return [float(np.mean([r["rows"][name][f"{split}/{sc}"][metric] for sc in scorers])) for r in results]
+
+            auc = paired(per_seed(row, "auroc"), per_seed(ref, "auroc"))
+            fpr = paired(per_seed(row, "fpr95"), per_seed(ref, "fpr95"))
+            word = {"better": "reproduced", "worse": "not reproduced"}.get(auc.verdict(True), "unresolved")
+            cells.append(f"**{word}**: AUROC {auc.cell(True, 100).rsplit(']', 1)[0]}], FPR95 {fpr.cell(False, 100).rsplit(']', 1)[0]}]")
+        lines.append(f"| {claim} ({row} vs {ref}) | " + " | ".join(cells) + " |")
+    lines.append("")
+    return lines
+
+
 def run_ablation(data: str | os.PathLike, report: str | os.PathLike, seeds=(0, 1, 2), train_epochs: int = 12,
                  distill_epochs: int = 30, distill_lr: float = 1e-3, alpha: float = 0.5, beta: float = 0.5,
                  clips_per_class: int = 60, data_seed: int = 0, command: str = "", log=None,
@@ -337,7 +379,7 @@ def run_ablation(data: str | os.PathLike, report: str | os.PathLike, seeds=(0, 1
     ``real_videos``: video files cut into clips as the node cuts a stream (stride 8; default: those of
     :data:`REAL_VIDEOS` that exist) and scored as the ``real_ood`` split; ``()`` = none.
     ``results_dir``: each finished seed is kept there (``seed<S>-<settings hash>.json``), so an
-    interrupted run resumes with the seeds it has not finished (default: ``<report>.seeds/``).
+    interrupted run resumes with the seeds it has not finished (default: ``runs/distill_table/``).
     """
 
     from ood_perception.trainer.distill import (  # lazy: torch is heavy to import and only this path needs it
@@ -358,7 +400,7 @@ def run_ablation(data: str | os.PathLike, report: str | os.PathLike, seeds=(0, 1
     settings = json.dumps({"data": str(Path(root).resolve()), "counts": counts, "videos": list(videos),
                            "train": asdict(train_cfg), "distill": asdict(base)}, sort_keys=True)
     key = hashlib.sha256(settings.encode()).hexdigest()[:12]
-    cache = Path(results_dir) if results_dir is not None else Path(str(report) + ".seeds")
+    cache = Path(results_dir) if results_dir is not None else Path("runs") / "distill_table"
     cache.mkdir(parents=True, exist_ok=True)
     results = []
     for s in seeds:
@@ -406,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="real video cut into clips for the real_ood split (repeatable; default: opencv-doc's "
                         "vtest.avi, Megamind.avi, tree.avi where installed)")
     p.add_argument("--no-real-video", action="store_true", help="no real_ood split")
-    p.add_argument("--results-dir", help="finished seeds kept here; a re-run resumes (default REPORT.seeds/)")
+    p.add_argument("--results-dir", help="finished seeds kept here; a re-run resumes (default runs/distill_table/)")
     p.add_argument("--threads", type=int, default=2)
     a = p.parse_args(argv)
     torch.set_num_threads(max(1, a.threads))
