@@ -83,11 +83,13 @@ def _xy(rows: list[dict[str, Any]], feats: list[str], classes: tuple[str, ...]) 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--params", default=str(ROOT / "ood_perception" / "config" / "vehicle.yaml"))
-    ap.add_argument("--fit", nargs="+", required=True, type=Path, help="drives the models are fitted on")
-    ap.add_argument("--test", nargs="+", required=True, type=Path, help="held-out drives")
-    ap.add_argument("--out", default=None, help="results JSON (+ .md beside it)")
+    ap.add_argument("--model", required=True, help="exported model directory (model.json) whose candidates are scored")
+    ap.add_argument("--params", default=str(ROOT / "ood_perception" / "config" / "vehicle.yaml"),
+                    help="fusion params file of the object decisions (default: config/vehicle.yaml)")
+    ap.add_argument("--fit", nargs="+", required=True, type=Path,
+                    help="drives (`synth` outputs with labels) the models are fitted on")
+    ap.add_argument("--test", nargs="+", required=True, type=Path, help="held-out drives the test AUROC is measured on")
+    ap.add_argument("--out", default=None, help="write the results as OUT.json and OUT.md (default: print only)")
     args = ap.parse_args()
     model = runtime.load(args.model, intra_op_threads=1)
     fit, test = candidates(model, args.params, args.fit), candidates(model, args.params, args.test)
@@ -109,13 +111,15 @@ def main() -> int:
                 table.append({"score": f"{model_name} on {set_name} (negatives: {' + '.join(negatives)})",
                               "fit_auroc": float(roc_auc_score(y_fit, clf.predict_proba(x_fit)[:, 1])),
                               "test_auroc": float(roc_auc_score(y_t, clf.predict_proba(x_t)[:, 1]))})
+    print("test AUROC, anomaly vs known-class candidates:")
     for row in table:
         print(f"{row['test_auroc']:.3f}  {row['score']}")
     results = {"model": args.model, "params": args.params, "fit": [str(p) for p in args.fit], "test": [str(p) for p in args.test],
                "candidates": counts, "machine": machine_info(), "rows": table}
     if args.out:
         md = ("# Region score fitted on validation objects: candidate-level AUROC, anomaly vs known-class\n\n"
-              f"Model {args.model}; candidates {json.dumps(counts)}.\n\n"
+              f"Model {args.model}; candidates {json.dumps(counts)}. *fit AUROC* is measured on the fit drives "
+              "themselves (training fit, not a held-out figure); *test AUROC* on the held-out drives.\n\n"
               + markdown_table(["score", "fit AUROC", "test AUROC"],
                                [[r["score"], f"{r['fit_auroc']:.3f}" if "fit_auroc" in r else "", f"{r['test_auroc']:.3f}"] for r in table]))
         write_results(Path(args.out).stem, results, md, Path(args.out).parent)

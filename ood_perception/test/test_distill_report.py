@@ -56,6 +56,19 @@ def test_report_has_every_row_scorer_and_mean_std(tmp_path):
     assert any("Ours vs Vanilla" in f for f in meta["findings"])
 
 
+def test_fewer_than_three_seeds_get_no_intervals_or_verdicts(tmp_path):
+    """Two seeds give a t-interval on one degree of freedom (or a zero-width one when the two
+    differences agree): the report says why it has no paired section instead of printing verdicts."""
+    res = _fake_results(seeds=(0, 1))
+    meta = {"command": "x", "data_seed": 0, "counts": {"train": 10}, "frames": 16, "size": 64, "seeds": [0, 1],
+            "train": {"epochs": 1}, "distill": {"epochs": 1, "lr": 1e-3, "alpha": 0.5, "fm_channels": 32, "fm_weight": 1.0},
+            "findings": findings(res), "seconds": 1.0, "machine": "test", "reused_seeds": [0]}
+    text = write_report(res, meta, tmp_path / "d.md").read_text()
+    assert "Not computed: paired intervals and verdicts need at least 3 seeds (this run: 2)" in text
+    assert "## Verdicts" not in text and "nan" not in text
+    assert "seeds [0] were reused from an earlier run" in text
+
+
 def test_ablation_resumes_with_the_seeds_it_has_not_finished(tmp_path, monkeypatch):
     """Finished seeds are kept in the results folder; a re-run (more seeds) trains only the new ones,
     and other settings never reuse them."""

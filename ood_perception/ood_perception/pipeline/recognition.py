@@ -42,7 +42,8 @@ class RecognitionResult:
         ood_score: joint-head OOD score (higher = more anomalous) by ``score_name``;
             ``is_ood``: ``ood_score > threshold``.
         modality_names, modality_scores: the experts (``["video", "flow"]``) and the score of each
-            expert head (same scorer; NaN for feature-based scorers, fitted on the joint head only).
+            expert head by the logit-only unimodal scorer (an exported model's ``unimodal`` score,
+            e.g. max logit when the joint scorer is fitted on features; NaN when there is none).
         modality_classes: each expert's predicted class id.
         stamp_start, stamp_end: stamps of the first and last frame of the clip.
         num_frames: clip length; latency_s: flow + inference wall time.
