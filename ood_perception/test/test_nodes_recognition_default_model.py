@@ -4,6 +4,7 @@ equal an independent ``ClipRecognizer`` over the same model directory and frames
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -20,18 +21,56 @@ from ood_perception.ros.common import stamp_from_sec  # noqa: E402
 MODEL = runtime.default_recognition_model_dir()
 
 
-@pytest.mark.skipif(not (MODEL / "model.json").is_file(), reason="default recognition model not built")
-def test_node_with_default_recognition_model_publishes_results(rclpy_context, monkeypatch):
+@contextlib.contextmanager
+def recognition_graph(context, name: str, params: dict):
+    """The recognition node (``params`` as overrides) and an I/O node publishing ``video/image`` and
+    collecting ``recognition/result`` and ``ood/alerts`` (reliable, depth 50) on one executor; yields
+    ``(node, publish, results, alerts, ex)`` where ``publish(bgr, stamp)`` sends one bgr8 frame and
+    waits until the node has taken it. Destroyed on exit."""
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.parameter import Parameter
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
 
-    from ood_perception.pipeline.recognition import ClipRecognizer
     from ood_perception.ros.recognition_node import ActionRecognitionNode
-    from ood_perception.world.clips import ClipConfig, clip_rng, render_clip
     from ood_perception_msgs.msg import OodAlert, Recognition
+
+    node = ActionRecognitionNode(name, context=context,
+                                 parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
+    io = rclpy.create_node(f"{name}_io", context=context)
+    qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+    pub = io.create_publisher(Image, "video/image", qos)
+    results: list = []
+    alerts: list = []
+    io.create_subscription(Recognition, "recognition/result", results.append, qos)
+    io.create_subscription(OodAlert, "ood/alerts", alerts.append, qos)
+    ex = SingleThreadedExecutor(context=context)
+    ex.add_node(node)
+    ex.add_node(io)
+
+    def publish(bgr: np.ndarray, stamp: float) -> None:
+        m = rosmsg.image_msg(np.ascontiguousarray(bgr), "bgr8")
+        m.header.stamp = stamp_from_sec(stamp)
+        m.header.frame_id = "camera"
+        before = node.rate.total
+        pub.publish(m)
+        assert spin_until(ex, lambda: node.rate.total > before, 10.0, step=0.005)  # the node took it
+
+    try:
+        assert node._state == "active", node.diagnostics_values()["model_error"]
+        assert spin_until(ex, lambda: pub.get_subscription_count() > 0, 10.0)
+        yield node, publish, results, alerts, ex
+    finally:
+        ex.shutdown()
+        node.destroy_node()
+        io.destroy_node()
+
+
+@pytest.mark.skipif(not (MODEL / "model.json").is_file(), reason="default recognition model not built")
+def test_node_with_default_recognition_model_publishes_results(rclpy_context, monkeypatch):
+    from ood_perception.pipeline.recognition import ClipRecognizer
+    from ood_perception.world.clips import ClipConfig, clip_rng, render_clip
 
     monkeypatch.delenv(runtime.RECOGNITION_MODEL_ENV, raising=False)
     spec = runtime.load_spec(MODEL)
@@ -41,34 +80,13 @@ def test_node_with_default_recognition_model_publishes_results(rclpy_context, mo
               *render_clip("falling", clip_rng(123, "node", 1), ClipConfig(frames=T, size=size)).frames]
     stamps = [5.0 + i / 15 for i in range(len(frames))]
     params = {"autostart": True, "clip_stride": T, "reliability": "reliable", "qos_depth": 50}
-    node = ActionRecognitionNode("rec_default", context=rclpy_context,
-                                 parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
-    io = rclpy.create_node("rec_default_io", context=rclpy_context)
-    qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
-    pub = io.create_publisher(Image, "video/image", qos)
-    results, alerts = [], []
-    io.create_subscription(Recognition, "recognition/result", results.append, qos)
-    io.create_subscription(OodAlert, "ood/alerts", alerts.append, qos)
-    ex = SingleThreadedExecutor(context=rclpy_context)
-    ex.add_node(node)
-    ex.add_node(io)
-    try:
-        assert node._state == "active", node.diagnostics_values()["model_error"]
+    with recognition_graph(rclpy_context, "rec_default", params) as (node, publish, results, alerts, ex):
         assert node.backend.model_dir.resolve() == MODEL.resolve() and node.backend.spec.kind == "recognition"
-        assert spin_until(ex, lambda: pub.get_subscription_count() > 0, 10.0)
-        for i, (f, t) in enumerate(zip(frames, stamps, strict=True)):
-            m = rosmsg.image_msg(np.ascontiguousarray(f[..., ::-1]), "bgr8")  # the node converts any encoding
-            m.header.stamp = stamp_from_sec(t)
-            m.header.frame_id = "camera"
-            pub.publish(m)
-            assert spin_until(ex, lambda n=i + 1: node.rate.total >= n, 10.0, step=0.005)  # the node took it
+        for f, t in zip(frames, stamps, strict=True):
+            publish(f[..., ::-1], t)  # the node converts any encoding
         # one alert per clip; a loaded machine can also see "video stale" alerts between frames
         clip_alerts = lambda: [a for a in alerts if a.header.frame_id == "camera" and a.description != "video stale"]  # noqa: E731
         assert spin_until(ex, lambda: len(results) >= 2 and len(clip_alerts()) >= 2, 10.0), node.diagnostics_values()
-    finally:
-        ex.shutdown()
-        node.destroy_node()
-        io.destroy_node()
     # independent recogniser on the same frames and the same model directory
     ref = ClipRecognizer.from_model_dir(MODEL, stride=T)
     expected = [r for r in (ref.push(f, t) for f, t in zip(frames, stamps, strict=True)) if r is not None]
@@ -99,14 +117,6 @@ def test_node_with_default_recognition_model_flags_real_street_video(rclpy_conte
     the node, fed the first 20 s of vtest.avi as ``sensor_msgs/Image`` over DDS, publishes
     ``is_ood`` true on >= 95% of its clips (default stride 8: 24 clips)."""
     import cv2
-    import rclpy
-    from rclpy.executors import SingleThreadedExecutor
-    from rclpy.parameter import Parameter
-    from rclpy.qos import QoSProfile, ReliabilityPolicy
-    from sensor_msgs.msg import Image
-
-    from ood_perception.ros.recognition_node import ActionRecognitionNode
-    from ood_perception_msgs.msg import Recognition
 
     monkeypatch.delenv(runtime.RECOGNITION_MODEL_ENV, raising=False)
     cap = cv2.VideoCapture(VTEST_AVI)
@@ -117,31 +127,11 @@ def test_node_with_default_recognition_model_flags_real_street_video(rclpy_conte
         frames.append(bgr)
     cap.release()
     params = {"autostart": True, "reliability": "reliable", "qos_depth": 10}
-    node = ActionRecognitionNode("rec_vtest", context=rclpy_context,
-                                 parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
-    io = rclpy.create_node("rec_vtest_io", context=rclpy_context)
-    qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
-    pub = io.create_publisher(Image, "video/image", qos)
-    results: list = []
-    io.create_subscription(Recognition, "recognition/result", results.append, qos)
-    ex = SingleThreadedExecutor(context=rclpy_context)
-    ex.add_node(node)
-    ex.add_node(io)
-    try:
-        assert node._state == "active", node.diagnostics_values()["model_error"]
-        assert spin_until(ex, lambda: pub.get_subscription_count() > 0, 10.0)
+    with recognition_graph(rclpy_context, "rec_vtest", params) as (node, publish, results, _, ex):
         for i, bgr in enumerate(frames):  # 768 x 576 bgr8, 10 fps stamps
-            m = rosmsg.image_msg(bgr, "bgr8")
-            m.header.stamp = stamp_from_sec(1.0 + i / 10)
-            m.header.frame_id = "camera"
-            pub.publish(m)
-            assert spin_until(ex, lambda n=i + 1: node.rate.total >= n, 10.0, step=0.005)
+            publish(bgr, 1.0 + i / 10)
         clips = (len(frames) - 16) // 8 + 1
         assert spin_until(ex, lambda: len(results) >= clips, 10.0), (len(results), node.diagnostics_values())
-    finally:
-        ex.shutdown()
-        node.destroy_node()
-        io.destroy_node()
     flagged = sum(r.is_ood for r in results)
     assert len(results) == clips == 24
     assert flagged >= 0.95 * len(results), [round(r.ood_score, 3) for r in results]

@@ -306,6 +306,11 @@ def findings(results: list[dict]) -> list[str]:
     return out
 
 
+def _per_seed(results: list[dict], row: str, split: str, metric: str, scorers: list[str]) -> list[float]:
+    """Per seed, ``row``'s ``metric`` on ``split`` averaged over ``scorers`` (the paired sections' unit)."""
+    return [float(np.mean([r["rows"][row][f"{split}/{sc}"][metric] for sc in scorers])) for r in results]
+
+
 def paired_section(results: list[dict], ood_splits: list[str], scorers: list[str]) -> list[str]:
     """Markdown: every row against Vanilla, paired over seeds (:func:`ood_perception.experiments.stats.paired`),
     on the mean over scorers of AUROC and FPR95, and per scorer the count of better / worse verdicts."""
@@ -326,12 +331,10 @@ def paired_section(results: list[dict], ood_splits: list[str], scorers: list[str
                   "| row | AUROC, mean over scorers ↑ | FPR95, mean over scorers ↓ | AUROC per scorer: better / worse | "
                   "ID accuracy |", "|---|---|---|---|---|"]
         for row in rows:
-            def per_seed(name: str, metric: str, scs: list[str] = scorers, split: str = split) -> list[float]:
-                return [float(np.mean([r["rows"][name][f"{split}/{sc}"][metric] for sc in scs])) for r in results]
-
-            auc = paired(per_seed(row, "auroc"), per_seed("Vanilla", "auroc"))
-            fpr = paired(per_seed(row, "fpr95"), per_seed("Vanilla", "fpr95"))
-            verdicts = [paired(per_seed(row, "auroc", [sc]), per_seed("Vanilla", "auroc", [sc])).verdict(True) for sc in scorers]
+            auc = paired(_per_seed(results, row, split, "auroc", scorers), _per_seed(results, "Vanilla", split, "auroc", scorers))
+            fpr = paired(_per_seed(results, row, split, "fpr95", scorers), _per_seed(results, "Vanilla", split, "fpr95", scorers))
+            verdicts = [paired(_per_seed(results, row, split, "auroc", [sc]),
+                               _per_seed(results, "Vanilla", split, "auroc", [sc])).verdict(True) for sc in scorers]
             acc = paired([r["rows"][row]["id_acc"] for r in results], [r["rows"]["Vanilla"]["id_acc"] for r in results])
             lines.append(f"| {row} | {auc.cell(True, 100)} | {fpr.cell(False, 100)} | {verdicts.count('better')} / "
                          f"{verdicts.count('worse')} | {acc.cell(True, 100)} |")
@@ -376,11 +379,8 @@ def verdicts_section(results: list[dict], ood_splits: list[str], scorers: list[s
             continue
         cells = []
         for split in ood_splits:
-            def per_seed(name: str, metric: str, split: str = split) -> list[float]:
-                return [float(np.mean([r["rows"][name][f"{split}/{sc}"][metric] for sc in scorers])) for r in results]
-
-            auc = paired(per_seed(row, "auroc"), per_seed(ref, "auroc"))
-            fpr = paired(per_seed(row, "fpr95"), per_seed(ref, "fpr95"))
+            auc = paired(_per_seed(results, row, split, "auroc", scorers), _per_seed(results, ref, split, "auroc", scorers))
+            fpr = paired(_per_seed(results, row, split, "fpr95", scorers), _per_seed(results, ref, split, "fpr95", scorers))
             word = {"better": "reproduced", "worse": "not reproduced"}.get(auc.verdict(True), "unresolved")
             cells.append(f"**{word}**: AUROC {auc.cell(True, 100).rsplit(']', 1)[0]}], FPR95 {fpr.cell(False, 100).rsplit(']', 1)[0]}]")
         lines.append(f"| {claim} ({row} vs {ref}) | " + " | ".join(cells) + " |")
