@@ -122,25 +122,25 @@ def test_table_end_to_end_parallel_equals_serial_and_guards_settings(tmp_path) -
     base = ["--data", str(root), "--test-data", str(root), "--runs", str(tmp_path / "runs"), "--seeds", "0"]
     args = [*base, "--epochs", "1", "--rows", "none", "FM"]
     assert seg_table.main([*args, "--jobs", "2", "--out", str(tmp_path / "par")]) == 0
-    par = json.loads((tmp_path / "par" / "segmentation.json").read_text())
+    par = json.loads((tmp_path / "par" / "segmentation_small.json").read_text())
     assert [(r["row"], r["seed"]) for r in par["results"]] == [("none", 0), ("FM", 0)]
     assert "hard_pixels" in par["results"][0] and par["setup"]["jobs"] == 2
     for r in par["results"]:
         assert 0.0 <= r["fpr95"] <= 1.0 and r["steps"] >= 1
         done = json.loads((tmp_path / "runs" / r["row"] / "seed0" / "result.json").read_text())
         assert done["settings"] == seg_table.run_settings(r["row"], 1, root)
-    md = (tmp_path / "par" / "segmentation.md").read_text()
+    md = (tmp_path / "par" / "segmentation_small.md").read_text()
     assert "| none |" in md and "| FM |" in md and "2 run(s) side by side" in md
 
     assert seg_table.main([*args, "--out", str(tmp_path / "ser")]) == 0  # cached runs, serial
-    ser = json.loads((tmp_path / "ser" / "segmentation.json").read_text())
+    ser = json.loads((tmp_path / "ser" / "segmentation_small.json").read_text())
     for a, b in zip(par["results"], ser["results"], strict=True):
         assert {k: a[k] for k in ("row", "seed", "miou", "fpr95", "auroc", "aupr")} == \
                {k: b[k] for k in ("row", "seed", "miou", "fpr95", "auroc", "aupr")}
 
     with pytest.raises(SystemExit, match="other settings"):
         seg_table.main([*base, "--epochs", "2", "--rows", "none", "--out", str(tmp_path / "other")])
-    assert not (tmp_path / "other" / "segmentation.md").exists()
+    assert not (tmp_path / "other" / "segmentation_small.md").exists()
 
 
 def test_table_refuses_a_world_rendered_with_other_settings(tmp_path) -> None:

@@ -53,7 +53,9 @@ class _ResNetEncoder(nn.Module):
         return [c1, c2, c3, c4]
 
 
-class _MobileNetEncoder(nn.Module):
+class MobileNetEncoder(nn.Module):
+    """torchvision MobileNetV2 features returning the taps at strides 4, 8, 16, 32 (24, 32, 96, 320 channels)."""
+
     # Indices of torchvision's mobilenet_v2().features whose outputs are at strides 4, 8, 16, 32
     # (the final 1x1 conv to 1280 channels, features[18], is not used).
     _TAPS = (3, 6, 13, 17)
@@ -141,7 +143,7 @@ class CameraBranch(nn.Module):
         if backbone == "resnet34":
             self.encoder: nn.Module = _ResNetEncoder()
         elif backbone == "mobilenet_v2":
-            self.encoder = _MobileNetEncoder()
+            self.encoder = MobileNetEncoder()
         elif backbone == "tiny":
             self.encoder = _TinyEncoder(tiny_width)
         else:

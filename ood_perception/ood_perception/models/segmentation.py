@@ -80,7 +80,7 @@ class ModelConfig:
         return asdict(self)
 
 
-class _Head(nn.Module):
+class SegHead(nn.Module):
     """Conv block(s) to ``features`` then a 1x1 ``classifier``."""
 
     def __init__(self, cin: int, channels: int, num_classes: int, kernel: int = 3, depth: int = 2) -> None:
@@ -112,9 +112,9 @@ class FusionSegNet(nn.Module):
         c = config
         self.camera = CameraBranch(c.camera_backbone, c.camera_channels, c.pretrained, c.tiny_width)
         self.lidar = LidarBranch(c.lidar_channels, c.lidar_width, c.lidar_mean, c.lidar_std)
-        self.fusion = _Head(c.camera_channels + c.lidar_channels, c.head_channels, c.num_classes, c.head_kernel)
-        self.camera_head = _Head(c.camera_channels, c.head_channels // 2, c.num_classes, 3, depth=1)
-        self.lidar_head = _Head(c.lidar_channels, c.head_channels // 2, c.num_classes, 3, depth=1)
+        self.fusion = SegHead(c.camera_channels + c.lidar_channels, c.head_channels, c.num_classes, c.head_kernel)
+        self.camera_head = SegHead(c.camera_channels, c.head_channels // 2, c.num_classes, 3, depth=1)
+        self.lidar_head = SegHead(c.lidar_channels, c.head_channels // 2, c.num_classes, 3, depth=1)
 
     @property
     def classifier(self) -> nn.Conv2d:
