@@ -87,6 +87,9 @@ def test_report_verdicts_follow_the_paired_intervals() -> None:
     assert "**unresolved**" in lines["OE vs none"]  # +0.0, +0.03, -0.02: the interval includes 0
     assert "**reproduced**" in lines["FM vs NP-Mix"]
     assert "A2D+FM vs FM" not in md  # rows not run are left out
+    paired_rows = [line.split(" |")[0][2:] for line in md.split("## Paired")[1].split("## Verdicts")[0].splitlines()
+                   if line.startswith("| ") and " vs " in line and "reference" not in line]
+    assert paired_rows == ["FM vs none", "NP-Mix vs none", "OE vs none", "FM vs NP-Mix"]  # every row vs none, then the rest
 
 
 def test_report_has_no_verdicts_below_three_seeds() -> None:

@@ -519,11 +519,12 @@ def render_report(results: list[dict], meta: dict[str, Any]) -> str:
         return "\n".join(lines)
     lines += ["", "## Paired differences (row - reference, same seeds), 95% t-intervals, percentage points", "",
               "| row vs reference | mIoU | AUROC | AUPR | FPR95 |", "|---|---|---|---|---|"]
-    for _, row, ref in CLAIMS:
-        if row in rows and ref in rows:
-            cells = [paired(_per_seed(results, row, key, seeds), _per_seed(results, ref, key, seeds)).cell(key != "fpr95", 100)
-                     for key in ("miou", "auroc", "aupr_out", "fpr95")]
-            lines.append(f"| {row} vs {ref} | " + " | ".join(cells) + " |")
+    pairs = [(row, "none") for row in rows if row != "none"]  # every row against the baseline, then the claims' others
+    pairs += [(row, ref) for _, row, ref in CLAIMS if ref != "none" and row in rows and ref in rows]
+    for row, ref in pairs:
+        cells = [paired(_per_seed(results, row, key, seeds), _per_seed(results, ref, key, seeds)).cell(key != "fpr95", 100)
+                 for key in ("miou", "auroc", "aupr_out", "fpr95")]
+        lines.append(f"| {row} vs {ref} | " + " | ".join(cells) + " |")
     lines += ["", "## Verdicts", "",
               "From the paired AUROC difference (FPR95 beside it): **reproduced** when the 95% interval is above 0, "
               "**not reproduced** when it is below 0 (the opposite holds), **unresolved** when it includes 0 "
