@@ -116,6 +116,7 @@ def test_command_end_to_end_resumes_and_refuses_stale_runs(tmp_path: Path) -> No
     assert 0 <= stored["metrics"]["miou"] <= 1 and 0 <= stored["metrics"]["maxlogit"]["auroc"] <= 1
     meta = json.loads((root / "cache" / "train" / "meta.json").read_text())
     assert set(meta["anomaly_types"]) <= {"stroller", "debris", "box", "barrel", "odd-shape"}
+    assert not list((root / "cache").rglob("samples"))  # the intermediate sample cache is removed
     mtimes = [p.stat().st_mtime_ns for p in runs]
     assert T.main(args) == 0  # resumes: every run reused, nothing retrained
     assert [p.stat().st_mtime_ns for p in runs] == mtimes

@@ -218,7 +218,8 @@ def build_cache(root: Path, split: str | list[str], out: Path, flip: bool = Fals
         if missing:
             raise ValueError(f"{root}: no split(s) {missing} (has {sorted(splits)})")
         split = [seq for name in split for seq in splits[name]]
-    data = SegmentationData(root, split, INPUT_SIZE, cache_dir=out.parent / "samples", show_progress=False)
+    # the preprocessed samples (~5 GB for the table's world) only feed this cache: kept inside tmp, removed below
+    data = SegmentationData(root, split, INPUT_SIZE, cache_dir=tmp / "samples", show_progress=False)
     n, (h, w) = len(data), INPUT_SIZE
     cam = np.lib.format.open_memmap(tmp / "camera.npy", "w+", np.float16, (n, CAMERA_FEATURES, h // 8, w // 8))
     lid = np.lib.format.open_memmap(tmp / "lidar.npy", "w+", np.float16, (n, 6, h // 4, w // 4))
@@ -249,6 +250,7 @@ def build_cache(root: Path, split: str | list[str], out: Path, flip: bool = Fals
                                                "num_classes": data.config.num_classes,
                                                "class_names": data.config.class_names,
                                                "anomaly_types": data.anomaly_types_seen()}, indent=1))
+    shutil.rmtree(tmp / "samples", ignore_errors=True)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     log(f"cached {n} frames of {root} ({what}) in {time.time() - t0:.0f} s -> {out}")
@@ -576,7 +578,8 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m ood_perception.experiments.frozen_seg_table", formatter_class=_HelpFormatter,
         description="The segmentation method table on a frozen ImageNet encoder: 7 rows x 5 seeds, paired "
                     "intervals and verdicts (docs/results/segmentation.md; set-up in the module docstring).",
-        epilog="Cost here (2 cores): ~1.5 h; ~5 GB of disk under --root and ~5 GB of RAM per job. Finished runs "
+        epilog="Cost here (2 cores): ~1.8 h; ~8 GB of disk under --root (~14 GB while the caches are built) and ~5 GB "
+               "of RAM per job. Finished runs "
                "are kept in --runs: re-running the command resumes, and with every run stored it only re-renders "
                "the report. Quote row names with spaces or '+' in a shell: --rows none 'FM N=3'.")
     p.add_argument("--root", default="build/segtable", help="worlds and feature caches (rendered when missing)")
