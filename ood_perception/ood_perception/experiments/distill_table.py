@@ -32,7 +32,7 @@ import numpy as np
 
 from ood_perception.atomic import atomic_write_text
 from ood_perception.data.clips import stack_video_streams
-from ood_perception.experiments.stats import paired
+from ood_perception.experiments.stats import MIN_PAIRED_SEEDS, paired
 from ood_perception.metrics import ood_metrics
 from ood_perception.trainer.recognition import (
     RecognitionTrainConfig,
@@ -342,9 +342,6 @@ def paired_section(results: list[dict], ood_splits: list[str], scorers: list[str
     return lines
 
 
-#: Fewest seeds for paired intervals and verdicts (two seeds give a t-interval on one degree of freedom).
-MIN_PAIRED_SEEDS = 3
-
 #: The claims the table tests: (claim, row, reference row).
 CLAIMS: tuple[tuple[str, str, str], ...] = (
     ("dark-knowledge distillation from the experts (Ours, alpha = beta = 0.5) detects OOD better than no distillation",
@@ -381,8 +378,7 @@ def verdicts_section(results: list[dict], ood_splits: list[str], scorers: list[s
         for split in ood_splits:
             auc = paired(_per_seed(results, row, split, "auroc", scorers), _per_seed(results, ref, split, "auroc", scorers))
             fpr = paired(_per_seed(results, row, split, "fpr95", scorers), _per_seed(results, ref, split, "fpr95", scorers))
-            word = {"better": "reproduced", "worse": "not reproduced"}.get(auc.verdict(True), "unresolved")
-            cells.append(f"**{word}**: AUROC {auc.cell(True, 100).rsplit(']', 1)[0]}], FPR95 {fpr.cell(False, 100).rsplit(']', 1)[0]}]")
+            cells.append(f"**{auc.claim_verdict()}**: AUROC {auc.interval(100)}, FPR95 {fpr.interval(100)}")
         lines.append(f"| {claim} ({row} vs {ref}) | " + " | ".join(cells) + " |")
     lines.append("")
     return lines

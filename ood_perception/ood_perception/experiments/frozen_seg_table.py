@@ -75,7 +75,7 @@ from torch import nn
 
 from ood_perception.atomic import atomic_write_text
 from ood_perception.data.config import DatasetConfig
-from ood_perception.experiments.stats import paired
+from ood_perception.experiments.stats import MIN_PAIRED_SEEDS, paired
 from ood_perception.metrics import confusion_matrix, ood_metrics, per_class_iou
 from ood_perception.models.camera import (
     MobileNetEncoder,
@@ -133,7 +133,6 @@ CLAIMS: tuple[tuple[str, str, str], ...] = (
     ("Feature Mixing adds to outlier exposure", "OE+FM", "OE"),
     ("fewer swapped channels (N = 3) detect better than the paper's N = 10", "FM N=3", "FM"),
 )
-MIN_PAIRED_SEEDS = 3
 
 
 def base_config() -> dict[str, Any]:
@@ -539,9 +538,7 @@ def render_report(results: list[dict], meta: dict[str, Any]) -> str:
         if row in rows and ref in rows:
             auc = paired(_per_seed(results, row, "auroc", seeds), _per_seed(results, ref, "auroc", seeds))
             fpr = paired(_per_seed(results, row, "fpr95", seeds), _per_seed(results, ref, "fpr95", seeds))
-            word = {"better": "reproduced", "worse": "not reproduced"}.get(auc.verdict(True), "unresolved")
-            lines.append(f"| {claim} ({row} vs {ref}) | **{word}** | {auc.cell(True, 100).rsplit(']', 1)[0]}] "
-                         f"| {fpr.cell(False, 100).rsplit(']', 1)[0]}] |")
+            lines.append(f"| {claim} ({row} vs {ref}) | **{auc.claim_verdict()}** | {auc.interval(100)} | {fpr.interval(100)} |")
     lines.append("")
     return "\n".join(lines)
 
@@ -569,13 +566,9 @@ def render_world(out: Path, args: list[str], log: Any = print) -> list[str]:
     return ["(unknown: rendered outside this command)"]
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m ood_perception.experiments.frozen_seg_table", formatter_class=_HelpFormatter,
+        prog="python -m ood_perception.experiments.frozen_seg_table", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="The segmentation method table on a frozen ImageNet encoder: 7 rows x 5 seeds, paired "
                     "intervals and verdicts (docs/results/segmentation.md; set-up in the module docstring).",
         epilog="Cost here (2 cores): ~1.8 h; ~8 GB of disk under --root (~14 GB while the caches are built) and ~5 GB "

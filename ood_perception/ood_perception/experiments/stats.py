@@ -14,6 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import t as student_t
 
+#: Fewest seeds for paired intervals and verdicts (two seeds give a t-interval on one degree of freedom).
+MIN_PAIRED_SEEDS = 3
+
 
 @dataclass(frozen=True)
 class Paired:
@@ -35,11 +38,19 @@ class Paired:
             return "worse"
         return "no clear diff."
 
+    def claim_verdict(self, higher_is_better: bool = True) -> str:
+        """A claim that the method beats the reference: ``reproduced`` when the interval is on the
+        better side of 0, ``not reproduced`` when on the worse side, else ``unresolved``."""
+        return {"better": "reproduced", "worse": "not reproduced"}.get(self.verdict(higher_is_better), "unresolved")
+
+    def interval(self, scale: float = 1.0, digits: int = 1) -> str:
+        """``+1.2 [-0.3, +2.7]`` (values times ``scale``)."""
+        f = f"{{:+.{digits}f}}"
+        return f"{f.format(self.mean * scale)} [{f.format(self.lo * scale)}, {f.format(self.hi * scale)}]"
+
     def cell(self, higher_is_better: bool, scale: float = 1.0, digits: int = 1) -> str:
         """``+1.2 [-0.3, +2.7] no clear diff.`` (values times ``scale``)."""
-        f = f"{{:+.{digits}f}}"
-        return (f"{f.format(self.mean * scale)} [{f.format(self.lo * scale)}, {f.format(self.hi * scale)}] "
-                f"{self.verdict(higher_is_better)}")
+        return f"{self.interval(scale, digits)} {self.verdict(higher_is_better)}"
 
 
 def paired(method: Sequence[float], reference: Sequence[float]) -> Paired:
