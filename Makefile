@@ -90,57 +90,64 @@ clean:
 distclean: clean
 	rm -rf $(VENV)
 
-# The default model shipped in ood_perception/assets/default_model (docs/model.md). On 2 CPU cores
-# 10.7 min idle, ~19 min shared with other jobs: render the synthetic world (16 sequences x 16
-# frames, seed 0: 11 clean train, 2 val and 3 test sequences with anomalies; ~1.5 min), train
-# FusionSegNet with Feature Mixing (N=10, gamma1=3.0; config/train_default_model.yaml; 9-15 min on
-# 1 thread), evaluate every scorer on val (the exported scorer, DM_SCORE, is the one with the lowest
-# pixel FPR95 there), export with the threshold at 95% TPR of the val ID pixels, evaluate on the
-# held-out test sequences and record data, val and test metrics in model.json. Training runs on the
-# CPU with 1 thread, so the weights are reproducible bit for bit on the same software versions.
+# The default model shipped in ood_perception/assets/default_model (docs/model.md; issue 17). On 2 CPU
+# cores ~25 min from nothing, ~8 min when the method table's world and feature cache exist
+# (build/segtable, shared with `python -m ood_perception.experiments.frozen_seg_table`):
+# 1. render the training world (synth, 1440 frames; anomalies of the five exposure types only) and
+#    cache the frozen ImageNet MobileNetV2 taps; train the OE+FM row of the method table with seed
+#    DM_SEED (experiments.frozen_model: ~5 min) into a deployable TapFusionNet checkpoint;
+# 2. render the validation drives (build/drives, shared with bench/alert_eval.py): six anomaly-free,
+#    six showing the exposure types (never the test types);
+# 3. export with MaxLogit (the method table's score) and a threshold at 95% TPR of one clean val
+#    drive's ID pixels; calibrate the decisions to the 1% false-alert budget on the twelve drives
+#    (config/vehicle.yaml);
+# 4. evaluate on the method table's test world (300 frames showing only the five other anomaly types)
+#    and record data, evaluation and calibration in model.json.
 DM := build/default_model
+DM_ROOT := build/segtable
 DM_OUT := ood_perception/ood_perception/assets/default_model
-DM_SYNTH := --sequences 16 --frames 16 --seed 0
-DM_SCORE := himplos
+DM_SEED := 0
+DM_SCORE := maxlogit
+DM_VAL_CLEAN := 8101 8102 8103 8104 8105 8106
+DM_VAL_EXPOSE := 8121 8122 8123 8124 8125 8126
 DM_OOD := $(VENV)/bin/ood-perception
+DM_DRIVE = { test -f build/drives/$(1)_$(2)/sequences/00/times.txt || $(DM_OOD) synth --out build/drives/$(1)_$(2) \
+  --split val --seed $(2) --sequences 1 --frames 40 --bag mcap --quiet --overwrite $(3); }
 define DM_RECORD
 import json, os, sys
-import yaml
+from ood_perception.experiments.frozen_seg_table import TEST_WORLD
 from ood_perception.models.spec import SPEC_NAME, load_spec, write_spec
-model_dir, dm, synth_args, score = sys.argv[1:5]
+model_dir, dm, root, score = sys.argv[1:5]
 def rel(p):
     return os.path.relpath(p) if isinstance(p, str) and os.path.isabs(p) else p
-ds = yaml.safe_load(open(os.path.join(dm, "world", "dataset.yaml")))
-gen = ds["generator"]
-splits = {k: [f"{int(s):02d}" if isinstance(s, int) else str(s) for s in v] for k, v in ds["splits"].items()}
-val, test = (json.load(open(os.path.join(dm, d, "metrics.json"))) for d in ("eval_val", "eval_test"))
-for m in (val, test):
-    m.update(checkpoint=rel(m.get("checkpoint")), data=rel(m.get("data")))
-val_ood = {k: {x: v[x] for x in ("auroc", "fpr95", "aupr_out")} for k, v in val["ood"]["pixel"].items()}
-best = min(val_ood, key=lambda k: (val_ood[k]["fpr95"], -val_ood[k]["auroc"]))
-if best != score:
-    print(f"WARNING: exported scorer {score!r} is not the best on val ({best!r}): update DM_SCORE", file=sys.stderr)
+train_args = json.load(open(os.path.join(root, "world", "synth_args.json")))
+test = json.load(open(os.path.join(dm, "eval_test", "metrics.json")))
+test.update(checkpoint=rel(test.get("checkpoint")), data=rel(test.get("data")))
 spec = load_spec(model_dir)
-spec.provenance["data"] = {"command": f"ood-perception synth --out {dm}/world {synth_args}", "seed": int(gen["seed"]),
-                           "sequences": int(gen["sequences"]), "frames": int(gen["frames"]), "splits": splits}
+spec.provenance["data"] = {"command": f"ood-perception synth --out {root}/world " + " ".join(rel(a) for a in train_args),
+                           "seed": int(train_args[train_args.index("--seed") + 1]), "splits_trained": ["train", "val"]}
 spec.provenance["evaluation"] = {
-    "split": "test", "command": f"ood-perception evaluate {dm}/run/model.pt --data {dm}/world --split test",
-    "scorer_choice": f"{score}: lowest pixel FPR95 on the val split among {', '.join(val_ood)} (best on val: {best})",
-    "val_ood_pixel": val_ood, "test": test}
+    "split": "test", "world": f"ood-perception synth --out {root}/test " + " ".join(rel(a) for a in TEST_WORLD),
+    "command": f"ood-perception evaluate {dm}/run/model.pt --data {root}/test --split test",
+    "scorer_choice": f"{score}: the score of the segmentation method table (docs/results/segmentation.md); not re-chosen",
+    "test": test}
 write_spec(os.path.join(model_dir, SPEC_NAME), spec)
 os.chmod(os.path.join(model_dir, SPEC_NAME), 0o644)  # write_spec keeps mkstemp's 0600
-print(f"recorded data + val/test metrics in {model_dir}/{SPEC_NAME}")
+print(f"recorded data + test metrics in {model_dir}/{SPEC_NAME}")
 endef
 export DM_RECORD
 default-model: setup
 	rm -rf $(DM) && mkdir -p $(DM)
-	$(DM_OOD) synth --out $(DM)/world $(DM_SYNTH) --workers 2 --quiet
-	$(DM_OOD) train segmentation --config ood_perception/config/train_default_model.yaml --data $(DM)/world \
-	  --out $(DM)/run --cache-dir $(DM)/cache --no-resume --quiet
-	$(DM_OOD) evaluate $(DM)/run/model.pt --data $(DM)/world --split val --out $(DM)/eval_val --cache-dir $(DM)/cache --no-plots --quiet
-	$(DM_OOD) export $(DM)/run/model.pt --out $(DM_OUT) --score $(DM_SCORE) --calib-data $(DM)/world --calib-split val --force
-	$(DM_OOD) evaluate $(DM)/run/model.pt --data $(DM)/world --split test --out $(DM)/eval_test --cache-dir $(DM)/cache --quiet
-	$(PY) -c "$$DM_RECORD" $(DM_OUT) $(DM) "$(DM_SYNTH)" $(DM_SCORE)
+	$(PY) -m ood_perception.experiments.frozen_model --root $(DM_ROOT) --out $(DM)/run/model.pt --seed $(DM_SEED)
+	for s in $(DM_VAL_CLEAN); do $(call DM_DRIVE,val,$$s,--anomaly-rate 0) || exit 1; done
+	for s in $(DM_VAL_EXPOSE); do $(call DM_DRIVE,vala-world_oe_expose,$$s,--config ood_perception/config/world_oe_expose.yaml) || exit 1; done
+	$(DM_OOD) export $(DM)/run/model.pt --out $(DM_OUT) --score $(DM_SCORE) --calib-data build/drives/val_8101 --calib-split val --force
+	$(DM_OOD) calibrate $(DM_OUT) --params ood_perception/config/vehicle.yaml --data \
+	  $(foreach s,$(DM_VAL_CLEAN),build/drives/val_$(s)) $(foreach s,$(DM_VAL_EXPOSE),build/drives/vala-world_oe_expose_$(s))
+	$(PY) -c "from ood_perception.experiments.frozen_seg_table import TEST_WORLD, render_world; from pathlib import Path; render_world(Path('$(DM_ROOT)/test'), TEST_WORLD)"
+	$(DM_OOD) evaluate $(DM)/run/model.pt --data $(DM_ROOT)/test --split test --out $(DM)/eval_test --no-plots --quiet \
+	  --scorers maxlogit,energy,msp,entropy,gen
+	$(PY) -c "$$DM_RECORD" $(DM_OUT) $(DM) $(DM_ROOT) $(DM_SCORE)
 
 # The default recognition model shipped in ood_perception/assets/default_recognition_model
 # (docs/recognition_model.md; ~8 min on 2 CPU cores). Clip sets of three data seeds: 0 trains and

@@ -213,15 +213,17 @@ def test_replay_leaves_out_the_anomaly_types_the_model_saw_in_training(tmp_path)
     cfg.anomalies.rate = 1.0
     generate_dataset(tmp_path / "w", sequences=1, frames=4, seed=8250, config=cfg, split="test", bag="mcap",
                      progress=False)
-    model = tmp_path / "model"
-    shutil.copytree(runtime.default_model_dir(), model)
-    spec = json.loads((model / "model.json").read_text())
-    assert spec["outlier_types"] == []  # the default model's training split had no anomalies
+    spec = json.loads((runtime.default_model_dir() / "model.json").read_text())
+    assert spec["outlier_types"] == ["barrel", "box", "debris", "odd-shape", "stroller"]  # the default model's exposure
+    models = {}
     seen = ["trailer", "overturned-car", "stroller", "shopping-cart", "animal", "debris", "box", "tire", "barrel"]
-    spec["outlier_types"] = seen  # all types but odd-shape
-    (model / "model.json").write_text(json.dumps(spec))
+    for name, types in (("none", []), ("nine", seen)):  # no type seen / all types but odd-shape
+        models[name] = tmp_path / f"model_{name}"
+        shutil.copytree(runtime.default_model_dir(), models[name])
+        (models[name] / "model.json").write_text(json.dumps(dict(spec, outlier_types=types)))
+    model = models["nine"]
     bag = tmp_path / "w" / "bags" / "00"
-    assert main(["replay", str(bag), "--out", str(tmp_path / "all"), "--no-progress"]) == 0
+    assert main(["replay", str(bag), "--out", str(tmp_path / "all"), "--model", str(models["none"]), "--no-progress"]) == 0
     assert main(["replay", str(bag), "--out", str(tmp_path / "unseen"), "--model", str(model), "--no-progress"]) == 0
     full = json.loads((tmp_path / "all" / "metrics.json").read_text())
     part = json.loads((tmp_path / "unseen" / "metrics.json").read_text())

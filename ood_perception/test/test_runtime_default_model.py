@@ -18,7 +18,8 @@ from ood_perception.models.spec import SPEC_NAME, sha256_file
 
 torch.set_num_threads(1)
 
-#: World seed of the test frames (the default model's data uses `synth --seed 0`).
+#: World seed of the test frames (the default model's data uses `synth --seed 0`; its anomalies,
+#: animal, trailer and overturned car, are not among the types the model was exposed to).
 FRAME_SEED = 20261123
 #: Lower bound on the pixel AUROC of the fused score map (anomaly vs ID pixels) on the test frame:
 #: measured 0.930 for the committed model (day; animal, trailer and overturned car in view).
@@ -65,8 +66,8 @@ def test_default_model_json_and_size(default_dir):
     total = sum((default_dir / r.path).stat().st_size for r in spec.files.values())
     assert total < 20 * 2**20
     prov = spec.provenance
-    assert "train segmentation" in prov["train"]["command"] and "seed" in prov["train"]
-    assert prov["checkpoint"]["sha256"] and prov["metrics"]
+    assert "experiments.frozen_model" in prov["train"]["command"] and "seed" in prov["train"]
+    assert prov["checkpoint"]["sha256"] and "metrics" in prov and prov["evaluation"]["test"]["num_frames"] > 0
     assert spec.calibration["tpr"] == 0.95 and spec.calibration["n_pixels"] > 1000
 
 
@@ -78,16 +79,23 @@ def test_default_model_is_trained_on_the_world_and_evaluated_on_its_test_split(d
     # the label space is the synthetic world's (not a toy one)
     assert list(spec.class_names) == list(world_dataset_config().class_names)
     assert spec.num_classes == len(spec.class_names) == len(spec.colors)
-    # data provenance: rendered by `ood-perception synth` with a recorded seed; calibrated on val
+    # data provenance: rendered by `ood-perception synth` with a recorded seed; calibrated on val drives
     data = prov["data"]
     assert "synth" in data["command"] and isinstance(data["seed"], int)
-    assert spec.calibration["split"] == "val" and set(data["splits"]["val"]).isdisjoint(data["splits"]["test"])
-    # the training used Feature Mixing with the paper's segmentation values
-    syn = prov["train"]["config"]["synthesis"]
+    assert spec.calibration["split"] == "val"
+    # evaluated on another world (other seed) showing none of the anomaly types it was exposed to
+    world = prov["evaluation"]["world"]
+    assert "synth" in world and f"--seed {data['seed']} " not in world + " "
+    assert spec.outlier_types and "world_oe_eval.yaml" in world and "world_oe_expose.yaml" in data["command"]
+    # the training used Feature Mixing with the paper's segmentation values, and outlier exposure
+    train_cfg = prov["train"]["config"]
+    syn = train_cfg["synthesis"]
     assert (syn["method"], syn["n"], syn["gamma1"]) == ("fm", 10, 3.0)
+    assert train_cfg["outlier_exposure"]["enabled"]
     # metrics on the held-out test split of the exported scorer, as written by `ood-perception evaluate`
     test = prov["evaluation"]["test"]
     assert prov["evaluation"]["split"] == "test" and test["num_frames"] > 0
+    assert test["outlier_types_excluded"] == spec.outlier_types
     ood = test["ood"]["pixel"][spec.score_name]
     assert 0.5 < ood["auroc"] <= 1.0 and 0.0 <= ood["fpr95"] <= 1.0
     assert 0.0 < test["segmentation"]["pixel"]["fused"]["miou"] <= 1.0

@@ -29,11 +29,11 @@ fusion pipeline therefore decides on objects (``docs/architecture.md``, "Object 
 
 4. **Region score** (:func:`region_score`): ``drivable * (w_unknown * unknown + w_conflict *
    conflict + w_ood * ood + w_extra * extra) / (w_unknown + w_conflict + w_ood + w_extra)``, in
-   [0, 1]: an object on the drivable area that the model does not recognise. The default weights
-   (1, 0, 0, 0) are our choice from validation drives (seeds 8111-8116, docs/model.md): on them the
-   default model's point score *lowers* the separation of anomalies from known objects (object
-   AUROC of ``ood`` alone 0.36; adding it at weight 0.5 takes the rule from 0.87 to 0.83), so it is
-   off; a model whose score ranks anomalies above known objects can turn it on.
+   [0, 1]: an object on the drivable area that the model does not recognise. The class defaults
+   (1, 0, 0, 0) leave the OOD score out: for the first default model it *lowered* the separation of
+   anomalies from known objects (object AUROC of ``ood`` alone 0.36). ``config/vehicle.yaml`` turns
+   it on (``w_ood`` 1) for the frozen-encoder default model, whose score ranks unknown objects
+   above known ones: chosen on validation drives (docs/model.md, "Decisions and alerts").
 5. **Tracking** (:class:`ObjectTracker`): candidates are associated with tracks across frames by
    nearest predicted centroid (constant velocity in the LiDAR frame, which also absorbs the ego
    motion) within ``track_gate`` metres; a track's score is the mean region score over its last
