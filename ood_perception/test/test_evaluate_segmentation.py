@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from sklearn.metrics import roc_auc_score
 
 from ood_perception.models import build_model
@@ -82,3 +84,20 @@ def test_evaluate_rejects_other_label_space(setup, tmp_path) -> None:
     with pytest.raises(ValueError, match="differ from the checkpoint"):
         evaluate(tmp_path / "bad.pt", root, tmp_path / "o", scorers=("maxlogit",), cache_dir=str(tmp_path / "c"),
                  plots=False, show_progress=False)
+
+
+def test_himplos_is_skipped_with_a_note_on_data_without_a_train_split(setup, tmp_path, capsys) -> None:
+    """A test-only dataset (e.g. a world rendered with ``synth --split test``): the default scorers
+    include HIMPLoS, which is fitted on the data's train split; it is left out with one line."""
+    from ood_perception.trainer.evaluate import evaluate
+
+    root, ckpt, _, _ = setup
+    test_only = tmp_path / "test_only"
+    shutil.copytree(root, test_only)
+    cfg = yaml.safe_load((test_only / "dataset.yaml").read_text())
+    cfg["splits"] = {"test": cfg["splits"]["test"]}
+    (test_only / "dataset.yaml").write_text(yaml.safe_dump(cfg))
+    m = evaluate(ckpt, test_only, tmp_path / "eval", scorers=("maxlogit", "himplos"), cache_dir=str(tmp_path / "c"),
+                 plots=False, show_progress=False)
+    assert "himplos skipped" in capsys.readouterr().err
+    assert set(m["ood"]["pixel"]) == {"maxlogit"}

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -435,6 +436,11 @@ def evaluate(checkpoint: str | os.PathLike[str], data_root: str | os.PathLike[st
     if data.config.class_names != list(ckpt["class_names"]):
         raise ValueError(f"{root}: classes {data.config.class_names} differ from the checkpoint's {list(ckpt['class_names'])}")
     train_data = None
+    if "himplos" in scorers and fit_split and not open_reader(root, None, schema).config.splits.get(fit_split):
+        # e.g. a test-only world: HIMPLoS is fitted on the data's own train split, which it lacks
+        print(f"evaluate: himplos skipped: {root} has no '{fit_split}' split to fit it on "
+              f"(the other scorers are evaluated)", file=sys.stderr)
+        scorers = tuple(n for n in scorers if n != "himplos")
     if "himplos" in scorers and fit_split:
         train_data = SegmentationData(root, fit_split, size, cache_dir, schema, show_progress=show_progress)
     # the alert-level extras (camera resolution): the headline scorer, the first one evaluate can build
