@@ -93,7 +93,7 @@ def frames(n: int, box: bool, colour: tuple[int, int, int] = (120, 120, 120), re
 
 def pipeline(**kw) -> FusionPipeline:
     cfg = dict(decision="objects", region_threshold=0.9, alert=AlertConfig(raise_k=2, raise_n=3, clear_frames=1, cooldown_s=0.0),
-               objects=ObjectConfig(track_window=3))
+               objects=ObjectConfig(track_window=3, w_ood=0.0))  # the colour backend scores no pixel: unknown share alone
     cfg.update(kw)
     return FusionPipeline(ColourBackend(), FusionConfig(**cfg))
 
@@ -175,8 +175,9 @@ def test_auto_decides_on_pixels_for_camera_only_frames_and_models_without_a_driv
 def test_region_score_weights_and_plug_in_term():
     ev = ObjectEvidence(index=np.arange(3), centroid=(0, 0, 0), size=(1, 1, 1), top=1.0, unknown=0.5, conflict=1.0,
                         ood=0.0, drivable=0.8, context_points=10, mean_score=0.0, max_score=0.0, extra=1.0)
-    assert region_score(ev, ObjectConfig()) == pytest.approx(0.8 * 0.5)
-    assert region_score(ev, ObjectConfig(w_unknown=1, w_conflict=1, w_extra=2)) == pytest.approx(0.8 * (0.5 + 1 + 2) / 4)
+    assert region_score(ev, ObjectConfig()) == pytest.approx(0.8 * (0.5 + 0.0) / 2)  # defaults: unknown and ood
+    assert region_score(ev, ObjectConfig(w_ood=0)) == pytest.approx(0.8 * 0.5)
+    assert region_score(ev, ObjectConfig(w_unknown=1, w_conflict=1, w_ood=0, w_extra=2)) == pytest.approx(0.8 * (0.5 + 1 + 2) / 4)
     calls = []
 
     def term(crop, region, pts):
@@ -184,7 +185,8 @@ def test_region_score_weights_and_plug_in_term():
         return 0.0  # "looks like a known object"
 
     p = FusionPipeline(ColourBackend(), FusionConfig(decision="objects", region_threshold=0.9,
-                                                     objects=ObjectConfig(track_window=1, w_unknown=1.0, w_extra=1.0)),
+                                                     objects=ObjectConfig(track_window=1, w_unknown=1.0, w_ood=0.0,
+                                                                          w_extra=1.0)),
                        region_term=term)
     r = p.process(frames(1, box=True)[0])
     assert calls and calls[0][1] == (box_points().shape[0], 3) and calls[0][0][2] == 3
@@ -387,3 +389,34 @@ def test_ground_in_boxes_equals_the_dense_box_test():
         count, total = _ground_in_boxes(g, w, lo, hi)
         assert (count == near.sum(axis=1)).all(), trial
         assert np.array_equal(total, near.astype(np.float64) @ w), trial
+
+
+def test_calibrate_with_the_ood_term_scores_objects_at_the_calibrated_pixel_threshold(tmp_path, capsys):
+    """object.w_ood > 0: the OOD share of an object counts its points at or above the pixel threshold,
+    which calibrate itself chooses; a second run scores the objects at it, and the pipeline warns when
+    it runs with other weights or another pixel threshold than the calibration's."""
+    import json
+    import shutil
+
+    from ood_perception import runtime
+    from ood_perception.cli import main
+    from ood_perception.pipeline.objects import ObjectConfig
+    from ood_perception.world.config import WorldConfig
+    from ood_perception.world.synth import generate_dataset
+
+    data = tmp_path / "val"
+    generate_dataset(data, sequences=1, frames=3, seed=8192, config=WorldConfig(), split="val", progress=False)
+    model = tmp_path / "model"
+    shutil.copytree(runtime.default_model_dir(), model)
+    params = tmp_path / "p.yaml"
+    params.write_text("fusion_segmentation:\n  ros__parameters:\n    object.w_ood: 1.0\n")
+    assert main(["calibrate", str(model), "--data", str(data), "--windows", "1", "--params", str(params)]) == 0
+    assert "second run with the calibrated pixel threshold" in capsys.readouterr().err
+    dec = json.loads((model / "model.json").read_text())["decision"]
+    assert dec["ood_share_threshold"] == dec["pixel_threshold"] and dec["objects"]["w_ood"] == 1.0
+    backend = runtime.load(model)
+    assert FusionPipeline(backend, FusionConfig()).decision_warnings == []  # the defaults are the calibration's
+    off = FusionPipeline(backend, FusionConfig(objects=ObjectConfig(track_window=0, w_ood=0.0)))
+    assert len(off.decision_warnings) == 1 and "'w_ood': 0.0" in off.decision_warnings[0]
+    other = FusionPipeline(backend, FusionConfig(threshold=dec["pixel_threshold"] + 0.5))
+    assert any("pixel threshold" in w for w in other.decision_warnings)

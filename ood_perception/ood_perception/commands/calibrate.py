@@ -1,8 +1,10 @@
 """``ood-perception calibrate MODEL_DIR --data VAL [VAL ...]``: decisions calibrated to a false-alert budget.
 
-Runs the fusion pipeline (object decisions, the params file's settings) once over the validation
+Runs the fusion pipeline (object decisions, the params file's settings) over the validation
 datasets (SemanticKITTI layout, e.g. ``ood-perception synth --split val`` output; drives with and
-without anomalies), then chooses the pixel threshold, the scene-shift fraction, the region
+without anomalies) - twice when ``object.w_ood`` > 0 and no ``threshold`` parameter is set, the
+second time at the calibrated pixel threshold, since the OOD share of each object depends on it
+(recorded as ``decision.ood_share_threshold``) - then chooses the pixel threshold, the scene-shift fraction, the region
 threshold and the track window so that at most ``--budget`` (default 1%) of the anomaly-free
 frames are in ALERT (:func:`ood_perception.pipeline.calibration.calibrate_decisions`), and
 writes them with their validation figures into ``MODEL_DIR/model.json`` (``decision``; atomic
@@ -80,46 +82,69 @@ def handler(args: argparse.Namespace) -> int:
     base = FusionConfig(**fusion)
     # judge every candidate, never a scene shift; the thresholds are chosen afterwards
     model_thr = spec.threshold if spec.threshold is not None else spec.decision.get("pixel_threshold")
-    config = FusionConfig(**{**fusion, "decision": "objects", "region_threshold": 2.0, "scene_shift_fraction": 1.0,
-                             "threshold": base.threshold if base.threshold is not None else model_thr})
+    run_thr = base.threshold if base.threshold is not None else model_thr
     settings = CalibrationSettings(budget=args.budget, pixel_fpr=args.pixel_fpr, windows=windows,
                                    alert=base.alert or AlertConfig(), objects=base.objects)
     backend = runtime.load(model_dir, intra_op_threads=1)
-    pipe = FusionPipeline(backend, config)
-    frames: list[CalibrationFrame] = []
+    datasets = [(root, DatasetConfig.from_yaml(root / "dataset.yaml")) for root in roots]
+    for root, ds in datasets:
+        if ds.splits.get("test") and not (ds.splits.get("val") or ds.splits.get("train")):
+            print(f"calibrate: warning: {root} is a test split (synth --split test): figures later reported on "
+                  "these drives are no longer held out; calibrate on --split val drives", file=sys.stderr)
+
+    def collect(threshold: float | None) -> list[CalibrationFrame]:
+        """One model run over the validation drives at pixel ``threshold`` (the OOD-share evidence)."""
+        config = FusionConfig(**{**fusion, "decision": "objects", "region_threshold": 2.0,
+                                 "scene_shift_fraction": 1.0, "threshold": threshold})
+        pipe = FusionPipeline(backend, config)
+        out: list[CalibrationFrame] = []
+        for root, ds in datasets:
+            for frame, res in replay_dataset(pipe, root, max_frames=args.max_frames):
+                if res.score is None:
+                    continue
+                ood = ds.ood_mask(frame.pixel_labels) if frame.pixel_labels is not None else np.zeros(res.score.shape, bool)
+                sample = res.score[::4, ::4]
+                keep = ~ood[::4, ::4]
+                out.append(CalibrationFrame(
+                    sequence=f"{root}/{frame.sequence}", stamp=float(res.stamp),
+                    centroids=np.array([ob.centroid for ob in res.objects], np.float64).reshape(-1, 3),
+                    scores=np.array([ob.score for ob in res.objects], np.float64),
+                    pixel_scores=sample[keep].astype(np.float32), all_pixel_scores=sample.ravel().astype(np.float32),
+                    anomaly_pixels=int(ood.sum()),
+                ))
+        if not out:
+            raise ValueError("no frame could be scored in the calibration data")
+        return out
+
     t0 = time.perf_counter()
     cache = Path(args.frames_cache) if args.frames_cache else None
     if cache is not None and cache.is_file():
         with cache.open("rb") as fh:
-            frames = pickle.load(fh)
-        roots = []  # nothing to run
-    for root in roots:
-        ds = DatasetConfig.from_yaml(root / "dataset.yaml")
-        if ds.splits.get("test") and not (ds.splits.get("val") or ds.splits.get("train")):
-            print(f"calibrate: warning: {root} is a test split (synth --split test): figures later reported on "
-                  "these drives are no longer held out; calibrate on --split val drives", file=sys.stderr)
-        for frame, res in replay_dataset(pipe, root, max_frames=args.max_frames):
-            if res.score is None:
-                continue
-            ood = ds.ood_mask(frame.pixel_labels) if frame.pixel_labels is not None else np.zeros(res.score.shape, bool)
-            sample = res.score[::4, ::4]
-            keep = ~ood[::4, ::4]
-            frames.append(CalibrationFrame(
-                sequence=f"{root}/{frame.sequence}", stamp=float(res.stamp),
-                centroids=np.array([ob.centroid for ob in res.objects], np.float64).reshape(-1, 3),
-                scores=np.array([ob.score for ob in res.objects], np.float64),
-                pixel_scores=sample[keep].astype(np.float32), all_pixel_scores=sample.ravel().astype(np.float32),
-                anomaly_pixels=int(ood.sum()),
-            ))
-    if not frames:
-        raise ValueError("no frame could be scored in the calibration data")
-    if cache is not None and not cache.is_file():
-        with atomic_path(cache) as tmp, tmp.open("wb") as fh:
-            pickle.dump(frames, fh)
-    if settings.objects.w_ood > 0:
-        print("calibrate: warning: object.w_ood > 0: the region scores were computed at the model's pixel "
-              "threshold, not the calibrated one", file=sys.stderr)
+            stored = pickle.load(fh)
+        # {"threshold", "frames"}; a bare list: a cache written before the threshold was recorded
+        frames, ood_thr = (stored["frames"], stored["threshold"]) if isinstance(stored, dict) else (stored, run_thr)
+    else:
+        frames, ood_thr = collect(run_thr), run_thr
+        if settings.objects.w_ood > 0 and base.threshold is None:
+            # the OOD share of each object counts points at or above the pixel threshold the runtime will
+            # use, which is the one chosen here: a second run with it, so the region threshold is
+            # calibrated on the region scores the node computes (the pixel threshold itself comes from the
+            # pixel scores, which do not depend on it)
+            pixel_thr = float(calibrate_decisions(frames, settings)["pixel_threshold"])
+            if ood_thr is None or pixel_thr != float(ood_thr):
+                print(f"calibrate: object.w_ood > 0: second run with the calibrated pixel threshold {pixel_thr:.4f} "
+                      "(the OOD-share evidence depends on it)", file=sys.stderr)
+                frames, ood_thr = collect(pixel_thr), pixel_thr
+        if cache is not None:
+            with atomic_path(cache) as tmp, tmp.open("wb") as fh:
+                pickle.dump({"threshold": ood_thr, "frames": frames}, fh)
     block = calibrate_decisions(frames, settings)
+    if settings.objects.w_ood > 0 and ood_thr is not None and base.threshold is None \
+            and float(ood_thr) != float(block["pixel_threshold"]):
+        print(f"calibrate: warning: object.w_ood > 0 and the region scores were computed at pixel threshold "
+              f"{float(ood_thr):.4f}, not the calibrated {block['pixel_threshold']:.4f} (a frames cache made before); "
+              "delete the cache to re-run", file=sys.stderr)
+    block["ood_share_threshold"] = None if ood_thr is None else float(ood_thr)
     clean = block["validation"]["budget_frames"]
     if clean * args.budget < 1.0:
         print(f"calibrate: warning: {clean} anomaly-free frames cannot resolve a budget of {args.budget:.2%} "

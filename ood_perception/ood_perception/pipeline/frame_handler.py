@@ -105,7 +105,8 @@ FUSION_PARAMETERS: list[tuple[str, Any, str]] = [
     ("object.location_unknown", 0.0, "the location term (0..1) of an object whose surroundings cannot be judged"),
     ("object.w_unknown", 1.0, "weight of the share of an object's points not labelled as a known object class"),
     ("object.w_conflict", 0.0, "weight of the share of its points labelled ground though above the ground"),
-    ("object.w_ood", 0.0, "weight of the share of its points with a score >= threshold"),
+    ("object.w_ood", 1.0, "weight of the share of its points with a score >= threshold (0 for a model whose score "
+                          "ranks anomalies below known objects)"),
     ("object.w_extra", 0.0, "weight of the plug-in region term (FusionPipeline(region_term=...); off by default)"),
     ("object.track_gate", 2.0, "largest distance [m] between a track's predicted centroid and a candidate"),
     ("object.track_window", 0, "frames a track's score averages over (unseen frames count 0); 0 = the model's "

@@ -279,6 +279,8 @@ class FusionPipeline:
         window = self._pick("track_window", self.config.objects.track_window or None, calibrated.get("track_window"),
                             DEFAULT_DECISION["track_window"])
         self.objects = replace(self.config.objects, track_window=int(window))
+        #: Notes for the caller to log: settings that break the calibration's assumptions.
+        self.decision_warnings: list[str] = self._calibration_mismatch(calibrated)
         self.classes = ClassSets.from_names(list(getattr(spec, "class_names", None) or []), self.objects)
         if self.config.decision == "objects" and not self.classes.usable:
             raise ValueError(f"decision=objects needs a model that names a drivable class "
@@ -309,6 +311,26 @@ class FusionPipeline:
         self.alerts.reset()
         self.tracker.reset()
         self._last_stamp = None
+
+    def _calibration_mismatch(self, calibrated: dict[str, Any]) -> list[str]:
+        """Warnings when the region threshold comes from ``model.json`` but the evidence weights (or,
+        with ``w_ood`` > 0, the pixel threshold) differ from those it was calibrated with: its
+        false-alert budget no longer holds."""
+        if self.decision_source.get("region_threshold") != "model.json" or not calibrated.get("objects"):
+            return []
+        names = ("w_unknown", "w_conflict", "w_ood", "w_extra")
+        cal = tuple(float(calibrated["objects"].get(n, getattr(ObjectConfig(), n))) for n in names)
+        run = tuple(float(getattr(self.objects, n)) for n in names)
+        out = []
+        if cal != run:
+            out.append("the region threshold in model.json was calibrated with object weights "
+                       f"{dict(zip(names, cal, strict=True))}, these settings use {dict(zip(names, run, strict=True))}: "
+                       "its false-alert budget does not hold; use the calibration's weights or re-run calibrate")
+        ood_thr = calibrated.get("ood_share_threshold")
+        if self.objects.w_ood > 0 and ood_thr is not None and abs(float(ood_thr) - self.threshold) > 1e-9:
+            out.append(f"the region threshold was calibrated with the OOD share at pixel threshold {float(ood_thr):.4f}, "
+                       f"this pipeline uses {self.threshold:.4f}: its false-alert budget does not hold")
+        return out
 
     def _pick(self, name: str, given: Any, calibrated: Any, default: Any) -> Any:
         """The first of: the parameter, the model's calibration, the default (source recorded)."""

@@ -25,6 +25,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -126,7 +127,10 @@ def build_pipeline(model_dir: Path | None, backend: str, settings: ReplaySetting
     elif backend == "torch":
         opts["threads"] = threads
     model = runtime.load(model_dir, backend=backend, **opts)
-    return FusionPipeline(model, FusionConfig(**settings.fusion))
+    pipeline = FusionPipeline(model, FusionConfig(**settings.fusion))
+    for note in pipeline.decision_warnings:
+        print(f"replay: warning: {note}", file=sys.stderr)
+    return pipeline
 
 
 def run_job(job: ReplayJob) -> BagReplay:

@@ -200,6 +200,8 @@ class FusionSegmentationNode(WorkerLifecycleNode):
                 self.backend = runtime.load(p["model_dir"] or None, backend=p["backend"], device=p["device"])
             self.processor = FusionFrameProcessor.build(self.backend, self.settings, clock=self._clock_now)
             self.pipeline = self.processor.pipeline
+            for note in self.pipeline.decision_warnings:
+                self.get_logger().warning(note)
             self.pipeline.warm_up()  # per-head sessions built now, not on the first frame
         except Exception as exc:  # noqa: BLE001 - a bad model must fail the transition, not the process
             self._model_error = f"{type(exc).__name__}: {exc}"
