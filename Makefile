@@ -92,7 +92,8 @@ distclean: clean
 
 # The default model shipped in ood_perception/assets/default_model (docs/model.md; issue 17). On 2 CPU
 # cores ~25 min from nothing, ~8 min when the method table's world and feature cache exist
-# (build/segtable, shared with `python -m ood_perception.experiments.frozen_seg_table`):
+# (build/segtable, shared with `python -m ood_perception.experiments.frozen_seg_table`); ~8 GB of
+# disk under DM_ROOT, ~1 GB for the drives, ~5 GB of RAM while training:
 # 1. render the training world (synth, 1440 frames; anomalies of the five exposure types only) and
 #    cache the frozen ImageNet MobileNetV2 taps; train the OE+FM row of the method table with seed
 #    DM_SEED (experiments.frozen_model: ~5 min) into a deployable TapFusionNet checkpoint;
@@ -115,7 +116,7 @@ DM_DRIVE = { test -f build/drives/$(1)_$(2)/sequences/00/times.txt || $(DM_OOD) 
   --split val --seed $(2) --sequences 1 --frames 40 --bag mcap --quiet --overwrite $(3); }
 define DM_RECORD
 import json, os, sys
-from ood_perception.experiments.frozen_seg_table import TEST_WORLD
+from ood_perception.experiments.frozen_seg_table import TEST_WORLD, TRAIN_SPLITS
 from ood_perception.models.spec import SPEC_NAME, load_spec, write_spec
 model_dir, dm, root, score = sys.argv[1:5]
 def rel(p):
@@ -125,7 +126,7 @@ test = json.load(open(os.path.join(dm, "eval_test", "metrics.json")))
 test.update(checkpoint=rel(test.get("checkpoint")), data=rel(test.get("data")))
 spec = load_spec(model_dir)
 spec.provenance["data"] = {"command": f"ood-perception synth --out {root}/world " + " ".join(rel(a) for a in train_args),
-                           "seed": int(train_args[train_args.index("--seed") + 1]), "splits_trained": ["train", "val"]}
+                           "seed": int(train_args[train_args.index("--seed") + 1]), "splits_trained": list(TRAIN_SPLITS)}
 spec.provenance["evaluation"] = {
     "split": "test", "world": f"ood-perception synth --out {root}/test " + " ".join(rel(a) for a in TEST_WORLD),
     "command": f"ood-perception evaluate {dm}/run/model.pt --data {root}/test --split test",

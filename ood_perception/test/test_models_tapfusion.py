@@ -111,3 +111,11 @@ def test_checkpoint_round_trip(tmp_path) -> None:
     assert isinstance(loaded, TapFusionNet)
     for k, v in net.state_dict().items():
         assert torch.equal(v, loaded.state_dict()[k]), k
+
+
+def test_input_sizes_not_divisible_by_8_are_refused_in_one_line() -> None:
+    net = build_model(_cfg())
+    with pytest.raises(ValueError, match="divisible by 8"):
+        net(torch.randn(1, 3, 66, 130), _lidar(1, 66, 130))
+    with pytest.raises(ValueError, match="same size"):
+        net(torch.randn(1, 3, 64, 128), _lidar(1, 32, 64))

@@ -531,7 +531,11 @@ def render_world(out: Path, args: list[str], log: Any = print) -> list[str]:
     was made with (recorded in ``out/synth_args.json``; None-like ``["(unknown)"]`` for a world
     rendered by other means). A world recorded with other arguments is an error."""
     record = out / "synth_args.json"
-    if record.is_file() and json.loads(record.read_text()) != list(args):
+
+    def portable(a: list[str]) -> list[str]:  # the package's config files by their path inside the checkout
+        return [x.split("/ood_perception/config/", 1)[-1] if "/ood_perception/config/" in x else x for x in a]
+
+    if record.is_file() and portable(json.loads(record.read_text())) != portable(list(args)):
         raise ValueError(f"{out} was rendered with synth {' '.join(json.loads(record.read_text()))}, not "
                          f"{' '.join(args)}; use another --root or delete it")
     if not (out / "dataset.yaml").is_file():

@@ -188,8 +188,7 @@ TAP_CHANNELS: int = sum(MobileNetEncoder.CHANNELS)
 
 
 def taps_at_stride8(taps: list[torch.Tensor]) -> torch.Tensor:
-    """MobileNetV2's four taps on the stride-8 grid: stride 4 average-pooled (2x2 blocks; ceil mode for odd
-    sizes, as MobileNetV2's stride-2 convs round up), 16 and 32 bilinear.
+    """MobileNetV2's four taps on the stride-8 grid: stride 4 average-pooled (2x2 blocks), 16 and 32 bilinear.
 
     The same values as the method table's cache (``adaptive_avg_pool2d`` to the stride-8 size, which
     is 2x2 averaging for even sizes); a fixed kernel because ONNX cannot export adaptive pooling to a
@@ -284,6 +283,9 @@ class TapFusionNet(nn.Module):
             raise ValueError(f"image must be [B, 3, H, W], got {tuple(image.shape)}")
         if lidar.dim() != 4 or lidar.shape[1] != 6:
             raise ValueError(f"lidar must be [B, 6, H, W], got {tuple(lidar.shape)}")
+        if image.shape[-1] % 8 or image.shape[-2] % 8 or image.shape[-2:] != lidar.shape[-2:]:
+            raise ValueError(f"TapFusionNet needs image and lidar of the same size, divisible by 8; got "
+                             f"{tuple(image.shape[-2:])} and {tuple(lidar.shape[-2:])}")
         if self.encoder is None:
             raise ValueError("this TapFusionNet was built without its encoder (with_encoder=False): use encode_taps")
         with torch.no_grad():

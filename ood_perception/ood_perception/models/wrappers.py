@@ -60,7 +60,7 @@ class ScoredSegmentation(nn.Module):
         """Fused score map ``[B, H, W]`` at input resolution from the model's output dict.
 
         Logit-only scorers score the full-resolution ``logits``. Scorers that need ``features``
-        (which live on the stride-4 grid) score ``model.classifier(features)`` with ``features``
+        (which live on the feature grid: stride 4 or 8 by the design) score ``model.classifier(features)`` with ``features``
         on that grid, and the score map is upsampled bilinearly to the input size.
         """
         logits = out["logits"]

@@ -28,7 +28,8 @@ anomaly-vs-known object-score separation (metrics.json ``components`` / ``object
 :mod:`ood_perception.trainer.eval_alerts` for the threshold's source).
 
 HIMPLoS is fitted on the training split's features (pixels subsampled, labels at the feature
-resolution); its per-pixel score at stride 4 is upsampled bilinearly to the input size (as the
+resolution); its per-pixel score on the feature grid (stride 4 for ``fpn`` models, 8 for ``taps8``)
+is upsampled bilinearly to the input size (as the
 exported graph does).
 """
 

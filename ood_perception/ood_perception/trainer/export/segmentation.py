@@ -210,7 +210,7 @@ def fit_scorer(
 ) -> None:
     """Fit the wrapper's fused scorer on ID pixels of ``batches`` (image, lidar, train-id labels).
 
-    Feature-based scorers are fitted on the stride-4 feature grid (labels subsampled with nearest
+    Feature-based scorers are fitted on the feature grid (stride 4 or 8 by the design) (labels subsampled with nearest
     neighbour), logit-only ones at input resolution, matching how :class:`ScoredSegmentation` scores.
     """
 
