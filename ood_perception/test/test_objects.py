@@ -420,3 +420,26 @@ def test_calibrate_with_the_ood_term_scores_objects_at_the_calibrated_pixel_thre
     assert len(off.decision_warnings) == 1 and "'w_ood': 0.0" in off.decision_warnings[0]
     other = FusionPipeline(backend, FusionConfig(threshold=dec["pixel_threshold"] + 0.5))
     assert any("pixel threshold" in w for w in other.decision_warnings)
+
+
+def test_mask_source_regions_keeps_only_the_reported_objects_pixels():
+    """mask_source=regions: the published mask holds the anomalous pixels inside the reported regions'
+    boxes only (a flagged flat patch on the ground disappears from it); pixels: all flagged pixels."""
+    full = pipeline()
+    only = pipeline(mask_source="regions")
+    fr = frames(5, box=True, red_patch=True)
+    a = [full.process(f) for f in fr]
+    b = [only.process(f) for f in fr]
+    for ra, rb in zip(a, b, strict=True):
+        assert ra.level == rb.level and len(ra.regions) == len(rb.regions)
+        assert set(np.unique(rb.mask)) <= {0, 255} and np.all(rb.mask <= ra.mask)  # a subset of the pixels
+        keep = np.zeros(ra.mask.shape, bool)
+        for r in rb.regions:
+            keep[r.y_min:r.y_min + r.height, r.x_min:r.x_min + r.width] = True
+        np.testing.assert_array_equal(rb.mask, np.where(keep, ra.mask, 0))
+    assert not b[0].regions and not b[0].mask.any() and a[0].mask[80:92, 30:60].all()  # patch flagged, not shown
+    # the alerted box: its mask pixels are those the region counts (none here: the colour backend scores the
+    # box's pixels as normal; the object is alerted for its unknown class)
+    assert b[3].regions and int((b[3].mask > 0).sum()) == sum(r.num_pixels for r in b[3].regions)
+    with pytest.raises(ValueError, match="mask_source"):
+        FusionConfig(mask_source="boxes")

@@ -87,6 +87,8 @@ FUSION_PARAMETERS: list[tuple[str, Any, str]] = [
     ("cluster_min_points", 5, "DBSCAN min_points"),
     ("max_cluster_points", 5000, "more anomalous points than this are voxel-downsampled (eps/2 grid) before DBSCAN"),
     ("frame_score_percentile", 99.0, "percentile of the score map reported as the frame score (pixel decisions)"),
+    ("mask_source", "pixels", "ood/mask holds: pixels = every pixel at or above the threshold; regions = only those "
+     "inside the 2D boxes of the reported regions (object decisions: the alerted objects)"),
     ("decision", "auto", "auto | objects | pixels: decide on LiDAR objects (ground, location on the drivable area, "
      "tracking; docs/architecture.md) or on mask pixels; auto = objects when the frame has usable LiDAR and the "
      "model names a drivable class"),
@@ -137,7 +139,7 @@ FUSION_PARAMETERS: list[tuple[str, Any, str]] = [
 #: Parameter -> FusionConfig field (same name), with its parameter default.
 _FUSION_FIELDS = ("frame_score_percentile", "min_region_pixels", "min_region_points", "cluster_eps",
                   "cluster_min_points", "max_cluster_points", "clock_jump", "min_lidar_points_in_view",
-                  "crop_model", "crop_context", "crop_min_side")
+                  "crop_model", "crop_context", "crop_min_side", "mask_source")
 _ALERT_FIELDS = ("raise_k", "raise_n", "clear_frames", "cooldown_s")
 #: Prefix of the object decisions' parameters (:class:`ObjectConfig` fields).
 OBJECT_PREFIX = "object."
@@ -187,6 +189,8 @@ def validate_fusion_params(values: Mapping[str, Any]) -> None:
         raise ValueError("parameters cooldown_s and stale_timeout must be >= 0")
     if not 0 <= float(values["frame_score_percentile"]) <= 100:
         raise ValueError(f"parameter frame_score_percentile must be in [0, 100], got {values['frame_score_percentile']}")
+    if values["mask_source"] not in ("pixels", "regions"):
+        raise ValueError(f"parameter mask_source must be pixels or regions, got {values['mask_source']!r}")
     if values["decision"] not in ("auto", "objects", "pixels"):
         raise ValueError(f"parameter decision must be auto, objects or pixels, got {values['decision']!r}")
     if math.isinf(float(values["region_threshold"])):

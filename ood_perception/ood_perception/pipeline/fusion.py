@@ -107,6 +107,19 @@ def spec_sha256(spec: Any) -> str:
     return str(getattr(spec, "sha256", "") or "")
 
 
+#: What the published mask holds (``FusionConfig.mask_source``).
+MASK_SOURCES: tuple[str, ...] = ("pixels", "regions")
+
+
+def regions_mask(mask: np.ndarray, regions: list[Region]) -> np.ndarray:
+    """``mask`` (uint8 ``[H, W]``, 255 = anomalous) kept only inside the 2D boxes of ``regions``."""
+    keep = np.zeros(mask.shape, bool)
+    for r in regions:
+        if r.has_2d and r.width > 0 and r.height > 0:
+            keep[r.y_min:r.y_min + r.height, r.x_min:r.x_min + r.width] = True
+    return np.where(keep, mask, 0).astype(np.uint8)
+
+
 @dataclass
 class FusionConfig:
     """Parameters of :class:`FusionPipeline` (the node exposes each as a ROS parameter).
@@ -135,6 +148,10 @@ class FusionConfig:
             its result goes into ``Region.extra["crop"]`` and the alert's description; "" = off.
         crop_context, crop_min_side: the crop's margin around the region's box and the smallest
             box side [px] classified.
+        mask_source: what the published mask (``FusionResult.mask``, ``ood/mask``) holds: ``pixels``,
+            every pixel at or above the pixel threshold; ``regions``, only those inside the 2D boxes
+            of the frame's reported regions (with object decisions: the alerted objects), so the
+            mask shows what the decision reports and not the scatter of a 5%-false-positive threshold.
     """
 
     threshold: float | None = None
@@ -156,8 +173,11 @@ class FusionConfig:
     crop_model: str = ""
     crop_context: float = 0.15
     crop_min_side: int = 8
+    mask_source: str = "pixels"
 
     def __post_init__(self) -> None:
+        if self.mask_source not in MASK_SOURCES:
+            raise ValueError(f"mask_source must be one of {MASK_SOURCES}, got {self.mask_source!r}")
         if self.decision not in DECISION_MODES:
             raise ValueError(f"decision must be one of {DECISION_MODES}, got {self.decision!r}")
         if self.region_threshold is not None and not np.isfinite(self.region_threshold):
@@ -568,6 +588,8 @@ class FusionPipeline:
         else:
             regions, evidence = self._pixel_decisions(frame, anomalous, score, valid, pts, pscores)
             decision = self.alerts.update(frame.stamp, evidence, degraded)
+        if cfg.mask_source == "regions":
+            mask = regions_mask(mask, regions)
         if self.crop_classifier is not None and regions and frame.image is not None:
             phrases = self.crop_classifier.annotate(frame.image, regions)  # also fills Region.extra["crop"]
             if phrases:
