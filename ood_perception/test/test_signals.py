@@ -86,6 +86,7 @@ def test_stopped_replay_keeps_results_up_to_the_stop(tmp_path, monkeypatch, caps
     Before: every partial result was discarded. Now: the replay stops after that frame, the output
     bag holds frames 0..3, metrics.json says "interrupted": true, the second bag is listed as not
     replayed, no temporaries are left, exit code 130 (143) and a line saying so."""
+    before = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))  # SIG_IGN under nohup
     backend = SignallingBackend(at=3, signals=(sig,))
     monkeypatch.setattr(run_mod, "build_pipeline", lambda *a, **k: _pipeline(backend))
     cfg = tmp_path / "dataset.yaml"
@@ -104,7 +105,7 @@ def test_stopped_replay_keeps_results_up_to_the_stop(tmp_path, monkeypatch, caps
     assert pooled["interrupted"] is True and pooled["info"]["not_replayed"] == [str(bags[1])]
     assert not (out / "bag1").exists() and not list(out.rglob(".*tmp*"))
     assert f"<b>Interrupted</b> ({signal.Signals(sig).name})" in (out / "bag0/report.html").read_text()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before  # handlers restored
 
 
 def test_second_signal_stops_at_once_without_results(tmp_path, monkeypatch, capsys):
