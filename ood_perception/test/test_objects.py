@@ -420,6 +420,15 @@ def test_calibrate_with_the_ood_term_scores_objects_at_the_calibrated_pixel_thre
     assert len(off.decision_warnings) == 1 and "'w_ood': 0.0" in off.decision_warnings[0]
     other = FusionPipeline(backend, FusionConfig(threshold=dec["pixel_threshold"] + 0.5))
     assert any("pixel threshold" in w for w in other.decision_warnings)
+    # the same weights in proportion (the score divides by their sum), pixel decisions: no warning
+    double = ObjectConfig(track_window=0, w_unknown=2.0, w_ood=2.0)
+    assert FusionPipeline(backend, FusionConfig(objects=double)).decision_warnings == []
+    assert FusionPipeline(backend, FusionConfig(decision="pixels", objects=ObjectConfig(w_ood=0.0))).decision_warnings == []
+    # a calibration made with w_ood > 0 before ood_share_threshold was recorded: re-run calibrate
+    old = dict(json.loads((model / "model.json").read_text()))
+    old["decision"] = {k: v for k, v in old["decision"].items() if k != "ood_share_threshold"}
+    (model / "model.json").write_text(json.dumps(old))
+    assert any("re-run ood-perception calibrate" in w for w in FusionPipeline(runtime.load(model), FusionConfig()).decision_warnings)
 
 
 def test_mask_source_regions_keeps_only_the_reported_objects_pixels():

@@ -81,7 +81,8 @@ def handler(args: argparse.Namespace) -> int:
         fusion = dict(settings_from_params(node_parameters(args.params)).fusion)
     base = FusionConfig(**fusion)
     # judge every candidate, never a scene shift; the thresholds are chosen afterwards
-    model_thr = spec.threshold if spec.threshold is not None else spec.decision.get("pixel_threshold")
+    # the runtime's order: a calibrated pixel threshold first, then export's
+    model_thr = spec.decision.get("pixel_threshold") if spec.decision.get("pixel_threshold") is not None else spec.threshold
     run_thr = base.threshold if base.threshold is not None else model_thr
     settings = CalibrationSettings(budget=args.budget, pixel_fpr=args.pixel_fpr, windows=windows,
                                    alert=base.alert or AlertConfig(), objects=base.objects)
@@ -118,11 +119,16 @@ def handler(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     cache = Path(args.frames_cache) if args.frames_cache else None
+    cache_objects = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(base.objects).items()}
     if cache is not None and cache.is_file():
         with cache.open("rb") as fh:
             stored = pickle.load(fh)
-        # {"threshold", "frames"}; a bare list: a cache written before the threshold was recorded
+        # {"threshold", "objects", "frames"}; a bare list: a cache written before these were recorded
         frames, ood_thr = (stored["frames"], stored["threshold"]) if isinstance(stored, dict) else (stored, run_thr)
+        made_with = stored.get("objects") if isinstance(stored, dict) else None
+        if made_with is not None and made_with != cache_objects:
+            raise ValueError(f"{cache}: its region scores were computed with other object settings "
+                             f"({made_with}); delete it or use the same --params")
     else:
         frames, ood_thr = collect(run_thr), run_thr
         if settings.objects.w_ood > 0 and base.threshold is None:
@@ -137,12 +143,12 @@ def handler(args: argparse.Namespace) -> int:
                 frames, ood_thr = collect(pixel_thr), pixel_thr
         if cache is not None:
             with atomic_path(cache) as tmp, tmp.open("wb") as fh:
-                pickle.dump({"threshold": ood_thr, "frames": frames}, fh)
+                pickle.dump({"threshold": ood_thr, "objects": cache_objects, "frames": frames}, fh)
     block = calibrate_decisions(frames, settings)
-    if settings.objects.w_ood > 0 and ood_thr is not None and base.threshold is None \
-            and float(ood_thr) != float(block["pixel_threshold"]):
+    wanted = base.threshold if base.threshold is not None else float(block["pixel_threshold"])
+    if settings.objects.w_ood > 0 and ood_thr is not None and float(ood_thr) != float(wanted):
         print(f"calibrate: warning: object.w_ood > 0 and the region scores were computed at pixel threshold "
-              f"{float(ood_thr):.4f}, not the calibrated {block['pixel_threshold']:.4f} (a frames cache made before); "
+              f"{float(ood_thr):.4f}, not the one the node will use, {float(wanted):.4f} (a frames cache made before); "
               "delete the cache to re-run", file=sys.stderr)
     block["ood_share_threshold"] = None if ood_thr is None else float(ood_thr)
     clean = block["validation"]["budget_frames"]

@@ -336,18 +336,25 @@ class FusionPipeline:
         """Warnings when the region threshold comes from ``model.json`` but the evidence weights (or,
         with ``w_ood`` > 0, the pixel threshold) differ from those it was calibrated with: its
         false-alert budget no longer holds."""
-        if self.decision_source.get("region_threshold") != "model.json" or not calibrated.get("objects"):
+        if (self.config.decision == "pixels" or self.decision_source.get("region_threshold") != "model.json"
+                or not calibrated.get("objects")):
             return []
         names = ("w_unknown", "w_conflict", "w_ood", "w_extra")
-        cal = tuple(float(calibrated["objects"].get(n, getattr(ObjectConfig(), n))) for n in names)
+        # weights read before the key existed default to ObjectConfig's defaults of that time (w_ood 0)
+        cal = tuple(float(calibrated["objects"].get(n, 0.0 if n == "w_ood" else getattr(ObjectConfig(), n)))
+                    for n in names)
         run = tuple(float(getattr(self.objects, n)) for n in names)
         out = []
-        if cal != run:
+        if not np.allclose(np.divide(cal, sum(cal)), np.divide(run, sum(run))):  # the score divides by the sum
             out.append("the region threshold in model.json was calibrated with object weights "
-                       f"{dict(zip(names, cal, strict=True))}, these settings use {dict(zip(names, run, strict=True))}: "
-                       "its false-alert budget does not hold; use the calibration's weights or re-run calibrate")
+                       f"{dict(zip(names, cal, strict=True))}, these settings use {dict(zip(names, run, strict=True))} "
+                       "(object.w_ood defaults to 1 since 2026-12-04): its false-alert budget does not hold; set the "
+                       "calibration's weights (object.* parameters) or re-run ood-perception calibrate")
         ood_thr = calibrated.get("ood_share_threshold")
-        if self.objects.w_ood > 0 and ood_thr is not None and abs(float(ood_thr) - self.threshold) > 1e-9:
+        if self.objects.w_ood > 0 and cal[2] > 0 and ood_thr is None:
+            out.append("the region threshold was calibrated with object.w_ood > 0 before calibrate recorded the pixel "
+                       "threshold of the OOD share (ood_share_threshold): re-run ood-perception calibrate")
+        elif self.objects.w_ood > 0 and ood_thr is not None and abs(float(ood_thr) - self.threshold) > 1e-9:
             out.append(f"the region threshold was calibrated with the OOD share at pixel threshold {float(ood_thr):.4f}, "
                        f"this pipeline uses {self.threshold:.4f}: its false-alert budget does not hold")
         return out

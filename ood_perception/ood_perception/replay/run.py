@@ -116,6 +116,10 @@ class ReplayJob:
     threads: int = 1
 
 
+#: Decision warnings already printed by this process.
+_WARNED: set[str] = set()
+
+
 def build_pipeline(model_dir: Path | None, backend: str, settings: ReplaySettings, threads: int = 1) -> Any:
     """Load the model and build the fusion node's pipeline with the replay settings."""
 
@@ -129,7 +133,9 @@ def build_pipeline(model_dir: Path | None, backend: str, settings: ReplaySetting
     model = runtime.load(model_dir, backend=backend, **opts)
     pipeline = FusionPipeline(model, FusionConfig(**settings.fusion))
     for note in pipeline.decision_warnings:
-        print(f"replay: warning: {note}", file=sys.stderr)
+        if note not in _WARNED:  # once per process, not once per bag
+            _WARNED.add(note)
+            print(f"replay: warning: {note}", file=sys.stderr)
     return pipeline
 
 
