@@ -158,8 +158,7 @@ def handler(args: argparse.Namespace) -> int:
               "validation frames", file=sys.stderr)
     block.update({"data": [str(d) for d in args.data], "params": args.params, "max_frames": args.max_frames,
                   "calibrated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "model_sha256": spec.files["onnx"].sha256,
-                  "objects": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(settings.objects).items()
-                              if k != "track_window"}})
+                  "objects": {k: v for k, v in cache_objects.items() if k != "track_window"}})
     v = block["validation"]
     print(f"calibrated on {v['drives']} drives, {v['frames']} frames ({v['anomaly_free_frames']} anomaly-free, "
           f"{v['positive_frames']} with >= 200 anomaly pixels; budget on {v['budget_frames']} {v['budget_set']}) "

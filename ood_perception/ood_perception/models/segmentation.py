@@ -113,7 +113,56 @@ class SegHead(nn.Module):
         return feats, self.classifier(feats)
 
 
-class FusionSegNet(nn.Module):
+def check_inputs(image: torch.Tensor, lidar: torch.Tensor) -> None:
+    """``image`` ``[B, 3, H, W]`` and ``lidar`` ``[B, 6, H, W]``, else a ValueError naming the shape."""
+    if image.dim() != 4 or image.shape[1] != 3:
+        raise ValueError(f"image must be [B, 3, H, W], got {tuple(image.shape)}")
+    if lidar.dim() != 4 or lidar.shape[1] != 6:
+        raise ValueError(f"lidar must be [B, 6, H, W], got {tuple(lidar.shape)}")
+
+
+class _LateFusionHeads(nn.Module):
+    """What both fusion networks share on top of ``(Fc, Fl)``: the fused head (``fusion``) and the two
+    unimodal heads (``camera_head``, ``lidar_head``), built by the subclass; their output dict."""
+
+    config: ModelConfig
+    fusion: SegHead
+    camera_head: SegHead
+    lidar_head: SegHead
+
+    @property
+    def classifier(self) -> nn.Conv2d:
+        """The fused head's final 1x1 conv (weights ``[K, D, 1, 1]``), e.g. for HIMPLoS."""
+        return self.fusion.classifier
+
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_classes
+
+    def fused_head(self, fused: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the fused head on concatenated ``[Fc, Fl]`` (ID or synthesised outlier features).
+
+        Returns ``(features, logits)`` at the feature-map resolution.
+        """
+        return self.fusion(fused)
+
+    def heads(self, fc: torch.Tensor, fl: torch.Tensor, size: tuple[int, int] | torch.Size | None) -> dict[str, torch.Tensor]:
+        """The three heads on ``(Fc, Fl)``: the output dict, logits upsampled bilinearly to ``size``
+        (None: kept on the feature grid)."""
+        feats, logits = self.fused_head(torch.cat([fc, fl], dim=1))
+        _, cam_logits = self.camera_head(fc)
+        _, lid_logits = self.lidar_head(fl)
+
+        def up(x: torch.Tensor) -> torch.Tensor:
+            if size is None or tuple(x.shape[-2:]) == tuple(size):
+                return x
+            return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+        return {"logits": up(logits), "camera_logits": up(cam_logits), "lidar_logits": up(lid_logits),
+                "features": feats, "camera_features": fc, "lidar_features": fl}
+
+
+class FusionSegNet(_LateFusionHeads):
     """Camera + LiDAR late-fusion segmentation network.
 
     ``forward(image [B,3,H,W], lidar [B,6,H,W])`` returns a dict (docs/architecture.md):
@@ -135,52 +184,18 @@ class FusionSegNet(nn.Module):
         self.camera_head = SegHead(c.camera_channels, c.head_channels // 2, c.num_classes, 3, depth=1)
         self.lidar_head = SegHead(c.lidar_channels, c.head_channels // 2, c.num_classes, 3, depth=1)
 
-    @property
-    def classifier(self) -> nn.Conv2d:
-        """The fused head's final 1x1 conv (weights ``[K, D, 1, 1]``), e.g. for HIMPLoS."""
-        return self.fusion.classifier
-
-    @property
-    def num_classes(self) -> int:
-        return self.config.num_classes
-
     def encode(self, image: torch.Tensor, lidar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Pre-fusion features ``(Fc, Fl)`` on the same stride-4 grid."""
-        if image.dim() != 4 or image.shape[1] != 3:
-            raise ValueError(f"image must be [B, 3, H, W], got {tuple(image.shape)}")
-        if lidar.dim() != 4 or lidar.shape[1] != 6:
-            raise ValueError(f"lidar must be [B, 6, H, W], got {tuple(lidar.shape)}")
+        check_inputs(image, lidar)
         fl = self.lidar(lidar)
         fc = self.camera(image)
         if fc.shape[-2:] != fl.shape[-2:]:
             fc = F.interpolate(fc, size=fl.shape[-2:], mode="bilinear", align_corners=False)
         return fc, fl
 
-    def fused_head(self, fused: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run the fused head on concatenated ``[Fc, Fl]`` (ID or synthesised outlier features).
-
-        Returns ``(features, logits)`` at the feature-map resolution.
-        """
-        return self.fusion(fused)
-
     def forward(self, image: torch.Tensor, lidar: torch.Tensor) -> dict[str, torch.Tensor]:
         fc, fl = self.encode(image, lidar)
-        size = image.shape[-2:]
-        feats, logits = self.fused_head(torch.cat([fc, fl], dim=1))
-        _, cam_logits = self.camera_head(fc)
-        _, lid_logits = self.lidar_head(fl)
-
-        def up(x: torch.Tensor) -> torch.Tensor:
-            return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-
-        return {
-            "logits": up(logits),
-            "camera_logits": up(cam_logits),
-            "lidar_logits": up(lid_logits),
-            "features": feats,
-            "camera_features": fc,
-            "lidar_features": fl,
-        }
+        return self.heads(fc, fl, image.shape[-2:])
 
 
 #: Channels of MobileNetV2's four taps (strides 4, 8, 16, 32) concatenated on the stride-8 grid.
@@ -209,7 +224,7 @@ def pool_lidar_tensor(lidar: torch.Tensor, factor: int = 4) -> torch.Tensor:
     return torch.cat([mean, count], dim=1)
 
 
-class TapFusionNet(nn.Module):
+class TapFusionNet(_LateFusionHeads):
     """Camera + LiDAR late fusion on a *frozen* ImageNet MobileNetV2 (``ModelConfig.design`` ``taps8``).
 
     The encoder's taps at strides 4/8/16/32 (24 + 32 + 96 + 320 channels) are brought to the
@@ -261,15 +276,6 @@ class TapFusionNet(nn.Module):
             self.encoder.eval()  # frozen: ImageNet statistics, no updates
         return self
 
-    @property
-    def classifier(self) -> nn.Conv2d:
-        """The fused head's final 1x1 conv (weights ``[K, D, 1, 1]``), e.g. for HIMPLoS."""
-        return self.fusion.classifier
-
-    @property
-    def num_classes(self) -> int:
-        return self.config.num_classes
-
     def encode_taps(self, taps: torch.Tensor, lidar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(Fc, Fl)`` from the stride-8 taps ``[B, 472, H/8, W/8]`` and the pooled LiDAR
         ``[B, 6, H/4, W/4]`` (what the method table caches)."""
@@ -279,10 +285,7 @@ class TapFusionNet(nn.Module):
 
     def encode(self, image: torch.Tensor, lidar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Pre-fusion features ``(Fc, Fl)`` on the stride-8 grid."""
-        if image.dim() != 4 or image.shape[1] != 3:
-            raise ValueError(f"image must be [B, 3, H, W], got {tuple(image.shape)}")
-        if lidar.dim() != 4 or lidar.shape[1] != 6:
-            raise ValueError(f"lidar must be [B, 6, H, W], got {tuple(lidar.shape)}")
+        check_inputs(image, lidar)
         if image.shape[-1] % 8 or image.shape[-2] % 8 or image.shape[-2:] != lidar.shape[-2:]:
             raise ValueError(f"TapFusionNet needs image and lidar of the same size, divisible by 8; got "
                              f"{tuple(image.shape[-2:])} and {tuple(lidar.shape[-2:])}")
@@ -291,24 +294,6 @@ class TapFusionNet(nn.Module):
         with torch.no_grad():
             taps = taps_at_stride8(self.encoder(image))
         return self.encode_taps(taps, pool_lidar_tensor(lidar))
-
-    def fused_head(self, fused: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run the fused head on concatenated ``[Fc, Fl]``; ``(features, logits)`` at stride 8."""
-        return self.fusion(fused)
-
-    def heads(self, fc: torch.Tensor, fl: torch.Tensor, size: tuple[int, int] | torch.Size | None) -> dict[str, torch.Tensor]:
-        """The three heads on ``(Fc, Fl)``; logits upsampled to ``size`` (None: kept at stride 8)."""
-        feats, logits = self.fused_head(torch.cat([fc, fl], dim=1))
-        _, cam_logits = self.camera_head(fc)
-        _, lid_logits = self.lidar_head(fl)
-
-        def up(x: torch.Tensor) -> torch.Tensor:
-            if size is None or tuple(x.shape[-2:]) == tuple(size):
-                return x
-            return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-
-        return {"logits": up(logits), "camera_logits": up(cam_logits), "lidar_logits": up(lid_logits),
-                "features": feats, "camera_features": fc, "lidar_features": fl}
 
     def forward(self, image: torch.Tensor, lidar: torch.Tensor) -> dict[str, torch.Tensor]:
         fc, fl = self.encode(image, lidar)
