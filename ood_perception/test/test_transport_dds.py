@@ -158,8 +158,11 @@ def test_frames_lost_before_the_callback_reach_diagnostics(rclpy_context):
 
 
 def test_large_frames_from_a_publisher_without_the_profile_are_reported_lost(rclpy_context):
-    """A driver started without the profile (Fast DDS's 512 KiB SHM segment) loses most 1.5 MB
-    frames even though the node has it: /diagnostics must say "lost in transport"."""
+    """A driver started without the profile (Fast DDS's 512 KiB SHM segment) loses 1.5 MB frames
+    even though the node has it -- on this machine 40-80% of them (bench/transport); on some
+    machines none. Either way /diagnostics must tell the truth: every frame the middleware reported
+    lost is counted and named "lost in transport", and where it lost none the status claims none.
+    (The accounting itself is unit-tested with injected losses in test_transport.py.)"""
     node = make_node(rclpy_context, stale_timeout=30.0, diagnostics_period=0.5)
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
@@ -183,9 +186,17 @@ def test_large_frames_from_a_publisher_without_the_profile_are_reported_lost(rcl
         d = node.diagnostics_values()
         print(f"\ncamera: {node.rates['camera'].total} of 30 received, {d['camera_lost_in_transport_total']} "
               f"lost in transport; status: {diags[-1].status[0].message}")
-        assert d["camera_lost_in_transport_total"] >= 5
-        assert "camera" in d["transport_loss"] and "lost in transport" in d["transport_loss"]
+        received, lost = node.rates["camera"].total, d["camera_lost_in_transport_total"]
         st = diags[-1].status[0]
+        assert received <= 30
+        if lost == 0:  # this machine's DDS delivered them: nothing may be claimed lost in transport
+            assert received + d["camera_lost_total"] >= 25, (received, d["camera_lost_total"])  # gaps, if any
+            assert "lost in transport" not in st.message and "lost in transport" not in d["transport_loss"]
+            return
+        # the middleware's sample-lost events account for the frames that did not arrive (the last
+        # one or two may be lost without an event: no later sample revealed the gap)
+        assert received + lost >= 25, (received, lost)
+        assert "camera" in d["transport_loss"] and "lost in transport" in d["transport_loss"]
         assert st.level == b"\x01" and "lost in transport" in st.message and "README: Transport" in st.message
     finally:
         if pub.poll() is None:
