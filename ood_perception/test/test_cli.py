@@ -15,8 +15,8 @@ def test_help_lists_every_command_module(capsys):
         cli.main(["--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    for name in cli._command_modules():
-        assert f"    {name}" in out, f"subcommand {name} missing from --help"
+    for name in cli._command_modules():  # module object_bank -> subcommand object-bank
+        assert f"    {name.replace('_', '-')}" in out, f"subcommand {name} missing from --help"
     assert {"synth", "train", "evaluate", "export", "replay", "run", "demo"} <= set(cli._command_modules())
 
 

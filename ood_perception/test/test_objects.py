@@ -175,8 +175,9 @@ def test_auto_decides_on_pixels_for_camera_only_frames_and_models_without_a_driv
 def test_region_score_weights_and_plug_in_term():
     ev = ObjectEvidence(index=np.arange(3), centroid=(0, 0, 0), size=(1, 1, 1), top=1.0, unknown=0.5, conflict=1.0,
                         ood=0.0, drivable=0.8, context_points=10, mean_score=0.0, max_score=0.0, extra=1.0)
-    assert region_score(ev, ObjectConfig()) == pytest.approx(0.8 * (0.5 + 0.0) / 2)  # defaults: unknown and ood
-    assert region_score(ev, ObjectConfig(w_ood=0)) == pytest.approx(0.8 * 0.5)
+    assert region_score(ev, ObjectConfig()) == pytest.approx(0.8 * (0.5 + 0.0 + 1.0) / 3)  # defaults: unknown, ood, extra
+    assert region_score(ev, ObjectConfig(w_extra=0)) == pytest.approx(0.8 * (0.5 + 0.0) / 2)
+    assert region_score(ev, ObjectConfig(w_ood=0, w_extra=0)) == pytest.approx(0.8 * 0.5)
     assert region_score(ev, ObjectConfig(w_unknown=1, w_conflict=1, w_ood=0, w_extra=2)) == pytest.approx(0.8 * (0.5 + 1 + 2) / 4)
     calls = []
 
@@ -191,8 +192,12 @@ def test_region_score_weights_and_plug_in_term():
     r = p.process(frames(1, box=True)[0])
     assert calls and calls[0][1] == (box_points().shape[0], 3) and calls[0][0][2] == 3
     assert r.objects[0].score == pytest.approx(0.5)
-    with pytest.raises(ValueError, match="region term"):
-        FusionPipeline(ColourBackend(), FusionConfig(objects=ObjectConfig(w_extra=1.0)))
+    # no plug-in term and a model without an object bank: the term is off, and the pipeline says so
+    p = FusionPipeline(ColourBackend(), FusionConfig(objects=ObjectConfig(w_extra=1.0)))
+    assert p.objects.w_extra == 0 and p.object_bank is None
+    assert any("object.w_extra 1 has no effect: the model has no object bank" in w for w in p.decision_warnings)
+    with pytest.raises(ValueError, match="only evidence weight"):
+        FusionPipeline(ColourBackend(), FusionConfig(objects=ObjectConfig(w_unknown=0, w_ood=0, w_extra=1.0)))
 
 
 def test_tracker_follows_an_object_passing_a_moving_vehicle():
@@ -421,7 +426,7 @@ def test_calibrate_with_the_ood_term_scores_objects_at_the_calibrated_pixel_thre
     other = FusionPipeline(backend, FusionConfig(threshold=dec["pixel_threshold"] + 0.5))
     assert any("pixel threshold" in w for w in other.decision_warnings)
     # the same weights in proportion (the score divides by their sum), pixel decisions: no warning
-    double = ObjectConfig(track_window=0, w_unknown=2.0, w_ood=2.0)
+    double = ObjectConfig(track_window=0, w_unknown=2.0, w_ood=2.0, w_extra=2.0)
     assert FusionPipeline(backend, FusionConfig(objects=double)).decision_warnings == []
     assert FusionPipeline(backend, FusionConfig(decision="pixels", objects=ObjectConfig(w_ood=0.0))).decision_warnings == []
     # a calibration made with w_ood > 0 before ood_share_threshold was recorded: re-run calibrate

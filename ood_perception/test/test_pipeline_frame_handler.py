@@ -299,7 +299,9 @@ def test_warm_up_builds_the_onnx_pruned_sessions_before_the_first_frame():
         assert not backend._subsets
         p.warm_up()
         built = set(backend._subsets)
-        assert built == {("class_map", "score_map"), ("camera_class_map", "camera_score_map"),
+        # the object bank's term (default weight 1, the default model has a bank) needs the embedding
+        # wherever there is a camera image
+        assert built == {("class_map", "embedding", "score_map"), ("camera_class_map", "camera_score_map", "embedding"),
                          ("lidar_class_map", "lidar_score_map")}
         h, w = p.input_hw
         calib = Calibration(np.array([[w / 2, 0, w / 2], [0, w / 2, h / 2], [0, 0, 1.0]]), w, h)

@@ -19,6 +19,7 @@ import argparse
 import pickle
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,7 @@ def handler(args: argparse.Namespace) -> int:
     from ood_perception.pipeline import FusionConfig, FusionPipeline
     from ood_perception.pipeline.alerts import AlertConfig
     from ood_perception.pipeline.calibration import CalibrationFrame, CalibrationSettings, calibrate_decisions
+    from ood_perception.pipeline.object_bank import BANK_ROLE
     from ood_perception.replay.dataset import replay_dataset
     from ood_perception.replay.params import node_parameters, settings_from_params
 
@@ -84,9 +86,15 @@ def handler(args: argparse.Namespace) -> int:
     # the runtime's order: a calibrated pixel threshold first, then export's
     model_thr = spec.decision.get("pixel_threshold") if spec.decision.get("pixel_threshold") is not None else spec.threshold
     run_thr = base.threshold if base.threshold is not None else model_thr
+    backend = runtime.load(model_dir, intra_op_threads=1)
+    if base.objects.w_extra > 0 and not backend.has_file(BANK_ROLE):
+        # what the runtime does for a model without an object bank: record the weights it will use
+        print(f"calibrate: object.w_extra {base.objects.w_extra:g} has no effect: the model has no object bank "
+              "(ood-perception object-bank makes one); calibrating with w_extra 0", file=sys.stderr)
+        base = replace(base, objects=replace(base.objects, w_extra=0.0))
+        fusion["objects"] = base.objects
     settings = CalibrationSettings(budget=args.budget, pixel_fpr=args.pixel_fpr, windows=windows,
                                    alert=base.alert or AlertConfig(), objects=base.objects)
-    backend = runtime.load(model_dir, intra_op_threads=1)
     datasets = [(root, DatasetConfig.from_yaml(root / "dataset.yaml")) for root in roots]
     for root, ds in datasets:
         if ds.splits.get("test") and not (ds.splits.get("val") or ds.splits.get("train")):
@@ -158,6 +166,7 @@ def handler(args: argparse.Namespace) -> int:
               "validation frames", file=sys.stderr)
     block.update({"data": [str(d) for d in args.data], "params": args.params, "max_frames": args.max_frames,
                   "calibrated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "model_sha256": spec.files["onnx"].sha256,
+                  "object_bank_sha256": spec.files[BANK_ROLE].sha256 if base.objects.w_extra > 0 and BANK_ROLE in spec.files else None,
                   "objects": {k: v for k, v in cache_objects.items() if k != "track_window"}})
     v = block["validation"]
     print(f"calibrated on {v['drives']} drives, {v['frames']} frames ({v['anomaly_free_frames']} anomaly-free, "

@@ -239,8 +239,13 @@ class TapFusionNet(_LateFusionHeads):
     are kept.
 
     ``forward`` returns the :class:`FusionSegNet` dict: logits at input resolution, ``features``
-    (the fused head's penultimate features) and ``Fc``/``Fl`` at stride 8.
+    (the fused head's penultimate features) and ``Fc``/``Fl`` at stride 8, plus ``embedding``: the
+    frozen encoder's taps at stride 8 (``[B, 472, H/8, W/8]``), from which the object decisions pool
+    an appearance embedding per LiDAR object (``pipeline.object_bank``).
     """
+
+    #: Channels of the ``embedding`` output (0 in models without one).
+    embedding_channels = TAP_CHANNELS
 
     def __init__(self, config: ModelConfig, with_encoder: bool = True) -> None:
         super().__init__()
@@ -296,8 +301,18 @@ class TapFusionNet(_LateFusionHeads):
         return self.encode_taps(taps, pool_lidar_tensor(lidar))
 
     def forward(self, image: torch.Tensor, lidar: torch.Tensor) -> dict[str, torch.Tensor]:
-        fc, fl = self.encode(image, lidar)
-        return self.heads(fc, fl, image.shape[-2:])
+        check_inputs(image, lidar)
+        if image.shape[-1] % 8 or image.shape[-2] % 8 or image.shape[-2:] != lidar.shape[-2:]:
+            raise ValueError(f"TapFusionNet needs image and lidar of the same size, divisible by 8; got "
+                             f"{tuple(image.shape[-2:])} and {tuple(lidar.shape[-2:])}")
+        if self.encoder is None:
+            raise ValueError("this TapFusionNet was built without its encoder (with_encoder=False): use encode_taps")
+        with torch.no_grad():
+            taps = taps_at_stride8(self.encoder(image))
+        fc, fl = self.encode_taps(taps, pool_lidar_tensor(lidar))
+        out = self.heads(fc, fl, image.shape[-2:])
+        out["embedding"] = taps  # the frozen ImageNet taps: object embeddings (pipeline.object_bank)
+        return out
 
 
 def gather_point_logits(logits: torch.Tensor, flat_index: torch.Tensor) -> torch.Tensor:

@@ -66,6 +66,10 @@ SEGMENTATION_OUTPUTS = (
     "lidar_class_map",
     "lidar_score_map",
 )
+#: Optional seventh output of a segmentation model: the appearance embedding map
+#: (float32 ``[B, C, H/8, W/8]``) from which the object decisions pool one embedding per LiDAR
+#: object (``pipeline.object_bank``); models exported with ``embedding`` have it.
+EMBEDDING_OUTPUT = "embedding"
 #: Inputs and outputs of a recognition (video + optical flow clip) model directory.
 RECOGNITION_INPUTS = ("video", "flow")
 RECOGNITION_OUTPUTS = ("class", "confidence", "score", "video_class", "video_score", "flow_class", "flow_score")

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ood_perception.models.spec import RECOGNITION_OUTPUTS, SEGMENTATION_OUTPUTS
+from ood_perception.models.spec import EMBEDDING_OUTPUT, RECOGNITION_OUTPUTS, SEGMENTATION_OUTPUTS
 
 
 def scorer_needs_features(scorer: nn.Module) -> bool:
@@ -30,7 +30,7 @@ def _as_map(score: torch.Tensor) -> torch.Tensor:
 
 
 class ScoredSegmentation(nn.Module):
-    """``FusionSegNet`` + OOD scorer -> the six runtime outputs.
+    """``FusionSegNet`` + OOD scorer -> the six runtime outputs (seven with ``embedding``).
 
     ``forward(image, lidar)`` returns, in :data:`~ood_perception.models.spec.SEGMENTATION_OUTPUTS`
     order: fused ``class_map`` (argmax, int64 ``[B, H, W]``), fused ``score_map`` (float32, higher =
@@ -42,19 +42,25 @@ class ScoredSegmentation(nn.Module):
         scorer: the fused-head scorer, ``scorer(logits, features) -> [B, H, W]``.
         unimodal_scorer: scorer for the expert heads, called on logits only (the expert heads have
             no features of the fused head). None: ``scorer`` itself, which must then be logit-only.
+        embedding: also return the model's ``embedding`` map (float32 ``[B, C, H/8, W/8]``) as a
+            seventh output, :data:`~ood_perception.models.spec.EMBEDDING_OUTPUT` (models whose
+            ``embedding_channels`` > 0 only).
     """
 
-    output_names = SEGMENTATION_OUTPUTS
-
-    def __init__(self, model: nn.Module, scorer: nn.Module, unimodal_scorer: nn.Module | None = None) -> None:
+    def __init__(self, model: nn.Module, scorer: nn.Module, unimodal_scorer: nn.Module | None = None,
+                 embedding: bool = False) -> None:
         super().__init__()
         if unimodal_scorer is None and scorer_needs_features(scorer):
             raise ValueError(
                 f"scorer {type(scorer).__name__} needs features; give a logit-only unimodal_scorer for the expert heads"
             )
+        if embedding and not getattr(model, "embedding_channels", 0):
+            raise ValueError(f"{type(model).__name__} has no embedding output (embedding_channels is 0)")
         self.model = model
         self.scorer = scorer
         self.unimodal_scorer = unimodal_scorer
+        self.embedding = bool(embedding)
+        self.output_names = SEGMENTATION_OUTPUTS + ((EMBEDDING_OUTPUT,) if self.embedding else ())
 
     def fused_score(self, out: dict[str, torch.Tensor]) -> torch.Tensor:
         """Fused score map ``[B, H, W]`` at input resolution from the model's output dict.
@@ -78,7 +84,7 @@ class ScoredSegmentation(nn.Module):
         logits = out["logits"]
         uni = self.unimodal_scorer if self.unimodal_scorer is not None else self.scorer
         cam, lid = out["camera_logits"], out["lidar_logits"]
-        return (
+        maps = (
             logits.argmax(dim=1),
             self.fused_score(out),
             cam.argmax(dim=1),
@@ -86,6 +92,7 @@ class ScoredSegmentation(nn.Module):
             lid.argmax(dim=1),
             _as_map(uni(lid)),
         )
+        return (*maps, out["embedding"].float()) if self.embedding else maps
 
 
 class ScoredRecognition(nn.Module):

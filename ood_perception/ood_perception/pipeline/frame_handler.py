@@ -109,7 +109,8 @@ FUSION_PARAMETERS: list[tuple[str, Any, str]] = [
     ("object.w_conflict", 0.0, "weight of the share of its points labelled ground though above the ground"),
     ("object.w_ood", 1.0, "weight of the share of its points with a score >= threshold (0 for a model whose score "
                           "ranks anomalies below known objects)"),
-    ("object.w_extra", 0.0, "weight of the plug-in region term (FusionPipeline(region_term=...); off by default)"),
+    ("object.w_extra", 1.0, "weight of the object bank's term (is there a training object of this appearance and size? "
+     "pipeline/object_bank.py; no effect for a model without object_bank.npz) or of a plug-in region term"),
     ("object.track_gate", 2.0, "largest distance [m] between a track's predicted centroid and a candidate"),
     ("object.track_window", 0, "frames a track's score averages over (unseen frames count 0); 0 = the model's "
      "calibrated value, else 3"),

@@ -48,6 +48,7 @@ from ood_perception.geometry.maps import (
     upsample_score_map,
 )
 from ood_perception.pipeline.alerts import DEGRADED, AlertConfig, AlertDecision, AlertStateMachine
+from ood_perception.pipeline.object_bank import BANK_FILE, BANK_ROLE, ObjectBank, pool_embedding
 from ood_perception.pipeline.objects import (
     ClassSets,
     ObjectConfig,
@@ -60,6 +61,7 @@ from ood_perception.pipeline.objects import (
     region_score,
 )
 from ood_perception.pipeline.regions import Region, cluster_points, mask_regions, merge_regions
+from ood_perception.runtime import EMBEDDING_OUTPUT
 
 #: ImageNet normalisation, used when the model spec carries none.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -263,6 +265,7 @@ class PendingFrame:
     flat: np.ndarray | None = None
     score_m: np.ndarray | None = None
     class_m: np.ndarray | None = None
+    embedding_m: np.ndarray | None = None  # [C, H/8, W/8] when the object bank is in use
     skip: str | None = None  # not scored, and why (no model failure)
     lidar_unusable: str | None = None  # the frame had a cloud that put too few points in view: why
     error: BaseException | None = None  # preparing or running the model failed
@@ -275,9 +278,12 @@ class FusionPipeline:
     """Camera + LiDAR frame pipeline around one backend (see the module docstring)."""
 
     def __init__(self, backend: Backend, config: FusionConfig | None = None,
-                 region_term: RegionTerm | None = None) -> None:
+                 region_term: RegionTerm | None = None, object_embeddings: bool = False) -> None:
         """``region_term``: the optional extra per-region term of the object decisions
-        (:data:`~ood_perception.pipeline.objects.RegionTerm`), weighted by ``objects.w_extra``."""
+        (:data:`~ood_perception.pipeline.objects.RegionTerm`), weighted by ``objects.w_extra``;
+        without one, ``object.w_extra`` > 0 uses the model directory's object bank
+        (``pipeline.object_bank``). ``object_embeddings``: keep every candidate's pooled embedding
+        in ``ObjectEvidence.appearance`` (to build a bank; needs the model's ``embedding`` output)."""
         self.backend = backend
         self.config = config or FusionConfig()
         spec = backend.spec
@@ -299,15 +305,25 @@ class FusionPipeline:
         window = self._pick("track_window", self.config.objects.track_window or None, calibrated.get("track_window"),
                             DEFAULT_DECISION["track_window"])
         self.objects = replace(self.config.objects, track_window=int(window))
+        self.region_term = region_term
+        #: The object-level kNN term (``pipeline.object_bank``): used when ``object.w_extra`` > 0,
+        #: no plug-in ``region_term`` is given and the model directory has a bank; a model without
+        #: one runs with ``w_extra`` 0 (said in :attr:`decision_warnings`).
+        self.object_bank: ObjectBank | None = None
+        bank_note = None
+        if self.objects.w_extra > 0 and region_term is None and self.config.decision != "pixels":
+            self.object_bank, bank_note = self._load_object_bank(backend)
+            if self.object_bank is None:
+                self.objects = replace(self.objects, w_extra=0.0)
         #: Notes for the caller to log: settings that break the calibration's assumptions.
-        self.decision_warnings: list[str] = self._calibration_mismatch(calibrated)
+        self.decision_warnings: list[str] = self._calibration_mismatch(calibrated) + ([bank_note] if bank_note else [])
         self.classes = ClassSets.from_names(list(getattr(spec, "class_names", None) or []), self.objects)
         if self.config.decision == "objects" and not self.classes.usable:
             raise ValueError(f"decision=objects needs a model that names a drivable class "
                              f"({', '.join(self.objects.drivable_classes)}); this one has none: use decision=pixels")
-        if self.objects.w_extra > 0 and region_term is None:
-            raise ValueError("w_extra > 0 needs a region term (FusionPipeline(region_term=...)); none was given")
-        self.region_term = region_term
+        self.object_embeddings = bool(object_embeddings)
+        if self.object_embeddings and EMBEDDING_OUTPUT not in (getattr(spec, "output_names", None) or []):
+            raise ValueError(f"object_embeddings needs a model with an '{EMBEDDING_OUTPUT}' output; this one has none")
         self.crop_classifier: Any = None
         if self.config.crop_model:
             # lazy: the crop classifier runs torch; a pipeline without one never imports it
@@ -340,16 +356,23 @@ class FusionPipeline:
                 or not calibrated.get("objects")):
             return []
         names = ("w_unknown", "w_conflict", "w_ood", "w_extra")
-        # weights read before the key existed default to ObjectConfig's defaults of that time (w_ood 0)
-        cal = tuple(float(calibrated["objects"].get(n, 0.0 if n == "w_ood" else getattr(ObjectConfig(), n)))
+        # weights read before the key existed default to ObjectConfig's defaults of that time (w_ood and
+        # w_extra 0)
+        cal = tuple(float(calibrated["objects"].get(n, 0.0 if n in ("w_ood", "w_extra") else getattr(ObjectConfig(), n)))
                     for n in names)
         run = tuple(float(getattr(self.objects, n)) for n in names)
         out = []
         if not np.allclose(np.divide(cal, sum(cal)), np.divide(run, sum(run))):  # the score divides by the sum
             out.append("the region threshold in model.json was calibrated with object weights "
                        f"{dict(zip(names, cal, strict=True))}, these settings use {dict(zip(names, run, strict=True))} "
-                       "(object.w_ood defaults to 1 since 2026-12-04): its false-alert budget does not hold; set the "
+                       "(object.w_ood defaults to 1 since 2026-12-04, object.w_extra since 2026-12-05): its false-alert budget "
+                       "does not hold; set the "
                        "calibration's weights (object.* parameters) or re-run ood-perception calibrate")
+        bank_sha = getattr(getattr(self.backend.spec, "files", {}).get(BANK_ROLE), "sha256", None)
+        cal_bank = calibrated.get("object_bank_sha256")
+        if self.object_bank is not None and cal_bank is not None and cal_bank != bank_sha:
+            out.append("the region threshold in model.json was calibrated with another object bank (sha256 "
+                       f"{str(cal_bank)[:12]}..., this one {str(bank_sha)[:12]}...): re-run ood-perception calibrate")
         ood_thr = calibrated.get("ood_share_threshold")
         if self.objects.w_ood > 0 and cal[2] > 0 and ood_thr is None:
             out.append("the region threshold was calibrated with object.w_ood > 0 before calibrate recorded the pixel "
@@ -387,6 +410,8 @@ class FusionPipeline:
         inputs, _ = self.prepare(FusionFrame(stamp=0.0, image=np.zeros((h, w, 3), np.uint8)))
         for key in self.heads():
             names = [key + "score_map", key + "class_map"]
+            if (self.object_bank is not None or self.object_embeddings) and key != "lidar_":
+                names.append(EMBEDDING_OUTPUT)  # as infer() asks for frames with a camera image
             if self._pick_outputs:
                 self.backend.infer(inputs, outputs=names)
             else:
@@ -499,12 +524,15 @@ class FusionPipeline:
         t1 = time.perf_counter()
         try:
             key = pending.key
-            if self._pick_outputs:
-                out = self.backend.infer(pending.inputs, outputs=[key + "score_map", key + "class_map"])
-            else:
-                out = self.backend.infer(pending.inputs)
+            names = [key + "score_map", key + "class_map"]
+            want_embedding = (self.object_bank is not None or self.object_embeddings) and pending.frame.image is not None
+            if want_embedding:
+                names.append(EMBEDDING_OUTPUT)
+            out = self.backend.infer(pending.inputs, outputs=names) if self._pick_outputs else self.backend.infer(pending.inputs)
             pending.score_m = np.asarray(out[key + "score_map"], np.float32)[0]
             pending.class_m = np.asarray(out[key + "class_map"])[0].astype(np.int32)
+            if want_embedding:
+                pending.embedding_m = np.asarray(out[EMBEDDING_OUTPUT], np.float32)[0]
         except Exception as exc:  # noqa: BLE001 - any model failure must become DEGRADED, not a crash
             pending.error = exc
         pending.t_infer = time.perf_counter() - t1
@@ -529,7 +557,8 @@ class FusionPipeline:
         assert inputs is not None
         if frame.image is None:  # LiDAR-only: only pixels the scan covers carry evidence
             score_m = np.where(inputs["lidar"][0, 5] > 0, score_m, np.nan).astype(np.float32)
-        result = self._postprocess(frame, score_m, pending.class_m, pending.flat, inputs["lidar"][0, 3], modalities, degraded)
+        result = self._postprocess(frame, score_m, pending.class_m, pending.flat, inputs["lidar"][0, 3], modalities, degraded,
+                                   pending.embedding_m)
         post = time.perf_counter() - t2
         prep = pending.t_prepared - pending.t_begin
         result.timings = {"prepare": prep, "infer": pending.t_infer, "post": post, "total": prep + pending.t_infer + post}
@@ -544,6 +573,7 @@ class FusionPipeline:
         range_m: np.ndarray,
         modalities: list[str],
         degraded: str | None,
+        embedding: np.ndarray | None = None,
     ) -> FusionResult:
         cfg, thr = self.config, self.threshold
         if frame.image is not None:
@@ -589,7 +619,7 @@ class FusionPipeline:
             frame_score = float("nan")
             decision = self.alerts.update(frame.stamp, None, degraded)
         elif by_objects:
-            regions, objects = self._object_decisions(frame, pts, labels, pscores, mask)
+            regions, objects = self._object_decisions(frame, pts, labels, pscores, mask, embedding)
             frame_score = max((ob.track_score for ob in objects), default=0.0)
             decision = self.alerts.update(frame.stamp, bool(regions), degraded)
         else:
@@ -643,9 +673,10 @@ class FusionPipeline:
         return regions, bool(regions_2d) or bool(regions_3d)
 
     def _object_decisions(self, frame: FusionFrame, pts: np.ndarray, labels: np.ndarray, pscores: np.ndarray,
-                          mask: np.ndarray) -> tuple[list[Region], list[ObjectEvidence]]:
+                          mask: np.ndarray, embedding: np.ndarray | None = None) -> tuple[list[Region], list[ObjectEvidence]]:
         """Decisions on objects (``pipeline/objects.py``): the regions of the tracked objects scoring
-        >= ``region_threshold`` (highest first) and every candidate with its evidence."""
+        >= ``region_threshold`` (highest first) and every candidate with its evidence. ``embedding``:
+        the model's embedding map, for the object bank's term (``extra``)."""
         oc = self.objects
         assert frame.points is not None and frame.calib is not None
         ground = fit_frame_ground(frame.points, oc)
@@ -660,10 +691,50 @@ class FusionPipeline:
                 if frame.image is not None:
                     crop = frame.image[region.y_min:region.y_min + region.height, region.x_min:region.x_min + region.width]
                 ob.extra = float(self.region_term(crop, region, pts[ob.index, :3]))
+        if self.object_embeddings and embedding is not None:
+            for ob in cands:
+                ob.appearance = pool_embedding(embedding, u[ob.index], v[ob.index], mask.shape[1], mask.shape[0])
+        if self.object_bank is not None and embedding is not None and self.region_term is None:
+            self._bank_terms(cands, embedding, u, v, mask.shape[1], mask.shape[0])
+        for ob in cands:
             ob.score = region_score(ob, oc)
         self.tracker.update(frame.stamp, cands)
         hits = sorted((ob for ob in cands if ob.track_score >= self.region_threshold), key=lambda ob: -ob.track_score)
         return [object_region(ob, pts, u, v, mask) for ob in hits], cands
+
+    def _load_object_bank(self, backend: Any) -> tuple[ObjectBank | None, str | None]:
+        """The model directory's object bank (checked against its sha256: a corrupt or replaced
+        file raises), or None and why not when the model has none (the term is then off)."""
+        has = getattr(backend, "has_file", None)
+        why = None
+        if has is None or not has(BANK_ROLE):
+            why = f"the model has no object bank ({BANK_FILE}; `ood-perception object-bank` makes one)"
+        elif EMBEDDING_OUTPUT not in (getattr(backend.spec, "output_names", None) or []):
+            why = f"the model has an object bank but no '{EMBEDDING_OUTPUT}' output (re-export it)"
+        if why is None:
+            bank = ObjectBank.from_bytes(backend.file_bytes(BANK_ROLE), f"{getattr(backend, 'model_dir', '')}/{BANK_FILE}")
+            return bank, None
+        others = (self.objects.w_unknown, self.objects.w_conflict, self.objects.w_ood)
+        if not sum(others) > 0:
+            raise ValueError(f"object.w_extra is the only evidence weight > 0 but {why}; pass a region term or "
+                             "set another object.w_* weight")
+        return None, f"object.w_extra {self.objects.w_extra:g} has no effect: {why}"
+
+    def _bank_terms(self, cands: list[ObjectEvidence], embedding: np.ndarray, u: np.ndarray, v: np.ndarray,
+                    width: int, height: int) -> None:
+        """``extra`` of every candidate that can score (``drivable`` > 0: the region score is 0
+        elsewhere) from the object bank; 0 for the others."""
+        assert self.object_bank is not None
+        todo = [ob for ob in cands if ob.drivable > 0]
+        for ob in cands:
+            ob.extra = 0.0
+        if not todo:
+            return
+        app = np.stack([ob.appearance if ob.appearance is not None else pool_embedding(embedding, u[ob.index], v[ob.index], width, height)
+                        for ob in todo])
+        geo = np.array([[*ob.size, ob.top] for ob in todo], np.float32)
+        for ob, term in zip(todo, self.object_bank.score(app, geo), strict=True):
+            ob.extra = float(term)
 
     def _unscored(self, frame: FusionFrame, reason: str, modalities: list[str], error: str | None = None) -> FusionResult:
         decision = self.alerts.update(frame.stamp, None, reason)

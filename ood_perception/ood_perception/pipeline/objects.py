@@ -25,16 +25,18 @@ fusion pipeline therefore decides on objects (``docs/architecture.md``, "Object 
      footprint that the model labels drivable (``drivable_classes``) - on or right beside the
      road scores high, a tree behind the kerb low; ``location_unknown`` when fewer than
      ``min_context_points`` ground points are near (nothing to judge by);
-   * ``extra``: an optional plug-in term (:data:`RegionTerm`, e.g. a crop-embedding kNN distance
-     to known object classes), off by default.
+   * ``extra``: how unlike every object of the training drives it is, by appearance and size
+     (``pipeline.object_bank``: the k-th-neighbour distance to the model directory's object bank,
+     as a share of ordinary validation objects nearer; 0 for a model without a bank), or a plug-in
+     term (:data:`RegionTerm`).
 
 4. **Region score** (:func:`region_score`): ``drivable * (w_unknown * unknown + w_conflict *
    conflict + w_ood * ood + w_extra * extra) / (w_unknown + w_conflict + w_ood + w_extra)``, in
-   [0, 1]: an object on the drivable area that the model does not recognise. The class defaults
-   (1, 0, 0, 0) leave the OOD score out: for the first default model it *lowered* the separation of
-   anomalies from known objects (object AUROC of ``ood`` alone 0.36). ``config/vehicle.yaml`` turns
-   it on (``w_ood`` 1) for the frozen-encoder default model, whose score ranks unknown objects
-   above known ones: chosen on validation drives (docs/model.md, "Decisions and alerts").
+   [0, 1]: an object on the drivable area that the model does not recognise. Defaults (1, 0, 1, 1):
+   the equal-weight mean of the three terms that separate anomaly objects from known ones
+   (``conflict`` is off: it did not help on validation drives); chosen on validation drives
+   (docs/model.md, "Decisions and alerts" and "Object bank"). ``w_extra`` has no effect for a
+   model without an object bank.
 5. **Tracking** (:class:`ObjectTracker`): candidates are associated with tracks across frames by
    nearest predicted centroid (constant velocity in the LiDAR frame, which also absorbs the ego
    motion) within ``track_gate`` metres; a track's score is the mean region score over its last
@@ -89,7 +91,9 @@ class ObjectConfig:
         context_radius: ground points this far [m] beyond the footprint judge the location.
         min_context_points: fewer ground points near -> ``drivable = location_unknown``.
         location_unknown: the ``drivable`` value when the location cannot be judged.
-        w_unknown, w_conflict, w_ood, w_extra: weights of the evidence terms.
+        w_unknown, w_conflict, w_ood, w_extra: weights of the evidence terms; ``w_extra`` weighs the
+            object bank's term (``pipeline.object_bank``; off for a model without a bank) or a
+            plug-in region term.
         track_gate: largest distance [m] between a track's predicted centroid and a candidate.
         track_window: frames a track's score averages over (unseen frames count 0); 0 (the fusion
             pipeline's default) = the model's calibrated window.
@@ -111,7 +115,7 @@ class ObjectConfig:
     w_unknown: float = 1.0
     w_conflict: float = 0.0
     w_ood: float = 1.0
-    w_extra: float = 0.0
+    w_extra: float = 1.0
     track_gate: float = 2.0
     track_window: int = 3
     track_max_missed: int = 2
@@ -160,6 +164,9 @@ class ObjectEvidence:
     track_id: int = -1
     track_score: float = 0.0
     track_hits: int = 0
+    #: pooled embedding ``[C]`` (``pipeline.object_bank``), kept only when the pipeline is asked to
+    #: (``FusionPipeline(object_embeddings=True)``: building a bank)
+    appearance: np.ndarray | None = None
 
     @property
     def num_points(self) -> int:

@@ -27,7 +27,7 @@ from ood_perception.models.errors import (
     ModelNotFoundError,
     ParityError,
 )
-from ood_perception.models.spec import ModelSpec, load_spec
+from ood_perception.models.spec import EMBEDDING_OUTPUT, ModelSpec, load_spec
 from ood_perception.runtime.base import Backend
 from ood_perception.runtime.tensorrt_backend import TensorRTBackend
 
@@ -103,6 +103,7 @@ __all__ = [
     "BACKENDS",
     "Backend",
     "BackendUnavailableError",
+    "EMBEDDING_OUTPUT",
     "InferenceInputError",
     "MODEL_ENV",
     "ModelCorruptError",

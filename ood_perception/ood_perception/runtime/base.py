@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ood_perception.models.errors import InferenceInputError
-from ood_perception.models.spec import ModelSpec
+from ood_perception.models.spec import ModelSpec, read_verified
 
 
 class Backend(ABC):
@@ -119,6 +119,15 @@ class Backend(ABC):
                 raise InferenceInputError(f"inputs have different batch sizes ({batch} vs {arr.shape[0]} for {t.name!r})")
             out[t.name] = np.ascontiguousarray(arr, dtype=np.float32)
         return out
+
+    def has_file(self, role: str) -> bool:
+        """Whether ``model.json`` lists a file for ``role`` (e.g. ``object_bank``)."""
+        return role in self.spec.files
+
+    def file_bytes(self, role: str) -> bytes:
+        """The bytes of the model directory's file ``role``, checked against its sha256 in
+        ``model.json`` (ModelNotFoundError / ModelCorruptError / ModelMismatchError otherwise)."""
+        return read_verified(self.model_dir, self.spec, role)
 
     def close(self) -> None:
         """Release resources (sessions, engines, GPU memory). Safe to call twice."""

@@ -50,7 +50,7 @@ def _build_segmentation(payload: dict[str, Any]) -> Any:
     scorer = get_scorer(score["name"], **dict(score.get("params") or {}))
     uni = payload.get("unimodal_score")
     unimodal = get_scorer(uni["name"], **dict(uni.get("params") or {})) if uni else None
-    return ScoredSegmentation(model, scorer, unimodal)
+    return ScoredSegmentation(model, scorer, unimodal, embedding=bool(payload.get("embedding", False)))
 
 
 def _build_recognition(payload: dict[str, Any]) -> Any:

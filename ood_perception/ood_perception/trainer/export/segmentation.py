@@ -42,11 +42,12 @@ def build_scored_segmentation(
 ) -> nn.Module:
     """The :class:`~ood_perception.models.wrappers.ScoredSegmentation` for ``model`` and a scorer
     from the registry (``ood_perception.scoring.get_scorer``). ``unimodal_score`` scores the camera
-    and LiDAR expert heads (None: the fused scorer, which must then be logit-only)."""
+    and LiDAR expert heads (None: the fused scorer, which must then be logit-only). Models with an
+    appearance embedding (``embedding_channels`` > 0: ``TapFusionNet``) export it as a seventh output."""
 
     scorer = get_scorer(score, **dict(score_params or {}))
     uni = get_scorer(unimodal_score) if unimodal_score else None
-    return ScoredSegmentation(model, scorer, uni)
+    return ScoredSegmentation(model, scorer, uni, embedding=bool(getattr(model, "embedding_channels", 0)))
 
 
 def _input_hw(ckpt: dict[str, Any]) -> tuple[int, int]:
@@ -181,6 +182,7 @@ def export_segmentation(
         "model_config": dict(ckpt["model_config"], pretrained=None),
         "score": scorer_cfg,
         "unimodal_score": uni_cfg,
+        "embedding": wrapper.embedding,
         "state_dict": {k: v.detach().cpu().clone() for k, v in wrapper.state_dict().items()},
     }
     return export_model(
