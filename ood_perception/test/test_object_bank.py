@@ -62,6 +62,10 @@ def test_bytes_round_trip_and_bad_files_fail_in_one_line():
     with pytest.raises(ValueError, match="not a readable object bank") as e:
         ObjectBank.from_bytes(b"not an npz", "x/object_bank.npz")
     assert "\n" not in str(e.value) and "x/object_bank.npz" in str(e.value)
+    data = bank.to_bytes()
+    for bad in (data[: len(data) // 2], data[:40] + bytes(b ^ 0xFF for b in data[40:200]) + data[200:]):
+        with pytest.raises(ValueError, match="not a readable object bank"):  # truncated, damaged
+            ObjectBank.from_bytes(bad)
     with pytest.raises(ValueError, match="k must be in 1..4"):
         ObjectBank.fit(np.eye(4), np.ones((4, len(GEOMETRY_FEATURES))), k=5)
     with pytest.raises(ValueError, match="no reference"):
@@ -85,7 +89,7 @@ def test_object_bank_command_writes_a_verified_bank_the_pipeline_scores_with(tmp
     from ood_perception import runtime
     from ood_perception.cli import main
     from ood_perception.models.errors import ModelCorruptError
-    from ood_perception.pipeline import FusionConfig, FusionPipeline
+    from ood_perception.pipeline import FusionConfig, FusionFrame, FusionPipeline
     from ood_perception.replay.dataset import replay_dataset
 
     model = tmp_path / "model"
@@ -116,8 +120,36 @@ def test_object_bank_command_writes_a_verified_bank_the_pipeline_scores_with(tmp
     assert extras and all(0.0 <= e <= 1.0 for _, e in extras)
     assert all(e == 0.0 for d, e in extras if d == 0)  # only candidates that can score are looked up
     assert any(e > 0 for d, e in extras if d > 0)
-    # the bank is a model file: a replaced one is refused like a replaced ONNX file
+    # a LiDAR-only frame has no appearance: the term and its weight are left out of its region scores
+    frame0 = next(iter(replay_dataset(FusionPipeline(backend, FusionConfig(decision="objects")), val)))[0]
+    p = FusionPipeline(backend, FusionConfig(decision="objects", scene_shift_fraction=1.0))  # judged, not a shift
+    r = p.process(FusionFrame(stamp=1.0, image=None, points=frame0.points, calib=frame0.calib))
+    assert r.objects and all(ob.extra == 0.0 for ob in r.objects)
+    assert all(ob.score == pytest.approx(ob.drivable * (ob.unknown + ob.ood) / 2) for ob in r.objects)
+    # calibrate's frames cache remembers the bank: a rebuilt bank is not scored with old region scores
+    cache = tmp_path / "frames.pkl"
+    assert main(["calibrate", str(model), "--data", str(val), "--windows", "1", "--frames-cache", str(cache)]) == 0
+    assert main(["object-bank", str(model), "--train", str(train), "--reference", str(val), "--every", "1",
+                 "--bank-size", "50", "--k", "1"]) == 0
+    assert main(["calibrate", str(model), "--data", str(val), "--windows", "1", "--frames-cache", str(cache)]) != 0
+    assert "another object bank" in capsys.readouterr().err
+    # the reference must not be the bank's own training drives
+    assert main(["object-bank", str(model), "--train", str(train), "--reference", str(train)]) != 0
+    assert "in the bank's training split" in capsys.readouterr().err
+    # a bank of another width (another model) is refused when the pipeline is built, not on a frame
+    import numpy as np_
+
+    from ood_perception.models.spec import sha256_bytes
+    small = ObjectBank.fit(np_.eye(3, 100, dtype=np_.float32), np_.ones((3, 4)), k=1).with_reference(
+        np_.eye(1, 100, dtype=np_.float32), np_.ones((1, 4)))
+    (model / "object_bank.npz").write_bytes(small.to_bytes())
+    spec = json.loads((model / "model.json").read_text())
+    spec["files"]["object_bank"]["sha256"] = sha256_bytes(small.to_bytes())
+    (model / "model.json").write_text(json.dumps(spec))
+    with pytest.raises(ValueError, match="100-d embeddings, the model's 'embedding' output has 472"):
+        FusionPipeline(runtime.load(model), FusionConfig(decision="objects"))
     data = (model / "object_bank.npz").read_bytes()
+    # the bank is a model file: a replaced one is refused like a replaced ONNX file
     (model / "object_bank.npz").write_bytes(data[:-10] + b"0123456789")
     with pytest.raises(ModelCorruptError, match="sha256"):
         FusionPipeline(runtime.load(model), FusionConfig(decision="objects"))

@@ -234,16 +234,25 @@ def test_scene_shift_is_degraded_without_regions_and_keeps_a_standing_alert():
 
 
 def test_calibrated_values_come_from_the_model_unless_parameters_override():
-    dec = {"pixel_threshold": 0.3, "region_threshold": 0.7, "track_window": 4, "scene_shift_fraction": 0.4}
+    dec = {"pixel_threshold": 0.3, "region_threshold": 0.7, "track_window": 4, "scene_shift_fraction": 0.4,
+           "alert": {"raise_k": 2, "raise_n": 3, "clear_frames": 5, "cooldown_s": 1.0}}
     p = FusionPipeline(ColourBackend(dec), FusionConfig())
     assert (p.threshold, p.region_threshold, p.objects.track_window, p.scene_shift_fraction) == (0.3, 0.7, 4, 0.4)
+    assert (p.alert_config.raise_k, p.alert_config.raise_n) == (2, 3)
     assert set(p.decision_source.values()) == {"model.json"}
     s = FrameSettings.from_params({"region_threshold": 0.2, "object.track_window": 2, "threshold": 0.9,
-                                   "scene_shift_fraction": 0.8})
+                                   "scene_shift_fraction": 0.8, "raise_k": 4, "raise_n": 6})
     p = FusionPipeline(ColourBackend(dec), s.fusion)
     assert (p.threshold, p.region_threshold, p.objects.track_window, p.scene_shift_fraction) == (0.9, 0.2, 2, 0.8)
+    assert (p.alert_config.raise_k, p.alert_config.raise_n) == (4, 6) and p.decision_source["persistence"] == "parameter"
     p = FusionPipeline(ColourBackend(), FrameSettings.from_params({}).fusion)  # nothing calibrated: defaults
     assert (p.threshold, p.region_threshold, p.objects.track_window, p.scene_shift_fraction) == (0.5, 0.5, 3, 0.5)
+    assert (p.alert_config.raise_k, p.alert_config.raise_n) == (3, 5) and p.decision_source["persistence"] == "default"
+    # one of the two set alone: the other at its default (3 of 5), keeping k <= n
+    assert FrameSettings.from_params({"raise_k": 2}).fusion.alert.raise_n == 5
+    assert (FrameSettings.from_params({"raise_n": 2}).fusion.alert.raise_k, FrameSettings.from_params({"raise_k": 7}).fusion.alert.raise_n) == (2, 7)
+    with pytest.raises(ValueError, match="must be >= 0"):
+        FrameSettings.from_params({"raise_k": -1})
 
 
 def test_object_parameters_map_and_refuse_in_one_line():
@@ -316,7 +325,9 @@ def test_calibration_meets_the_budget_on_a_synthetic_score_distribution():
     # the same rule on fresh drives from the same distribution stays near the budget
     fresh = [_drive(f"f{i}", rng.beta(1, 6, 100)) for i in range(20)]
     objects = ObjectConfig(track_window=out["track_window"])
-    alerts = np.concatenate(alert_frames(fresh, evidence_scores(fresh, objects), out["region_threshold"], settings.alert))
+    chosen = AlertConfig(**out["alert"])  # the persistence calibrate chose (2 of 3 or 3 of 5)
+    assert (chosen.raise_k, chosen.raise_n) in settings.persistence
+    alerts = np.concatenate(alert_frames(fresh, evidence_scores(fresh, objects), out["region_threshold"], chosen))
     assert alerts.mean() <= 0.02
     with pytest.raises(ValueError, match="anomaly-free"):
         calibrate_decisions(_drive("x", np.ones(5), np.full(5, 300)))

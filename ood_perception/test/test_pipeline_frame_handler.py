@@ -76,7 +76,7 @@ def test_mapping_of_given_values_and_partial_dicts():
 
 
 @pytest.mark.parametrize(("values", "match"), [
-    ({"slop": 0}, "slop"), ({"raise_k": 6}, "raise_k"), ({"threshold": math.inf}, "threshold"),
+    ({"slop": 0}, "slop"), ({"raise_k": 6, "raise_n": 5}, "raise_k"), ({"threshold": math.inf}, "threshold"),
     ({"reliability": "sometimes"}, "reliability"), ({"lidar_to_camera.xyz": [0, 0]}, "xyz"),
     ({"lidar_to_camera.matrix": [1.0] * 16}, "matrix"), ({"frame_score_percentile": 101}, "percentile"),
 ])

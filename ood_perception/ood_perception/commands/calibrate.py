@@ -5,11 +5,11 @@ datasets (SemanticKITTI layout, e.g. ``ood-perception synth --split val`` output
 without anomalies) - twice when ``object.w_ood`` > 0 and no ``threshold`` parameter is set, the
 second time at the calibrated pixel threshold, since the OOD share of each object depends on it
 (recorded as ``decision.ood_share_threshold``) - then chooses the pixel threshold, the scene-shift fraction, the region
-threshold and the track window so that at most ``--budget`` (default 1%) of the anomaly-free
+threshold, the track window and the ALERT persistence (k of n frames) so that at most ``--budget`` (default 1%) of the anomaly-free
 frames are in ALERT (:func:`ood_perception.pipeline.calibration.calibrate_decisions`), and
 writes them with their validation figures into ``MODEL_DIR/model.json`` (``decision``; atomic
 rewrite, the model files and their sha256 are untouched). The nodes and replay use these values
-unless a parameter (``threshold``, ``region_threshold``, ``scene_shift_fraction``,
+unless a parameter (``threshold``, ``region_threshold``, ``scene_shift_fraction``, ``raise_k``/``raise_n``,
 ``object.track_window``) overrides them. Use validation seeds that are not the ones you report on.
 """
 
@@ -44,6 +44,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--budget", type=float, default=0.01, help="largest share of anomaly-free frames in ALERT (default %(default)s)")
     p.add_argument("--pixel-fpr", type=float, default=0.05, help="share of anomaly-free pixels above the pixel threshold (default %(default)s)")
     p.add_argument("--windows", default="1,2,3,4,5", help="track windows [frames] to choose from (default %(default)s)")
+    p.add_argument("--persistence", default="3/5",
+                   help="ALERT persistences k/n (k of the last n frames with evidence) to choose from, unless the "
+                        "params set raise_k/raise_n, e.g. 2/3,3/5 (default %(default)s: docs/model.md, \"Persistence\")")
     p.add_argument("--max-frames", type=int, default=None, help="at most this many frames per drive")
     p.add_argument("--dry-run", action="store_true", help="print the values, do not write model.json")
     p.add_argument("--frames-cache", default=None, metavar="PATH",
@@ -62,6 +65,7 @@ def handler(args: argparse.Namespace) -> int:
     from ood_perception.pipeline import FusionConfig, FusionPipeline
     from ood_perception.pipeline.alerts import AlertConfig
     from ood_perception.pipeline.calibration import CalibrationFrame, CalibrationSettings, calibrate_decisions
+    from ood_perception.pipeline.fusion import object_bank_unavailable
     from ood_perception.pipeline.object_bank import BANK_ROLE
     from ood_perception.replay.dataset import replay_dataset
     from ood_perception.replay.params import node_parameters, settings_from_params
@@ -78,6 +82,10 @@ def handler(args: argparse.Namespace) -> int:
         windows = tuple(int(w) for w in args.windows.split(",") if w.strip())
     except ValueError:
         raise ValueError(f"--windows must be comma-separated integers, got {args.windows!r}") from None
+    try:
+        persistence = tuple((int(k), int(n)) for k, n in (p.split("/") for p in args.persistence.split(",") if p.strip()))
+    except ValueError:
+        raise ValueError(f"--persistence must be comma-separated k/n pairs such as 2/3,3/5, got {args.persistence!r}") from None
     fusion: dict[str, Any] = {}
     if args.params:
         fusion = dict(settings_from_params(node_parameters(args.params)).fusion)
@@ -87,14 +95,15 @@ def handler(args: argparse.Namespace) -> int:
     model_thr = spec.decision.get("pixel_threshold") if spec.decision.get("pixel_threshold") is not None else spec.threshold
     run_thr = base.threshold if base.threshold is not None else model_thr
     backend = runtime.load(model_dir, intra_op_threads=1)
-    if base.objects.w_extra > 0 and not backend.has_file(BANK_ROLE):
-        # what the runtime does for a model without an object bank: record the weights it will use
-        print(f"calibrate: object.w_extra {base.objects.w_extra:g} has no effect: the model has no object bank "
-              "(ood-perception object-bank makes one); calibrating with w_extra 0", file=sys.stderr)
+    no_bank = object_bank_unavailable(backend)
+    if base.objects.w_extra > 0 and no_bank is not None:
+        # what the runtime does for such a model: record the weights it will use
+        print(f"calibrate: object.w_extra {base.objects.w_extra:g} has no effect: {no_bank}; calibrating with "
+              "w_extra 0", file=sys.stderr)
         base = replace(base, objects=replace(base.objects, w_extra=0.0))
         fusion["objects"] = base.objects
-    settings = CalibrationSettings(budget=args.budget, pixel_fpr=args.pixel_fpr, windows=windows,
-                                   alert=base.alert or AlertConfig(), objects=base.objects)
+    settings = CalibrationSettings(budget=args.budget, pixel_fpr=args.pixel_fpr, windows=windows, persistence=persistence,
+                                   alert=base.alert or AlertConfig(raise_k=0, raise_n=0), objects=base.objects)
     datasets = [(root, DatasetConfig.from_yaml(root / "dataset.yaml")) for root in roots]
     for root, ds in datasets:
         if ds.splits.get("test") and not (ds.splits.get("val") or ds.splits.get("train")):
@@ -128,6 +137,9 @@ def handler(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     cache = Path(args.frames_cache) if args.frames_cache else None
     cache_objects = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(base.objects).items()}
+    # the region scores also depend on the model and, with w_extra > 0, on the object bank
+    cache_objects["model_sha256"] = spec.files["onnx"].sha256
+    cache_objects["object_bank_sha256"] = spec.files[BANK_ROLE].sha256 if base.objects.w_extra > 0 and BANK_ROLE in spec.files else None
     if cache is not None and cache.is_file():
         with cache.open("rb") as fh:
             stored = pickle.load(fh)
@@ -135,8 +147,8 @@ def handler(args: argparse.Namespace) -> int:
         frames, ood_thr = (stored["frames"], stored["threshold"]) if isinstance(stored, dict) else (stored, run_thr)
         made_with = stored.get("objects") if isinstance(stored, dict) else None
         if made_with is not None and made_with != cache_objects:
-            raise ValueError(f"{cache}: its region scores were computed with other object settings "
-                             f"({made_with}); delete it or use the same --params")
+            raise ValueError(f"{cache}: its region scores were computed with other object settings, another "
+                             f"model or another object bank ({made_with}); delete it or use the same --params")
     else:
         frames, ood_thr = collect(run_thr), run_thr
         if settings.objects.w_ood > 0 and base.threshold is None:
@@ -167,14 +179,16 @@ def handler(args: argparse.Namespace) -> int:
     block.update({"data": [str(d) for d in args.data], "params": args.params, "max_frames": args.max_frames,
                   "calibrated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "model_sha256": spec.files["onnx"].sha256,
                   "object_bank_sha256": spec.files[BANK_ROLE].sha256 if base.objects.w_extra > 0 and BANK_ROLE in spec.files else None,
-                  "objects": {k: v for k, v in cache_objects.items() if k != "track_window"}})
+                  "objects": {k: v for k, v in cache_objects.items()
+                              if k not in ("track_window", "model_sha256", "object_bank_sha256")}})
     v = block["validation"]
     print(f"calibrated on {v['drives']} drives, {v['frames']} frames ({v['anomaly_free_frames']} anomaly-free, "
           f"{v['positive_frames']} with >= 200 anomaly pixels; budget on {v['budget_frames']} {v['budget_set']}) "
           f"in {time.perf_counter() - t0:.0f} s")
     print(f"pixel_threshold {block['pixel_threshold']:.4f} (pixel FPR {args.pixel_fpr:.0%}); scene_shift_fraction "
           f"{block['scene_shift_fraction']:.3f} (largest validation fraction {v['max_anomalous_fraction']:.3f})")
-    print(f"region_threshold {block['region_threshold']:.4f}, track_window {block['track_window']} "
+    print(f"region_threshold {block['region_threshold']:.4f}, track_window {block['track_window']}, ALERT on "
+          f"{block['alert']['raise_k']} of {block['alert']['raise_n']} frames "
           f"({v['window_choice']}): anomaly-free frames in ALERT {v['anomaly_free_alert_share']:.2%} "
           f"(budget {args.budget:.2%}; all anomaly-free frames {v['anomaly_free_frames_all_drives_alert_share']:.2%}), "
           f"frames with anomalies in ALERT "

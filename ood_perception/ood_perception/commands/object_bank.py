@@ -1,17 +1,19 @@
-"""``ood-perception object-bank MODEL_DIR --train DATA --reference VAL [VAL ...]``: the object bank of a model.
+"""``ood-perception object-bank MODEL_DIR --train DATASET --reference VAL_DATASET [...]``: the object bank of a model.
 
-Runs the fusion pipeline (object decisions, the params file's settings) over the *training* split
-of ``--train`` (every ``--every``-th frame) and keeps every LiDAR object candidate that is not an
-anomaly (by the ground-truth label holding most of its points): its pooled appearance embedding
-(the model's ``embedding`` output) and its size. Then it runs over the anomaly-free frames of the
-``--reference`` drives (validation, not the ones you report on) and records the candidates'
-distances to the bank, which turn a distance into a share in [0, 1]
-(``pipeline.object_bank``). Writes ``MODEL_DIR/object_bank.npz`` and lists it with its sha256 in
-``model.json`` (atomic rewrites). The object decisions use it when ``object.w_extra`` > 0; calibrate
-again afterwards (the region scores change).
+Runs the fusion pipeline (object decisions, the params file's settings) over the training split of
+``--train`` and keeps, from every ``--every``-th frame (the model still runs on every frame), each
+LiDAR object candidate that is not an anomaly (by the ground-truth label holding most of its
+points): its pooled appearance embedding (the model's ``embedding`` output) and its size. Then it
+runs over the anomaly-free frames of the ``--reference`` drives (their val split when they have
+one; validation drives, not the ones you report on) and records the candidates' distances to the
+bank, which turn a distance into a share in [0, 1]. Writes ``MODEL_DIR/object_bank.npz`` and lists
+it with its sha256 in ``MODEL_DIR/model.json``: the model directory is changed in place (atomic
+rewrites; copy it first to keep the original, and 'default' changes the packaged model). The object
+decisions use the bank when ``object.w_extra`` > 0; run calibrate again afterwards (the region scores
+change). docs/model.md, "Object bank".
 
-Needs a model with the ``embedding`` output (``TapFusionNet``: ``ModelConfig.design: taps8``) and
-labelled data (SemanticKITTI layout with ``dataset.yaml``).
+Needs a model with the ``embedding`` output (the default model's network has it) and labelled data
+(SemanticKITTI layout with ``dataset.yaml``, e.g. ``ood-perception synth`` output).
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="train", help="split of --train to take the objects from (default %(default)s)")
     p.add_argument("--every", type=int, default=2, help="every N-th frame of --train (default %(default)s)")
     p.add_argument("--reference", nargs="+", required=True, metavar="VAL_DATASET",
-                   help="validation dataset roots; the candidates of their anomaly-free frames set the [0, 1] scale")
+                   help="validation dataset roots (their val split when they have one); the candidates of their "
+                        "anomaly-free frames set the [0, 1] scale")
     p.add_argument("--params", default=None, help="fusion node params file (e.g. ood_perception/config/vehicle.yaml)")
     p.add_argument("--k", type=int, default=5, help="the neighbour whose distance scores (default %(default)s)")
     p.add_argument("--geometry-weight", type=float, default=1.0,
@@ -56,7 +59,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _collect(pipe: Any, root: Path, sequences: list[str] | None, every: int, anomaly_free_only: bool,
              drivable_only: bool) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
-    """Pooled embeddings and geometry of the non-anomaly candidates of ``root``'s frames."""
+    """Pooled embeddings and geometry of the non-anomaly candidates of ``root``'s frames; ValueError
+    saying why when there is none."""
     from ood_perception.data import DatasetConfig
     from ood_perception.replay.dataset import replay_dataset
 
@@ -82,7 +86,9 @@ def _collect(pipe: Any, root: Path, sequences: list[str] | None, every: int, ano
             geo.append([*ob.size, ob.top])
             counts["candidates"] += 1
     if not app:
-        raise ValueError(f"{root}: no object candidate found (is it labelled, with LiDAR?)")
+        why = ("no anomaly-free frame with an object candidate on the drivable area" if anomaly_free_only and counts["frames"] == 0
+               else "no object candidate found (are its frames labelled, with LiDAR?)")
+        raise ValueError(f"{root}: {why}")
     return np.stack(app), np.asarray(geo, np.float32), counts
 
 
@@ -96,8 +102,14 @@ def handler(args: argparse.Namespace) -> int:
     from ood_perception.pipeline.object_bank import BANK_FILE, BANK_ROLE, ObjectBank
     from ood_perception.replay.params import node_parameters, settings_from_params
 
-    if args.every < 1 or args.k < 1 or args.bank_size < args.k or not args.geometry_weight >= 0:
-        raise ValueError("--every and --k must be >= 1, --bank-size >= --k, --geometry-weight >= 0")
+    if args.every < 1:
+        raise ValueError(f"--every must be >= 1, got {args.every}")
+    if args.k < 1:
+        raise ValueError(f"--k must be >= 1, got {args.k}")
+    if args.bank_size < args.k:
+        raise ValueError(f"--bank-size must be >= --k ({args.k}), got {args.bank_size}")
+    if not (np.isfinite(args.geometry_weight) and args.geometry_weight >= 0):
+        raise ValueError(f"--geometry-weight must be a finite number >= 0, got {args.geometry_weight}")
     model_dir = runtime.default_model_dir() if args.model_dir == "default" else Path(args.model_dir)
     spec = load_spec(model_dir)
     if spec.kind != "segmentation":
@@ -126,10 +138,28 @@ def handler(args: argparse.Namespace) -> int:
     bank = ObjectBank.fit(app[keep], geo[keep], args.geometry_weight, args.k, info)
     ref_app, ref_geo, ref_counts = [], [], {"frames": 0, "candidates": 0}
     for r in refs:
-        a, g, c = _collect(pipe, r, None, 1, anomaly_free_only=True, drivable_only=True)
+        splits = DatasetConfig.from_yaml(r / "dataset.yaml").splits
+        ref_seqs = list(splits.get("val") or []) or None
+        if r.resolve() == train.resolve():
+            taken = set(ref_seqs if ref_seqs is not None else [s for v in splits.values() for s in v]) & set(sequences)
+            if taken:
+                raise ValueError(f"--reference {r}: sequences {sorted(taken)} are in the bank's training split; give "
+                                 "validation drives")
+        try:
+            a, g, c = _collect(pipe, r, ref_seqs, 1, anomaly_free_only=True, drivable_only=True)
+        except ValueError as exc:
+            print(f"object-bank: warning: skipped --reference {exc}", file=sys.stderr)
+            continue
         ref_app.append(a)
         ref_geo.append(g)
         ref_counts = {k: ref_counts[k] + c[k] for k in ref_counts}
+    if not ref_app:
+        raise ValueError("no reference candidate in any --reference dataset (anomaly-free frames with objects on "
+                         "the drivable area are needed)")
+    if ref_counts["candidates"] < 200:
+        print(f"object-bank: warning: only {ref_counts['candidates']} reference candidates: the [0, 1] scale moves in "
+              f"steps of {1 / ref_counts['candidates']:.1%}; use more anomaly-free validation drives (>= 200 "
+              "candidates)", file=sys.stderr)
     bank.with_reference(np.concatenate(ref_app), np.concatenate(ref_geo))
     bank.info["reference_counts"] = ref_counts
     q = np.quantile(bank.reference, [0.5, 0.95])
@@ -145,7 +175,7 @@ def handler(args: argparse.Namespace) -> int:
     # the bank file carries no time stamp (the same inputs give the same bytes); model.json does
     spec.provenance["object_bank"] = {**bank.info, "made_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     write_spec(model_dir / SPEC_NAME, spec)
-    print(f"wrote {model_dir / BANK_FILE} ({len(data) / 1e6:.1f} MB) and listed it in {model_dir / SPEC_NAME}")
+    print(f"wrote {model_dir / BANK_FILE} ({len(data) / 1e3:,.0f} kB) and listed it in {model_dir / SPEC_NAME}")
     return 0
 
 

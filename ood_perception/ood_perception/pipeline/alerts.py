@@ -23,7 +23,7 @@ sensors, not taken from a paper.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 CLEAR, WARNING, ALERT, DEGRADED = 0, 1, 2, 3
 LEVEL_NAMES = {CLEAR: "CLEAR", WARNING: "WARNING", ALERT: "ALERT", DEGRADED: "DEGRADED"}
@@ -32,19 +32,44 @@ LEVEL_NAMES = {CLEAR: "CLEAR", WARNING: "WARNING", ALERT: "ALERT", DEGRADED: "DE
 ALERT_STANDING = "ALERT standing"
 
 
+#: The k-of-n persistence used when neither parameters nor the model's calibration give one.
+DEFAULT_PERSISTENCE = (3, 5)
+
+
 @dataclass(frozen=True)
 class AlertConfig:
-    """Parameters of :class:`AlertStateMachine` (see the module docstring)."""
+    """Parameters of :class:`AlertStateMachine` (see the module docstring).
+
+    ``raise_k = raise_n = 0`` means "not set": the fusion pipeline then takes the persistence the
+    model was calibrated with (``model.json`` ``decision.alert``), else :data:`DEFAULT_PERSISTENCE`
+    (:meth:`resolved`); the state machine itself needs set values.
+    """
 
     raise_k: int = 3
     raise_n: int = 5
     clear_frames: int = 5
     cooldown_s: float = 1.0
 
+    @property
+    def persistence_set(self) -> bool:
+        return not (self.raise_k == 0 and self.raise_n == 0)
+
+    def resolved(self, calibrated: dict | None = None) -> tuple[AlertConfig, str]:
+        """This config with an unset persistence filled from ``calibrated`` (``decision.alert``)
+        or the default; and where k-of-n came from (``parameter``, ``model.json``, ``default``)."""
+        if self.persistence_set:
+            return self, "parameter"
+        cal = calibrated or {}
+        if cal.get("raise_k") and cal.get("raise_n"):
+            return replace(self, raise_k=int(cal["raise_k"]), raise_n=int(cal["raise_n"])), "model.json"
+        return replace(self, raise_k=DEFAULT_PERSISTENCE[0], raise_n=DEFAULT_PERSISTENCE[1]), "default"
+
     def __post_init__(self) -> None:
-        if self.raise_n < 1:
+        if not self.persistence_set:
+            pass  # resolved by the fusion pipeline (see the class docstring)
+        elif self.raise_n < 1:
             raise ValueError(f"raise_n must be >= 1, got {self.raise_n}")
-        if not 1 <= self.raise_k <= self.raise_n:
+        elif not 1 <= self.raise_k <= self.raise_n:
             raise ValueError(f"raise_k must be in 1..raise_n={self.raise_n}, got {self.raise_k}")
         if self.clear_frames < 1:
             raise ValueError(f"clear_frames must be >= 1, got {self.clear_frames}")
@@ -72,6 +97,9 @@ class AlertStateMachine:
 
     def __init__(self, config: AlertConfig | None = None) -> None:
         self.config = config or AlertConfig()
+        if not self.config.persistence_set:
+            raise ValueError("AlertStateMachine needs raise_k and raise_n >= 1 (0 = 'the calibrated persistence' "
+                             "is resolved by the fusion pipeline: AlertConfig.resolved)")
         self._window: deque[bool] = deque(maxlen=self.config.raise_n)
         self._alert = False
         self._raised_at = 0.0

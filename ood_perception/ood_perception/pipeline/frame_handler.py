@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from ood_perception.geometry import Calibration, transform_from_xyz_rpy
-from ood_perception.pipeline.alerts import AlertConfig
+from ood_perception.pipeline.alerts import DEFAULT_PERSISTENCE, AlertConfig
 from ood_perception.pipeline.fusion import (
     FusionConfig,
     FusionFrame,
@@ -123,8 +123,10 @@ FUSION_PARAMETERS: list[tuple[str, Any, str]] = [
     ("object.ground_inlier", 0.15, "RANSAC inlier distance of the ground plane [m]"),
     ("object.ground_max_tilt_deg", 15.0, "largest tilt of the ground plane [deg]"),
     ("object.ground_fallback_z", -1.73, "ground height [m] in the LiDAR frame when no plane can be fitted"),
-    ("raise_k", 3, "ALERT when raise_k of the last raise_n frames had an anomalous region"),
-    ("raise_n", 5, "window of the k-of-n rule [frames]"),
+    ("raise_k", 0, "ALERT when raise_k of the last raise_n frames had an anomalous region; 0 (with raise_n 0) = "
+     "model.json's calibrated persistence, else 3 of 5"),
+    ("raise_n", 0, "window of the k-of-n rule [frames]; 0 = model.json's calibrated value (see raise_k; one of the "
+     "two set alone: the other at 3 of 5)"),
     ("clear_frames", 5, "consecutive frames without evidence needed to clear an ALERT"),
     ("cooldown_s", 1.0, "an ALERT is held at least this long [s of stamp time]"),
     ("publish_points", True, "publish ood/points"),
@@ -178,14 +180,18 @@ def validate_fusion_params(values: Mapping[str, Any]) -> None:
     if int(values["max_output_pixels"]) < 0:
         raise ValueError(f"parameter max_output_pixels must be >= 0 (0 = no limit), got {values['max_output_pixels']}")
     for name in ["qos_depth", "sync_queue_size", "max_points", "min_region_pixels", "min_region_points",
-                 "cluster_min_points", "max_cluster_points", "raise_k", "raise_n", "clear_frames",
+                 "cluster_min_points", "max_cluster_points", "clear_frames",
                  "min_lidar_points_in_view", "crop_min_side"]:
         if int(values[name]) < 1:
             raise ValueError(f"parameter {name} must be >= 1, got {values[name]}")
     if values["reliability"] not in ("best_effort", "reliable"):
         raise ValueError(f"parameter reliability must be one of ('best_effort', 'reliable'), got {values['reliability']!r}")
-    if int(values["raise_k"]) > int(values["raise_n"]):
-        raise ValueError(f"parameter raise_k ({values['raise_k']}) must be <= raise_n ({values['raise_n']})")
+    k, n = int(values["raise_k"]), int(values["raise_n"])
+    if k < 0 or n < 0:
+        raise ValueError(f"parameters raise_k and raise_n must be >= 0 (0 and 0 = the model's calibrated "
+                         f"persistence), got {k} and {n}")
+    if k and n and k > n:
+        raise ValueError(f"parameter raise_k ({k}) must be <= raise_n ({n})")
     if not float(values["cooldown_s"]) >= 0 or not float(values["stale_timeout"]) >= 0:
         raise ValueError("parameters cooldown_s and stale_timeout must be >= 0")
     if not 0 <= float(values["frame_score_percentile"]) <= 100:
@@ -228,7 +234,10 @@ def fusion_config_kwargs(values: Mapping[str, Any]) -> dict[str, Any]:
         thr = float(values["threshold"])
         out["threshold"] = None if math.isnan(thr) else thr
     if any(k in values for k in _ALERT_FIELDS):
-        out["alert"] = AlertConfig(*(type(_DEFAULTS[k])(values.get(k, _DEFAULTS[k])) for k in _ALERT_FIELDS))
+        k, n = (int(values.get(name, 0)) for name in ("raise_k", "raise_n"))
+        if (k == 0) != (n == 0):  # one of the two set: the other at its default (3 of 5), k <= n kept
+            k, n = (k, max(n or DEFAULT_PERSISTENCE[1], k)) if k else (min(DEFAULT_PERSISTENCE[0], n), n)
+        out["alert"] = AlertConfig(k, n, *(type(_DEFAULTS[f])(values.get(f, _DEFAULTS[f])) for f in _ALERT_FIELDS[2:]))
     if "decision" in values:
         out["decision"] = str(values["decision"])
     for key in ("region_threshold", "scene_shift_fraction"):

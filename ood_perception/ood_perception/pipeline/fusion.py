@@ -163,7 +163,7 @@ class FusionConfig:
     cluster_eps: float = 0.6
     cluster_min_points: int = 5
     max_cluster_points: int = 5000
-    alert: AlertConfig = field(default_factory=AlertConfig)
+    alert: AlertConfig = field(default_factory=lambda: AlertConfig(raise_k=0, raise_n=0))  # k-of-n: the calibration's
     clock_jump: float = 1.0
     occlusion_tol: float = OCCLUSION_TOL
     occlusion_rel: float = OCCLUSION_REL
@@ -315,6 +315,8 @@ class FusionPipeline:
             self.object_bank, bank_note = self._load_object_bank(backend)
             if self.object_bank is None:
                 self.objects = replace(self.objects, w_extra=0.0)
+        #: The alert settings in use: k-of-n from the parameters, else the model's calibration, else 3 of 5.
+        self.alert_config, self.decision_source["persistence"] = self.config.alert.resolved(calibrated.get("alert"))
         #: Notes for the caller to log: settings that break the calibration's assumptions.
         self.decision_warnings: list[str] = self._calibration_mismatch(calibrated) + ([bank_note] if bank_note else [])
         self.classes = ClassSets.from_names(list(getattr(spec, "class_names", None) or []), self.objects)
@@ -334,7 +336,7 @@ class FusionPipeline:
         self.tracker = ObjectTracker(self.objects)
         outputs = set(getattr(spec, "output_names", None) or [])
         self.unimodal = {"camera": "camera_score_map" in outputs, "lidar": "lidar_score_map" in outputs}
-        self.alerts = AlertStateMachine(self.config.alert)
+        self.alerts = AlertStateMachine(self.alert_config)
         self._last_stamp: float | None = None
         # ask only for the maps a frame uses when the backend can prune its graph (runtime.Backend.infer)
         try:
@@ -365,9 +367,16 @@ class FusionPipeline:
         if not np.allclose(np.divide(cal, sum(cal)), np.divide(run, sum(run))):  # the score divides by the sum
             out.append("the region threshold in model.json was calibrated with object weights "
                        f"{dict(zip(names, cal, strict=True))}, these settings use {dict(zip(names, run, strict=True))} "
-                       "(object.w_ood defaults to 1 since 2026-12-04, object.w_extra since 2026-12-05): its false-alert budget "
-                       "does not hold; set the "
-                       "calibration's weights (object.* parameters) or re-run ood-perception calibrate")
+                       "(object.w_ood and object.w_extra default to 1 since 2026-12-04; w_extra counts as 0 for a model "
+                       "without an object bank): its false-alert budget does not hold; set the calibration's weights "
+                       "(object.* parameters) or re-run ood-perception calibrate")
+        cal_alert = calibrated.get("alert") or {}
+        run_kn = (self.alert_config.raise_k, self.alert_config.raise_n)
+        if cal_alert.get("raise_k") and (cal_alert["raise_k"], cal_alert.get("raise_n")) != run_kn:
+            out.append(f"the region threshold in model.json was calibrated for ALERT on {cal_alert['raise_k']} of "
+                       f"{cal_alert.get('raise_n')} frames, these settings use {run_kn[0]} of {run_kn[1]} (raise_k, "
+                       "raise_n): its false-alert budget does not hold; set both to 0 (the calibration's) or re-run "
+                       "ood-perception calibrate")
         bank_sha = getattr(getattr(self.backend.spec, "files", {}).get(BANK_ROLE), "sha256", None)
         cal_bank = calibrated.get("object_bank_sha256")
         if self.object_bank is not None and cal_bank is not None and cal_bank != bank_sha:
@@ -694,8 +703,11 @@ class FusionPipeline:
         if self.object_embeddings and embedding is not None:
             for ob in cands:
                 ob.appearance = pool_embedding(embedding, u[ob.index], v[ob.index], mask.shape[1], mask.shape[0])
-        if self.object_bank is not None and embedding is not None and self.region_term is None:
-            self._bank_terms(cands, embedding, u, v, mask.shape[1], mask.shape[0])
+        if self.object_bank is not None and self.region_term is None:
+            if embedding is not None:
+                self._bank_terms(cands, embedding, u, v, mask.shape[1], mask.shape[0])
+            else:  # no camera image, no appearance: the term is left out, not counted as 0
+                oc = replace(oc, w_extra=0.0)
         for ob in cands:
             ob.score = region_score(ob, oc)
         self.tracker.update(frame.stamp, cands)
@@ -705,14 +717,16 @@ class FusionPipeline:
     def _load_object_bank(self, backend: Any) -> tuple[ObjectBank | None, str | None]:
         """The model directory's object bank (checked against its sha256: a corrupt or replaced
         file raises), or None and why not when the model has none (the term is then off)."""
-        has = getattr(backend, "has_file", None)
-        why = None
-        if has is None or not has(BANK_ROLE):
-            why = f"the model has no object bank ({BANK_FILE}; `ood-perception object-bank` makes one)"
-        elif EMBEDDING_OUTPUT not in (getattr(backend.spec, "output_names", None) or []):
-            why = f"the model has an object bank but no '{EMBEDDING_OUTPUT}' output (re-export it)"
+        why = object_bank_unavailable(backend)
         if why is None:
-            bank = ObjectBank.from_bytes(backend.file_bytes(BANK_ROLE), f"{getattr(backend, 'model_dir', '')}/{BANK_FILE}")
+            source = f"{getattr(backend, 'model_dir', '')}/{BANK_FILE}"
+            bank = ObjectBank.from_bytes(backend.file_bytes(BANK_ROLE), source)
+            shape = next((t.shape for t in backend.spec.outputs if t.name == EMBEDDING_OUTPUT), None)
+            width = shape[1] if shape is not None and len(shape) > 1 else None
+            if isinstance(width, int) and width != bank.appearance.shape[1]:
+                raise ValueError(f"{source}: the bank holds {bank.appearance.shape[1]}-d embeddings, the model's "
+                                 f"'{EMBEDDING_OUTPUT}' output has {width} channels (a bank of another model?): "
+                                 "rebuild it with ood-perception object-bank")
             return bank, None
         others = (self.objects.w_unknown, self.objects.w_conflict, self.objects.w_ood)
         if not sum(others) > 0:
@@ -740,6 +754,17 @@ class FusionPipeline:
         decision = self.alerts.update(frame.stamp, None, reason)
         assert decision.level == DEGRADED
         return FusionResult(stamp=frame.stamp, decision=decision, modalities=modalities, threshold=self.threshold, error=error)
+
+
+def object_bank_unavailable(backend: Any) -> str | None:
+    """Why the object bank's term cannot run with ``backend`` (no ``object_bank.npz`` listed, or no
+    ``embedding`` output), None when it can. ``calibrate`` asks the same question as the pipeline."""
+    has = getattr(backend, "has_file", None)
+    if has is None or not has(BANK_ROLE):
+        return f"the model has no object bank ({BANK_FILE}; `ood-perception object-bank` makes one)"
+    if EMBEDDING_OUTPUT not in (getattr(getattr(backend, "spec", None), "output_names", None) or []):
+        return f"the model has an object bank but no '{EMBEDDING_OUTPUT}' output (re-export it)"
+    return None
 
 
 def frustum_candidates(points: np.ndarray, calib: Calibration, margin_px: float = 2.0) -> np.ndarray | None:

@@ -14,9 +14,10 @@ and scores the joint vector by the squared distance to its ``k``-th nearest neig
 candidates found on the *training* drives that are not anomalies (Deep kNN, Sun et al., ICML 2022,
 applied to objects instead of images; nothing about anomalies is learnt). The distance becomes a
 share in [0, 1] (:meth:`ObjectBank.score`): the fraction of the anomaly-free *validation* drives'
-candidates that lie nearer to the bank, so 0.95 means "farther from every training object than
+candidates that lie at most as far from the bank, so 0.95 means "farther from every training object than
 95% of the objects of ordinary drives". It enters the region score as ``extra`` with weight
-``object.w_extra`` (``pipeline.objects.region_score``).
+``object.w_extra`` (``pipeline.objects.region_score``); on a frame without a camera image (no
+appearance) the term and its weight are left out of that frame's region scores.
 
 Why both parts: on validation drives the appearance alone ranks anomalies of never-seen types above
 known objects at AUROC 0.73 (a trailer looks like a truck's back, an overturned car like a car);
@@ -31,6 +32,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -134,7 +137,7 @@ class ObjectBank:
         return self
 
     def score(self, appearance: np.ndarray, geometry: np.ndarray) -> np.ndarray:
-        """The term in [0, 1]: share of reference candidates nearer to the bank than each candidate."""
+        """The term in [0, 1]: share of reference candidates at most as far from the bank as each candidate."""
         if self.reference.size == 0:
             raise ValueError("object bank has no reference distances (with_reference was not called)")
         d = self.distance(appearance, geometry)
@@ -162,5 +165,5 @@ class ObjectBank:
             with np.load(io.BytesIO(data), allow_pickle=False) as z:
                 return cls(z["appearance"].astype(np.float32), z["geometry"], z["geometry_mean"], z["geometry_std"],
                            float(z["geometry_weight"]), int(z["k"]), z["reference"], json.loads(str(z["info"])))
-        except (OSError, KeyError, ValueError, EOFError) as exc:
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
             raise ValueError(f"{source}: not a readable object bank ({type(exc).__name__}: {exc})") from exc
