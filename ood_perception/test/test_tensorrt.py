@@ -161,3 +161,17 @@ def test_fp16_engine_parity_checked(trt_env, model_dir, tmp_path):
                      calibration_inputs=calib, parity_atol=0.0, parity_rtol=0.0)
     with pytest.raises(ValueError, match="calibration_inputs"):
         runtime.load(model_dir, backend="tensorrt", device="cuda", precision="fp16", cache_dir=tmp_path)
+
+
+def test_compare_outputs_judges_the_embedding_by_direction():
+    """FP16 noise in the encoder features (the object bank's input) passes; a changed feature does not."""
+    rng = np.random.default_rng(2)
+    emb = rng.normal(size=(1, 472, 4, 8)).astype(np.float32) * 3
+    ref = [{"embedding": emb}]
+    fp16 = [{"embedding": emb.astype(np.float16).astype(np.float32) + np.float32(0.02)}]
+    rep = compare_outputs(ref, fp16, atol=0.001, rtol=0.0)  # elementwise it would fail
+    assert rep.ok and rep.outputs["embedding"]["min_cosine"] > 0.99
+    broken = emb.copy()
+    broken[0, :, 1, 2] = rng.normal(size=472)  # one cell's features replaced
+    rep = compare_outputs(ref, [{"embedding": broken}])
+    assert not rep.ok and "embedding" in rep.failures[0] and rep.outputs["embedding"]["min_cosine"] < 0.5

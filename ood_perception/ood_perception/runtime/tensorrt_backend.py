@@ -43,7 +43,7 @@ import numpy as np
 
 from ood_perception.atomic import atomic_write_bytes
 from ood_perception.models.errors import BackendUnavailableError, ModelCorruptError, ParityError
-from ood_perception.models.spec import ModelSpec, read_verified
+from ood_perception.models.spec import EMBEDDING_OUTPUT, ModelSpec, read_verified
 from ood_perception.runtime.base import Backend
 from ood_perception.runtime.onnx_backend import OnnxRuntimeBackend
 
@@ -131,13 +131,17 @@ def compare_outputs(
     class_agreement: float = 0.99,
     mask_agreement: float = 0.99,
     threshold: float | None = None,
+    embedding_cosine: float = 0.99,
 ) -> ParityReport:
     """Compare per-batch output dicts of a candidate engine with the FP32 reference.
 
     Float outputs pass when every element satisfies ``|c - r| <= atol + rtol * |r|``; integer
     outputs (class maps) when at least ``class_agreement`` of elements are equal (FP16 may flip
     near-ties); with ``threshold``, ``score_map`` also needs ``mask_agreement`` of pixels on the
-    same side of it (the deployed anomaly mask).
+    same side of it (the deployed anomaly mask). The ``embedding`` map (encoder features the object
+    bank compares by direction) passes when its per-cell cosine similarity to the reference is at
+    least ``embedding_cosine`` everywhere (an elementwise tolerance would refuse FP16 engines for
+    differences that do not move a kNN distance).
     """
     if len(reference) != len(candidate) or not reference:
         raise ValueError(f"need the same non-zero number of batches, got {len(reference)} and {len(candidate)}")
@@ -151,6 +155,17 @@ def compare_outputs(
             continue
         if any(a.shape != b.shape for a, b in zip(ref, cand, strict=True)):
             report.failures.append(f"{name}: shapes differ {[a.shape for a in ref]} vs {[b.shape for b in cand]}")
+            continue
+        if name == EMBEDDING_OUTPUT:  # [B, C, h, w]: cosine per cell over C
+            r3 = np.concatenate([np.moveaxis(a, 1, -1).reshape(-1, a.shape[1]) for a in ref]).astype(np.float64)
+            c3 = np.concatenate([np.moveaxis(b, 1, -1).reshape(-1, b.shape[1]) for b in cand]).astype(np.float64)
+            den = np.linalg.norm(r3, axis=1) * np.linalg.norm(c3, axis=1)
+            cos = np.where(den > 0, (r3 * c3).sum(axis=1) / np.maximum(den, 1e-12), 1.0)
+            cos = np.where(np.isfinite(cos), cos, -1.0)
+            worst = float(cos.min()) if cos.size else 1.0
+            report.outputs[name] = {"min_cosine": worst, "mean_cosine": float(cos.mean()) if cos.size else 1.0}
+            if worst < embedding_cosine:
+                report.failures.append(f"{name}: per-cell cosine similarity down to {worst:.4f} (< {embedding_cosine})")
             continue
         r = np.concatenate([a.reshape(-1) for a in ref])
         c = np.concatenate([b.reshape(-1) for b in cand])
