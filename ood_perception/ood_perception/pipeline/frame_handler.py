@@ -98,7 +98,7 @@ FUSION_PARAMETERS: list[tuple[str, Any, str]] = [
      "model's domain: DEGRADED, no regions; NaN = the model's calibrated value, else 0.5"),
     ("object.min_height", 0.25, "a point this far [m] above the fitted ground plane belongs to an object candidate"),
     ("object.max_height", 4.0, "points higher than this [m] above the ground are ignored"),
-    ("object.min_points", 10, "smallest object candidate [points]"),
+    ("object.min_points", 20, "smallest object candidate [points]: sparser clusters (distant or partly seen objects) are not judged"),
     ("object.max_extent", 8.0, "clusters wider than this [m] are structures, not objects"),
     ("object.cluster_eps", 0.6, "object candidates: above-ground points in 8-connected bird's-eye-view cells of "
      "cluster_eps / 2 [m] form one object"),

@@ -106,7 +106,7 @@ class ObjectConfig:
 
     min_height: float = 0.25
     max_height: float = 4.0
-    min_points: int = 10
+    min_points: int = 20
     max_extent: float = 8.0
     cluster_eps: float = 0.6
     context_radius: float = 1.0
