@@ -288,27 +288,23 @@ class TapFusionNet(_LateFusionHeads):
         lid = torch.cat([(lidar[:, :5] - self.lidar_mean) / self.lidar_std * valid, lidar[:, 5:6]], dim=1)
         return self.camera(taps), self.lidar(lid)
 
+    def taps(self, image: torch.Tensor, lidar: torch.Tensor) -> torch.Tensor:
+        """The frozen encoder's taps on the stride-8 grid ``[B, 472, H/8, W/8]``, after checking the inputs."""
+        check_inputs(image, lidar)
+        if image.shape[-1] % 8 or image.shape[-2] % 8 or image.shape[-2:] != lidar.shape[-2:]:
+            raise ValueError(f"TapFusionNet needs image and lidar of the same size, divisible by 8; got "
+                             f"{tuple(image.shape[-2:])} and {tuple(lidar.shape[-2:])}")
+        if self.encoder is None:
+            raise ValueError("this TapFusionNet was built without its encoder (with_encoder=False): use encode_taps")
+        with torch.no_grad():
+            return taps_at_stride8(self.encoder(image))
+
     def encode(self, image: torch.Tensor, lidar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Pre-fusion features ``(Fc, Fl)`` on the stride-8 grid."""
-        check_inputs(image, lidar)
-        if image.shape[-1] % 8 or image.shape[-2] % 8 or image.shape[-2:] != lidar.shape[-2:]:
-            raise ValueError(f"TapFusionNet needs image and lidar of the same size, divisible by 8; got "
-                             f"{tuple(image.shape[-2:])} and {tuple(lidar.shape[-2:])}")
-        if self.encoder is None:
-            raise ValueError("this TapFusionNet was built without its encoder (with_encoder=False): use encode_taps")
-        with torch.no_grad():
-            taps = taps_at_stride8(self.encoder(image))
-        return self.encode_taps(taps, pool_lidar_tensor(lidar))
+        return self.encode_taps(self.taps(image, lidar), pool_lidar_tensor(lidar))
 
     def forward(self, image: torch.Tensor, lidar: torch.Tensor) -> dict[str, torch.Tensor]:
-        check_inputs(image, lidar)
-        if image.shape[-1] % 8 or image.shape[-2] % 8 or image.shape[-2:] != lidar.shape[-2:]:
-            raise ValueError(f"TapFusionNet needs image and lidar of the same size, divisible by 8; got "
-                             f"{tuple(image.shape[-2:])} and {tuple(lidar.shape[-2:])}")
-        if self.encoder is None:
-            raise ValueError("this TapFusionNet was built without its encoder (with_encoder=False): use encode_taps")
-        with torch.no_grad():
-            taps = taps_at_stride8(self.encoder(image))
+        taps = self.taps(image, lidar)
         fc, fl = self.encode_taps(taps, pool_lidar_tensor(lidar))
         out = self.heads(fc, fl, image.shape[-2:])
         out["embedding"] = taps  # the frozen ImageNet taps: object embeddings (pipeline.object_bank)

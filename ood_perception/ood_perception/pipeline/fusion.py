@@ -399,6 +399,12 @@ class FusionPipeline:
                 return value
         return None
 
+    @property
+    def uses_embedding(self) -> bool:
+        """Whether frames with a camera image ask the model for its ``embedding`` output (the
+        object bank's term, or ``object_embeddings``)."""
+        return self.object_bank is not None or self.object_embeddings
+
     def uses_objects(self, has_lidar: bool) -> bool:
         """Whether a frame (with or without usable LiDAR) is decided on objects."""
         if self.config.decision == "pixels":
@@ -419,7 +425,7 @@ class FusionPipeline:
         inputs, _ = self.prepare(FusionFrame(stamp=0.0, image=np.zeros((h, w, 3), np.uint8)))
         for key in self.heads():
             names = [key + "score_map", key + "class_map"]
-            if (self.object_bank is not None or self.object_embeddings) and key != "lidar_":
+            if self.uses_embedding and key != "lidar_":
                 names.append(EMBEDDING_OUTPUT)  # as infer() asks for frames with a camera image
             if self._pick_outputs:
                 self.backend.infer(inputs, outputs=names)
@@ -534,7 +540,7 @@ class FusionPipeline:
         try:
             key = pending.key
             names = [key + "score_map", key + "class_map"]
-            want_embedding = (self.object_bank is not None or self.object_embeddings) and pending.frame.image is not None
+            want_embedding = self.uses_embedding and pending.frame.image is not None
             if want_embedding:
                 names.append(EMBEDDING_OUTPUT)
             out = self.backend.infer(pending.inputs, outputs=names) if self._pick_outputs else self.backend.infer(pending.inputs)
