@@ -22,6 +22,7 @@ ALL = [
     "knn",
     "mahalanobis",
     "maxlogit",
+    "maxlogit_knn",
     "msp",
     "neglabel",
     "react",

@@ -87,6 +87,8 @@ def test_onnx_export_matches_torch(name: str, params: dict) -> None:
     p = _problem()
     scorer = get_scorer(name, **params)
     extra = {"neg_text_embeddings": p["neg"]} if name == "neglabel" else {}
+    if name == "maxlogit_knn":  # fitted on ID logits as well as features
+        extra = {"logits": torch.as_tensor(p["features"]) @ torch.as_tensor(p["weight"]).T + torch.as_tensor(p["bias"])}
     scorer.fit(
         features=p["features"],
         labels=p["labels"],

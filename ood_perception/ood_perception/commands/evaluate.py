@@ -37,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="output dir (default: next to the checkpoint, eval/)")
     parser.add_argument("--split", help="split to evaluate (default: test, else val, else all)")
     parser.add_argument("--scorers", default=",".join(DEFAULT_SCORERS), help="comma-separated (default: %(default)s)")
+    parser.add_argument("--fit-data", metavar="DIR",
+                        help="dataset root whose train split fits the scorers with statistics (himplos, knn, "
+                             "maxlogit_knn...; default: --data's train split, skipped when it has none)")
     parser.add_argument("--schema", help="CARLA-OOD schema YAML")
     parser.add_argument("--cache-dir")
     parser.add_argument("--device", default="cpu")
@@ -57,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
                                 + (" (a directory: give its .pt file)" if Path(args.checkpoint).is_dir() else ""))
     if not Path(args.data).is_dir():
         raise FileNotFoundError(f"dataset not found: {args.data}")
+    if args.fit_data is not None and not Path(args.fit_data).is_dir():
+        raise FileNotFoundError(f"--fit-data not found: {args.fit_data}")
     import torch  # lazy: torch is heavy to import and only this path needs it
 
     from ood_perception.trainer.evaluate import evaluate  # lazy: the command's implementation
@@ -65,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or str(Path(args.checkpoint).resolve().parent / "eval")
     scorers = tuple(s.strip() for s in args.scorers.split(",") if s.strip())
     m = evaluate(args.checkpoint, args.data, out, args.split, scorers, args.schema, args.cache_dir, args.device,
-                 args.overlays, not args.no_plots, show_progress=not args.quiet, resolution=args.resolution)
+                 args.overlays, not args.no_plots, show_progress=not args.quiet, resolution=args.resolution,
+                 fit_data=args.fit_data)
     seg = m["segmentation"].get("pixel") or m["segmentation"].get("point")
     ood = m["ood"].get("pixel") or m["ood"].get("point") or {}
     head = scorers[0]

@@ -46,6 +46,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "for recognition the joint scorer when it is logit-only and unfitted, else maxlogit)")
     p.add_argument("--calib-data", default=None, metavar="DIR",
                    help="ID dataset root (e.g. `ood-perception synth` output) for the threshold and fitted scorers")
+    p.add_argument("--fit-data", default=None, metavar="DIR",
+                   help="segmentation: dataset root whose train split (every sequence without one) fits scorers with "
+                        "statistics, e.g. the training world (default: --calib-data's train split)")
     p.add_argument("--calib-split", default=None,
                    help="split of --calib-data used for the threshold (default: val for segmentation, "
                         "test for a recognition clip dataset: give a clip dataset of another data seed)")
@@ -82,13 +85,15 @@ def handler(args: argparse.Namespace) -> int:
                                             calib_split=args.calib_split or "test", eval_data=args.eval_data,
                                             score=args.score or "msp", unimodal_score=args.unimodal_score, **common)
     else:
+        if args.fit_data is not None and not Path(args.fit_data).is_dir():
+            raise FileNotFoundError(f"--fit-data not found: {args.fit_data}")
         if args.eval_data is not None:
             raise ValueError("--eval-data is for recognition checkpoints; evaluate segmentation with `ood-perception evaluate`")
         from ood_perception.trainer.export import export_segmentation_from_data
 
         spec = export_segmentation_from_data(
             ckpt_path, out, calib_data=args.calib_data, calib_split=args.calib_split or "val",
-            max_calib_frames=args.calib_frames, score=args.score or "maxlogit",
+            max_calib_frames=args.calib_frames, fit_data=args.fit_data, score=args.score or "maxlogit",
             unimodal_score=args.unimodal_score or "maxlogit", **common,
         )
     thr = "none (no --calib-data)" if spec.threshold is None else f"{spec.threshold:.4f}"

@@ -21,6 +21,12 @@ def scorer_needs_features(scorer: nn.Module) -> bool:
     return bool(getattr(scorer, "needs_features", False))
 
 
+def scorer_feature_source(scorer: nn.Module) -> str:
+    """Which model output a feature scorer reads: ``"features"`` (the fused head's penultimate
+    features, the default) or ``"embedding"`` (the frozen encoder's taps, ``maxlogit_knn``)."""
+    return str(getattr(scorer, "feature_source", "features"))
+
+
 def _as_map(score: torch.Tensor) -> torch.Tensor:
     if score.dim() == 4 and score.shape[1] == 1:
         score = score[:, 0]
@@ -41,7 +47,9 @@ class ScoredSegmentation(nn.Module):
             and ``features`` (the architecture contract).
         scorer: the fused-head scorer, ``scorer(logits, features) -> [B, H, W]``.
         unimodal_scorer: scorer for the expert heads, called on logits only (the expert heads have
-            no features of the fused head). None: ``scorer`` itself, which must then be logit-only.
+            no features of the fused head). None: ``scorer`` itself, which must then be logit-only,
+            or one that reads the ``embedding`` (``maxlogit_knn``: it scores the camera head with
+            the embedding and the LiDAR head by its ``logit_score``, on the fused head's scale).
         embedding: also return the model's ``embedding`` map (float32 ``[B, C, H/8, W/8]``) as a
             seventh output, :data:`~ood_perception.models.spec.EMBEDDING_OUTPUT` (models whose
             ``embedding_channels`` > 0 only).
@@ -50,10 +58,17 @@ class ScoredSegmentation(nn.Module):
     def __init__(self, model: nn.Module, scorer: nn.Module, unimodal_scorer: nn.Module | None = None,
                  embedding: bool = False) -> None:
         super().__init__()
-        if unimodal_scorer is None and scorer_needs_features(scorer):
+        reads_embedding = scorer_feature_source(scorer) == "embedding"
+        if unimodal_scorer is None and scorer_needs_features(scorer) and not reads_embedding:
             raise ValueError(
                 f"scorer {type(scorer).__name__} needs features; give a logit-only unimodal_scorer for the expert heads"
             )
+        if reads_embedding and unimodal_scorer is not None:
+            raise ValueError(f"scorer {getattr(scorer, 'name', type(scorer).__name__)!r} scores the expert heads itself "
+                             "(on the fused head's scale); give no unimodal scorer")
+        if reads_embedding and not getattr(model, "embedding_channels", 0):
+            raise ValueError(f"scorer {getattr(scorer, 'name', type(scorer).__name__)!r} reads the model's embedding; "
+                             f"{type(model).__name__} has none")
         if embedding and not getattr(model, "embedding_channels", 0):
             raise ValueError(f"{type(model).__name__} has no embedding output (embedding_channels is 0)")
         self.model = model
@@ -65,11 +80,14 @@ class ScoredSegmentation(nn.Module):
     def fused_score(self, out: dict[str, torch.Tensor]) -> torch.Tensor:
         """Fused score map ``[B, H, W]`` at input resolution from the model's output dict.
 
-        Logit-only scorers score the full-resolution ``logits``. Scorers that need ``features``
+        Logit-only scorers score the full-resolution ``logits``; scorers that read the ``embedding``
+        (:func:`scorer_feature_source`) get the full-resolution logits and the embedding. Scorers that need ``features``
         (which live on the feature grid: stride 4 or 8 by the design) score ``model.classifier(features)`` with ``features``
         on that grid, and the score map is upsampled bilinearly to the input size.
         """
         logits = out["logits"]
+        if scorer_feature_source(self.scorer) == "embedding":  # e.g. maxlogit_knn: logits + frozen-encoder cells
+            return _as_map(self.scorer(logits, out["embedding"]))
         if not scorer_needs_features(self.scorer):
             return _as_map(self.scorer(logits, None))
         features = out["features"]
@@ -82,15 +100,23 @@ class ScoredSegmentation(nn.Module):
     def forward(self, image: torch.Tensor, lidar: torch.Tensor) -> tuple[torch.Tensor, ...]:
         out = self.model(image, lidar)
         logits = out["logits"]
-        uni = self.unimodal_scorer if self.unimodal_scorer is not None else self.scorer
         cam, lid = out["camera_logits"], out["lidar_logits"]
+        if scorer_feature_source(self.scorer) == "embedding":
+            # one scale for every head, so the fused head's thresholds apply to the fallbacks: the
+            # camera-only head has the image (MaxLogit and the encoder's cells), the LiDAR-only head
+            # only its logits (its MaxLogit z-scored like the fused head's)
+            cam_score = _as_map(self.scorer(cam, out["embedding"]))
+            lid_score = _as_map(self.scorer.logit_score(lid))
+        else:
+            uni = self.unimodal_scorer if self.unimodal_scorer is not None else self.scorer
+            cam_score, lid_score = _as_map(uni(cam)), _as_map(uni(lid))
         maps = (
             logits.argmax(dim=1),
             self.fused_score(out),
             cam.argmax(dim=1),
-            _as_map(uni(cam)),
+            cam_score,
             lid.argmax(dim=1),
-            _as_map(uni(lid)),
+            lid_score,
         )
         return (*maps, out["embedding"].float()) if self.embedding else maps
 

@@ -2,7 +2,8 @@
 
 ``get_scorer(name, **params)`` builds a scorer; ``available_scorers()`` lists the names:
 msp, maxlogit, energy, entropy, gen (logits only) and react, ash, vim, knn, mahalanobis,
-himplos, neglabel (features, most also the classifier). Every scorer returns
+himplos, neglabel (features, most also the classifier), maxlogit_knn (logits and the
+model's frozen-encoder ``embedding``). Every scorer returns
 **higher = more anomalous**, works per sample (``[N, C]`` -> ``[N]``) and per pixel
 (``[B, C, H, W]`` -> ``[B, H, W]``), keeps fitted statistics in buffers and exports to ONNX, so
 training, evaluation and the deployed graph share one scoring code path.
@@ -29,6 +30,7 @@ from ood_perception.scoring.base import (
 from ood_perception.scoring.feature_based import ASH, KNN, HIMPLoS, Mahalanobis, ReAct, ViM
 from ood_perception.scoring.logit_based import GEN, MSP, Energy, Entropy, MaxLogit
 from ood_perception.scoring.neglabel import NegLabel
+from ood_perception.scoring.patch_knn import MaxLogitPatchKNN
 
 __all__ = [
     "ASH",
@@ -36,6 +38,7 @@ __all__ = [
     "HIMPLoS",
     "KNN",
     "MSP",
+    "MaxLogitPatchKNN",
     "Energy",
     "Entropy",
     "Mahalanobis",

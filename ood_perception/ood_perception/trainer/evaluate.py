@@ -27,6 +27,8 @@ SegmentMeIfYouCan component metrics of the mask binarised at the 95%-ID-pixel th
 anomaly-vs-known object-score separation (metrics.json ``components`` / ``object_scores``; see
 :mod:`ood_perception.trainer.eval_alerts` for the threshold's source).
 
+Scorers with statistics (HIMPLoS, kNN, ``maxlogit_knn``...) are fitted on a train split: the evaluated
+data's or that of ``--fit-data`` (e.g. the training world when the evaluated world has only a test split).
 HIMPLoS is fitted on the training split's features (pixels subsampled, labels at the feature
 resolution); its per-pixel score on the feature grid (stride 4 for ``fpn`` models, 8 for ``taps8``)
 is upsampled bilinearly to the input size (as the
@@ -38,6 +40,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +112,51 @@ def _fit_himplos(model: Any, data: Any, mean: Any, std: Any, device: Any, max_fr
     w = model.classifier.weight.detach().cpu()[:, :, 0, 0]
     b = model.classifier.bias.detach().cpu()
     return get_scorer("himplos").fit(features=f, labels=y, classifier_weight=w, classifier_bias=b)
+
+
+#: fitted scorers of one training set, per model and scorer name: evaluate() scores several
+#: passes (val threshold, main, components) with one fit
+_FITTED: weakref.WeakKeyDictionary[Any, dict[tuple[int, str], Any]] = weakref.WeakKeyDictionary()
+
+
+def needs_training_data(name: str) -> bool:
+    """Whether scorer ``name`` is fitted on the training split before it can score (HIMPLoS,
+    kNN, ``maxlogit_knn``...)."""
+    # lazy: torch is heavy to import and only this path needs it
+    from ood_perception.scoring import get_scorer
+
+    return name == "himplos" or bool(get_scorer(name).requires_fit)
+
+
+def _fit_registered(model: Any, name: str, data: Any, mean: Any, std: Any, device: Any,
+                    max_frames: int = 64) -> Any:
+    """Scorer ``name`` fitted as ``ood-perception export`` fits it (``trainer.export.fit_scorer``:
+    the same 64 evenly spaced training frames, the same pixels and cells)."""
+    from ood_perception.models.wrappers import ScoredSegmentation  # lazy: torch (see above)
+    from ood_perception.scoring import get_scorer  # lazy: torch (see above)
+    from ood_perception.trainer.export.segmentation import fit_scorer  # lazy: torch (see above)
+
+    scorer = get_scorer(name)
+    wrapper = ScoredSegmentation(model, scorer, None if getattr(scorer, "feature_source", "") == "embedding"
+                                 else get_scorer("maxlogit"))
+    idx = np.unique(np.linspace(0, len(data) - 1, min(len(data), max_frames)).round().astype(int))
+
+    def batches() -> Any:
+        for i in idx:
+            b = collate([data[int(i)]], mean, std)
+            yield b["image"].to(device), b["lidar"].to(device), b["target"].to(device)
+
+    fit_scorer(wrapper, batches())
+    return wrapper.scorer
+
+
+def _fitted_scorer(model: Any, name: str, data: Any, mean: Any, std: Any, device: Any) -> Any:
+    memo = _FITTED.setdefault(data, {})
+    key = (id(model), name)
+    if key not in memo:
+        memo[key] = (_fit_himplos(model, data, mean, std, device) if name == "himplos"
+                     else _fit_registered(model, name, data, mean, std, device)).to(device)
+    return memo[key]
 
 
 def evaluate_model(model: Any, ckpt: dict[str, Any], data: Any, scorers: tuple[str, ...] = DEFAULT_SCORERS,
@@ -213,10 +261,10 @@ def _evaluate_model(model: Any, ckpt: dict[str, Any], data: Any, scorers: tuple[
     mean, std = ckpt.get("mean", [0.485, 0.456, 0.406]), ckpt.get("std", [0.229, 0.224, 0.225])
     built = {}
     for name in scorers:
-        if name == "himplos":
+        if needs_training_data(name):
             if train_data is None:
                 continue
-            built[name] = _fit_himplos(model, train_data, mean, std, device).to(device)
+            built[name] = _fitted_scorer(model, name, train_data, mean, std, device)
         else:
             built[name] = get_scorer(name).to(device)
     heads = ("logits", "camera_logits", "lidar_logits")
@@ -232,7 +280,9 @@ def _evaluate_model(model: Any, ckpt: dict[str, Any], data: Any, scorers: tuple[
         size = out["logits"].shape[-2:]
         maps = {}
         for name, sc in built.items():
-            if sc.needs_features:
+            if getattr(sc, "feature_source", "features") == "embedding":  # full-resolution map already
+                m = sc(out["logits"], out["embedding"])
+            elif sc.needs_features:
                 m = sc(out["logits"], out["features"])
                 m = F.interpolate(m[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
             else:
@@ -419,9 +469,12 @@ def _report(metrics: dict[str, Any], figures: list[str], header: dict[str, Any])
 def evaluate(checkpoint: str | os.PathLike[str], data_root: str | os.PathLike[str], out_dir: str | os.PathLike[str],
              split: str | None = None, scorers: tuple[str, ...] = DEFAULT_SCORERS, schema: Any = None,
              cache_dir: str | None = None, device: str = "cpu", overlays: int = 6, plots: bool = True,
-             fit_split: str | None = "train", show_progress: bool = True, resolution: str = "camera") -> dict[str, Any]:
+             fit_split: str | None = "train", show_progress: bool = True, resolution: str = "camera",
+             fit_data: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """Evaluate a checkpoint; writes metrics.json, report.md and figures to ``out_dir``
-    (``resolution``: see :func:`evaluate_model` and the module docstring)."""
+    (``resolution``: see :func:`evaluate_model` and the module docstring). Scorers with statistics
+    (:func:`needs_training_data`) are fitted on the ``fit_split`` of ``fit_data`` (default: the
+    evaluated data root)."""
     from ood_perception.models import (
         load_checkpoint,
     )
@@ -437,15 +490,23 @@ def evaluate(checkpoint: str | os.PathLike[str], data_root: str | os.PathLike[st
     if data.config.class_names != list(ckpt["class_names"]):
         raise ValueError(f"{root}: classes {data.config.class_names} differ from the checkpoint's {list(ckpt['class_names'])}")
     train_data = None
-    if "himplos" in scorers and fit_split and not open_reader(root, None, schema).config.splits.get(fit_split):
-        # e.g. a test-only world: HIMPLoS is fitted on the data's own train split, which it lacks
-        print(f"evaluate: himplos skipped: {root} has no '{fit_split}' split to fit it on "
-              f"(the other scorers are evaluated)", file=sys.stderr)
-        scorers = tuple(n for n in scorers if n != "himplos")
-    if "himplos" in scorers and fit_split:
-        train_data = SegmentationData(root, fit_split, size, cache_dir, schema, show_progress=show_progress)
+    fitted = [n for n in scorers if needs_training_data(n)]
+    fit_root = Path(fit_data) if fit_data is not None else root
+    if fit_data is not None and not fit_root.is_dir():
+        raise FileNotFoundError(f"fit data not found: {fit_root}")
+    if fitted and fit_split and not open_reader(fit_root, None, schema).config.splits.get(fit_split):
+        # e.g. a test-only world without --fit-data: these scorers are fitted on a train split, which it lacks
+        print(f"evaluate: {', '.join(fitted)} skipped: {fit_root} has no '{fit_split}' split to fit "
+              f"{'it' if len(fitted) == 1 else 'them'} on (give --fit-data; the other scorers are evaluated)",
+              file=sys.stderr)
+        scorers = tuple(n for n in scorers if n not in fitted)
+    elif fitted and fit_split:
+        train_data = SegmentationData(fit_root, fit_split, size, cache_dir, schema, show_progress=show_progress)
+        if train_data.config.class_names != list(ckpt["class_names"]):
+            raise ValueError(f"{fit_root}: classes {train_data.config.class_names} differ from the checkpoint's "
+                             f"{list(ckpt['class_names'])}")
     # the alert-level extras (camera resolution): the headline scorer, the first one evaluate can build
-    head = next((n for n in scorers if n != "himplos" or train_data is not None), None)
+    head = next((n for n in scorers if not needs_training_data(n) or train_data is not None), None)
     extras, hook = (None, None)
     if resolution == "camera" and head is not None:
         extras, hook = _alert_extras(model, ckpt, root, split, data, head, train_data, size, cache_dir, schema,
@@ -462,6 +523,9 @@ def evaluate(checkpoint: str | os.PathLike[str], data_root: str | os.PathLike[st
     metrics["checkpoint"] = str(Path(checkpoint).resolve())
     metrics["data"] = str(root.resolve())
     metrics["split"] = split
+    if train_data is not None:
+        metrics["fit"] = {"data": str(fit_root.resolve()), "split": fit_split,
+                          "scorers": [n for n in scorers if needs_training_data(n)]}
     # the types the model saw in training, left out here (None: the checkpoint predates the record)
     metrics["outlier_types_excluded"] = ckpt.get("outlier_types")
     out = Path(out_dir)

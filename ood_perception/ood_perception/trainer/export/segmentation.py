@@ -26,7 +26,7 @@ from ood_perception.models.spec import (
     ModelSpec,
     sha256_file,
 )
-from ood_perception.models.wrappers import ScoredSegmentation, scorer_needs_features
+from ood_perception.models.wrappers import ScoredSegmentation, scorer_feature_source, scorer_needs_features
 from ood_perception.scoring import get_scorer
 from ood_perception.trainer.export.core import DEFAULT_OPSET, export_model
 
@@ -46,7 +46,8 @@ def build_scored_segmentation(
     appearance embedding (``embedding_channels`` > 0: ``TapFusionNet``) export it as a seventh output."""
 
     scorer = get_scorer(score, **dict(score_params or {}))
-    uni = get_scorer(unimodal_score) if unimodal_score else None
+    # a scorer reading the embedding scores the expert heads itself (ScoredSegmentation)
+    uni = get_scorer(unimodal_score) if unimodal_score and scorer_feature_source(scorer) != "embedding" else None
     return ScoredSegmentation(model, scorer, uni, embedding=bool(getattr(model, "embedding_channels", 0)))
 
 
@@ -219,6 +220,9 @@ def fit_scorer(
 
     scorer = wrapper.scorer
     model = wrapper.model
+    if scorer_feature_source(scorer) == "embedding":
+        _fit_embedding_scorer(model, scorer, batches, max_pixels, seed)
+        return
     on_grid = scorer_needs_features(scorer)
     feats, logits, labels = [], [], []
     with torch.no_grad():
@@ -252,6 +256,30 @@ def fit_scorer(
         kwargs["classifier_weight"] = model.classifier.weight
         kwargs["classifier_bias"] = model.classifier.bias
     scorer.fit(**kwargs)
+
+
+def _fit_embedding_scorer(model: nn.Module, scorer: nn.Module,
+                          batches: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+                          max_pixels: int, seed: int) -> None:
+    """Fit a scorer that reads logits and the model's ``embedding`` (``maxlogit_knn``): logits of
+    in-distribution pixels at input resolution, embedding cells whose label (nearest neighbour on
+    the embedding's grid) is an in-distribution class; up to ``max_pixels`` of each."""
+    logits, cells = [], []
+    with torch.no_grad():
+        for image, lidar, lab in batches:
+            out = model(image, lidar)
+            lab = torch.as_tensor(lab).long()
+            lg, emb = out["logits"], out["embedding"]
+            keep = (lab >= 0) & (lab < lg.shape[1])
+            logits.append(lg.movedim(1, -1)[keep])
+            grid = F.interpolate(lab[:, None].float(), size=emb.shape[-2:], mode="nearest")[:, 0].long()
+            cells.append(emb.movedim(1, -1)[(grid >= 0) & (grid < lg.shape[1])])
+    lg_all, cell_all = torch.cat(logits) if logits else torch.zeros(0), torch.cat(cells) if cells else torch.zeros(0)
+    if lg_all.numel() == 0 or cell_all.numel() == 0:
+        raise ValueError("no labelled ID pixels to fit the scorer on")
+    g = torch.Generator().manual_seed(seed)
+    scorer.fit(logits=lg_all[torch.randperm(lg_all.shape[0], generator=g)[:max_pixels]],
+               features=cell_all[torch.randperm(cell_all.shape[0], generator=g)[:max_pixels]])
 
 
 def dataset_batches(
@@ -312,12 +340,14 @@ def export_segmentation_from_data(
     calib_split: str = "val",
     max_calib_frames: int = 64,
     n_stored_inputs: int = 4,
+    fit_data: str | os.PathLike[str] | None = None,
     **kwargs: Any,
 ) -> ModelSpec:
     """:func:`export_segmentation` with calibration (and scorer fitting) read from a dataset root.
 
     The threshold is calibrated on ID pixels of ``calib_split`` (falls back to every sequence when
-    the dataset defines no such split); fitted scorers use the ``train`` split. The first
+    the dataset defines no such split); fitted scorers use the ``train`` split of ``fit_data``
+    (default ``calib_data``; every sequence when it has no train split). The first
     ``n_stored_inputs`` calibration frames are stored in the model directory (``calib_inputs.npz``,
     float16) for TensorRT INT8 calibration and its FP16 parity check.
     """
@@ -327,7 +357,10 @@ def export_segmentation_from_data(
     if not root.exists():
         raise FileNotFoundError(f"calibration data not found: {root}")
     split = _data_split(root, calib_split)
-    fit_split = _data_split(root, "train")
+    fit_root = Path(fit_data) if fit_data is not None else root
+    if not fit_root.exists():
+        raise FileNotFoundError(f"fit data not found: {fit_root}")
+    fit_split = _data_split(fit_root, "train")
     stored: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def calib(ckpt: dict[str, Any]) -> Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -338,7 +371,7 @@ def export_segmentation_from_data(
             yield image, lidar, mask
 
     def fit(ckpt: dict[str, Any]) -> Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        return dataset_batches(root, fit_split, _input_hw(ckpt), ckpt.get("mean") or [0, 0, 0],
+        return dataset_batches(fit_root, fit_split, _input_hw(ckpt), ckpt.get("mean") or [0, 0, 0],
                                ckpt.get("std") or [1, 1, 1], max_calib_frames, labels="train_ids")
 
     def extra() -> dict[str, tuple[str, bytes]]:
@@ -354,5 +387,7 @@ def export_segmentation_from_data(
 
     info = {"data": str(root), "split": split or "all", "max_frames": max_calib_frames,
             "id_pixels": "labelled, non-OOD (train id != 255)"}
+    if getattr(get_scorer(kwargs.get("score", "maxlogit"), **dict(kwargs.get("score_params") or {})), "requires_fit", False):
+        info.update(fit_data=str(fit_root), fit_split=fit_split or "all")
     return export_segmentation(checkpoint, out_dir, calib_batches=calib, calib_info=info, fit_batches=fit,
                                extra_files=extra, **kwargs)

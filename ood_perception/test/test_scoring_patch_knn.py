@@ -1,0 +1,175 @@
+"""maxlogit_knn: MaxLogit joined with a nearest-training-cell score on the frozen encoder's embedding.
+
+Checked against an independent computation (scikit-learn PCA, brute-force distances, OpenCV
+bilinear upsampling), through export (ONNX Runtime = torch) and through `evaluate --fit-data`.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import yaml
+from sklearn.decomposition import PCA
+
+from ood_perception import runtime
+from ood_perception.models import build_model, load_checkpoint
+from ood_perception.models.wrappers import ScoredSegmentation
+from ood_perception.scoring import get_scorer
+from ood_perception.trainer.export import export_segmentation_from_data
+from ood_perception.trainer.toy import make_toy_dataset
+
+torch.set_num_threads(1)
+C = 24  # feature width of the synthetic cells
+
+
+def _cells(n: int, seed: int, shift: float = 0.0, centres: int = 0) -> np.ndarray:
+    """Cells near a 6-dim subspace, around four ID centres (``centres=0``) or four others (1)."""
+    rng = np.random.default_rng(seed)
+    basis = np.random.default_rng(99).normal(size=(6, C))
+    mid = np.random.default_rng(100 + centres).normal(size=(4, 6)) * 2
+    x = (mid[rng.integers(0, 4, n)] + 0.3 * rng.normal(size=(n, 6))) @ basis + 0.05 * rng.normal(size=(n, C))
+    return (x + shift * rng.normal(size=(n, C))).astype(np.float32)
+
+
+def _fitted(dim: int = 6, bank: int = 100, k: int = 1) -> tuple[object, np.ndarray, np.ndarray]:
+    f = _cells(600, 0)
+    lg = np.random.default_rng(1).normal(size=(500, 5)).astype(np.float32) * 3
+    sc = get_scorer("maxlogit_knn", dim=dim, bank_size=bank, k=k, seed=3)
+    sc.fit(logits=torch.from_numpy(lg), features=torch.from_numpy(f))
+    return sc, f, lg
+
+
+def test_cell_scores_equal_pca_and_brute_force_nearest_neighbours() -> None:
+    sc, f, lg = _fitted(k=3)
+    fn = f / (np.linalg.norm(f, axis=1, keepdims=True) + 1e-6)
+    order = torch.randperm(len(f), generator=torch.Generator().manual_seed(3)).numpy()
+    fn = fn[order]
+    pca = PCA(6).fit(fn[:600])  # the whole sample (< 30000 cells): same centre and axes up to sign
+    bank = pca.transform(fn[:100])
+    q = _cells(50, 7, shift=0.5)
+    qn = q / (np.linalg.norm(q, axis=1, keepdims=True) + 1e-6)
+    d2 = ((pca.transform(qn)[:, None, :] - bank[None]) ** 2).sum(-1)
+    want = np.sort(d2, axis=1)[:, 2]
+    got = sc.cell_scores(torch.from_numpy(q)).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)
+    # the spread comes from the cells outside the bank, MaxLogit's from the fit logits
+    rest = np.sort(((pca.transform(fn[100:])[:, None, :] - bank[None]) ** 2).sum(-1), axis=1)[:, 2]
+    stats = sc.stats.numpy()
+    assert stats[0] == pytest.approx(float(np.mean(-lg.max(1))), rel=1e-5)
+    assert stats[1] == pytest.approx(float(np.std(-lg.max(1), ddof=1)), rel=1e-4)
+    assert stats[2] == pytest.approx(float(rest.mean()), rel=1e-3)
+    assert stats[3] == pytest.approx(float(rest.std(ddof=1)), rel=1e-3)
+
+
+def test_map_is_the_larger_z_score_with_the_cell_score_upsampled_bilinearly() -> None:
+    sc, _, _ = _fitted()
+    rng = np.random.default_rng(5)
+    logits = rng.normal(size=(1, 5, 16, 32)).astype(np.float32) * 3
+    emb = _cells(8 * 16, 11, shift=0.3).T.reshape(1, C, 8, 16)
+    got = sc(torch.from_numpy(logits), torch.from_numpy(emb))[0].numpy()
+    m = sc.stats.numpy()
+    cells = sc.cell_scores(torch.from_numpy(emb[0].reshape(C, -1).T)).numpy().reshape(8, 16)
+    z_knn = cv2.resize(((cells - m[2]) / m[3]).astype(np.float32), (32, 16), interpolation=cv2.INTER_LINEAR)
+    z_logit = (-logits[0].max(0) - m[0]) / m[1]
+    np.testing.assert_allclose(got, np.maximum(z_logit, z_knn), rtol=1e-4, atol=1e-4)
+    # per-sample inputs score row by row
+    row = sc(torch.from_numpy(logits[0].reshape(5, -1).T[:128]), torch.from_numpy(emb[0].reshape(C, -1).T))
+    assert row.shape == (128,)
+
+
+def test_cells_unlike_training_score_higher() -> None:
+    sc, _, _ = _fitted()
+    near, far = _cells(200, 21), _cells(200, 22, centres=1)
+    s_near, s_far = sc.cell_scores(torch.from_numpy(near)), sc.cell_scores(torch.from_numpy(far))
+    assert float((s_far[:, None] > s_near[None]).float().mean()) > 0.95
+
+
+def test_refusals_are_one_line() -> None:
+    sc = get_scorer("maxlogit_knn")
+    with pytest.raises(RuntimeError, match="needs fit"):
+        sc(torch.zeros(1, 3, 8, 8), torch.zeros(1, C, 1, 1))
+    with pytest.raises(ValueError, match="at least 20"):
+        sc.fit(logits=torch.zeros(5, 3), features=torch.zeros(5, C))
+    with pytest.raises(ValueError, match="bank_size"):
+        get_scorer("maxlogit_knn", bank_size=1, k=2)
+    fitted, _, _ = _fitted()
+    with pytest.raises(ValueError, match=f"fitted on {C}-dim"):
+        fitted(torch.zeros(1, 5, 8, 8), torch.zeros(1, C + 1, 1, 1))
+    tiny = build_model({"num_classes": 3, "camera_backbone": "tiny", "lidar_width": 8, "camera_channels": 8,
+                        "lidar_channels": 8, "head_channels": 8, "tiny_width": 8})
+    with pytest.raises(ValueError, match="reads the model's embedding"):
+        ScoredSegmentation(tiny, get_scorer("maxlogit_knn"))
+    with pytest.raises(ValueError, match="give no unimodal scorer"):
+        ScoredSegmentation(build_model(TAP), get_scorer("maxlogit_knn"), get_scorer("maxlogit"))
+
+
+TAP = {"num_classes": 3, "camera_backbone": "mobilenet_v2", "camera_channels": 8, "lidar_channels": 8,
+       "lidar_width": 4, "head_channels": 8, "design": "taps8"}
+
+
+@pytest.fixture(scope="module")
+def tap_setup(tmp_path_factory):
+    """A taps8 network (random heads, random-initialised encoder: the code path, not the weights)
+    and a toy world with train (00) and test (01) sequences at 64x128."""
+    tmp = tmp_path_factory.mktemp("pk")
+    root = make_toy_dataset(tmp / "data", {"00": 6, "01": 3}, size=(64, 128), seed=4)
+    torch.manual_seed(0)
+    model = build_model(TAP).eval()
+    ckpt = tmp / "m.pt"
+    torch.save({"model_config": model.config.to_dict(), "state_dict": model.state_dict(),
+                "class_names": ["car", "road", "building"], "colors": [[0, 0, 255], [128, 128, 128], [255, 0, 0]],
+                "input_size": [64, 128], "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}, ckpt)
+    return root, ckpt, tmp
+
+
+def test_export_fits_on_fit_data_and_onnx_equals_torch(tap_setup) -> None:
+    root, ckpt, tmp = tap_setup
+    spec = export_segmentation_from_data(ckpt, tmp / "model", calib_data=root, fit_data=root, score="maxlogit_knn")
+    assert spec.score_name == "maxlogit_knn" and spec.score["unimodal"] == "maxlogit_knn"
+    assert spec.calibration["fit_data"] == str(root) and spec.calibration["fit_split"] == "train"
+    rng = np.random.default_rng(2)
+    x = {"image": rng.normal(size=(1, 3, 64, 128)).astype(np.float32), "lidar": np.zeros((1, 6, 64, 128), np.float32)}
+    a = runtime.load(tmp / "model", intra_op_threads=1).infer(x)
+    b = runtime.load(tmp / "model", backend="torch").infer(x)
+    for name in ("score_map", "camera_score_map", "lidar_score_map"):
+        np.testing.assert_allclose(a[name], b[name], rtol=1e-4, atol=1e-3)
+    assert np.ptp(a["score_map"]) > 0
+    # every head on the fused head's scale: the LiDAR-only head by its z-scored MaxLogit
+    model, _ = load_checkpoint(ckpt)
+    with torch.no_grad():
+        lid_logits = model(torch.from_numpy(x["image"]), torch.from_numpy(x["lidar"]))["lidar_logits"]
+    stats = torch.load(tmp / "model" / "model.pt", weights_only=True)["state_dict"]["scorer.stats"].numpy()
+    np.testing.assert_allclose(a["lidar_score_map"], (-lid_logits.numpy().max(1) - stats[0]) / stats[1], rtol=1e-4, atol=1e-3)
+
+
+def test_evaluate_fits_like_export_and_skips_without_a_train_split(tap_setup, capsys) -> None:
+    from ood_perception.trainer.evaluate import evaluate
+    from ood_perception.trainer.seg_data import SegmentationData, collate
+
+    root, ckpt, tmp = tap_setup
+    if not (tmp / "model").is_dir():
+        export_segmentation_from_data(ckpt, tmp / "model", calib_data=root, fit_data=root, score="maxlogit_knn")
+    m = evaluate(ckpt, root, tmp / "ev", split="test", scorers=("maxlogit", "maxlogit_knn"), plots=False,
+                 show_progress=False)
+    assert m["fit"]["scorers"] == ["maxlogit_knn"] and m["fit"]["split"] == "train"
+    # the exported graph (fitted by export on the same training frames) gives the same pixel AUROC
+    data = SegmentationData(root, "test", (64, 128), None, show_progress=False)
+    batch = collate([data[i] for i in range(len(data))], [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    backend = runtime.load(tmp / "model", intra_op_threads=1)
+    smap = backend.infer({"image": batch["image"].numpy(), "lidar": batch["lidar"].numpy()})["score_map"]
+    tgt, ood = batch["target"].numpy(), batch["pixel_ood"].numpy()
+    sel = (tgt != 255) | ood
+    from sklearn.metrics import roc_auc_score
+
+    assert m["ood"]["pixel"]["maxlogit_knn"]["auroc"] == pytest.approx(roc_auc_score(ood[sel], smap[sel]), abs=1e-3)
+    # fit data without a train split: the fitted scorer is skipped with one line, the others evaluated
+    notrain = make_toy_dataset(tmp / "notrain", {"00": 2}, size=(64, 128), seed=5)
+    cfg = yaml.safe_load((notrain / "dataset.yaml").read_text())
+    cfg["splits"] = {"test": ["00"]}
+    (notrain / "dataset.yaml").write_text(yaml.safe_dump(cfg))
+    m2 = evaluate(ckpt, root, tmp / "ev2", split="test", scorers=("maxlogit", "maxlogit_knn"), plots=False,
+                  show_progress=False, fit_data=notrain)
+    assert "maxlogit_knn skipped" in capsys.readouterr().err
+    assert "maxlogit_knn" not in m2["ood"]["pixel"] and "maxlogit" in m2["ood"]["pixel"] and "fit" not in m2
