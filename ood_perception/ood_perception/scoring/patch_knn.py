@@ -110,9 +110,11 @@ class MaxLogitPatchKNN(Scorer):
 
     def _knn(self, proj: Tensor) -> Tensor:
         """Squared distance of projected cells ``[N, dim]`` to their k-th nearest bank cell."""
-        d2 = (proj * proj).sum(-1, keepdim=True) + self.bank_sq[None] - 2.0 * proj @ self.bank.t()
-        kth = -torch.topk(-d2, self.k, dim=-1).values[:, -1] if self.k > 1 else d2.amin(dim=-1)
-        return kth.clamp(min=0.0)
+        # |q|^2 + min_j(|b_j|^2 - 2 q.b_j): one Gemm with the bank's norms as its bias (ONNX Gemm),
+        # then the reduction; |q|^2 is added to the N minima, not to the N x bank matrix
+        part = torch.addmm(self.bank_sq[None], proj, self.bank.t(), beta=1.0, alpha=-2.0)
+        kth = -torch.topk(-part, self.k, dim=-1).values[:, -1] if self.k > 1 else part.amin(dim=-1)
+        return (kth + (proj * proj).sum(-1)).clamp(min=0.0)
 
     def cell_scores(self, features: Tensor) -> Tensor:
         """Raw kNN distance of ``[N, C]`` features -> ``[N]``."""
