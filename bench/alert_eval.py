@@ -92,6 +92,7 @@ def evaluate_drives(drives: list[Path], backend: Any, config: FusionConfig, clea
     comp = ComponentAccumulator(ComponentConfig.scaled_to((256, 512)))
     pipe = FusionPipeline(backend, config)
     shifts = 0
+    per_frame: list[list[Any]] = []  # for paired comparisons of two runs (same drives, same frames)
     t0 = time.perf_counter()
     for drive in drives:
         for frame, res in replay_dataset(pipe, drive):
@@ -106,13 +107,16 @@ def evaluate_drives(drives: list[Path], backend: Any, config: FusionConfig, clea
                    pixel_instances=frame.pixel_instances, **kw)
             if res.mask is not None:
                 comp.add(res.mask > 0, ds_cfg.ood_mask(frame.pixel_labels))
+            per_frame.append([drive.name, round(float(res.stamp), 3), float(res.frame_score), int(res.level),
+                              int(ds_cfg.ood_mask(frame.pixel_labels).sum()) if frame.pixel_labels is not None else None])
             shifts += int(res.scene_shift)
     out = ev.result()
     clean_share = ev.select([d.name for d in clean]).result()["false_alerts"]["frame_share"] if clean else None
     return {"alerts": out, "clean_drives_alert_share": clean_share, "components": comp.result(), "scene_shift_frames": shifts,
             "decision_source": dict(pipe.decision_source), "region_threshold": pipe.region_threshold,
             "pixel_threshold": pipe.threshold, "scene_shift_fraction": pipe.scene_shift_fraction,
-            "track_window": pipe.objects.track_window, "seconds": time.perf_counter() - t0}
+            "track_window": pipe.objects.track_window, "seconds": time.perf_counter() - t0,
+            "per_frame": {"fields": ["drive", "stamp", "frame_score", "level", "anomaly_pixels"], "rows": per_frame}}
 
 
 def evaluate_video(path: str, backend: Any, config: FusionConfig, max_frames: int, size: tuple[int, int]) -> dict[str, Any]:
