@@ -57,10 +57,30 @@ def test_cell_scores_equal_pca_and_brute_force_nearest_neighbours() -> None:
     # the spread comes from the cells outside the bank, MaxLogit's from the fit logits
     rest = np.sort(((pca.transform(fn[100:])[:, None, :] - bank[None]) ** 2).sum(-1), axis=1)[:, 2]
     stats = sc.stats.numpy()
+    # without expert-head logits the heads share the fused head's MaxLogit statistics
+    np.testing.assert_allclose(sc.head_stats.numpy(), np.tile(stats[:2], (2, 1)), rtol=1e-6)
     assert stats[0] == pytest.approx(float(np.mean(-lg.max(1))), rel=1e-5)
     assert stats[1] == pytest.approx(float(np.std(-lg.max(1), ddof=1)), rel=1e-4)
     assert stats[2] == pytest.approx(float(rest.mean()), rel=1e-3)
     assert stats[3] == pytest.approx(float(rest.std(ddof=1)), rel=1e-3)
+
+
+def test_expert_heads_get_their_own_maxlogit_statistics() -> None:
+    f = _cells(600, 0)
+    rng = np.random.default_rng(1)
+    lg, cam, lid = (rng.normal(size=(500, 5)).astype(np.float32) * s for s in (3, 5, 1))
+    sc = get_scorer("maxlogit_knn", dim=6, bank_size=100)
+    sc.fit(logits=torch.from_numpy(lg), features=torch.from_numpy(f), camera_logits=torch.from_numpy(cam),
+           lidar_logits=torch.from_numpy(lid))
+    for row, x in zip(sc.head_stats.numpy(), (cam, lid), strict=True):
+        assert row[0] == pytest.approx(float(np.mean(-x.max(1))), rel=1e-5)
+        assert row[1] == pytest.approx(float(np.std(-x.max(1), ddof=1)), rel=1e-4)
+    z = sc.logit_score(torch.from_numpy(lid), "lidar").numpy()
+    assert abs(z.mean()) < 1e-4 and z.std(ddof=1) == pytest.approx(1.0, rel=1e-4)
+    with pytest.raises(ValueError, match="do not vary"):
+        get_scorer("maxlogit_knn").fit(logits=torch.ones(50, 3), features=torch.from_numpy(f))
+    with pytest.raises(ValueError, match="same N or B"):
+        sc(torch.zeros(2, 5, 8, 8), torch.from_numpy(_cells(1, 3).reshape(1, C, 1, 1)))
 
 
 def test_map_is_the_larger_z_score_with_the_cell_score_upsampled_bilinearly() -> None:
@@ -136,12 +156,14 @@ def test_export_fits_on_fit_data_and_onnx_equals_torch(tap_setup) -> None:
     for name in ("score_map", "camera_score_map", "lidar_score_map"):
         np.testing.assert_allclose(a[name], b[name], rtol=1e-4, atol=1e-3)
     assert np.ptp(a["score_map"]) > 0
-    # every head on the fused head's scale: the LiDAR-only head by its z-scored MaxLogit
+    # each head in z units of its own training pixels: the LiDAR-only head by its z-scored MaxLogit
     model, _ = load_checkpoint(ckpt)
     with torch.no_grad():
         lid_logits = model(torch.from_numpy(x["image"]), torch.from_numpy(x["lidar"]))["lidar_logits"]
-    stats = torch.load(tmp / "model" / "model.pt", weights_only=True)["state_dict"]["scorer.stats"].numpy()
-    np.testing.assert_allclose(a["lidar_score_map"], (-lid_logits.numpy().max(1) - stats[0]) / stats[1], rtol=1e-4, atol=1e-3)
+    sd = torch.load(tmp / "model" / "model.pt", weights_only=True)["state_dict"]
+    lid = sd["scorer.head_stats"].numpy()[1]
+    assert not np.allclose(lid, sd["scorer.stats"].numpy()[:2])  # fitted on the LiDAR head's own logits
+    np.testing.assert_allclose(a["lidar_score_map"], (-lid_logits.numpy().max(1) - lid[0]) / lid[1], rtol=1e-4, atol=1e-3)
 
 
 def test_evaluate_fits_like_export_and_skips_without_a_train_split(tap_setup, capsys) -> None:
@@ -173,3 +195,34 @@ def test_evaluate_fits_like_export_and_skips_without_a_train_split(tap_setup, ca
                   show_progress=False, fit_data=notrain)
     assert "maxlogit_knn skipped" in capsys.readouterr().err
     assert "maxlogit_knn" not in m2["ood"]["pixel"] and "maxlogit" in m2["ood"]["pixel"] and "fit" not in m2
+
+
+def test_evaluate_refits_when_no_run_cache_is_given(tap_setup) -> None:
+    """A caller that changes the model between evaluations (the distillation table retrains the
+    classifier in place) must get a fit of the current weights; one evaluate() run shares its fits."""
+    from ood_perception.trainer.evaluate import _fitted_scorer
+    from ood_perception.trainer.seg_data import SegmentationData
+
+    root, ckpt, tmp = tap_setup
+    model, c = load_checkpoint(ckpt)
+    data = SegmentationData(root, "train", (64, 128), None, show_progress=False)
+    first = _fitted_scorer(model, "maxlogit_knn", data, c["mean"], c["std"], "cpu", None).stats.clone()
+    with torch.no_grad():
+        model.classifier.weight.mul_(3.0)
+    memo: dict = {}
+    second = _fitted_scorer(model, "maxlogit_knn", data, c["mean"], c["std"], "cpu", memo)
+    assert not torch.allclose(first, second.stats)
+    assert _fitted_scorer(model, "maxlogit_knn", data, c["mean"], c["std"], "cpu", memo) is second
+
+
+def test_export_cli_refuses_what_it_would_ignore(tap_setup, capsys) -> None:
+    from ood_perception.cli import main
+
+    root, ckpt, tmp = tap_setup
+    assert main(["export", str(ckpt), "--out", str(tmp / "x"), "--score", "maxlogit_knn", "--fit-data", str(root)]) != 0
+    assert "--fit-data needs --calib-data" in capsys.readouterr().err
+    assert main(["export", str(ckpt), "--out", str(tmp / "x"), "--score", "maxlogit_knn", "--calib-data", str(root),
+                 "--unimodal-score", "energy"]) != 0
+    err = capsys.readouterr().err
+    assert "--unimodal-score is not used with --score maxlogit_knn" in err and "Traceback" not in err
+    assert not (tmp / "x").exists()

@@ -43,18 +43,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="scorer parameter (repeatable; VALUE parsed as JSON when possible)")
     p.add_argument("--unimodal-score", default=None,
                    help="logit-only scorer of the unimodal expert heads (default: maxlogit for segmentation; "
-                        "for recognition the joint scorer when it is logit-only and unfitted, else maxlogit)")
+                        "for recognition the joint scorer when it is logit-only and unfitted, else maxlogit); "
+                        "not with --score maxlogit_knn, which scores the expert heads itself")
     p.add_argument("--calib-data", default=None, metavar="DIR",
                    help="ID dataset root (e.g. `ood-perception synth` output) for the threshold and fitted scorers")
     p.add_argument("--fit-data", default=None, metavar="DIR",
                    help="segmentation: dataset root whose train split (every sequence without one) fits scorers with "
-                        "statistics, e.g. the training world (default: --calib-data's train split)")
+                        "statistics, e.g. the training world (default: --calib-data's train split; needs --calib-data "
+                        "for the threshold)")
     p.add_argument("--calib-split", default=None,
                    help="split of --calib-data used for the threshold (default: val for segmentation, "
                         "test for a recognition clip dataset: give a clip dataset of another data seed)")
     p.add_argument("--eval-data", default=None, metavar="DIR",
                    help="recognition only: held-out clip dataset (test + near/far OOD splits) evaluated into model.json")
-    p.add_argument("--calib-frames", type=int, default=64, help="at most this many calibration frames (default 64)")
+    p.add_argument("--calib-frames", type=int, default=64,
+                   help="at most this many calibration frames, and fit frames for scorers with statistics (default 64; "
+                        "`evaluate` fits on 64)")
     p.add_argument("--tpr", type=float, default=0.95, help="share of ID pixels (or clips) below the threshold (default 0.95)")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
     p.add_argument("--exporter", choices=("torchscript", "dynamo"), default="torchscript",
@@ -87,6 +91,13 @@ def handler(args: argparse.Namespace) -> int:
     else:
         if args.fit_data is not None and not Path(args.fit_data).is_dir():
             raise FileNotFoundError(f"--fit-data not found: {args.fit_data}")
+        if args.fit_data is not None and args.calib_data is None:
+            raise ValueError("--fit-data needs --calib-data: the threshold is calibrated on its ID pixels")
+        from ood_perception.models.wrappers import scorer_feature_source  # lazy: torch (see above)
+        from ood_perception.scoring import get_scorer  # lazy: torch (see above)
+
+        if args.unimodal_score and scorer_feature_source(get_scorer(args.score or "maxlogit")) == "embedding":
+            raise ValueError(f"--unimodal-score is not used with --score {args.score}: it scores the expert heads itself")
         if args.eval_data is not None:
             raise ValueError("--eval-data is for recognition checkpoints; evaluate segmentation with `ood-perception evaluate`")
         from ood_perception.trainer.export import export_segmentation_from_data

@@ -49,7 +49,8 @@ class ScoredSegmentation(nn.Module):
         unimodal_scorer: scorer for the expert heads, called on logits only (the expert heads have
             no features of the fused head). None: ``scorer`` itself, which must then be logit-only,
             or one that reads the ``embedding`` (``maxlogit_knn``: it scores the camera head with
-            the embedding and the LiDAR head by its ``logit_score``, on the fused head's scale).
+            the embedding and the LiDAR head by its ``logit_score``, each head's MaxLogit in z units
+            of its own training pixels).
         embedding: also return the model's ``embedding`` map (float32 ``[B, C, H/8, W/8]``) as a
             seventh output, :data:`~ood_perception.models.spec.EMBEDDING_OUTPUT` (models whose
             ``embedding_channels`` > 0 only).
@@ -87,7 +88,7 @@ class ScoredSegmentation(nn.Module):
         """
         logits = out["logits"]
         if scorer_feature_source(self.scorer) == "embedding":  # e.g. maxlogit_knn: logits + frozen-encoder cells
-            return _as_map(self.scorer(logits, out["embedding"]))
+            return _as_map(self.scorer(logits, out["embedding"]))  # (forward() shares the kNN map with the camera head)
         if not scorer_needs_features(self.scorer):
             return _as_map(self.scorer(logits, None))
         features = out["features"]
@@ -102,11 +103,16 @@ class ScoredSegmentation(nn.Module):
         logits = out["logits"]
         cam, lid = out["camera_logits"], out["lidar_logits"]
         if scorer_feature_source(self.scorer) == "embedding":
-            # one scale for every head, so the fused head's thresholds apply to the fallbacks: the
-            # camera-only head has the image (MaxLogit and the encoder's cells), the LiDAR-only head
-            # only its logits (its MaxLogit z-scored like the fused head's)
-            cam_score = _as_map(self.scorer(cam, out["embedding"]))
-            lid_score = _as_map(self.scorer.logit_score(lid))
+            # every head in z units of its own training pixels, so the fused head's thresholds mean
+            # about the same for the fallbacks: the camera-only head has the image (its MaxLogit and
+            # the encoder's cells, whose kNN map is computed once for both), the LiDAR-only head only
+            # its logits
+            knn = self.scorer.knn_map(out["embedding"], logits.shape[-2:])
+            fused = torch.maximum(self.scorer.logit_score(logits), knn)
+            cam_score = torch.maximum(self.scorer.logit_score(cam, "camera"), knn)
+            lid_score = self.scorer.logit_score(lid, "lidar")
+            return (logits.argmax(dim=1), fused, cam.argmax(dim=1), cam_score, lid.argmax(dim=1), lid_score,
+                    *((out["embedding"].float(),) if self.embedding else ()))
         else:
             uni = self.unimodal_scorer if self.unimodal_scorer is not None else self.scorer
             cam_score, lid_score = _as_map(uni(cam)), _as_map(uni(lid))

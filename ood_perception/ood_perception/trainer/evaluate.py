@@ -40,7 +40,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import weakref
 from pathlib import Path
 from typing import Any
 
@@ -114,11 +113,6 @@ def _fit_himplos(model: Any, data: Any, mean: Any, std: Any, device: Any, max_fr
     return get_scorer("himplos").fit(features=f, labels=y, classifier_weight=w, classifier_bias=b)
 
 
-#: fitted scorers of one training set, per model and scorer name: evaluate() scores several
-#: passes (val threshold, main, components) with one fit
-_FITTED: weakref.WeakKeyDictionary[Any, dict[tuple[int, str], Any]] = weakref.WeakKeyDictionary()
-
-
 def needs_training_data(name: str) -> bool:
     """Whether scorer ``name`` is fitted on the training split before it can score (HIMPLoS,
     kNN, ``maxlogit_knn``...)."""
@@ -150,19 +144,24 @@ def _fit_registered(model: Any, name: str, data: Any, mean: Any, std: Any, devic
     return wrapper.scorer
 
 
-def _fitted_scorer(model: Any, name: str, data: Any, mean: Any, std: Any, device: Any) -> Any:
-    memo = _FITTED.setdefault(data, {})
-    key = (id(model), name)
-    if key not in memo:
-        memo[key] = (_fit_himplos(model, data, mean, std, device) if name == "himplos"
-                     else _fit_registered(model, name, data, mean, std, device)).to(device)
-    return memo[key]
+def _fitted_scorer(model: Any, name: str, data: Any, mean: Any, std: Any, device: Any,
+                   fitted: dict[str, Any] | None) -> Any:
+    """Scorer ``name`` fitted on ``data``; reused from ``fitted`` (one :func:`evaluate` run's fits of
+    one model, shared by its passes) when given, else fitted anew (a caller that changes the model
+    between calls, e.g. the distillation table, gets a fit of the current weights)."""
+    if fitted is not None and name in fitted:
+        return fitted[name]
+    sc = (_fit_himplos(model, data, mean, std, device) if name == "himplos"
+          else _fit_registered(model, name, data, mean, std, device)).to(device)
+    if fitted is not None:
+        fitted[name] = sc
+    return sc
 
 
 def evaluate_model(model: Any, ckpt: dict[str, Any], data: Any, scorers: tuple[str, ...] = DEFAULT_SCORERS,
                    train_data: Any = None, batch_size: int = 4, device: Any = "cpu",
                    overlay_count: int = 0, resolution: str = "camera",
-                   on_frame: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:
+                   on_frame: Any = None, fitted: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Metrics of ``model`` on ``data`` (:class:`SegmentationData`).
 
     Args:
@@ -170,6 +169,8 @@ def evaluate_model(model: Any, ckpt: dict[str, Any], data: Any, scorers: tuple[s
             reads each frame's labels and points again from ``data.reader``) or ``input``.
         on_frame: ``camera`` only: called per frame with ``(index, sample, frame, maps)`` (maps:
             scorer name -> model-resolution score map), e.g. the alert-level extras.
+        fitted: scorers fitted on ``train_data`` for this same model, by name, reused and filled in
+            (None: fit each one anew).
 
     Returns:
         ``(metrics, raw)`` where raw holds per-scorer ID/OOD score arrays (for plots) and overlays.
@@ -183,7 +184,7 @@ def evaluate_model(model: Any, ckpt: dict[str, Any], data: Any, scorers: tuple[s
         raise ValueError(f"resolution must be one of {RESOLUTIONS}, got {resolution!r}")
     with torch.no_grad():
         return _evaluate_model(model, ckpt, data, scorers, train_data, batch_size, torch.device(device), overlay_count,
-                               resolution, on_frame)
+                               resolution, on_frame, fitted)
 
 
 class _Collector:
@@ -249,7 +250,8 @@ def _add_camera_resolution(col: _Collector, s: Any, frame: Any, config: Any, map
 
 def _evaluate_model(model: Any, ckpt: dict[str, Any], data: Any, scorers: tuple[str, ...], train_data: Any,
                     batch_size: int, device: Any, overlay_count: int,
-                    resolution: str = "camera", on_frame: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:
+                    resolution: str = "camera", on_frame: Any = None,
+                    fitted: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     import torch.nn.functional as F  # lazy: torch is heavy to import and only this path needs it
 
     from ood_perception.scoring import (
@@ -264,7 +266,7 @@ def _evaluate_model(model: Any, ckpt: dict[str, Any], data: Any, scorers: tuple[
         if needs_training_data(name):
             if train_data is None:
                 continue
-            built[name] = _fitted_scorer(model, name, train_data, mean, std, device)
+            built[name] = _fitted_scorer(model, name, train_data, mean, std, device, fitted)
         else:
             built[name] = get_scorer(name).to(device)
     heads = ("logits", "camera_logits", "lidar_logits")
@@ -417,7 +419,7 @@ class _Picked:
 
 def _alert_extras(model: Any, ckpt: dict[str, Any], root: Path, split: str | None, data: Any, head: str,
                   train_data: Any, size: Any, cache_dir: str | None, schema: Any, device: str,
-                  show_progress: bool) -> tuple[EvalAlertExtras, Any]:
+                  show_progress: bool, fitted: dict[str, Any] | None = None) -> tuple[EvalAlertExtras, Any]:
     """The extras object and the main pass's ``on_frame`` hook; the threshold is calibrated on the
     val split first when there is one (see :mod:`ood_perception.trainer.eval_alerts`)."""
     extras = EvalAlertExtras(data.config, head)
@@ -426,7 +428,7 @@ def _alert_extras(model: Any, ckpt: dict[str, Any], root: Path, split: str | Non
                                        exclude_types=ckpt.get("outlier_types") or []),
                       MAX_THRESHOLD_FRAMES)
         ids = IdPixelScores(data.config, head)
-        evaluate_model(model, ckpt, val, (head,), train_data, device=device, on_frame=ids)
+        evaluate_model(model, ckpt, val, (head,), train_data, device=device, on_frame=ids, fitted=fitted)
         extras.set_threshold(ids.threshold(), f"the val split ({ids.frames} frames)")
 
         def hook(*a: Any) -> None:
@@ -490,35 +492,38 @@ def evaluate(checkpoint: str | os.PathLike[str], data_root: str | os.PathLike[st
     if data.config.class_names != list(ckpt["class_names"]):
         raise ValueError(f"{root}: classes {data.config.class_names} differ from the checkpoint's {list(ckpt['class_names'])}")
     train_data = None
-    fitted = [n for n in scorers if needs_training_data(n)]
+    fitted_names = [n for n in scorers if needs_training_data(n)]
     fit_root = Path(fit_data) if fit_data is not None else root
     if fit_data is not None and not fit_root.is_dir():
         raise FileNotFoundError(f"fit data not found: {fit_root}")
-    if fitted and fit_split and not open_reader(fit_root, None, schema).config.splits.get(fit_split):
+    if fitted_names and fit_split and not open_reader(fit_root, None, schema).config.splits.get(fit_split):
         # e.g. a test-only world without --fit-data: these scorers are fitted on a train split, which it lacks
-        print(f"evaluate: {', '.join(fitted)} skipped: {fit_root} has no '{fit_split}' split to fit "
-              f"{'it' if len(fitted) == 1 else 'them'} on (give --fit-data; the other scorers are evaluated)",
+        print(f"evaluate: {', '.join(fitted_names)} skipped: {fit_root} has no '{fit_split}' split to fit "
+              f"{'it' if len(fitted_names) == 1 else 'them'} on (give --fit-data; the other scorers are evaluated)",
               file=sys.stderr)
-        scorers = tuple(n for n in scorers if n not in fitted)
-    elif fitted and fit_split:
+        scorers = tuple(n for n in scorers if n not in fitted_names)
+    elif fitted_names and fit_split:
+        fit_classes = open_reader(fit_root, None, schema).config.class_names
+        if fit_classes != list(ckpt["class_names"]):  # said before the training frames are read
+            raise ValueError(f"{fit_root}: classes {fit_classes} differ from the checkpoint's {list(ckpt['class_names'])}")
         train_data = SegmentationData(fit_root, fit_split, size, cache_dir, schema, show_progress=show_progress)
-        if train_data.config.class_names != list(ckpt["class_names"]):
-            raise ValueError(f"{fit_root}: classes {train_data.config.class_names} differ from the checkpoint's "
-                             f"{list(ckpt['class_names'])}")
+    fitted: dict[str, Any] = {}  # this run's fits (one model), shared by its passes
     # the alert-level extras (camera resolution): the headline scorer, the first one evaluate can build
     head = next((n for n in scorers if not needs_training_data(n) or train_data is not None), None)
     extras, hook = (None, None)
     if resolution == "camera" and head is not None:
         extras, hook = _alert_extras(model, ckpt, root, split, data, head, train_data, size, cache_dir, schema,
-                                     device, show_progress)
+                                     device, show_progress, fitted)
     metrics, raw = evaluate_model(model, ckpt, data, tuple(scorers), train_data, device=device,
-                                  overlay_count=overlays if plots else 0, resolution=resolution, on_frame=hook)
+                                  overlay_count=overlays if plots else 0, resolution=resolution, on_frame=hook,
+                                  fitted=fitted)
     if extras is not None:
         pix = metrics["ood"].get("pixel", {}).get(head, {})
         if extras.threshold is None and "threshold_id" in pix:  # no val split: the evaluated split's ID pixels
             extras.set_threshold(pix["threshold_id"], f"the evaluated split's ID pixels (split {split!r} has no "
                                  "separate val split to calibrate on)")
-            evaluate_model(model, ckpt, data, (head,), train_data, device=device, on_frame=extras.add_components)
+            evaluate_model(model, ckpt, data, (head,), train_data, device=device, on_frame=extras.add_components,
+                           fitted=fitted)
         metrics.update(extras.result())
     metrics["checkpoint"] = str(Path(checkpoint).resolve())
     metrics["data"] = str(root.resolve())

@@ -260,26 +260,35 @@ def fit_scorer(
 
 def _fit_embedding_scorer(model: nn.Module, scorer: nn.Module,
                           batches: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
-                          max_pixels: int, seed: int) -> None:
+                          max_pixels: int, seed: int, per_batch: int = 20000) -> None:
     """Fit a scorer that reads logits and the model's ``embedding`` (``maxlogit_knn``): logits of
-    in-distribution pixels at input resolution, embedding cells whose label (nearest neighbour on
-    the embedding's grid) is an in-distribution class; up to ``max_pixels`` of each."""
-    logits, cells = [], []
+    in-distribution pixels at input resolution (fused, camera and LiDAR heads; at most
+    ``per_batch`` random pixels of each batch), embedding cells whose label (nearest neighbour on
+    the embedding's grid) is an in-distribution class; up to ``max_pixels`` of each in all."""
+    g = torch.Generator().manual_seed(seed)
+    logits: dict[str, list[torch.Tensor]] = {"logits": [], "camera_logits": [], "lidar_logits": []}
+    cells = []
     with torch.no_grad():
         for image, lidar, lab in batches:
             out = model(image, lidar)
-            lab = torch.as_tensor(lab).long()
-            lg, emb = out["logits"], out["embedding"]
-            keep = (lab >= 0) & (lab < lg.shape[1])
-            logits.append(lg.movedim(1, -1)[keep])
+            lab = torch.as_tensor(lab).long().to(out["logits"].device)
+            k, emb = out["logits"].shape[1], out["embedding"]
+            keep = (lab >= 0) & (lab < k)
+            pick = None
+            for name in logits:
+                flat = out[name].movedim(1, -1)[keep]
+                if pick is None:
+                    pick = torch.randperm(flat.shape[0], generator=g)[:per_batch]
+                logits[name].append(flat[pick.to(flat.device)].cpu())
             grid = F.interpolate(lab[:, None].float(), size=emb.shape[-2:], mode="nearest")[:, 0].long()
-            cells.append(emb.movedim(1, -1)[(grid >= 0) & (grid < lg.shape[1])])
-    lg_all, cell_all = torch.cat(logits) if logits else torch.zeros(0), torch.cat(cells) if cells else torch.zeros(0)
-    if lg_all.numel() == 0 or cell_all.numel() == 0:
+            cells.append(emb.movedim(1, -1)[(grid >= 0) & (grid < k)].cpu())
+    if not cells or sum(c.shape[0] for c in cells) == 0 or sum(x.shape[0] for x in logits["logits"]) == 0:
         raise ValueError("no labelled ID pixels to fit the scorer on")
-    g = torch.Generator().manual_seed(seed)
-    scorer.fit(logits=lg_all[torch.randperm(lg_all.shape[0], generator=g)[:max_pixels]],
-               features=cell_all[torch.randperm(cell_all.shape[0], generator=g)[:max_pixels]])
+    n_pix = sum(x.shape[0] for x in logits["logits"])
+    pix = torch.randperm(n_pix, generator=g)[:max_pixels]
+    cell_all = torch.cat(cells)
+    scorer.fit(features=cell_all[torch.randperm(cell_all.shape[0], generator=g)[:max_pixels]],
+               **{name: torch.cat(parts)[pix] for name, parts in logits.items()})
 
 
 def dataset_batches(
