@@ -127,12 +127,15 @@ def rel(p):
 train_args = json.load(open(os.path.join(root, "world", "synth_args.json")))
 test = json.load(open(os.path.join(dm, "eval_test", "metrics.json")))
 test.update(checkpoint=rel(test.get("checkpoint")), data=rel(test.get("data")))
+if isinstance(test.get("fit"), dict):
+    test["fit"]["data"] = rel(test["fit"].get("data"))
 spec = load_spec(model_dir)
 spec.provenance["data"] = {"command": f"ood-perception synth --out {root}/world " + " ".join(rel(a) for a in train_args),
                            "seed": int(train_args[train_args.index("--seed") + 1]), "splits_trained": list(TRAIN_SPLITS)}
 spec.provenance["evaluation"] = {
     "split": "test", "world": f"ood-perception synth --out {root}/test " + " ".join(rel(a) for a in TEST_WORLD),
-    "command": f"ood-perception evaluate {dm}/run/model.pt --data {root}/test --split test --fit-data {root}/world",
+    "command": f"ood-perception evaluate {dm}/run/model.pt --data {root}/test --split test --fit-data {root}/world "
+               f"--scorers {score},maxlogit,energy,msp,entropy,gen",
     "scorer_choice": f"{score}: chosen on validation drives over maxlogit, the score of the segmentation method table (docs/model.md, Pixel score)",
     "test": test}
 write_spec(os.path.join(model_dir, SPEC_NAME), spec)
