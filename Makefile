@@ -10,6 +10,8 @@ PY := $(VENV)/bin/python
 STAMPS := $(VENV)/.stamps
 MSG_SRC := $(wildcard ood_perception_msgs/msg/*.msg) ood_perception_msgs/CMakeLists.txt ood_perception_msgs/package.xml scripts/build_msgs.sh
 PYTEST_ARGS ?=
+# pytest-xdist workers for `make test` (0: one process); each worker gets its own DDS domain (test/conftest.py)
+TEST_WORKERS ?= 2
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # Keep DDS traffic of tests and demos on this machine.
 export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
@@ -62,7 +64,7 @@ $(STAMPS)/package: $(STAMPS)/msgs ood_perception/setup.py ood_perception/setup.c
 	@touch $@
 
 test: setup
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 # The demo also runs recognition on a real street video: Debian's opencv-doc ships vtest.avi.
 $(STAMPS)/demo-apt:

@@ -17,8 +17,9 @@ py=$venv/bin/python
 pyinc=$("$py" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
 npinc=$("$py" -c 'import numpy; print(numpy.get_include())')
 
-# Rewrite build-machine include paths in the exported CMake files (idempotent).
-grep -rl --include='*.cmake' -e '/opt/python/cp311-cp311' "$venv/share" 2>/dev/null | while read -r f; do
+# Rewrite build-machine include paths in the exported CMake files (idempotent: on a venv already
+# rewritten grep finds nothing and exits 1, which must not stop the script under pipefail).
+{ grep -rl --include='*.cmake' -e '/opt/python/cp311-cp311' "$venv/share" 2>/dev/null || true; } | while read -r f; do
   sed -i -E \
     -e "s#/opt/python/cp311-cp311/include/python3\.11#${pyinc}#g" \
     -e "s#/opt/python/cp311-cp311/lib/python3\.11/site-packages/numpy/_core/include#${npinc}#g" \
