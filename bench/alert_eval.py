@@ -9,7 +9,8 @@ transport) and evaluates with :class:`~ood_perception.evaluation.AlertEvaluator`
 :class:`~ood_perception.evaluation.ComponentAccumulator` (SMIYC component F1 of ``ood/mask``).
 Each ``--decision`` is run on the same frames. A real camera clip (``--real-video``, default
 opencv-doc's vtest.avi) is run camera-only: share of frames in ALERT, DEGRADED and judged a scene
-shift.
+shift; and again with the first clean drive's LiDAR scans and calibration paired frame by frame
+(synthetic LiDAR under a real image, so the object decisions have candidates and LiDAR evidence).
 
 Usage (the figures of docs/model.md)::
 
@@ -36,7 +37,7 @@ import numpy as np
 from _common import machine_info, markdown_table, write_results
 
 from ood_perception import runtime
-from ood_perception.data import DatasetConfig
+from ood_perception.data import DatasetConfig, SemanticKittiReader
 from ood_perception.evaluation import AlertEvaluator, ComponentAccumulator, ComponentConfig
 from ood_perception.pipeline import FusionConfig, FusionFrame, FusionPipeline
 from ood_perception.replay.dataset import replay_dataset
@@ -119,8 +120,17 @@ def evaluate_drives(drives: list[Path], backend: Any, config: FusionConfig, clea
             "per_frame": {"fields": ["drive", "stamp", "frame_score", "level", "anomaly_pixels"], "rows": per_frame}}
 
 
-def evaluate_video(path: str, backend: Any, config: FusionConfig, max_frames: int, size: tuple[int, int]) -> dict[str, Any]:
-    """Camera-only frames of a real video (no LiDAR: decisions on pixels, as in the node)."""
+def lidar_scans(root: Path) -> list[tuple[np.ndarray, Any]]:
+    """The LiDAR scans and calibrations of a rendered drive, in order (to pair with a real clip)."""
+    reader = SemanticKittiReader(root)
+    return [(f.points, f.calib) for f in (reader[i] for i in range(len(reader)))]
+
+
+def evaluate_video(path: str, backend: Any, config: FusionConfig, max_frames: int, size: tuple[int, int],
+                   lidar: list[tuple[np.ndarray, Any]] | None = None) -> dict[str, Any]:
+    """Frames of a real video: camera-only (no LiDAR: decisions on pixels, as in the node), or with
+    ``lidar``'s scans paired in turn (a synthetic world's LiDAR and calibration under a real image:
+    the object decisions get candidates and LiDAR evidence, as with a real sensor pair)."""
     cap = cv2.VideoCapture(path)
     pipe = FusionPipeline(backend, config)
     levels, shifts, fractions, regions = [], 0, [], []
@@ -130,7 +140,8 @@ def evaluate_video(path: str, backend: Any, config: FusionConfig, max_frames: in
         if not ok:
             break
         rgb = cv2.cvtColor(cv2.resize(bgr, size, interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
-        res = pipe.process(FusionFrame(stamp=i / 10.0, image=rgb))
+        points, calib = lidar[i % len(lidar)] if lidar else (None, None)
+        res = pipe.process(FusionFrame(stamp=i / 10.0, image=rgb, points=points, calib=calib))
         levels.append(res.level)
         shifts += int(res.scene_shift)
         fractions.append(res.anomalous_fraction)
@@ -139,7 +150,8 @@ def evaluate_video(path: str, backend: Any, config: FusionConfig, max_frames: in
     cap.release()
     n = max(len(levels), 1)
     lv = np.asarray(levels)
-    return {"video": path, "frames": len(levels), "alert_share": float((lv == 2).sum() / n),
+    return {"video": path, "lidar": "paired synthetic scans" if lidar else "none", "frames": len(levels),
+            "alert_share": float((lv == 2).sum() / n),
             "degraded_share": float((lv == 3).sum() / n), "scene_shift_share": shifts / n,
             "anomalous_fraction": {"min": float(np.min(fractions)), "median": float(np.median(fractions))},
             "regions_per_frame": float(np.mean(regions))}
@@ -192,14 +204,21 @@ def main() -> int:
         r = evaluate_drives(clean + anomalous, backend, cfg, clean)
         if args.real_video and Path(args.real_video).is_file():
             r["real_video"] = evaluate_video(args.real_video, backend, cfg, args.real_frames, (512, 256))
+            if clean:  # the same clip with the first clean drive's LiDAR scans paired frame by frame
+                r["real_video_synthetic_lidar"] = evaluate_video(args.real_video, backend, cfg, args.real_frames,
+                                                                 (512, 256), lidar_scans(clean[0]))
+                r["real_video_synthetic_lidar"]["lidar_drive"] = clean[0].name
         r["summary"] = summary(r)
         results["decisions"][decision] = r
-        print(decision, json.dumps(r["summary"]), json.dumps(r.get("real_video", {})), flush=True)
+        print(decision, json.dumps(r["summary"]), json.dumps(r.get("real_video", {})),
+              json.dumps(r.get("real_video_synthetic_lidar", {})), flush=True)
     if args.out:
         rows = [[d, *(f"{v:.3f}" if isinstance(v, float) else str(v) for v in r["summary"].values()),
-                 f"{r.get('real_video', {}).get('alert_share', float('nan')):.2f}"]
+                 f"{r.get('real_video', {}).get('alert_share', float('nan')):.2f}",
+                 f"{r.get('real_video_synthetic_lidar', {}).get('alert_share', float('nan')):.2f}"]
                 for d, r in results["decisions"].items()]
-        head = ["decision", *next(iter(results["decisions"].values()))["summary"].keys(), "real clip ALERT share"]
+        head = ["decision", *next(iter(results["decisions"].values()))["summary"].keys(), "real clip ALERT share",
+                "real clip + synthetic LiDAR ALERT share"]
         md = (f"# Alert evaluation ({args.split} seeds clean {args.clean_seeds}, anomaly {args.anomaly_seeds})\n\n"
               + markdown_table(head, rows))
         write_results(Path(args.out).stem, results, md, Path(args.out).parent)
