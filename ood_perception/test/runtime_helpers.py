@@ -57,13 +57,15 @@ def tiny_inputs(batch: int = 2, seed: int = 1) -> dict[str, np.ndarray]:
 
 def tiny_dataset(root: Path, frames_per_split: int = 3, seed: int = 0) -> Path:
     """A labelled SemanticKITTI-layout dataset (train = seq 00, val = seq 08) of random frames at
-    2x the tiny input size; pixel labels include unlabelled (0) and an OOD id (200)."""
-    d = DatasetConfig.semantic_kitti().to_dict()
-    d["labels"][200] = "anomaly"
-    d["learning_map"][200] = 0
-    d["color_map"][200] = [0, 0, 255]
-    d["ood_ids"] = [200]
-    d["splits"] = {"train": ["00"], "val": ["08"]}
+    2x the tiny input size, in :func:`tiny_checkpoint`'s label space (road, car, building,
+    vegetation: SemanticKITTI's raw ids 40, 10, 50, 70); pixel labels include unlabelled (0) and an
+    OOD id (200)."""
+    kitti = DatasetConfig.semantic_kitti().to_dict()
+    raw = {0: "unlabeled", 40: "road", 10: "car", 50: "building", 70: "vegetation", 200: "anomaly"}
+    d = {"labels": raw, "color_map": {k: kitti["color_map"].get(k, [0, 0, 255]) for k in raw},
+         "learning_map": {0: 0, 40: 1, 10: 2, 50: 3, 70: 4, 200: 0},
+         "learning_map_inv": {0: 0, 1: 40, 2: 10, 3: 50, 4: 70}, "ood_ids": [200],
+         "splits": {"train": ["00"], "val": ["08"]}}
     cfg = DatasetConfig.from_dict(d)
     writer = SemanticKittiWriter(root, cfg)
     writer.write_config()

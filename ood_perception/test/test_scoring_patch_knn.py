@@ -226,3 +226,28 @@ def test_export_cli_refuses_what_it_would_ignore(tap_setup, capsys) -> None:
     err = capsys.readouterr().err
     assert "--unimodal-score is not used with --score maxlogit_knn" in err and "Traceback" not in err
     assert not (tmp / "x").exists()
+
+
+def test_export_refuses_fit_or_calibration_data_of_another_label_space(tap_setup, capsys) -> None:
+    """Fit or calibration frames whose dataset.yaml names other classes: one line, nothing written
+    (their train ids would select the wrong pixels as in-distribution)."""
+    import shutil
+
+    from ood_perception.cli import main
+
+    root, ckpt, tmp = tap_setup
+    other = tmp / "other_labels"
+    if not other.exists():
+        shutil.copytree(root, other)
+        cfg = yaml.safe_load((other / "dataset.yaml").read_text())
+        names = cfg["labels"] if isinstance(cfg.get("labels"), dict) else None
+        assert names is not None, cfg.keys()
+        first = next(k for k, v in names.items() if v == "car")
+        names[first] = "motorcycle"
+        (other / "dataset.yaml").write_text(yaml.safe_dump(cfg))
+    for flags in (["--calib-data", str(other)], ["--calib-data", str(root), "--fit-data", str(other)]):
+        out = tmp / "refused"
+        assert main(["export", str(ckpt), "--out", str(out), "--score", "maxlogit_knn", *flags]) != 0
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "differ from the checkpoint's" in err and str(other) in err, err
+        assert not out.exists()

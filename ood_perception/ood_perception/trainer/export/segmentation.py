@@ -299,6 +299,7 @@ def dataset_batches(
     std: Sequence[float],
     max_frames: int | None = None,
     labels: str = "id_mask",
+    class_names: Sequence[str] | None = None,
 ) -> Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Batch-1 network inputs of a SemanticKITTI-layout dataset (e.g. ``ood-perception synth`` output).
 
@@ -308,12 +309,17 @@ def dataset_batches(
         input_size: (H, W) of the network; mean/std the image normalisation.
         max_frames: stop after this many frames (evenly spaced over the split).
         labels: ``id_mask`` (bool, labelled non-OOD pixels) or ``train_ids`` (int64, 255 = ignore).
+        class_names: the model's classes; when given, a dataset whose label space differs is refused
+            (ValueError, one line): its train ids would mean other classes.
 
     Yields:
         ``(image [1,3,H,W], lidar [1,6,H,W], labels [1,H,W])``; frames without pixel labels are skipped.
     """
 
     reader = SemanticKittiReader(root, split)
+    if class_names is not None and list(reader.config.class_names) != list(class_names):
+        raise ValueError(f"{root}: classes {list(reader.config.class_names)} differ from the checkpoint's "
+                         f"{list(class_names)} (data of another label space)")
     if len(reader) == 0:
         raise ValueError(f"{root}: no frames in split {split!r}")
     idx = np.arange(len(reader))
@@ -374,14 +380,16 @@ def export_segmentation_from_data(
 
     def calib(ckpt: dict[str, Any]) -> Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         for image, lidar, mask in dataset_batches(root, split, _input_hw(ckpt), ckpt.get("mean") or [0, 0, 0],
-                                                  ckpt.get("std") or [1, 1, 1], max_calib_frames):
+                                                  ckpt.get("std") or [1, 1, 1], max_calib_frames,
+                                                  class_names=ckpt["class_names"]):
             if len(stored) < n_stored_inputs:
                 stored.append((image, lidar))
             yield image, lidar, mask
 
     def fit(ckpt: dict[str, Any]) -> Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         return dataset_batches(fit_root, fit_split, _input_hw(ckpt), ckpt.get("mean") or [0, 0, 0],
-                               ckpt.get("std") or [1, 1, 1], max_calib_frames, labels="train_ids")
+                               ckpt.get("std") or [1, 1, 1], max_calib_frames, labels="train_ids",
+                               class_names=ckpt["class_names"])
 
     def extra() -> dict[str, tuple[str, bytes]]:
         if not stored:
