@@ -83,3 +83,16 @@ def test_every_degraded_input_reads_degraded_whatever_the_history():
 def test_bad_config(kw):
     with pytest.raises(ValueError):
         AlertConfig(**kw)
+
+
+@pytest.mark.parametrize("kw", [dict(raise_k=3, raise_n=5, clear_frames=3, cooldown_s=0.0),
+                                dict(raise_k=2, raise_n=3, clear_frames=2, cooldown_s=0.5),
+                                dict(raise_k=1, raise_n=1, clear_frames=1, cooldown_s=0.0)])
+def test_step_follows_update(kw):
+    """`step` (calibration's lean path) gives ALERT on exactly the frames `update` does."""
+    rng = np.random.default_rng(3)
+    seq = [bool(x) for x in rng.random(400) < 0.35]
+    a, b = AlertStateMachine(AlertConfig(**kw)), AlertStateMachine(AlertConfig(**kw))
+    levels = [a.update(0.1 * i, e).level for i, e in enumerate(seq)]
+    steps = [b.step(0.1 * i, e) for i, e in enumerate(seq)]
+    assert steps == [lv == ALERT for lv in levels] and any(steps) and not all(steps)

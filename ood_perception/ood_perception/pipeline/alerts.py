@@ -92,6 +92,10 @@ class AlertDecision:
         return LEVEL_NAMES[self.level]
 
 
+# AlertStateMachine._advance's steps
+_BELOW, _RAISED, _HELD, _CLEARED = range(4)
+
+
 class AlertStateMachine:
     """k-of-n raising, hysteresis clearing, cooldown; see the module docstring."""
 
@@ -116,6 +120,33 @@ class AlertStateMachine:
         self._alert = False
         self._negative_run = 0
 
+    def _advance(self, stamp: float, anomalous: bool) -> tuple[int, int, int]:
+        """The state transition of one judged frame: (which step, anomalous frames in the window,
+        frames without anomaly that cleared a standing ALERT)."""
+        cfg = self.config
+        self._window.append(anomalous)
+        hits = sum(self._window)
+        if self._alert:
+            self._negative_run = 0 if anomalous else self._negative_run + 1
+            if self._negative_run >= cfg.clear_frames and stamp - self._raised_at >= cfg.cooldown_s:
+                cleared_after, self._negative_run = self._negative_run, 0
+                self._alert = False
+                self._window.clear()
+                return _CLEARED, hits, cleared_after
+            return _HELD, hits, 0
+        if hits >= cfg.raise_k:
+            self._alert = True
+            self._raised_at = stamp
+            self._negative_run = 0
+            return _RAISED, hits, 0
+        return _BELOW, hits, 0
+
+    def step(self, stamp: float, anomalous: bool) -> bool:
+        """Feed one judged frame without building its :class:`AlertDecision` (calibration replays
+        this machine millions of times); True when the frame's level is ALERT. Same state as
+        :meth:`update`."""
+        return self._advance(stamp, bool(anomalous))[0] in (_HELD, _RAISED)
+
     def update(self, stamp: float, anomalous: bool | None, degraded: str | None = None) -> AlertDecision:
         """Feed one frame.
 
@@ -130,23 +161,13 @@ class AlertStateMachine:
             if self._alert:
                 return AlertDecision(DEGRADED, f"{ALERT_STANDING} (not re-judged on this frame); degraded: {reason}", True)
             return AlertDecision(DEGRADED, reason)
-        self._window.append(bool(anomalous))
-        hits = sum(self._window)
+        step, hits, cleared_after = self._advance(stamp, bool(anomalous))
         evidence = f"{hits} of last {len(self._window)} frames anomalous"
-        if self._alert:
-            self._negative_run = 0 if anomalous else self._negative_run + 1
-            held = stamp - self._raised_at
-            if self._negative_run >= cfg.clear_frames and held >= cfg.cooldown_s:
-                self._alert = False
-                self._window.clear()
-                decision = AlertDecision(CLEAR, f"cleared after {self._negative_run} frames without anomaly")
-                self._negative_run = 0
-            else:
-                decision = AlertDecision(ALERT, evidence, True)
-        elif hits >= cfg.raise_k:
-            self._alert = True
-            self._raised_at = stamp
-            self._negative_run = 0
+        if step == _CLEARED:
+            decision = AlertDecision(CLEAR, f"cleared after {cleared_after} frames without anomaly")
+        elif step == _HELD:
+            decision = AlertDecision(ALERT, evidence, True)
+        elif step == _RAISED:
             decision = AlertDecision(ALERT, f"raised: {evidence}", True)
         elif hits > 0:
             decision = AlertDecision(WARNING, f"{evidence} (need {cfg.raise_k})")

@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from ood_perception.pipeline.alerts import ALERT, DEFAULT_PERSISTENCE, AlertConfig, AlertStateMachine
+from ood_perception.pipeline.alerts import DEFAULT_PERSISTENCE, AlertConfig, AlertStateMachine
 from ood_perception.pipeline.objects import ObjectConfig, ObjectTracker
 
 
@@ -141,8 +141,7 @@ def alert_frames(drives: list[list[CalibrationFrame]], evidence: list[np.ndarray
     out = []
     for frames, e in zip(drives, evidence, strict=True):
         sm = AlertStateMachine(alert)
-        out.append(np.array([sm.update(f.stamp, bool(x >= threshold)).level == ALERT
-                             for f, x in zip(frames, e, strict=True)], bool))
+        out.append(np.array([sm.step(f.stamp, bool(x >= threshold)) for f, x in zip(frames, e, strict=True)], bool))
     return out
 
 
