@@ -376,6 +376,10 @@ def test_calibrate_command_writes_the_decision_block_and_keeps_the_model_loadabl
     backend = runtime.load(model)  # sha256 of the model files still verified
     p = FusionPipeline(backend, FusionConfig())
     assert p.region_threshold == dec["region_threshold"] and p.decision_source["region_threshold"] == "model.json"
+    # a budget the frames can resolve but that allows fewer false frames than one alert episode: said
+    assert main(["calibrate", str(model), "--data", str(data), "--windows", "1", "--budget", "0.5", "--dry-run"]) == 0
+    err = capsys.readouterr().err
+    assert "less than one false alert episode" in err and ">= 40 anomaly-free" in err and "cannot resolve" not in err
 
 
 def test_calibrate_on_a_test_split_warns_that_it_is_no_longer_held_out(tmp_path, capsys):

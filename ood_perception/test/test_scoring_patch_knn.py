@@ -251,3 +251,21 @@ def test_export_refuses_fit_or_calibration_data_of_another_label_space(tap_setup
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "differ from the checkpoint's" in err and str(other) in err, err
         assert not out.exists()
+
+
+def test_export_says_when_fit_data_has_no_train_split(tap_setup, capsys) -> None:
+    """Fit data without a train split (e.g. a test world): fitted on all its sequences, and said."""
+    import shutil
+
+    root, ckpt, tmp = tap_setup
+    test_only = tmp / "test_only"
+    if not test_only.exists():
+        shutil.copytree(root, test_only)
+        cfg = yaml.safe_load((test_only / "dataset.yaml").read_text())
+        cfg["splits"] = {"test": ["00", "01"]}
+        (test_only / "dataset.yaml").write_text(yaml.safe_dump(cfg))
+    capsys.readouterr()
+    spec = export_segmentation_from_data(ckpt, tmp / "m_test_only", calib_data=root, fit_data=test_only, score="maxlogit_knn")
+    err = capsys.readouterr().err
+    assert spec.calibration["fit_split"] == "all"
+    assert "export: warning:" in err and "no 'train' split" in err and len(err.strip().splitlines()) == 1

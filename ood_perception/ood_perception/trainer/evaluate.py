@@ -499,7 +499,9 @@ def evaluate(checkpoint: str | os.PathLike[str], data_root: str | os.PathLike[st
     if fitted_names and fit_split and not open_reader(fit_root, None, schema).config.splits.get(fit_split):
         # e.g. a test-only world without --fit-data: these scorers are fitted on a train split, which it lacks
         print(f"evaluate: {', '.join(fitted_names)} skipped: {fit_root} has no '{fit_split}' split to fit "
-              f"{'it' if len(fitted_names) == 1 else 'them'} on (give --fit-data; the other scorers are evaluated)",
+              f"{'it' if len(fitted_names) == 1 else 'them'} on ("
+              f"{'give a --fit-data with one' if fit_data is not None else 'give --fit-data'}; "
+              "the other scorers are evaluated)",
               file=sys.stderr)
         scorers = tuple(n for n in scorers if n not in fitted_names)
     elif fitted_names and fit_split:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -406,5 +407,8 @@ def export_segmentation_from_data(
             "id_pixels": "labelled, non-OOD (train id != 255)"}
     if getattr(get_scorer(kwargs.get("score", "maxlogit"), **dict(kwargs.get("score_params") or {})), "requires_fit", False):
         info.update(fit_data=str(fit_root), fit_split=fit_split or "all")
+        if fit_split is None:  # said, as evaluate says it: fitting on a test split's frames leaks them
+            print(f"export: warning: {fit_root} has no 'train' split: the scorer is fitted on all its sequences "
+                  "(do not report figures on them; --fit-data takes a dataset with a train split)", file=sys.stderr)
     return export_segmentation(checkpoint, out_dir, calib_batches=calib, calib_info=info, fit_batches=fit,
                                extra_files=extra, **kwargs)
