@@ -119,3 +119,13 @@ def test_input_sizes_not_divisible_by_8_are_refused_in_one_line() -> None:
         net(torch.randn(1, 3, 66, 130), _lidar(1, 66, 130))
     with pytest.raises(ValueError, match="same size"):
         net(torch.randn(1, 3, 64, 128), _lidar(1, 32, 64))
+
+
+def test_frozen_model_refuses_a_world_without_its_training_splits_in_one_line(tmp_path, capsys) -> None:
+    from ood_perception.experiments.frozen_model import main
+
+    rc = main(["--out", str(tmp_path / "m.pt"), "--root", str(tmp_path / "root"),
+               "--world-args", "--sequences 1 --frames 2 --split train --seed 0"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and len(err.splitlines()) == 1 and "error:" in err and "val" in err, err
+    assert not (tmp_path / "m.pt").exists()

@@ -87,10 +87,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--row", default="OE+FM", choices=list(ROWS), help="the table row whose training to use")
     p.add_argument("--seed", type=int, default=0, help="training seed")
     p.add_argument("--epochs", type=int, default=EPOCHS, help="training epochs")
-    p.add_argument("--world-args", default=shlex.join(TRAIN_WORLD), help="synth arguments of the training world")
+    p.add_argument("--world-args", default=shlex.join(TRAIN_WORLD),
+                   help=f"synth arguments of the training world (its {' and '.join(TRAIN_SPLITS)} splits are trained on)")
     a = p.parse_args(argv)
     if a.epochs < 1:
         p.error("--epochs must be >= 1")
+    try:
+        return _run(a, argv)
+    except (ValueError, FileNotFoundError) as exc:  # bad world arguments or data: one line, not a traceback
+        print(f"{p.prog}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run(a: argparse.Namespace, argv: list[str] | None) -> int:
     root, out = Path(a.root), Path(a.out)
     t0 = time.time()
     world_args = render_world(root / "world", shlex.split(a.world_args))
