@@ -101,3 +101,33 @@ def test_himplos_is_skipped_with_a_note_on_data_without_a_train_split(setup, tmp
                  plots=False, show_progress=False)
     assert "himplos skipped" in capsys.readouterr().err
     assert set(m["ood"]["pixel"]) == {"maxlogit"}
+
+
+def test_per_frame_ood_iou_follows_the_empty_set_convention() -> None:
+    """Per-frame mask IoU (the report's ranking): 1 when neither anomaly nor flag is present, 0 for
+    flags on an anomaly-free frame, the plain IoU otherwise."""
+    from types import SimpleNamespace
+
+    from ood_perception.data import DatasetConfig
+    from ood_perception.evaluation.segmentation import MetricsAccumulator
+
+    d = DatasetConfig.semantic_kitti().to_dict()
+    d["labels"][200], d["learning_map"][200], d["ood_ids"] = "anomaly", 0, [200]
+    cfg = DatasetConfig.from_dict(d)
+    acc = MetricsAccumulator(cfg, threshold=0.5, input_hw=(4, 6))
+    raw = np.full((4, 6), 40, np.uint32)  # road everywhere
+
+    def frame(mask):
+        score = np.where(mask, 1.0, 0.0).astype(np.float32)
+        return SimpleNamespace(score=score, mask=(mask * 255).astype(np.uint8), classes=np.zeros((4, 6), np.int32))
+
+    none = np.zeros((4, 6), bool)
+    assert acc.add(frame(none), raw, None)["ood_iou"] == 1.0
+    flagged = none.copy()
+    flagged[0, 0] = True
+    assert acc.add(frame(flagged), raw, None)["ood_iou"] == 0.0
+    anomalous = raw.copy()
+    anomalous[1:3, 1:3] = 200
+    half = none.copy()
+    half[1:3, 1] = True  # 2 of the 4 anomaly pixels flagged, nothing else
+    assert acc.add(frame(half), anomalous, None)["ood_iou"] == pytest.approx(0.5)

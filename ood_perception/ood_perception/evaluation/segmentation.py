@@ -90,7 +90,9 @@ class MetricsAccumulator:
                 out["auroc"] = float(roc_auc_score(y, s))
             pred = result.mask[keep] > 0
             union = int((pred | y).sum())
-            out["ood_iou"] = float((pred & y).sum() / union) if union else None
+            # neither labelled nor flagged: the mask is right (IoU 1, the empty-set convention), so an
+            # anomaly-free frame ranks by whether it was flagged (0) or not (1), not as "no IoU"
+            out["ood_iou"] = float((pred & y).sum() / union) if union else 1.0
             if result.classes is not None:
                 valid = train != 255
                 self.confusion += confusion_matrix(train[valid], result.classes[valid], self.num_classes, ignore_index=None)

@@ -298,7 +298,8 @@ def render_html(
     for b in bags:
         th = b.thumbnails or {}
         if th.get("best") or th.get("worst"):
-            by = "mask IoU with the OOD label" if any(f.ood_iou is not None for f in b.frames) else "frame score"
+            by = ("mask IoU with the OOD label (1 on a frame without anomaly where nothing is flagged, 0 where "
+                  "something is)" if any(f.ood_iou is not None for f in b.frames) else "frame score")
             parts.append(f"<h2>Frames of {html.escape(Path(b.bag).name)}</h2><p>Red: anomaly mask; yellow outline: "
                          f"labelled anomaly. Ranked by {by}.</p>")
             for name in ("best", "worst"):
