@@ -114,7 +114,11 @@ def test_sensor_sized_frames_fused_over_dds_with_shipped_profile(rclpy_context):
         # only: a machine that cannot run preprocessing + model in a frame period drops frames by
         # design (and a starved executor lets the depth-5 queues overflow) -- that is CPU, not
         # transport, and is reported as such instead of failing a transport test.
-        cpu_bound = d["latency_p50_ms"] > 1000.0 / RATE_HZ or queue > 0.05 * FRAMES
+        # (the worker skipping pairs while busy is CPU too: a second test process on the other core
+        # -- `make test` runs two -- gave 42 fused + 8 skipped of 50 pairs at a 57 ms median)
+        worker_dropped = d.get("dropped_overwritten") or 0
+        cpu_bound = (d["latency_p50_ms"] > 1000.0 / RATE_HZ or queue > 0.05 * FRAMES
+                     or (worker_dropped > 0 and n_fused + worker_dropped >= 0.9 * FRAMES))
         if n_fused < 0.9 * FRAMES and cpu_bound:
             pytest.skip(f"CPU-bound here, fusion rate not judged (transport asserted): {summary}")
         assert cam >= 0.95 * FRAMES and lid >= 0.95 * FRAMES, summary
