@@ -44,11 +44,18 @@ def rclpy_context():
             rclpy.shutdown(context=ctx)
 
 
+#: Condition waits are 3x longer in a pytest-xdist worker: `make test` runs two test processes on
+#: two cores, and a node that processes a burst in 10 s alone took longer with the other busy.
+#: A wait returns as soon as its condition holds: it costs time only when a test fails (or in a
+#: drain wait whose condition need not hold, test_transport_dds.py).
+WAIT_SCALE = 3.0 if os.environ.get("PYTEST_XDIST_WORKER") else 1.0
+
+
 def spin_until(executor, predicate, timeout: float = 10.0, step: float = 0.05) -> bool:
-    """Spin ``executor`` until ``predicate()`` is true or ``timeout`` seconds pass."""
+    """Spin ``executor`` until ``predicate()`` is true or ``timeout`` seconds (x :data:`WAIT_SCALE`) pass."""
     import time
 
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + timeout * WAIT_SCALE
     while time.monotonic() < deadline:
         if predicate():
             return True
