@@ -11,13 +11,11 @@ import os
 import pytest
 
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    # a pytest-xdist worker (`make test` runs two): the controller set a domain before spawning the
-    # workers, and they inherit it, so each worker takes its own or their graphs would cross-talk
-    # (seen: the demo's live node fed another test's frames).
+# A pytest-xdist worker (`make test` runs two) inherits the domain the controller set before spawning
+# it, so it takes its own or the workers' graphs cross-talk (seen: the demo's live node fed another
+# test's frames); a plain run keeps a domain given from outside.
+if os.environ.get("PYTEST_XDIST_WORKER") or "ROS_DOMAIN_ID" not in os.environ:
     os.environ["ROS_DOMAIN_ID"] = str(100 + os.getpid() % 100)
-else:
-    os.environ.setdefault("ROS_DOMAIN_ID", str(100 + os.getpid() % 100))
 
 # The product runs with the shipped DDS transport profile (ood-perception run, the node entry
 # points and the launch files apply it before rclpy starts), so the tests do too: set here, at

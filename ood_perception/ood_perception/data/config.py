@@ -262,3 +262,9 @@ def _seq_name(seq: Any) -> str:
     return f"{int(text):02d}" if text.isdigit() else text
 
 
+def require_classes(source: str | os.PathLike[str], found: Iterable[str], expected: Iterable[str]) -> None:
+    """Refuse data whose class names are not the model's (ValueError, one line naming both): its
+    train ids would mean other classes. The one check the trainer's readers of a dataset share."""
+    found, expected = list(found), list(expected)
+    if found != expected:
+        raise ValueError(f"{source}: classes {found} differ from the checkpoint's {expected} (data of another label space)")

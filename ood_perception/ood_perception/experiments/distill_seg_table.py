@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from ood_perception.data.config import require_classes
 from ood_perception.experiments.distill_table import rewrite_report
 from ood_perception.models import load_checkpoint
 from ood_perception.trainer.evaluate import evaluate_model
@@ -120,8 +121,7 @@ def run_seg_ablation(checkpoint: str, data: str, cache_dir: str | None, seeds=(0
     mean, std = ckpt["mean"], ckpt["std"]
     train = SegmentationData(data, "train", size, cache_dir, show_progress=False)
     test = SegmentationData(data, "test", size, cache_dir, show_progress=False)
-    if train.config.class_names != list(ckpt["class_names"]):
-        raise ValueError(f"{data}: classes differ from the checkpoint's")
+    require_classes(data, train.config.class_names, ckpt["class_names"])
     ref = _expert_state(model)
     orig = {k: v.clone() for k, v in model.classifier.state_dict().items()}
 

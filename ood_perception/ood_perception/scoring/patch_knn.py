@@ -141,12 +141,16 @@ class MaxLogitPatchKNN(Scorer):
         """Raw kNN distance of ``[N, C]`` features -> ``[N]`` (computed in the buffers' dtype)."""
         return self._knn((_normalise(features.to(self.centre.dtype)) - self.centre) @ self.components.t())
 
+    def _cell_z(self, cells: Tensor) -> Tensor:
+        """The kNN half z-scored on the training cells: ``[N, C]`` -> ``[N]``."""
+        return (self.cell_scores(cells) - self.stats[2]) / self.stats[3]
+
     def knn_map(self, features: Tensor, size: tuple[int, int] | torch.Size) -> Tensor:
         """The z-scored kNN half: ``[B, C, h, w]`` embedding -> ``[B, H, W]`` at ``size`` (bilinear)."""
         self._check(features)
         b, c, h, w = features.shape
         cells = features.permute(0, 2, 3, 1).reshape(-1, c)
-        z = ((self.cell_scores(cells) - self.stats[2]) / self.stats[3]).reshape(b, 1, h, w)
+        z = self._cell_z(cells).reshape(b, 1, h, w)
         return F.interpolate(z, size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
 
     def logit_score(self, logits: Tensor, head: str = "fused") -> Tensor:
@@ -167,7 +171,7 @@ class MaxLogitPatchKNN(Scorer):
             raise ValueError(f"logits {tuple(logits.shape)} and features {tuple(features.shape)}: need [N, K] and "
                              "[N, C], or [B, K, H, W] and [B, C, h, w] with the same N or B")
         if logits.dim() == 2:
-            return torch.maximum(self.logit_score(logits, head), (self.cell_scores(features) - self.stats[2]) / self.stats[3])
+            return torch.maximum(self.logit_score(logits, head), self._cell_z(features))
         return torch.maximum(self.logit_score(logits, head), self.knn_map(features, logits.shape[-2:]))
 
 

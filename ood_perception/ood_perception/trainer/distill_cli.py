@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from ood_perception.data.config import require_classes
 from ood_perception.distill.teacher import TEACHER_MODES
 from ood_perception.models import load_checkpoint
 from ood_perception.models.recognition import load_recognition_checkpoint
@@ -70,8 +71,7 @@ def _recognition(args, cfg) -> int:
     if not data:
         raise ValueError("no --data given and the checkpoint records no dataset")
     splits, class_names = load_splits(data, int(ckpt.get("clip_len", 16)), int(ckpt.get("size", 64)))
-    if class_names != list(ckpt["class_names"]):
-        raise ValueError(f"dataset classes {class_names} differ from the checkpoint's {ckpt['class_names']}")
+    require_classes(data, class_names, ckpt["class_names"])
     before = evaluate_recognition(model, splits, device=args.device)
     expert_state = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("joint_head.")}
     zv, zf = embed_arrays(model, splits["train"][0], splits["train"][1], device=args.device)

@@ -47,7 +47,7 @@ import numpy as np
 from sklearn.metrics import roc_curve
 
 from ood_perception.atomic import atomic_path
-from ood_perception.data.config import atomic_write_bytes
+from ood_perception.data.config import atomic_write_bytes, require_classes
 from ood_perception.evaluation.segmentation import labelled, pixel_truth
 from ood_perception.geometry.maps import (
     OCCLUSION_REL,
@@ -489,14 +489,14 @@ def evaluate(checkpoint: str | os.PathLike[str], data_root: str | os.PathLike[st
     # showing them neither anomaly-free nor positive): only unseen types are evaluated
     excluded = ckpt.get("outlier_types") or []
     data = SegmentationData(root, split, size, cache_dir, schema, show_progress=show_progress, exclude_types=excluded)
-    if data.config.class_names != list(ckpt["class_names"]):
-        raise ValueError(f"{root}: classes {data.config.class_names} differ from the checkpoint's {list(ckpt['class_names'])}")
+    require_classes(root, data.config.class_names, ckpt["class_names"])
     train_data = None
     fitted_names = [n for n in scorers if needs_training_data(n)]
     fit_root = Path(fit_data) if fit_data is not None else root
     if fit_data is not None and not fit_root.is_dir():
         raise FileNotFoundError(f"fit data not found: {fit_root}")
-    if fitted_names and fit_split and not open_reader(fit_root, None, schema).config.splits.get(fit_split):
+    fit_config = open_reader(fit_root, None, schema).config if fitted_names and fit_split else None
+    if fit_config is not None and not fit_config.splits.get(fit_split):
         # e.g. a test-only world without --fit-data: these scorers are fitted on a train split, which it lacks
         print(f"evaluate: {', '.join(fitted_names)} skipped: {fit_root} has no '{fit_split}' split to fit "
               f"{'it' if len(fitted_names) == 1 else 'them'} on ("
@@ -504,10 +504,8 @@ def evaluate(checkpoint: str | os.PathLike[str], data_root: str | os.PathLike[st
               "the other scorers are evaluated)",
               file=sys.stderr)
         scorers = tuple(n for n in scorers if n not in fitted_names)
-    elif fitted_names and fit_split:
-        fit_classes = open_reader(fit_root, None, schema).config.class_names
-        if fit_classes != list(ckpt["class_names"]):  # said before the training frames are read
-            raise ValueError(f"{fit_root}: classes {fit_classes} differ from the checkpoint's {list(ckpt['class_names'])}")
+    elif fit_config is not None:
+        require_classes(fit_root, fit_config.class_names, ckpt["class_names"])  # said before the frames are read
         train_data = SegmentationData(fit_root, fit_split, size, cache_dir, schema, show_progress=show_progress)
     fitted: dict[str, Any] = {}  # this run's fits (one model), shared by its passes
     # the alert-level extras (camera resolution): the headline scorer, the first one evaluate can build

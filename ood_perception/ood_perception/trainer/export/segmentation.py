@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ood_perception.data import DatasetConfig, SemanticKittiReader, prepare_inputs, resize_labels
-from ood_perception.data.config import IGNORE_ID
+from ood_perception.data.config import IGNORE_ID, require_classes
 from ood_perception.metrics import calibrate_threshold
 from ood_perception.models import load_checkpoint
 from ood_perception.models.spec import (
@@ -318,9 +318,8 @@ def dataset_batches(
     """
 
     reader = SemanticKittiReader(root, split)
-    if class_names is not None and list(reader.config.class_names) != list(class_names):
-        raise ValueError(f"{root}: classes {list(reader.config.class_names)} differ from the checkpoint's "
-                         f"{list(class_names)} (data of another label space)")
+    if class_names is not None:
+        require_classes(root, reader.config.class_names, class_names)
     if len(reader) == 0:
         raise ValueError(f"{root}: no frames in split {split!r}")
     idx = np.arange(len(reader))
