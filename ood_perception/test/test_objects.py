@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from ood_perception.geometry import Calibration
-from ood_perception.geometry.ground import fit_ground_plane
+from ood_perception.geometry.ground import GroundPlane, fit_ground_plane
 from ood_perception.pipeline import (
     ALERT,
     CLEAR,
@@ -33,7 +33,14 @@ from ood_perception.pipeline.calibration import (
     evidence_scores,
 )
 from ood_perception.pipeline.frame_handler import FrameSettings, extrinsics_from_params
-from ood_perception.pipeline.objects import ObjectConfig, ObjectEvidence, ObjectTracker, region_score
+from ood_perception.pipeline.objects import (
+    ClassSets,
+    ObjectConfig,
+    ObjectEvidence,
+    ObjectTracker,
+    object_candidates,
+    region_score,
+)
 
 MEAN = [0.485, 0.456, 0.406]
 STD = [0.229, 0.224, 0.225]
@@ -140,6 +147,41 @@ def test_unknown_object_on_the_road_alerts_after_persistence():
     assert reg.has_3d and reg.has_2d and reg.num_points == ob.num_points and reg.score == 1.0
     rows, cols = box_pixels()
     assert abs(reg.x_min - cols.start) <= 2 and abs(reg.y_min - rows.start) <= 2
+
+
+def test_a_sliver_of_an_object_the_camera_saw_little_of_is_not_judged():
+    """Clusters are formed with the points the model did not see (outside the view, or hidden in it:
+    NaN score), so ``visible`` is the share of the whole object seen; below ``min_visible`` it is no
+    candidate. Hand-counted: a 11 x 12 point box, 3 of its 11 columns seen -> 36/132."""
+    box = box_points()[:, :3].astype(np.float64)  # 11 columns (y) x 12 rows (z)
+    ground = GroundPlane((0.0, 0.0, 1.0), -GROUND_Z)
+    classes = ClassSets.from_names(CLASSES, ObjectConfig())
+    seen = box[:, 1] > 0.25  # y 0.3, 0.4, 0.5: 3 columns
+    n_seen = int(seen.sum())
+    assert n_seen == 36 and len(box) == 132
+
+    def cands(xyz, scores, unseen, **kw):
+        cfg = ObjectConfig(min_points=10, **kw)
+        return object_candidates(xyz, scores, np.zeros(len(xyz), np.int64), ground, classes, cfg, 0.5, unseen)
+
+    ones = np.ones(n_seen)
+    # the rest of the box outside the camera's view
+    assert cands(box[seen], ones, box[~seen], min_visible=0.5) == []
+    [ob] = cands(box[seen], ones, box[~seen], min_visible=0.25)
+    assert ob.visible == pytest.approx(36 / 132) and len(ob.index) == 36
+    assert ob.size[1] == pytest.approx(0.2)  # evidence and size from the seen points only
+    # the rest in view but hidden (no score): the same
+    scores = np.where(seen, 1.0, np.nan)
+    assert cands(box, scores, None, min_visible=0.5) == []
+    [ob] = cands(box, scores, None, min_visible=0.25)
+    assert ob.visible == pytest.approx(36 / 132) and sorted(ob.index.tolist()) == np.flatnonzero(seen).tolist()
+    # min_visible 0 judges the sliver (the earlier rule); an unseen point far away joins nothing
+    [ob] = cands(box[seen], ones, np.array([[10.0, 30.0, 0.0]]), min_visible=0.0)
+    assert ob.visible == 1.0
+    [ob] = cands(box, np.ones(len(box)), np.array([[10.0, 30.0, 0.0]]), min_visible=0.5)
+    assert ob.visible == 1.0 and len(ob.index) == 132
+    with pytest.raises(ValueError, match="min_visible"):
+        ObjectConfig(min_visible=1.5)
 
 
 def test_flat_ground_level_false_positive_does_not_alert():
@@ -256,11 +298,15 @@ def test_calibrated_values_come_from_the_model_unless_parameters_override():
 
 
 def test_object_parameters_map_and_refuse_in_one_line():
-    s = FrameSettings.from_params({"object.min_points": 20, "object.known_classes": "car, truck ,", "decision": "pixels"})
+    s = FrameSettings.from_params({"object.min_points": 20, "object.known_classes": "car, truck ,", "decision": "pixels",
+                                   "object.min_visible": 0.7})
     assert s.fusion.objects.min_points == 20 and s.fusion.objects.known_classes == ("car", "truck")
+    assert s.fusion.objects.min_visible == 0.7 and FrameSettings.from_params({}).fusion.objects.min_visible == 0.0
     assert s.fusion.decision == "pixels"
     with pytest.raises(ValueError, match="object"):
         FrameSettings.from_params({"object.min_height": 5.0})
+    with pytest.raises(ValueError, match="min_visible"):
+        FrameSettings.from_params({"object.min_visible": -0.1})
     with pytest.raises(ValueError, match="decision"):
         FrameSettings.from_params({"decision": "vibes"})
 

@@ -100,6 +100,8 @@ FUSION_PARAMETERS: list[tuple[str, Any, str]] = [
     ("object.max_height", 4.0, "points higher than this [m] above the ground are ignored"),
     ("object.min_points", 20, "smallest object candidate [points]: sparser clusters (distant or partly seen objects) are not judged"),
     ("object.max_extent", 8.0, "clusters wider than this [m] are structures, not objects"),
+    ("object.min_visible", 0.0, "smallest share (0..1) of an object's LiDAR points in the camera's view and not "
+     "hidden: slivers of objects cut by the image border or seen through a gap are not judged; 0 = judge all"),
     ("object.cluster_eps", 0.6, "object candidates: above-ground points in 8-connected bird's-eye-view cells of "
      "cluster_eps / 2 [m] form one object"),
     ("object.context_radius", 1.0, "ground points this far [m] around an object's footprint judge its location"),

@@ -634,7 +634,7 @@ class FusionPipeline:
             frame_score = float("nan")
             decision = self.alerts.update(frame.stamp, None, degraded)
         elif by_objects:
-            regions, objects = self._object_decisions(frame, pts, labels, pscores, mask, embedding)
+            regions, objects = self._object_decisions(frame, pts, labels, pscores, mask, embedding, inview)
             frame_score = max((ob.track_score for ob in objects), default=0.0)
             decision = self.alerts.update(frame.stamp, bool(regions), degraded)
         else:
@@ -688,14 +688,17 @@ class FusionPipeline:
         return regions, bool(regions_2d) or bool(regions_3d)
 
     def _object_decisions(self, frame: FusionFrame, pts: np.ndarray, labels: np.ndarray, pscores: np.ndarray,
-                          mask: np.ndarray, embedding: np.ndarray | None = None) -> tuple[list[Region], list[ObjectEvidence]]:
+                          mask: np.ndarray, embedding: np.ndarray | None = None,
+                          inview: np.ndarray | None = None) -> tuple[list[Region], list[ObjectEvidence]]:
         """Decisions on objects (``pipeline/objects.py``): the regions of the tracked objects scoring
         >= ``region_threshold`` (highest first) and every candidate with its evidence. ``embedding``:
-        the model's embedding map, for the object bank's term (``extra``)."""
+        the model's embedding map, for the object bank's term (``extra``); ``inview``: which of the
+        frame's points ``pts`` are (the others tell how much of each candidate the camera saw)."""
         oc = self.objects
         assert frame.points is not None and frame.calib is not None
         ground = fit_frame_ground(frame.points, oc)
-        cands = object_candidates(pts[:, :3], pscores, labels, ground, self.classes, oc, self.threshold)
+        unseen = np.asarray(frame.points)[~inview, :3] if inview is not None else None
+        cands = object_candidates(pts[:, :3], pscores, labels, ground, self.classes, oc, self.threshold, unseen)
         proj = project_points(pts, frame.calib)
         u = np.clip(proj.u, 0, mask.shape[1] - 1)
         v = np.clip(proj.v, 0, mask.shape[0] - 1)
