@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from replay_bags import ANOMALY, T_CAM_LIDAR, H, W, frame_arrays, truncate_bag, write_drive_bag
 
+from ood_perception import cli
 from ood_perception.data.bag_reader import BagSource, MissingTopicError
 from ood_perception.replay.engine import ReplaySettings, replay_bag
 
@@ -249,3 +250,13 @@ def test_params_file_maps_like_the_node(tmp_path):
     bad.write_text("other_node:\n  ros__parameters: {a: 1}\n")
     with pytest.raises(ValueError, match="no ros__parameters for any of fusion_segmentation"):
         node_parameters(bad)
+
+
+def test_model_threads_default_to_the_cores_shared_by_the_workers(tmp_path, capsys):
+    from ood_perception.replay.run import auto_threads
+
+    assert auto_threads(1, cpus=2) == 2 and auto_threads(2, cpus=2) == 1 and auto_threads(3, cpus=2) == 1
+    assert auto_threads(2, cpus=16) == 8 and auto_threads(0, cpus=4) == 4 and auto_threads(1) >= 1
+    assert cli.main(["replay", str(tmp_path / "none.mcap"), "--out", str(tmp_path / "o"), "--threads", "-1"]) != 0
+    err = capsys.readouterr().err
+    assert "threads must be >= 0" in err and len(err.strip().splitlines()) == 1

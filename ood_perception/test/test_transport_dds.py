@@ -105,7 +105,7 @@ def test_sensor_sized_frames_fused_over_dds_with_shipped_profile(rclpy_context):
             if not spin_until(ex, settled, 10.0):
                 break
             then = progress()
-            if not spin_until(ex, lambda: progress() != then, 0.5 / WAIT_SCALE):
+            if not spin_until(ex, lambda then=then: progress() != then, 0.5 / WAIT_SCALE):
                 break
         d = node.diagnostics_values()
         cam, lid = node.rates["camera"].total, node.rates["lidar"].total

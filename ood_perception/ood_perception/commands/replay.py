@@ -36,6 +36,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="exported model directory (default: the shipped default model)")
     p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "torch", "tensorrt"])
     p.add_argument("--workers", type=int, default=1, help="bags replayed in parallel processes (default 1)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="model threads per worker (ONNX Runtime / torch intra-op); 0 (default) = the usable cores "
+                   "shared by the workers")
     p.add_argument("--shard", help="i/n: replay only every n-th bag from i (bags sorted by path)")
     p.add_argument("--calib", metavar="CALIB_TXT",
                    help="KITTI calib.txt whose Tr (P2 offset folded in) gives the LiDAR->camera extrinsics, "
@@ -104,7 +107,7 @@ def handler(args: argparse.Namespace) -> int:
     results = run_replay(
         args.bags, args.out, settings, model_dir=args.model, backend=args.backend, workers=args.workers,
         shard=args.shard, labels=args.labels, label_sequence=args.sequence, dataset_config=args.dataset_config,
-        progress=not args.no_progress,
+        progress=not args.no_progress, threads=args.threads,
     )
     damaged = [r for r in results if r.error]
     for r in results:

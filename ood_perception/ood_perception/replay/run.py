@@ -277,8 +277,12 @@ def run_replay(
     label_sequence: str | None = None,
     dataset_config: str | Path | None = None,
     progress: bool = True,
+    threads: int = 0,
 ) -> list[BagReplay]:
-    """Replay ``bags`` (this shard of them) into ``out_dir``; see the module docstring for the layout."""
+    """Replay ``bags`` (this shard of them) into ``out_dir``; see the module docstring for the layout.
+    ``threads``: the model's intra-op threads per worker (ONNX Runtime, torch); 0 = :func:`auto_threads`."""
+    if threads < 0:
+        raise ValueError(f"threads must be >= 0 (0 = the usable cores shared by the workers), got {threads}")
     out_dir = Path(out_dir)
     selected = select_shard(bags, shard)
     if not selected:
@@ -292,7 +296,7 @@ def run_replay(
         created, probe = probe, probe.parent
     try:
         return _run_selected(bags, selected, out_dir, settings, model_dir, backend, workers, shard, labels,
-                             label_sequence, dataset_config, progress)
+                             label_sequence, dataset_config, progress, threads or auto_threads(min(workers, len(selected))))
     except BaseException:
         if created is not None:  # a failed replay leaves no empty folders behind; never touches one the user had
             _remove_empty_dirs(created)
@@ -310,9 +314,19 @@ def _remove_empty_dirs(root: Path) -> None:
             pass
 
 
+def auto_threads(workers: int, cpus: int | None = None) -> int:
+    """Model threads per replay worker when none are given: the usable cores shared by the workers
+    (at least 1). One bag on 2 cores with the default model: 1.76x real time at 2 threads against
+    1.43x at 1 (bench/results/replay.md, 2026-12-04; the model is most of a frame's time, so the
+    second core serves it better than the overlapped post-processing alone)."""
+    if cpus is None:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cpus // max(1, workers))
+
+
 def _run_selected(bags: Sequence[str | Path], selected: list[Path], out_dir: Path, settings: ReplaySettings, model_dir: str | Path | None,
                   backend: str, workers: int, shard: str | None, labels: str | Path | None, label_sequence: str | None,
-                  dataset_config: str | Path | None, progress: bool) -> list[BagReplay]:
+                  dataset_config: str | Path | None, progress: bool, threads: int = 1) -> list[BagReplay]:
     names: list[str] = []
     for b in selected:
         names.append(bag_output_name(b, set(names)))
@@ -320,7 +334,8 @@ def _run_selected(bags: Sequence[str | Path], selected: list[Path], out_dir: Pat
     jobs = [
         ReplayJob(bag=b, out_dir=out_dir if single else out_dir / n, model_dir=Path(model_dir) if model_dir else None,
                   backend=backend, settings=settings, labels=Path(labels) if labels else None, label_sequence=label_sequence,
-                  dataset_config=Path(dataset_config) if dataset_config else None, progress=progress and workers <= 1)
+                  dataset_config=Path(dataset_config) if dataset_config else None, progress=progress and workers <= 1,
+                  threads=threads)
         for b, n in zip(selected, names, strict=True)
     ]
     existed = out_dir.exists()
