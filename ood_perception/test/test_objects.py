@@ -221,6 +221,11 @@ def test_region_score_weights_and_plug_in_term():
     assert region_score(ev, ObjectConfig(w_extra=0)) == pytest.approx(0.8 * (0.5 + 0.0) / 2)
     assert region_score(ev, ObjectConfig(w_ood=0, w_extra=0)) == pytest.approx(0.8 * 0.5)
     assert region_score(ev, ObjectConfig(w_unknown=1, w_conflict=1, w_ood=0, w_extra=2)) == pytest.approx(0.8 * (0.5 + 1 + 2) / 4)
+    # the location as a gate instead of a factor: the evidence itself at or above the gate, else 0
+    assert region_score(ev, ObjectConfig(drivable_gate=0.8)) == pytest.approx((0.5 + 0.0 + 1.0) / 3)
+    assert region_score(ev, ObjectConfig(drivable_gate=0.81)) == 0.0
+    with pytest.raises(ValueError, match="drivable_gate"):
+        ObjectConfig(drivable_gate=2.0)
     calls = []
 
     def term(crop, region, pts):
@@ -518,3 +523,19 @@ def test_mask_source_regions_keeps_only_the_reported_objects_pixels():
     assert b[3].regions and int((b[3].mask > 0).sum()) == sum(r.num_pixels for r in b[3].regions)
     with pytest.raises(ValueError, match="mask_source"):
         FusionConfig(mask_source="boxes")
+
+
+def test_object_settings_other_than_the_calibrations_are_warned_about():
+    """The region threshold belongs to the candidate and score settings it was calibrated with (the
+    default model's model.json records them): other ones are named in one warning; the sensor's
+    mounting height (ground_fallback_z) and settings added since (at their earlier-rule value) are not."""
+    from ood_perception import runtime
+
+    backend = runtime.load(runtime.default_model_dir())
+    assert FusionPipeline(backend, FusionConfig()).decision_warnings == []
+    mounted = ObjectConfig(track_window=0, ground_fallback_z=-2.4, min_visible=0.0, drivable_gate=0.0)
+    assert FusionPipeline(backend, FusionConfig(objects=mounted)).decision_warnings == []
+    changed = ObjectConfig(track_window=0, drivable_gate=0.5, min_points=30, known_classes=("car", "truck"))
+    [w] = FusionPipeline(backend, FusionConfig(objects=changed)).decision_warnings
+    assert "object.drivable_gate 0.0 -> 0.5" in w and "object.min_points 20 -> 30" in w and "-> car,truck" in w
+    assert "re-run ood-perception calibrate" in w

@@ -370,6 +370,23 @@ class FusionPipeline:
                        "(object.w_ood and object.w_extra default to 1 since 2026-12-04; w_extra counts as 0 for a model "
                        "without an object bank): its false-alert budget does not hold; set the calibration's weights "
                        "(object.* parameters) or re-run ood-perception calibrate")
+        # the other object settings shape the candidates and their scores: the threshold is theirs too
+        # (settings added after a calibration was made count at the value that reproduces the earlier rule)
+        recorded = {**_OBJECT_SETTINGS_BEFORE, **calibrated["objects"]}
+        changed = []
+        for n, was in sorted(recorded.items()):
+            # ground_fallback_z is the sensor's mounting height (only used when no plane fits), not a choice
+            if n in names or n in ("track_window", "ground_fallback_z") or not hasattr(self.objects, n):
+                continue
+            now = getattr(self.objects, n)
+            same = (tuple(was) == tuple(now) if isinstance(now, tuple) and isinstance(was, (list, tuple))
+                    else isinstance(was, (int, float)) and np.isclose(float(was), float(now)))
+            if not same:
+                changed.append(f"object.{n} {was if not isinstance(was, list) else ','.join(map(str, was))} -> "
+                               f"{now if not isinstance(now, tuple) else ','.join(now)}")
+        if changed:
+            out.append(f"the region threshold in model.json was calibrated with other object settings ({'; '.join(changed)}): "
+                       "its false-alert budget does not hold; set them back or re-run ood-perception calibrate")
         cal_alert = calibrated.get("alert") or {}
         run_kn = (self.alert_config.raise_k, self.alert_config.raise_n)
         if cal_alert.get("raise_k") and (cal_alert["raise_k"], cal_alert.get("raise_n")) != run_kn:
@@ -763,6 +780,11 @@ class FusionPipeline:
         decision = self.alerts.update(frame.stamp, None, reason)
         assert decision.level == DEGRADED
         return FusionResult(stamp=frame.stamp, decision=decision, modalities=modalities, threshold=self.threshold, error=error)
+
+
+#: Object settings added after calibrations were recorded, at the value that reproduces the rule
+#: those calibrations were made with.
+_OBJECT_SETTINGS_BEFORE: dict[str, Any] = {"min_visible": 0.0, "drivable_gate": 0.0}
 
 
 def object_bank_unavailable(backend: Any) -> str | None:
