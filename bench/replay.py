@@ -7,9 +7,12 @@ synchroniser, fusion pipeline, output bag written) with the default model (or ``
 Runtime, and writes ``bench/results/replay.json`` / ``.md``.
 
 Three modes, each at ``--threads`` ONNX Runtime intra-op threads (default 1; ``--threads 1 2``
-adds 2, which is slower here: overlapped replay already gives the second core to the model
-thread, and a 2-thread session's spinning pool also slows the 1-thread passes it is interleaved
-with), interleaved ``--repeats`` times (default 3; median wall time taken):
+adds 2: slower than 1 with the previous, smaller default model, faster with the current one,
+1.76x vs 1.43x on an idle 2-core box, 2026-12-04, which is why ``replay --threads`` defaults to the
+usable cores), interleaved ``--repeats`` times (default 3; median wall time taken). It times the
+frame loop (decode, pipeline, output bag) after a warm-up; the ``replay`` command also pays the
+model's first frames, the label map's alert and component scoring and the final pixel metrics and
+report (on a labelled 50-frame drive: 0.86x / 1.0x real time at 1 / 2 threads, 2026-12-04):
 
 * ``camera+lidar``: the bag's camera, CameraInfo and LiDAR only (a recorded drive without labels),
   as replay runs by default: the model of frame *k* on a second thread while frame *k-1* is

@@ -161,6 +161,16 @@ def _min_count(rate: float, total: int) -> int:
     return max(int(np.ceil(rate * total - 1e-9)), 0)
 
 
+def roc_points(scores: ArrayLike, is_ood: ArrayLike) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """``(fpr, tpr)`` of the ROC curve at every distinct score, OOD positive, from (0, 0): the points of
+    ``sklearn.metrics.roc_curve(is_ood, scores, drop_intermediate=False)`` with one sort and about a
+    third of its memory (a replay's pixel ROC has millions of samples)."""
+    s, y = _checked_pair(scores, is_ood)
+    _, tps, fps = _curve_counts(s, y)
+    n_ood = int(tps[-1])
+    return np.r_[0.0, fps / (y.size - n_ood)], np.r_[0.0, tps / n_ood]
+
+
 def fpr_at_tpr(scores: ArrayLike, is_ood: ArrayLike, tpr: float = 0.95) -> float:
     """FPR at the first ROC point whose TPR >= ``tpr``, OOD positive (the ``fpr95`` convention).
 

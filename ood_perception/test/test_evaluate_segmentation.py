@@ -131,3 +131,45 @@ def test_per_frame_ood_iou_follows_the_empty_set_convention() -> None:
     half = none.copy()
     half[1:3, 1] = True  # 2 of the 4 anomaly pixels flagged, nothing else
     assert acc.add(frame(half), anomalous, None)["ood_iou"] == pytest.approx(0.5)
+
+
+def test_a_long_labelled_run_keeps_a_bounded_evenly_thinned_sample() -> None:
+    """Past ``max_samples`` the pixel scores are thinned (every k-th of each frame, k doubling): the
+    store stays under the cap, the summary says so and its AUROC stays near the exact one; merged
+    accumulators and a state round trip keep the thinning."""
+    from types import SimpleNamespace
+
+    from ood_perception.data import DatasetConfig
+    from ood_perception.evaluation.segmentation import MetricsAccumulator
+    from ood_perception.metrics import ood_metrics
+
+    d = DatasetConfig.semantic_kitti().to_dict()
+    d["labels"][200], d["learning_map"][200], d["ood_ids"] = "anomaly", 0, [200]
+    cfg = DatasetConfig.from_dict(d)
+    rng = np.random.default_rng(3)
+    frames = []
+    for _ in range(40):
+        raw = np.full((16, 32), 40, np.uint32)
+        raw[4:10, 8:20] = 200
+        score = (rng.normal(size=(16, 32)) + 1.5 * (raw == 200)).astype(np.float32)
+        frames.append((SimpleNamespace(score=score, mask=np.zeros((16, 32), np.uint8), classes=np.zeros((16, 32), np.int32)), raw))
+    exact = ood_metrics(np.concatenate([f.score.ravel() for f, _ in frames]), np.concatenate([(r == 200).ravel() for _, r in frames]))
+    full = MetricsAccumulator(cfg, input_hw=(16, 32))
+    small = MetricsAccumulator(cfg, input_hw=(16, 32), max_samples=3000)
+    for f, raw in frames:
+        full.add(f, raw, None)
+        small.add(f, raw, None)
+    assert "sampled" not in full.summary()["pixel"] and full.summary()["pixel"]["auroc"] == pytest.approx(exact["auroc"])
+    pix = small.summary()["pixel"]
+    assert pix["sampled"]["of"] == 40 * 512 and pix["sampled"]["kept"] <= 3000 and pix["sampled"]["every"] == 8
+    assert pix["n"] == pix["sampled"]["kept"] > 2000 and pix["auroc"] == pytest.approx(exact["auroc"], abs=0.03)
+    again = MetricsAccumulator.from_state(small.state(), cfg)
+    assert again.summary()["pixel"] == pix
+    other = MetricsAccumulator(cfg, input_hw=(16, 32), max_samples=3000)
+    for f, raw in frames[:5]:  # 2560 samples: not thinned
+        other.add(f, raw, None)
+    again.merge(other)
+    merged = again.summary()["pixel"]["sampled"]
+    assert merged["of"] == 45 * 512 and merged["kept"] <= 3000 and merged["every"] >= 8
+    with pytest.raises(ValueError, match="kind"):
+        full.arrays("voxel")

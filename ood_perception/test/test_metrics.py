@@ -213,3 +213,18 @@ def test_id_accuracy() -> None:
     assert metrics.id_accuracy(pred[:4], labels[:4]) == pytest.approx(0.75)
     with pytest.raises(ValueError, match="no in-distribution"):
         metrics.id_accuracy(pred[5:], labels[5:], is_ood[5:])
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_roc_points_equal_sklearns_curve_with_every_threshold(ties: bool) -> None:
+    rng = np.random.default_rng(7)
+    y = rng.random(5000) < 0.2
+    s = rng.normal(size=5000) + y
+    if ties:
+        s = np.round(s, 1)
+    fpr, tpr = metrics.roc_points(s, y)
+    ref_fpr, ref_tpr, _ = roc_curve(y, s, drop_intermediate=False)
+    np.testing.assert_allclose(fpr, ref_fpr)
+    np.testing.assert_allclose(tpr, ref_tpr)
+    with pytest.raises(ValueError, match="both ID and OOD"):
+        metrics.roc_points(s, np.zeros(5000, bool))

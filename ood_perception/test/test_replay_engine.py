@@ -260,3 +260,13 @@ def test_model_threads_default_to_the_cores_shared_by_the_workers(tmp_path, caps
     assert cli.main(["replay", str(tmp_path / "none.mcap"), "--out", str(tmp_path / "o"), "--threads", "-1"]) != 0
     err = capsys.readouterr().err
     assert "threads must be >= 0" in err and len(err.strip().splitlines()) == 1
+
+
+def test_replay_records_its_model_threads_and_warns_when_they_oversubscribe(tmp_path, capsys):
+    bag = write_drive_bag(tmp_path / "bag", frames=3)
+    out = tmp_path / "out"
+    assert cli.main(["replay", str(bag), "--out", str(out), "--threads", "64", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "x 64 model threads > the" in err and "usable cores" in err
+    info = json.loads((out / "metrics.json").read_text())["info"]
+    assert info["model_threads"] == 64 and info["decision_warnings"] == "none"

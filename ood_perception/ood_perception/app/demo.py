@@ -66,8 +66,10 @@ VTEST_AVI = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
 #: stale_timeout is long because the live node's start-up grace is wall time, replay's bag time.
 DEMO_PARAMS = {"stale_timeout": 60.0, "diagnostics_period": 1.0}
 
-#: Inference threads of replay and the live node: 1 replayed faster than 2 on a shared 2-CPU box
-#: (bench/results/replay.md: 0.89x vs 0.66x real time at load average 3-5).
+#: Inference threads of the demo's replay and live node: 1, chosen with the previous (smaller) default
+#: model, which replayed faster on 1 than on 2 on a loaded 2-CPU box (0.89x vs 0.66x at load average
+#: 3-5); with the current model `replay` defaults to the usable cores (1.76x vs 1.43x on an idle box,
+#: bench/results/replay.md), but the demo runs its live node beside the replay and keeps 1 (not re-measured).
 REPLAY_THREADS = 1
 
 #: Split name of the world clips the demo renders: ``world.clips.clip_rng`` hashes it, so these

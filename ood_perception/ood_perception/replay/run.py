@@ -217,6 +217,9 @@ def _info(job: ReplayJob, pipeline: Any, space: LabelSpace) -> dict[str, Any]:
         "threshold": float(pipeline.threshold),
         "labels": str(job.labels) if job.labels else "bag label topics",
         "label_map": space.source,
+        "model_threads": job.threads,
+        # settings other than those the model's decisions were calibrated with (the budget does not hold)
+        "decision_warnings": list(getattr(pipeline, "decision_warnings", [])) or "none",
     }
 
 
@@ -295,8 +298,13 @@ def run_replay(
     while not probe.exists():
         created, probe = probe, probe.parent
     try:
+        n_workers = min(workers, len(selected))
+        usable = auto_threads(1)
+        if threads and threads * n_workers > usable:
+            print(f"ood-perception replay: warning: {n_workers} worker(s) x {threads} model threads > the {usable} usable "
+                  "cores: the threads compete (0 = the cores shared by the workers)", file=sys.stderr)
         return _run_selected(bags, selected, out_dir, settings, model_dir, backend, workers, shard, labels,
-                             label_sequence, dataset_config, progress, threads or auto_threads(min(workers, len(selected))))
+                             label_sequence, dataset_config, progress, threads or auto_threads(n_workers))
     except BaseException:
         if created is not None:  # a failed replay leaves no empty folders behind; never touches one the user had
             _remove_empty_dirs(created)
