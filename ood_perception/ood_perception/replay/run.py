@@ -402,7 +402,9 @@ def _pooled(results: Sequence[BagReplay]) -> Any:
 
 def merge_replays(dirs: Sequence[str | Path], out_dir: str | Path) -> dict[str, Any]:
     """Pool finished replay outputs (the shards of one bag list) into ``out_dir``: ``metrics.json``,
-    ``timing.json``, ``report.html`` and a manifest, equal to replaying all the bags in one run.
+    ``timing.json``, ``report.html`` and a manifest, equal to replaying all the bags in one run
+    (up to the metrics' sample cap, ``evaluation.segmentation.MAX_SAMPLES``; beyond it both are
+    thinned estimates).
 
     Raises:
         FileNotFoundError: a folder is not a finished replay output (no ``shard.json``).
