@@ -9,7 +9,9 @@ when its module is there, and heavy imports (torch, rclpy) happen only when it r
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import os
 import pkgutil
 import sys
 from collections.abc import Sequence
@@ -78,6 +80,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BackendUnavailableError as exc:  # e.g. --backend tensorrt without TensorRT/CUDA: not a crash
         print(f"ood-perception {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (`... | head`): stop quietly, as Unix tools do
+        with contextlib.suppress(OSError, ValueError):  # the interpreter's final flush then goes nowhere
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (Python docs, "Note on SIGPIPE")
+        return 141
 
 
 if __name__ == "__main__":

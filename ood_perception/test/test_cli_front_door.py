@@ -166,3 +166,15 @@ def test_evaluate_checks_its_paths_before_loading_torch(tmp_path, capsys):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and r.stdout.strip() == "False", (r.stdout, r.stderr)
     assert r.stderr.strip() == f"ood-perception evaluate: error: checkpoint not found: {tmp_path / 'nothere.pt'}"
+
+
+def test_params_lists_each_nodes_parameters_with_default_and_description(capsys):
+    from ood_perception import cli
+
+    assert cli.main(["params", "fusion_segmentation", "--grep", "min_visible"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("fusion_segmentation (1 parameter matching 'min_visible'):")
+    assert "  object.min_visible = 0.0\n" in out and "seen through a gap" in out
+    assert cli.main(["params"]) == 0
+    out = capsys.readouterr().out
+    assert "action_recognition (" in out and "  region_threshold = NaN\n" in out and "  model_dir = ''\n" in out
