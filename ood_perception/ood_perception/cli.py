@@ -67,7 +67,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         with terminate_as_exception():  # SIGTERM unwinds like Ctrl-C: temporaries are removed, not left
-            return int(args.func(args) or 0)
+            code = int(args.func(args) or 0)
+            sys.stdout.flush()  # a closed pipe shows here, inside the handler below (Python docs, SIGPIPE)
+            return code
     except Terminated:
         print("terminated (SIGTERM)", file=sys.stderr)
         return 143

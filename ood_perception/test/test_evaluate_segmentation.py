@@ -171,5 +171,15 @@ def test_a_long_labelled_run_keeps_a_bounded_evenly_thinned_sample() -> None:
     again.merge(other)
     merged = again.summary()["pixel"]["sampled"]
     assert merged["of"] == 45 * 512 and merged["kept"] <= 3000 and merged["every"] >= 8
+    # kept chunks are copies, not views holding each whole frame's array in memory
+    store = small._sets["pixel"]
+    assert all(c.base is None for c in store.scores) and sum(c.size for c in store.scores) == store.kept
     with pytest.raises(ValueError, match="kind"):
         full.arrays("voxel")
+    # single samples cannot be halved further: the store stops over the cap instead of looping
+    from ood_perception.evaluation.segmentation import _Samples
+
+    tiny = _Samples(1)
+    for f, n in enumerate([1, 0, 1]):
+        tiny.add(np.zeros(n, np.float32), np.zeros(n, bool), f)
+    assert tiny.offered == 2 and tiny.kept <= 2

@@ -126,9 +126,10 @@ def test_replay_metrics_equal_evaluate_metrics(results) -> None:
         assert m[key]["miou"] == pytest.approx(ev["segmentation"][level]["fused"]["miou"], abs=1e-3), level
 
 
-def test_input_resolution_is_the_other_convention(drive) -> None:
+def test_input_resolution_is_the_other_convention(drive, results) -> None:
     """``--resolution input`` scores at the model size (labels downsampled, all in-view points):
     a different pixel set from replay's, so it is kept only as an option."""
+    # (``results`` wrote the camera-resolution evaluation this compares with, in this process)
     tmp, ds, ckpt = drive
     assert main(["evaluate", str(ckpt), "--data", str(ds), "--out", str(tmp / "eval_in"), "--scorers", "maxlogit",
                  "--no-plots", "--quiet", "--cache-dir", str(tmp / "cache"), "--resolution", "input"]) == 0

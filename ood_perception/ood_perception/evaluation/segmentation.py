@@ -19,8 +19,9 @@ camera``), so both give the same numbers on the same frames and model:
 Scores are kept (float32) so AUROC/FPR95 are exact, up to :data:`MAX_SAMPLES` per set: the exact
 metrics need every sample sorted at the end (~90 bytes per sample at the peak, ~12 MB per labelled
 512x256 frame), so a longer labelled replay keeps an evenly thinned sample instead (every k-th
-sample of each frame, k doubling whenever the store is full; the summary says ``sampled``) and its
-pixel metrics are estimates from ~10 M samples (a standard error of ~1e-4 in AUROC) in bounded memory.
+sample of each frame, k doubling whenever the store is full, the phase varying by frame; the
+summary says ``sampled``) and its pixel metrics are estimates from ~10 M samples in bounded memory
+(a regular, not random, subsample: on neighbouring pixels of a smooth map close to a random one).
 """
 
 from __future__ import annotations
@@ -56,8 +57,10 @@ MAX_SAMPLES = 10_000_000
 
 class _Samples:
     """Scores and OOD flags of one set, per frame, thinned to at most ``cap`` samples: each frame
-    keeps every ``stride``-th sample (starting at ``frame % stride``), ``stride`` doubling (and the
-    kept frames halved the same way) whenever the store would exceed ``cap``."""
+    keeps every ``stride``-th sample (starting at ``frame % stride``), ``stride`` doubling whenever
+    the store would exceed ``cap``, each kept chunk then halved from an offset that alternates with
+    its frame (``(frame // old stride) % 2``), so the kept pixel columns differ from frame to frame.
+    Kept chunks are copies: a slice would keep its whole frame's array alive."""
 
     def __init__(self, cap: int) -> None:
         if cap < 1:
@@ -65,6 +68,7 @@ class _Samples:
         self.cap = int(cap)
         self.scores: list[np.ndarray] = []
         self.ood: list[np.ndarray] = []
+        self.frame_ids: list[int] = []
         self.stride = 1
         self.offered = 0
         self.kept = 0
@@ -74,28 +78,44 @@ class _Samples:
         if self.stride > 1:
             start = frame % self.stride
             s, y = s[start::self.stride], y[start::self.stride]
-        self.scores.append(s)
-        self.ood.append(y)
+        if not s.size:
+            return
+        self.scores.append(np.array(s, np.float32, copy=True))
+        self.ood.append(np.array(y, bool, copy=True))
+        self.frame_ids.append(int(frame))
         self.kept += int(s.size)
         self._fit()
 
+    def _halve(self, step: int, old: int) -> None:
+        offs = [(f // old) % step for f in self.frame_ids]
+        self.scores = [c[o::step].copy() for c, o in zip(self.scores, offs, strict=True)]
+        self.ood = [c[o::step].copy() for c, o in zip(self.ood, offs, strict=True)]
+        keep = [k for k, c in enumerate(self.scores) if c.size]
+        self.scores = [self.scores[k] for k in keep]
+        self.ood = [self.ood[k] for k in keep]
+        self.frame_ids = [self.frame_ids[k] for k in keep]
+        self.kept = sum(int(c.size) for c in self.scores)
+
     def _fit(self) -> None:
         while self.kept > self.cap:
+            before = self.kept
+            self._halve(2, self.stride)
             self.stride *= 2
-            self.scores = [c[j % 2::2] for j, c in enumerate(self.scores)]
-            self.ood = [c[j % 2::2] for j, c in enumerate(self.ood)]
-            self.kept = sum(int(c.size) for c in self.scores)
+            if self.kept >= before:  # nothing left to halve (single-sample chunks): stop, over the cap
+                break
 
     def merge(self, other: _Samples) -> None:
         """Pool ``other``: the finer of the two is thinned to the coarser stride, then both to the cap."""
-        chunks = [(self.scores, self.ood, self.stride), (other.scores, other.ood, other.stride)]
         stride = max(self.stride, other.stride)
-        scores, ood = [], []
-        for cs, cy, st in chunks:
-            step = stride // st
-            scores += [c[j % step::step] for j, c in enumerate(cs)]
-            ood += [c[j % step::step] for j, c in enumerate(cy)]
-        self.scores, self.ood, self.stride = scores, ood, stride
+        mine, theirs = _Samples(self.cap), _Samples(other.cap)
+        for src, dst in ((self, mine), (other, theirs)):
+            dst.scores, dst.ood, dst.frame_ids = list(src.scores), list(src.ood), list(src.frame_ids)
+            if stride > src.stride:
+                dst._halve(stride // src.stride, src.stride)
+        self.scores = mine.scores + theirs.scores
+        self.ood = mine.ood + theirs.ood
+        self.frame_ids = mine.frame_ids + theirs.frame_ids
+        self.stride = stride
         self.offered += other.offered
         self.kept = sum(int(c.size) for c in self.scores)
         self._fit()
@@ -223,6 +243,7 @@ class MetricsAccumulator:
             if s.size:
                 store.scores.append(s)
                 store.ood.append(y)
+                store.frame_ids.append(0)
                 store.kept = int(s.size)
         return acc
 

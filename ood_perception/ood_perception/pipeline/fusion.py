@@ -372,15 +372,17 @@ class FusionPipeline:
                        "(object.* parameters) or re-run ood-perception calibrate")
         # the other object settings shape the candidates and their scores: the threshold is theirs too
         # (settings added after a calibration was made count at the value that reproduces the earlier rule)
-        recorded = {**_OBJECT_SETTINGS_BEFORE, **calibrated["objects"]}
+        recorded = {**OBJECT_SETTINGS_BEFORE, **calibrated["objects"]}
         changed = []
         for n, was in sorted(recorded.items()):
             # ground_fallback_z is the sensor's mounting height (only used when no plane fits), not a choice
             if n in names or n in ("track_window", "ground_fallback_z") or not hasattr(self.objects, n):
                 continue
             now = getattr(self.objects, n)
-            same = (tuple(was) == tuple(now) if isinstance(now, tuple) and isinstance(was, (list, tuple))
-                    else isinstance(was, (int, float)) and np.isclose(float(was), float(now)))
+            if isinstance(now, tuple):  # class lists: the same classes in any order
+                same = isinstance(was, (list, tuple)) and sorted(map(str, was)) == sorted(now)
+            else:
+                same = isinstance(was, (int, float)) and np.isclose(float(was), float(now))
             if not same:
                 changed.append(f"object.{n} {was if not isinstance(was, list) else ','.join(map(str, was))} -> "
                                f"{now if not isinstance(now, tuple) else ','.join(now)}")
@@ -784,7 +786,7 @@ class FusionPipeline:
 
 #: Object settings added after calibrations were recorded, at the value that reproduces the rule
 #: those calibrations were made with.
-_OBJECT_SETTINGS_BEFORE: dict[str, Any] = {"min_visible": 0.0, "drivable_gate": 0.0}
+OBJECT_SETTINGS_BEFORE: dict[str, Any] = {"min_visible": 0.0, "drivable_gate": 0.0}
 
 
 def object_bank_unavailable(backend: Any) -> str | None:

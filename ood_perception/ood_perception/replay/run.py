@@ -219,7 +219,7 @@ def _info(job: ReplayJob, pipeline: Any, space: LabelSpace) -> dict[str, Any]:
         "label_map": space.source,
         "model_threads": job.threads,
         # settings other than those the model's decisions were calibrated with (the budget does not hold)
-        "decision_warnings": list(getattr(pipeline, "decision_warnings", [])) or "none",
+        "decision_warnings": "; ".join(getattr(pipeline, "decision_warnings", [])) or "none",
     }
 
 
@@ -368,7 +368,7 @@ def _run_selected(bags: Sequence[str | Path], selected: list[Path], out_dir: Pat
         raise
     if not single:
         info = {"bags": [r.bag for r in results], "backend": backend, "model": str(model_dir or "default model"),
-                "shard": shard or "all"}
+                "shard": shard or "all", "model_threads": threads}
         if len(results) < len(jobs):  # stopped by Ctrl-C / SIGTERM
             info["not_replayed"] = [str(j.bag) for j in jobs[len(results):]]
         write_outputs(out_dir, results, info, metrics=_pooled(results))
@@ -452,7 +452,8 @@ def merge_replays(dirs: Sequence[str | Path], out_dir: str | Path) -> dict[str, 
     if len(models) > 1:
         raise ValueError(f"the shards were replayed with different models ({len(models)} model hashes); merge one run")
     info = {"bags": [r.bag for r in results], "backend": infos[0].get("backend"), "model": infos[0].get("model"),
-            "shard": f"merged {n} shards"}
+            "shard": f"merged {n} shards",
+            "decision_warnings": "; ".join(sorted({str(i.get("decision_warnings", "none")) for i in infos} - {"none"})) or "none"}
     out_dir = Path(out_dir)
     with staged(out_dir) as stage:
         data = write_outputs(stage, results, info, metrics=pooled["segmentation"])
