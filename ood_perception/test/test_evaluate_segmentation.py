@@ -173,7 +173,8 @@ def test_a_long_labelled_run_keeps_a_bounded_evenly_thinned_sample() -> None:
     assert merged["of"] == 45 * 512 and merged["kept"] <= 3000 and merged["every"] >= 8
     # kept chunks are copies, not views holding each whole frame's array in memory
     store = small._sets["pixel"]
-    assert all(c.base is None for c in store.scores) and sum(c.size for c in store.scores) == store.kept
+    assert all(s.base is None and y.base is None for _, s, y in store.chunks)
+    assert sum(s.size for _, s, _ in store.chunks) == store.kept
     with pytest.raises(ValueError, match="kind"):
         full.arrays("voxel")
     # single samples cannot be halved further: the store stops over the cap instead of looping

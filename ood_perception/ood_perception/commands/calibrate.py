@@ -69,7 +69,7 @@ def handler(args: argparse.Namespace) -> int:
     from ood_perception.pipeline import FusionConfig, FusionPipeline
     from ood_perception.pipeline.alerts import AlertConfig
     from ood_perception.pipeline.calibration import CalibrationFrame, CalibrationSettings, calibrate_decisions
-    from ood_perception.pipeline.fusion import OBJECT_SETTINGS_BEFORE, object_bank_unavailable
+    from ood_perception.pipeline.fusion import object_bank_unavailable, with_settings_before
     from ood_perception.pipeline.object_bank import BANK_ROLE
     from ood_perception.replay.dataset import replay_dataset
     from ood_perception.replay.params import node_parameters, settings_from_params
@@ -151,7 +151,7 @@ def handler(args: argparse.Namespace) -> int:
         frames, ood_thr = (stored["frames"], stored["threshold"]) if isinstance(stored, dict) else (stored, run_thr)
         made_with = stored.get("objects") if isinstance(stored, dict) else None
         if made_with is not None:  # settings added since count at the value of the earlier rule
-            made_with = {**{k: v for k, v in OBJECT_SETTINGS_BEFORE.items() if k in cache_objects}, **made_with}
+            made_with = with_settings_before(made_with)
         if made_with is not None and made_with != cache_objects:
             raise ValueError(f"{cache}: its region scores were computed with other object settings, another "
                              f"model or another object bank ({made_with}); delete it or use the same --params")

@@ -66,64 +66,57 @@ class _Samples:
         if cap < 1:
             raise ValueError(f"the sample cap must be >= 1, got {cap}")
         self.cap = int(cap)
-        self.scores: list[np.ndarray] = []
-        self.ood: list[np.ndarray] = []
-        self.frame_ids: list[int] = []
+        self.chunks: list[tuple[int, np.ndarray, np.ndarray]] = []  # (frame, scores, is_ood)
         self.stride = 1
         self.offered = 0
-        self.kept = 0
+
+    @property
+    def kept(self) -> int:
+        return sum(int(c[1].size) for c in self.chunks)
 
     def add(self, s: np.ndarray, y: np.ndarray, frame: int) -> None:
         self.offered += int(s.size)
         if self.stride > 1:
             start = frame % self.stride
             s, y = s[start::self.stride], y[start::self.stride]
-        if not s.size:
-            return
-        self.scores.append(np.array(s, np.float32, copy=True))
-        self.ood.append(np.array(y, bool, copy=True))
-        self.frame_ids.append(int(frame))
-        self.kept += int(s.size)
-        self._fit()
-
-    def _halve(self, step: int, old: int) -> None:
-        offs = [(f // old) % step for f in self.frame_ids]
-        self.scores = [c[o::step].copy() for c, o in zip(self.scores, offs, strict=True)]
-        self.ood = [c[o::step].copy() for c, o in zip(self.ood, offs, strict=True)]
-        keep = [k for k, c in enumerate(self.scores) if c.size]
-        self.scores = [self.scores[k] for k in keep]
-        self.ood = [self.ood[k] for k in keep]
-        self.frame_ids = [self.frame_ids[k] for k in keep]
-        self.kept = sum(int(c.size) for c in self.scores)
+        if s.size:
+            self.chunks.append((int(frame), np.array(s, np.float32, copy=True), np.array(y, bool, copy=True)))
+            self._fit()
 
     def _fit(self) -> None:
-        while self.kept > self.cap:
-            before = self.kept
-            self._halve(2, self.stride)
+        while (kept := self.kept) > self.cap:
+            self.chunks = _thinned(self.chunks, 2, self.stride)
             self.stride *= 2
-            if self.kept >= before:  # nothing left to halve (single-sample chunks): stop, over the cap
+            if self.kept >= kept:  # nothing left to halve (single-sample chunks): stop, over the cap
                 break
 
     def merge(self, other: _Samples) -> None:
         """Pool ``other``: the finer of the two is thinned to the coarser stride, then both to the cap."""
         stride = max(self.stride, other.stride)
-        mine, theirs = _Samples(self.cap), _Samples(other.cap)
-        for src, dst in ((self, mine), (other, theirs)):
-            dst.scores, dst.ood, dst.frame_ids = list(src.scores), list(src.ood), list(src.frame_ids)
-            if stride > src.stride:
-                dst._halve(stride // src.stride, src.stride)
-        self.scores = mine.scores + theirs.scores
-        self.ood = mine.ood + theirs.ood
-        self.frame_ids = mine.frame_ids + theirs.frame_ids
+        self.chunks = (_thinned(self.chunks, stride // self.stride, self.stride)
+                       + _thinned(other.chunks, stride // other.stride, other.stride))
         self.stride = stride
         self.offered += other.offered
-        self.kept = sum(int(c.size) for c in self.scores)
         self._fit()
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        if not self.scores:
+        if not self.chunks:
             return np.zeros(0, np.float32), np.zeros(0, bool)
-        return np.concatenate(self.scores), np.concatenate(self.ood)
+        return np.concatenate([c[1] for c in self.chunks]), np.concatenate([c[2] for c in self.chunks])
+
+
+def _thinned(chunks: list[tuple[int, np.ndarray, np.ndarray]], step: int,
+             stride: int) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """Every ``step``-th sample of each chunk (copies), from an offset that varies with the chunk's
+    frame at the old ``stride``; empty chunks dropped; ``step`` 1 keeps them as they are."""
+    if step == 1:
+        return list(chunks)
+    out = []
+    for frame, s, y in chunks:
+        o = (frame // stride) % step
+        if s[o::step].size:
+            out.append((frame, s[o::step].copy(), y[o::step].copy()))
+    return out
 
 
 class MetricsAccumulator:
@@ -141,7 +134,6 @@ class MetricsAccumulator:
         self.threshold = threshold
         self.input_hw = input_hw
         self.num_classes = int(config.num_classes)
-        self.max_samples = int(max_samples)
         self._sets = {"pixel": _Samples(max_samples), "point": _Samples(max_samples)}
         self.confusion = np.zeros((self.num_classes, self.num_classes), np.int64)
         self.point_confusion = np.zeros((self.num_classes, self.num_classes), np.int64)
@@ -213,7 +205,7 @@ class MetricsAccumulator:
                 "input_hw": None if self.input_hw is None else [int(v) for v in self.input_hw],
                 "frames": int(self.frames), "confusion": self.confusion.copy(), "point_confusion": self.point_confusion.copy(),
                 "pixel_scores": pix_s, "pixel_ood": pix_y, "point_scores": pt_s, "point_ood": pt_y,
-                "max_samples": self.max_samples,
+                "max_samples": self._sets["pixel"].cap,
                 "sampling": {k: [v.stride, v.offered] for k, v in self._sets.items()}}
 
     @classmethod
@@ -241,10 +233,7 @@ class MetricsAccumulator:
             stride, offered = sampling.get(kind, (1, s.size))
             store.stride, store.offered = int(stride), int(offered)
             if s.size:
-                store.scores.append(s)
-                store.ood.append(y)
-                store.frame_ids.append(0)
-                store.kept = int(s.size)
+                store.chunks.append((0, s, y))
         return acc
 
     # ------------------------------------------------------------------ results

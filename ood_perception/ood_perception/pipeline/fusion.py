@@ -372,7 +372,7 @@ class FusionPipeline:
                        "(object.* parameters) or re-run ood-perception calibrate")
         # the other object settings shape the candidates and their scores: the threshold is theirs too
         # (settings added after a calibration was made count at the value that reproduces the earlier rule)
-        recorded = {**OBJECT_SETTINGS_BEFORE, **calibrated["objects"]}
+        recorded = with_settings_before(calibrated["objects"])
         changed = []
         for n, was in sorted(recorded.items()):
             # ground_fallback_z is the sensor's mounting height (only used when no plane fits), not a choice
@@ -716,7 +716,8 @@ class FusionPipeline:
         oc = self.objects
         assert frame.points is not None and frame.calib is not None
         ground = fit_frame_ground(frame.points, oc)
-        unseen = np.asarray(frame.points)[~inview, :3] if inview is not None else None
+        # the cloud's points outside the view only matter when slivers are left unjudged
+        unseen = np.asarray(frame.points)[~inview, :3] if inview is not None and oc.min_visible > 0 else None
         cands = object_candidates(pts[:, :3], pscores, labels, ground, self.classes, oc, self.threshold, unseen)
         proj = project_points(pts, frame.calib)
         u = np.clip(proj.u, 0, mask.shape[1] - 1)
@@ -787,6 +788,12 @@ class FusionPipeline:
 #: Object settings added after calibrations were recorded, at the value that reproduces the rule
 #: those calibrations were made with.
 OBJECT_SETTINGS_BEFORE: dict[str, Any] = {"min_visible": 0.0, "drivable_gate": 0.0}
+
+
+def with_settings_before(recorded: dict[str, Any]) -> dict[str, Any]:
+    """Object settings recorded by a calibration (or its frames cache), with the settings added since
+    at the value that reproduces the rule it was made with (:data:`OBJECT_SETTINGS_BEFORE`)."""
+    return {**OBJECT_SETTINGS_BEFORE, **recorded}
 
 
 def object_bank_unavailable(backend: Any) -> str | None:

@@ -331,7 +331,7 @@ def _unseen_near(hidden_in_view: np.ndarray, unseen_xyz: np.ndarray | None, grou
         u = u[np.all((u[:, :2] >= lo) & (u[:, :2] <= hi), axis=1)]
         hu = ground.height(u)
         parts.append(u[(hu >= config.min_height) & (hu <= config.max_height)])
-    return np.concatenate(parts) if parts else np.zeros((0, 3))
+    return np.concatenate(parts)
 
 
 def _ground_in_boxes(g_xy: np.ndarray, weight: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -299,7 +299,7 @@ def run_replay(
         created, probe = probe, probe.parent
     try:
         n_workers = min(workers, len(selected))
-        usable = auto_threads(1)
+        usable = usable_cores()
         if threads and threads * n_workers > usable:
             print(f"ood-perception replay: warning: {n_workers} worker(s) x {threads} model threads > the {usable} usable "
                   "cores: the threads compete (0 = the cores shared by the workers)", file=sys.stderr)
@@ -322,14 +322,17 @@ def _remove_empty_dirs(root: Path) -> None:
             pass
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def auto_threads(workers: int, cpus: int | None = None) -> int:
     """Model threads per replay worker when none are given: the usable cores shared by the workers
     (at least 1). One bag on 2 cores with the default model: 1.76x real time at 2 threads against
     1.43x at 1 (bench/results/replay.md, 2026-12-04; the model is most of a frame's time, so the
     second core serves it better than the overlapped post-processing alone)."""
-    if cpus is None:
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cpus // max(1, workers))
+    return max(1, (usable_cores() if cpus is None else cpus) // max(1, workers))
 
 
 def _run_selected(bags: Sequence[str | Path], selected: list[Path], out_dir: Path, settings: ReplaySettings, model_dir: str | Path | None,
