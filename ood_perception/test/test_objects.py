@@ -29,6 +29,7 @@ from ood_perception.pipeline.calibration import (
     CalibrationFrame,
     CalibrationSettings,
     alert_frames,
+    budget_alert_counts,
     calibrate_decisions,
     evidence_scores,
 )
@@ -382,6 +383,25 @@ def test_calibration_meets_the_budget_on_a_synthetic_score_distribution():
     assert alerts.mean() <= 0.02
     with pytest.raises(ValueError, match="anomaly-free"):
         calibrate_decisions(_drive("x", np.ones(5), np.full(5, 300)))
+
+
+@pytest.mark.parametrize("alert", [AlertConfig(raise_k=3, raise_n=5, clear_frames=5, cooldown_s=1.0),
+                                   AlertConfig(raise_k=1, raise_n=1, clear_frames=1, cooldown_s=0.0),
+                                   AlertConfig(raise_k=2, raise_n=3, clear_frames=2, cooldown_s=0.35)])
+def test_budget_alert_counts_equal_one_state_machine_run_per_threshold(alert):
+    """Calibration's threshold scan runs each drive's state machine once per distinct evidence value;
+    the counts equal running it once per threshold (the plain scan), ties and thresholds between,
+    below and above the evidence values included."""
+    rng = np.random.default_rng(11)
+    drives = [_drive(f"d{i}", np.round(rng.beta(1, 3, n), 2)) for i, n in enumerate((40, 25, 60, 1))]
+    drives = [sorted(d, key=lambda f: f.stamp) for d in drives]
+    evidence = evidence_scores(drives, ObjectConfig(track_window=2))
+    selected = rng.random(sum(len(d) for d in drives)) < 0.7
+    e_all = np.concatenate(evidence)
+    thresholds = np.r_[np.unique(e_all), np.unique(e_all) + 0.005, -1.0, 0.0, 2.0]
+    plain = [int(np.concatenate(alert_frames(drives, evidence, float(t), alert))[selected].sum()) for t in thresholds]
+    assert budget_alert_counts(drives, evidence, selected, thresholds, alert).tolist() == plain
+    assert max(plain) > 0 and min(plain) == 0
 
 
 # ---------------------------------------------------------------------------------------- the command

@@ -145,6 +145,31 @@ def alert_frames(drives: list[list[CalibrationFrame]], evidence: list[np.ndarray
     return out
 
 
+def budget_alert_counts(drives: list[list[CalibrationFrame]], evidence: list[np.ndarray], selected: np.ndarray,
+                        thresholds: np.ndarray, alert: AlertConfig) -> np.ndarray:
+    """For each threshold, how many ``selected`` frames (a mask over the drives' frames in order)
+    are in ALERT: ``alert_frames(...)[selected].sum()`` for every threshold at once.
+
+    A drive's anomalous frames (``evidence >= threshold``) change only where the threshold passes
+    one of its own evidence values, so each drive's state machine is run once per distinct value
+    (<= its frame count) instead of once per threshold (thousands: every evidence value of every
+    drive); same counts."""
+    totals = np.zeros(len(thresholds), np.int64)
+    start = 0
+    for frames, e in zip(drives, evidence, strict=True):
+        sel = selected[start:start + len(frames)]
+        start += len(frames)
+        if not sel.any():
+            continue
+        levels = np.unique(e)  # a threshold t in (levels[r-1], levels[r]] flags e >= levels[r]
+        counts = np.zeros(len(levels) + 1, np.int64)  # the last regime: above every value, no frame flagged
+        for r, level in enumerate(levels):
+            (on,) = alert_frames([frames], [e], float(level), alert)
+            counts[r] = int(on[sel].sum())
+        totals += counts[np.searchsorted(levels, thresholds, side="left")]
+    return totals
+
+
 def _share(mask: np.ndarray, sel: np.ndarray) -> float | None:
     return float(mask[sel].mean()) if sel.any() else None
 
@@ -195,14 +220,12 @@ def calibrate_decisions(frames: Sequence[CalibrationFrame], settings: Calibratio
         candidates = np.r_[candidates, math.nextafter(float(e_all.max(initial=0.0)), math.inf)]
         for k, n in options:
             alert_cfg = replace(cfg.alert, raise_k=k, raise_n=n)
-            chosen = None
-            for tau in candidates:
-                alert = np.concatenate(alert_frames(drives, evidence, float(tau), alert_cfg))
-                share = float(alert[budget_set].mean())
-                if share <= cfg.budget:
-                    chosen = (float(tau), share, _share(alert, positive), float(alert[free].mean()))
-                    break
-            assert chosen is not None  # the last candidate is above every evidence score: no ALERT at all
+            # the smallest candidate whose share of budget frames in ALERT is within the budget; the
+            # last candidate is above every evidence score (no ALERT at all), so one always is
+            shares = budget_alert_counts(drives, evidence, budget_set, candidates, alert_cfg) / budget_set.sum()
+            tau = float(candidates[int(np.flatnonzero(shares <= cfg.budget)[0])])
+            alert = np.concatenate(alert_frames(drives, evidence, tau, alert_cfg))
+            chosen = (tau, float(alert[budget_set].mean()), _share(alert, positive), float(alert[free].mean()))
             table.append({"track_window": int(w), "raise_k": k, "raise_n": n, "region_threshold": chosen[0],
                           "anomaly_free_alert_share": chosen[1], "positive_alert_share": chosen[2],
                           "anomaly_free_frames_all_drives_alert_share": chosen[3]})
