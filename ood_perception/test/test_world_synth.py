@@ -10,6 +10,7 @@ import yaml
 
 from ood_perception.commands import synth
 from ood_perception.data import DatasetConfig, SemanticKittiReader
+from ood_perception.world import synth as world_synth
 
 
 def main(argv: list[str]) -> int:
@@ -24,9 +25,11 @@ def _files(root):
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def test_same_seed_same_bytes_other_seed_differs(tmp_path):
+def test_same_seed_same_bytes_other_seed_differs(tmp_path, monkeypatch):
     args = ["synth", "--sequences", "2", "--frames", "2", "--size", "128x64", "--quiet"]
     assert main([*args, "--out", str(tmp_path / "a"), "--seed", "3"]) == 0
+    # two worker processes for these 4 frames (by default a worker needs 20 frames to pay its start-up)
+    monkeypatch.setattr(world_synth, "MIN_FRAMES_PER_WORKER", 1)
     assert main([*args, "--out", str(tmp_path / "b"), "--seed", "3", "--workers", "2"]) == 0
     assert main([*args, "--out", str(tmp_path / "c"), "--seed", "4"]) == 0
     a, b, c = _files(tmp_path / "a"), _files(tmp_path / "b"), _files(tmp_path / "c")

