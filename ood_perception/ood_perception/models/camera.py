@@ -20,7 +20,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models import mobilenet_v2, resnet34
 
 #: Camera encoders known to :func:`build_camera_encoder`.
 CAMERA_BACKBONES: tuple[str, ...] = ("resnet34", "mobilenet_v2", "tiny")
@@ -39,6 +38,10 @@ def conv_bn_relu(cin: int, cout: int, k: int = 3, stride: int = 1, dilation: int
 class _ResNetEncoder(nn.Module):
     def __init__(self) -> None:
         super().__init__()
+
+        # lazy: importing torchvision loads torch._dynamo (~1 s on top of torch); only building an
+        # encoder needs it, not the modules (trainer, export, tests) that merely import this one
+        from torchvision.models import resnet34
 
         net = resnet34(weights=None)
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
@@ -64,6 +67,10 @@ class MobileNetEncoder(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
+
+        from torchvision.models import (
+            mobilenet_v2,  # lazy: as in _ResNetEncoder (torchvision loads torch._dynamo)
+        )
 
         self.features = mobilenet_v2(weights=None).features[: self._TAPS[-1] + 1]
         self.channels = self.CHANNELS

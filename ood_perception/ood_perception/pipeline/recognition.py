@@ -191,12 +191,7 @@ class RecognitionPipeline:
     def __init__(self, backend, class_names: Sequence[str], threshold: float, scorer: Any = "msp",
                  clip_len: int = 16, stride: int = 8, size: int = 64, flow_params: FlowParams = FlowParams(),
                  device: str = "cpu", unimodal_scorer: Any = None, flow_scale: float = 4.0) -> None:
-        from ood_perception.scoring import (  # lazy: torch is heavy to import and only this path needs it
-            get_scorer,
-        )
-
         if isinstance(backend, (str, os.PathLike)):
-
             backend = runtime.load(backend, device=device, intra_op_threads=max(1, min(2, os.cpu_count() or 1)))
         self.model_spec = spec_fields(getattr(backend, "spec", None)) if hasattr(backend, "infer") else {}
         self.graph_scored = self.model_spec.get("kind") == "recognition"
@@ -216,6 +211,10 @@ class RecognitionPipeline:
             self.unimodal_scorer = None
             self.score_name = graph_score
         else:
+            # lazy: the scorers are torch modules (~1.5 s to import); a graph-scored (exported) model
+            # runs without torch, so a node on ONNX Runtime starts without it
+            from ood_perception.scoring import get_scorer
+
             self.scorer = get_scorer(scorer or "msp") if isinstance(scorer, str) or scorer is None else scorer
             if self.scorer.requires_fit and not self.scorer.fitted:
                 raise ValueError(f"scorer {self.scorer.name!r} needs fitting before use in the pipeline")

@@ -131,9 +131,11 @@ def fig_histograms(metrics: Any, threshold: float | None) -> str | None:
     for ax, (kind, s, y) in zip(axes[0], sets, strict=True):
         lo, hi = np.percentile(s, [0.1, 99.9]) if s.size > 10 else (s.min(), s.max())
         bins = np.linspace(lo, hi if hi > lo else lo + 1, 60)
-        ax.hist(s[~y], bins=bins, density=True, alpha=0.6, label=f"ID ({(~y).sum()})", color="#1565c0")
-        if y.any():
-            ax.hist(s[y], bins=bins, density=True, alpha=0.6, label=f"OOD ({y.sum()})", color="#c62828")
+        # one filled step patch per class (ax.hist draws a patch per bin: ~4x slower to save, same picture)
+        for sel, name, colour in ((~y, "ID", "#1565c0"), (y, "OOD", "#c62828")):
+            if sel.any():
+                density, _ = np.histogram(s[sel], bins=bins, density=True)
+                ax.stairs(density, bins, fill=True, alpha=0.6, label=f"{name} ({sel.sum()})", color=colour)
         if threshold is not None:
             ax.axvline(threshold, c="k", ls="--", lw=1, label="threshold")
         ax.set(xlabel="OOD score (higher = more anomalous)", ylabel="density", title=f"{kind} scores")

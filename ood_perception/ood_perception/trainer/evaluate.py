@@ -44,7 +44,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import roc_curve
 
 from ood_perception.atomic import atomic_path
 from ood_perception.data.config import atomic_write_bytes, require_classes
@@ -349,6 +348,10 @@ def _plots(raw: dict[str, Any], out: Path, colors: np.ndarray) -> list[str]:
         finally:
             plt.close(fig)
         written.append(name)
+
+    # lazy: scikit-learn loads SciPy's stats (~0.8 s); only these figures need it, not every
+    # importer of the evaluator (the trainer, the table generators, their spawned workers)
+    from sklearn.metrics import roc_curve
 
     for level, per in raw["scores"].items():
         fig, ax = plt.subplots(figsize=(5, 4.5))
