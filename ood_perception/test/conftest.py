@@ -59,3 +59,4 @@ def spin_until(executor, predicate, timeout: float = 10.0, step: float = 0.05) -
             return True
         executor.spin_once(timeout_sec=step)
     return predicate()
+

