@@ -107,7 +107,7 @@ distclean: clean
 #    clean val drive's ID pixels; build the object bank (appearance and size of the training drives' objects,
 #    scaled on the six anomaly-free validation drives; ~1.5 min); calibrate the decisions to the 1%
 #    false-alert budget on 60 anomaly-free and the six exposure-type drives (config/vehicle.yaml;
-#    ~7 min; rendering the 54 extra drives ~6 min);
+#    ~3-7 min; rendering the 54 extra drives ~6 min);
 # 4. evaluate on the method table's test world (300 frames showing only the five other anomaly types)
 #    and record data, evaluation and calibration in model.json.
 DM := build/default_model
