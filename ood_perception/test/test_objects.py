@@ -9,6 +9,7 @@ object on the drivable area (region score 1); painted green -> a known object (s
 
 from __future__ import annotations
 
+import dataclasses
 from types import SimpleNamespace
 
 import numpy as np
@@ -227,6 +228,15 @@ def test_region_score_weights_and_plug_in_term():
     assert region_score(ev, ObjectConfig(drivable_gate=0.81)) == 0.0
     with pytest.raises(ValueError, match="drivable_gate"):
         ObjectConfig(drivable_gate=2.0)
+    # a location floor: weighed by f + (1 - f) * drivable; off the drivable area the evidence keeps f of it
+    assert region_score(ev, ObjectConfig(location_floor=0.5)) == pytest.approx(0.9 * (0.5 + 0.0 + 1.0) / 3)
+    off = dataclasses.replace(ev, drivable=0.0)
+    assert region_score(off, ObjectConfig()) == 0.0
+    assert region_score(off, ObjectConfig(location_floor=0.5)) == pytest.approx(0.5 * (0.5 + 0.0 + 1.0) / 3)
+    with pytest.raises(ValueError, match="location_floor"):
+        ObjectConfig(location_floor=-0.1)
+    with pytest.raises(ValueError, match="set one"):
+        ObjectConfig(location_floor=0.5, drivable_gate=0.5)
     calls = []
 
     def term(crop, region, pts):

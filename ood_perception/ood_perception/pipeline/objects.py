@@ -46,6 +46,9 @@ fusion pipeline therefore decides on objects (``docs/architecture.md``, "Object 
    model without an object bank. ``drivable_gate`` > 0 turns the location from a factor into a gate
    (the evidence itself where ``drivable >= drivable_gate``, else 0); off by default: calibrated to
    the same budget it alerted fewer objects on validation drives (docs/model.md, "Location as a gate").
+   ``location_floor`` f > 0 weighs the evidence by ``f + (1 - f) * drivable`` instead: an unknown object
+   away from the drivable area (an animal on the verge) keeps part of its score (docs/model.md,
+   "Location floor").
 5. **Tracking** (:class:`ObjectTracker`): candidates are associated with tracks across frames by
    nearest predicted centroid (constant velocity in the LiDAR frame, which also absorbs the ego
    motion) within ``track_gate`` metres; a track's score is the mean region score over its last
@@ -104,6 +107,8 @@ class ObjectConfig:
         location_unknown: the ``drivable`` value when the location cannot be judged.
         drivable_gate: 0: the region score is ``drivable`` x the evidence (the location weighs it);
             > 0: the location is a gate: the evidence where ``drivable >= drivable_gate``, else 0.
+        location_floor: the location weight of an object off the drivable area: the evidence is
+            weighed by ``location_floor + (1 - location_floor) * drivable`` (0: by ``drivable``).
         w_unknown, w_conflict, w_ood, w_extra: weights of the evidence terms; ``w_extra`` weighs the
             object bank's term (``pipeline.object_bank``; off for a model without a bank) or a
             plug-in region term.
@@ -127,6 +132,7 @@ class ObjectConfig:
     min_context_points: int = 5
     location_unknown: float = 0.0
     drivable_gate: float = 0.0
+    location_floor: float = 0.0
     w_unknown: float = 1.0
     w_conflict: float = 0.0
     w_ood: float = 1.0
@@ -155,6 +161,10 @@ class ObjectConfig:
             raise ValueError(f"location_unknown must be in [0, 1], got {self.location_unknown}")
         if not 0 <= self.drivable_gate <= 1:
             raise ValueError(f"drivable_gate must be in [0, 1], got {self.drivable_gate}")
+        if not 0 <= self.location_floor <= 1:
+            raise ValueError(f"location_floor must be in [0, 1], got {self.location_floor}")
+        if self.location_floor > 0 and self.drivable_gate > 0:
+            raise ValueError("location_floor and drivable_gate are two ways of weighing the location: set one")
         weights = (self.w_unknown, self.w_conflict, self.w_ood, self.w_extra)
         if any(not w >= 0 for w in weights) or sum(weights) <= 0:
             raise ValueError(f"the evidence weights must be >= 0 and not all 0, got {weights}")
@@ -381,7 +391,10 @@ def region_score(ev: ObjectEvidence, config: ObjectConfig) -> float:
     w = (config.w_unknown, config.w_conflict, config.w_ood, config.w_extra)
     terms = (ev.unknown, ev.conflict, ev.ood, min(max(ev.extra, 0.0), 1.0))
     what = sum(wi * ti for wi, ti in zip(w, terms, strict=True)) / sum(w)
-    where = ev.drivable if config.drivable_gate <= 0 else float(ev.drivable >= config.drivable_gate)
+    if config.drivable_gate > 0:
+        where = float(ev.drivable >= config.drivable_gate)
+    else:
+        where = config.location_floor + (1.0 - config.location_floor) * ev.drivable
     return float(where * what)
 
 
