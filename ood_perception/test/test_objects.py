@@ -219,10 +219,12 @@ def test_auto_decides_on_pixels_for_camera_only_frames_and_models_without_a_driv
 def test_region_score_weights_and_plug_in_term():
     ev = ObjectEvidence(index=np.arange(3), centroid=(0, 0, 0), size=(1, 1, 1), top=1.0, unknown=0.5, conflict=1.0,
                         ood=0.0, drivable=0.8, context_points=10, mean_score=0.0, max_score=0.0, extra=1.0)
-    assert region_score(ev, ObjectConfig()) == pytest.approx(0.8 * (0.5 + 0.0 + 1.0) / 3)  # defaults: unknown, ood, extra
-    assert region_score(ev, ObjectConfig(w_extra=0)) == pytest.approx(0.8 * (0.5 + 0.0) / 2)
-    assert region_score(ev, ObjectConfig(w_ood=0, w_extra=0)) == pytest.approx(0.8 * 0.5)
-    assert region_score(ev, ObjectConfig(w_unknown=1, w_conflict=1, w_ood=0, w_extra=2)) == pytest.approx(0.8 * (0.5 + 1 + 2) / 4)
+    plain = ObjectConfig(location_floor=0.0)  # the location as a factor: drivable x evidence
+    assert region_score(ev, plain) == pytest.approx(0.8 * (0.5 + 0.0 + 1.0) / 3)  # default terms: unknown, ood, extra
+    assert region_score(ev, dataclasses.replace(plain, w_extra=0)) == pytest.approx(0.8 * (0.5 + 0.0) / 2)
+    assert region_score(ev, dataclasses.replace(plain, w_ood=0, w_extra=0)) == pytest.approx(0.8 * 0.5)
+    assert region_score(ev, dataclasses.replace(plain, w_unknown=1, w_conflict=1, w_ood=0, w_extra=2)) == \
+        pytest.approx(0.8 * (0.5 + 1 + 2) / 4)
     # the location as a gate instead of a factor: the evidence itself at or above the gate, else 0
     assert region_score(ev, ObjectConfig(drivable_gate=0.8)) == pytest.approx((0.5 + 0.0 + 1.0) / 3)
     assert region_score(ev, ObjectConfig(drivable_gate=0.81)) == 0.0
@@ -231,12 +233,11 @@ def test_region_score_weights_and_plug_in_term():
     # a location floor: weighed by f + (1 - f) * drivable; off the drivable area the evidence keeps f of it
     assert region_score(ev, ObjectConfig(location_floor=0.5)) == pytest.approx(0.9 * (0.5 + 0.0 + 1.0) / 3)
     off = dataclasses.replace(ev, drivable=0.0)
-    assert region_score(off, ObjectConfig()) == 0.0
+    assert region_score(off, plain) == 0.0
     assert region_score(off, ObjectConfig(location_floor=0.5)) == pytest.approx(0.5 * (0.5 + 0.0 + 1.0) / 3)
     with pytest.raises(ValueError, match="location_floor"):
         ObjectConfig(location_floor=-0.1)
-    with pytest.raises(ValueError, match="set one"):
-        ObjectConfig(location_floor=0.5, drivable_gate=0.5)
+    assert region_score(off, ObjectConfig(location_floor=0.5, drivable_gate=0.5)) == 0.0  # a gate decides alone
     calls = []
 
     def term(crop, region, pts):

@@ -109,7 +109,7 @@ FUSION_PARAMETERS: list[tuple[str, Any, str]] = [
     ("object.location_unknown", 0.0, "the location term (0..1) of an object whose surroundings cannot be judged"),
     ("object.drivable_gate", 0.0, "0: an object's region score is its drivable share x its evidence; > 0: the "
      "evidence itself where the drivable share is at least this, else 0"),
-    ("object.location_floor", 0.0, "0: an object's evidence is weighed by its drivable share; f > 0: by f + (1 - f) x "
+    ("object.location_floor", 0.5, "0: an object's evidence is weighed by its drivable share; f > 0: by f + (1 - f) x "
      "the drivable share, so an unknown object off the drivable area keeps part of its score"),
     ("object.w_unknown", 1.0, "weight of the share of an object's points not labelled as a known object class"),
     ("object.w_conflict", 0.0, "weight of the share of its points labelled ground though above the ground"),

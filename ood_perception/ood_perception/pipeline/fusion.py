@@ -765,8 +765,11 @@ class FusionPipeline:
 
     def _bank_terms(self, cands: list[ObjectEvidence], embedding: np.ndarray, u: np.ndarray, v: np.ndarray,
                     width: int, height: int) -> None:
-        """``extra`` of every candidate that can score (``drivable`` > 0: the region score is 0
-        elsewhere) from the object bank; 0 for the others."""
+        """``extra`` of every candidate on the drivable area (``drivable`` > 0) from the object bank;
+        0 for the others: the bank's [0, 1] scale is set by candidates on the drivable area (its
+        reference), so off it the term is undefined, and with ``object.location_floor`` > 0 such a
+        candidate is judged on its unknown and OOD shares alone (the rule the shipped calibration and
+        its validation were run with, docs/model.md "Location floor")."""
         assert self.object_bank is not None
         todo = [ob for ob in cands if ob.drivable > 0]
         for ob in cands:

@@ -108,7 +108,8 @@ class ObjectConfig:
         drivable_gate: 0: the region score is ``drivable`` x the evidence (the location weighs it);
             > 0: the location is a gate: the evidence where ``drivable >= drivable_gate``, else 0.
         location_floor: the location weight of an object off the drivable area: the evidence is
-            weighed by ``location_floor + (1 - location_floor) * drivable`` (0: by ``drivable``).
+            weighed by ``location_floor + (1 - location_floor) * drivable`` (0: by ``drivable``); not
+            used when ``drivable_gate`` > 0 (the gate decides).
         w_unknown, w_conflict, w_ood, w_extra: weights of the evidence terms; ``w_extra`` weighs the
             object bank's term (``pipeline.object_bank``; off for a model without a bank) or a
             plug-in region term.
@@ -132,7 +133,7 @@ class ObjectConfig:
     min_context_points: int = 5
     location_unknown: float = 0.0
     drivable_gate: float = 0.0
-    location_floor: float = 0.0
+    location_floor: float = 0.5
     w_unknown: float = 1.0
     w_conflict: float = 0.0
     w_ood: float = 1.0
@@ -163,8 +164,6 @@ class ObjectConfig:
             raise ValueError(f"drivable_gate must be in [0, 1], got {self.drivable_gate}")
         if not 0 <= self.location_floor <= 1:
             raise ValueError(f"location_floor must be in [0, 1], got {self.location_floor}")
-        if self.location_floor > 0 and self.drivable_gate > 0:
-            raise ValueError("location_floor and drivable_gate are two ways of weighing the location: set one")
         weights = (self.w_unknown, self.w_conflict, self.w_ood, self.w_extra)
         if any(not w >= 0 for w in weights) or sum(weights) <= 0:
             raise ValueError(f"the evidence weights must be >= 0 and not all 0, got {weights}")
