@@ -178,3 +178,9 @@ def test_params_lists_each_nodes_parameters_with_default_and_description(capsys)
     assert cli.main(["params"]) == 0
     out = capsys.readouterr().out
     assert "action_recognition (" in out and "  region_threshold = NaN\n" in out and "  model_dir = ''\n" in out
+    # a unique start of a node's name is enough; anything else is one line naming the nodes
+    assert cli.main(["params", "fusion", "--grep", "location_floor"]) == 0
+    assert "  object.location_floor = 0.5\n" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        cli.main(["params", "xyz"])
+    assert e.value.code == 2 and "unknown node 'xyz'; the nodes are fusion_segmentation" in capsys.readouterr().err

@@ -25,9 +25,18 @@ def register(subparsers) -> None:
         description="List the parameters of the fusion node and the recognition node: name, default and what it "
         "does (the tables the nodes declare; a params file overrides them under ros__parameters).",
     )
-    p.add_argument("node", nargs="?", choices=NODES, help="only this node (default: both)")
+    p.add_argument("node", nargs="?", type=_node, metavar="NODE",
+                   help=f"only this node: {', '.join(NODES)} or a unique start of its name, e.g. fusion (default: both)")
     p.add_argument("--grep", metavar="TEXT", help="only parameters whose name or description contains TEXT")
     p.set_defaults(func=handler)
+
+
+def _node(text: str) -> str:
+    """A node's name from its full name or a unique start of it (``fusion``, ``action``)."""
+    found = [n for n in NODES if n.startswith(text.strip().lower())] if text.strip() else []
+    if len(found) != 1:
+        raise argparse.ArgumentTypeError(f"unknown node {text!r}; the nodes are {', '.join(NODES)}")
+    return found[0]
 
 
 def _table(node: str) -> list[tuple[str, Any, str]]:

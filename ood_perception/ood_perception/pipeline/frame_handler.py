@@ -107,10 +107,11 @@ FUSION_PARAMETERS: list[tuple[str, Any, str]] = [
     ("object.context_radius", 1.0, "ground points this far [m] around an object's footprint judge its location"),
     ("object.min_context_points", 5, "fewer ground points around an object: location unknown"),
     ("object.location_unknown", 0.0, "the location term (0..1) of an object whose surroundings cannot be judged"),
-    ("object.drivable_gate", 0.0, "0: an object's region score is its drivable share x its evidence; > 0: the "
-     "evidence itself where the drivable share is at least this, else 0"),
-    ("object.location_floor", 0.5, "0: an object's evidence is weighed by its drivable share; f > 0: by f + (1 - f) x "
-     "the drivable share, so an unknown object off the drivable area keeps part of its score"),
+    ("object.drivable_gate", 0.0, "0: the location weighs an object's evidence (object.location_floor); > 0: the "
+     "location is a gate instead: the evidence itself where the drivable share is at least this, else 0"),
+    ("object.location_floor", 0.5, "in [0, 1]: an object's evidence is weighed by f + (1 - f) x its drivable share, "
+     "so an unknown object off the drivable area keeps f of its score (0: weighed by the drivable share alone); "
+     "not used when object.drivable_gate > 0"),
     ("object.w_unknown", 1.0, "weight of the share of an object's points not labelled as a known object class"),
     ("object.w_conflict", 0.0, "weight of the share of its points labelled ground though above the ground"),
     ("object.w_ood", 1.0, "weight of the share of its points with a score >= threshold (0 for a model whose score "

@@ -217,7 +217,9 @@ def alert_section(alert_metrics: Any) -> str:
     parts = ["<h2>Alert-level evaluation</h2>",
              "<p>Frames with &ge; 50 labelled anomaly pixels are anomalous, frames with none anomaly-free; an "
              "object is in view when it covers &ge; 50 px; a false alert episode is a run of ALERT frames that "
-             "never overlapped a labelled anomaly; components: SegmentMeIfYouCan sIoU/PPV F1 of the published "
+             "never overlapped a labelled anomaly (anomaly-free frames in ALERT also count the frames an ALERT is "
+             "held after an anomaly left the view: clear_frames clean frames and at least cooldown_s); components: "
+             "SegmentMeIfYouCan sIoU/PPV F1 of the published "
              "mask (definitions: docs/architecture.md, &ldquo;Alert-level evaluation&rdquo;).</p>",
              _table(alert_metrics.summary_rows())]
     ev = alert_metrics.alerts
