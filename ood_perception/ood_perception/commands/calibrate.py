@@ -41,8 +41,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=PlainHelpFormatter,
     )
-    p.add_argument("model_dir", metavar="MODEL_DIR", help="exported model directory ('default' = the packaged model, whose model.json is then rewritten "
-                   "in place: use --dry-run or a copy of the directory to experiment)")
+    p.add_argument("model_dir", metavar="MODEL_DIR",
+                   help="exported model directory ('default' = the packaged model, whose model.json is then "
+                        "rewritten in place: use --dry-run or a copy of the directory to experiment)")
     p.add_argument("--data", nargs="+", required=True, metavar="VAL_DATASET",
                    help="validation dataset roots (SemanticKITTI layout with dataset.yaml), each sequence one drive")
     p.add_argument("--params", default=None, help="fusion node params file (e.g. ood_perception/config/vehicle.yaml)")

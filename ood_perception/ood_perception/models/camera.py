@@ -68,9 +68,8 @@ class MobileNetEncoder(nn.Module):
     def __init__(self) -> None:
         super().__init__()
 
-        from torchvision.models import (
-            mobilenet_v2,  # lazy: as in _ResNetEncoder (torchvision loads torch._dynamo)
-        )
+        # lazy: as in _ResNetEncoder (torchvision loads torch._dynamo)
+        from torchvision.models import mobilenet_v2
 
         self.features = mobilenet_v2(weights=None).features[: self._TAPS[-1] + 1]
         self.channels = self.CHANNELS
