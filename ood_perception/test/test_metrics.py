@@ -62,6 +62,7 @@ def test_ood_metrics_match_independent_computations(kind: str, seed: int) -> Non
     s, y = _data(kind, seed)
     m = metrics.ood_metrics(s, y)
     assert m["auroc"] == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+    assert metrics.auroc(s, y) == m["auroc"]
     assert m["fpr95"] == pytest.approx(brute_fpr95(s, y), abs=1e-12)
     assert m["fpr95_id"] == pytest.approx(brute_fpr95_id(s, y), abs=1e-12)
     assert m["aupr_out"] == pytest.approx(brute_aupr_trapezoid(y, s), abs=1e-9)
@@ -108,6 +109,7 @@ def test_large_tied_maps_match_sklearn(ood_share: float) -> None:
     s = np.round(rng.normal(size=y.size) + 1.3 * y, 2).astype(np.float32)  # many ties
     m = metrics.ood_metrics(s, y)
     assert m["auroc"] == pytest.approx(roc_auc_score(y, s), abs=1e-9)
+    assert metrics.auroc(s, y) == pytest.approx(roc_auc_score(y, s), abs=1e-9)
     prec, rec, _ = precision_recall_curve(~y, -s.astype(np.float64))
     assert m["aupr_in"] == pytest.approx(auc(rec, prec), abs=1e-9)
     fpr_l, tpr_l, _ = roc_curve(y, s, drop_intermediate=False)

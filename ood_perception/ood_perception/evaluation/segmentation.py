@@ -32,7 +32,7 @@ import numpy as np
 
 from ood_perception.geometry import lidar_to_camera_tensor
 from ood_perception.geometry.inputs import resize_labels
-from ood_perception.metrics import confusion_matrix, mean_iou, ood_metrics, per_class_iou, roc_points
+from ood_perception.metrics import auroc, confusion_matrix, mean_iou, ood_metrics, per_class_iou, roc_points
 
 
 def pixel_truth(raw: np.ndarray, hw: tuple[int, int], config: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -154,9 +154,7 @@ class MetricsAccumulator:
             s, y = result.score[keep].astype(np.float32), ood[keep]
             self._sets["pixel"].add(s, y, self.frames)
             if y.any() and (~y).any():
-                from sklearn.metrics import roc_auc_score
-
-                out["auroc"] = float(roc_auc_score(y, s))
+                out["auroc"] = auroc(s, y)
             pred = result.mask[keep] > 0
             union = int((pred | y).sum())
             # neither labelled nor flagged: the mask is right (IoU 1, the empty-set convention), so an
