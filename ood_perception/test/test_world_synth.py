@@ -42,6 +42,17 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path, monkeypatch):
         main([*args, "--out", str(tmp_path / "a"), "--seed", "3"])
 
 
+def test_fewer_workers_than_asked_are_said(tmp_path, capsys):
+    """A dataset too small for the workers asked is rendered with fewer, and the command says so."""
+    import json
+
+    assert main(["synth", "--sequences", "2", "--frames", "2", "--size", "64x32", "--quiet", "--workers", "3",
+                 "--out", str(tmp_path / "a")]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out.strip().splitlines()[-1])["workers"] == 1
+    assert "rendered with 1 worker(s) instead of 3" in err and f"per {world_synth.MIN_FRAMES_PER_WORKER} frames" in err
+
+
 def test_layout_dataset_yaml_and_reader(tmp_path):
     assert main(["synth", "--out", str(tmp_path), "--sequences", "3", "--frames", "2", "--size", "160x80",
                  "--weather", "rain", "--bag", "mcap", "--quiet"]) == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from ood_perception.commands._help import PlainHelpFormatter
 from ood_perception.world.synth_args import add_synth_arguments, run_synth
@@ -26,5 +27,10 @@ def register(subparsers) -> None:
 def handler(args: argparse.Namespace) -> int:
     """Run ``synth``."""
     summary = run_synth(args)
-    print(json.dumps({k: summary[k] for k in ("out", "frames", "frames_per_s", "splits")}))
+    if summary["workers"] < summary["workers_asked"]:  # said, not silently changed (--help says why)
+        print(f"synth: rendered with {summary['workers']} worker(s) instead of {summary['workers_asked']}: one per "
+              f"sequence and per {summary['min_frames_per_worker']} frames at most (a worker's start-up costs about "
+              "that much rendering)",
+              file=sys.stderr)
+    print(json.dumps({k: summary[k] for k in ("out", "frames", "frames_per_s", "splits", "workers")}))
     return 0

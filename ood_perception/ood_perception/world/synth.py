@@ -120,7 +120,8 @@ def generate_dataset(out: str | os.PathLike[str], sequences: int = 1, frames: in
         progress: show a tqdm bar.
 
     Returns:
-        A summary: frames, seconds, frames per second, stage timings, splits.
+        A summary: frames, seconds, frames per second, stage timings, splits, the workers used and
+        asked for.
     """
 
 
@@ -134,6 +135,7 @@ def generate_dataset(out: str | os.PathLike[str], sequences: int = 1, frames: in
         raise ValueError(f"workers must be >= 1, got {workers}")
     start = time.perf_counter()
     plan = plan_dataset(cfg, sequences, frames, seed, split, weathers)
+    asked = workers
     workers = max(1, min(workers, len(plan.sequences), plan.num_frames // MIN_FRAMES_PER_WORKER))
     out.mkdir(parents=True, exist_ok=True)
     dataset_config_for(plan).write_yaml(out / "dataset.yaml")
@@ -159,4 +161,5 @@ def generate_dataset(out: str | os.PathLike[str], sequences: int = 1, frames: in
         bar.close()
     seconds = time.perf_counter() - start
     return {"frames": plan.num_frames, "seconds": seconds, "frames_per_s": plan.num_frames / seconds if seconds else 0.0,
-            "stages_s": totals, "splits": plan.splits, "out": str(out)}
+            "stages_s": totals, "splits": plan.splits, "out": str(out), "workers": workers,
+            "workers_asked": asked, "min_frames_per_worker": MIN_FRAMES_PER_WORKER}
