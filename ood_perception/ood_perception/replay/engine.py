@@ -566,7 +566,7 @@ class ReplaySession:
     def _result(self, wall_s: float) -> BagReplay:
         sync = self.proc.sync
         sync_counters = {k: getattr(sync.counters, k) for k in sync.counters.__dataclass_fields__}
-        duration = ((self.last_ns - self.first_ns) * 1e-9) if self.first_ns is not None and self.last_ns is not None else 0.0
+        duration = ((self.last_ns - self.first_ns) / 1e9) if self.first_ns is not None and self.last_ns is not None else 0.0
         return BagReplay(
             bag=str(self.bag_path), frames=self.frames, metrics=self.metrics, duration_s=duration, wall_s=wall_s,
             topics={k: v for k, v in self.topics.items() if v}, sync_counters=sync_counters, error=self.error,
