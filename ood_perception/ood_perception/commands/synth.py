@@ -28,9 +28,11 @@ def handler(args: argparse.Namespace) -> int:
     """Run ``synth``."""
     summary = run_synth(args)
     if summary["workers"] < summary["workers_asked"]:  # said, not silently changed (--help says why)
+        # here, not at the top: world.synth loads the renderer (Open3D), which --help must not; run_synth loaded it
+        from ood_perception.world.synth import MIN_FRAMES_PER_WORKER
+
         print(f"synth: rendered with {summary['workers']} worker(s) instead of {summary['workers_asked']}: one per "
-              f"sequence and per {summary['min_frames_per_worker']} frames at most (a worker's start-up costs about "
-              "that much rendering)",
-              file=sys.stderr)
+              f"sequence and per {MIN_FRAMES_PER_WORKER} frames at most (a worker's start-up costs about that much "
+              "rendering)", file=sys.stderr)
     print(json.dumps({k: summary[k] for k in ("out", "frames", "frames_per_s", "splits", "workers")}))
     return 0

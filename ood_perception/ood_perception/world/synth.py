@@ -162,4 +162,4 @@ def generate_dataset(out: str | os.PathLike[str], sequences: int = 1, frames: in
     seconds = time.perf_counter() - start
     return {"frames": plan.num_frames, "seconds": seconds, "frames_per_s": plan.num_frames / seconds if seconds else 0.0,
             "stages_s": totals, "splits": plan.splits, "out": str(out), "workers": workers,
-            "workers_asked": asked, "min_frames_per_worker": MIN_FRAMES_PER_WORKER}
+            "workers_asked": asked}
