@@ -216,6 +216,29 @@ def test_auto_decides_on_pixels_for_camera_only_frames_and_models_without_a_driv
         FusionPipeline(nodrive, FusionConfig(decision="objects"))
 
 
+def test_the_bank_term_alone_decides_for_well_seen_objects():
+    """extra_alone_points a: evidence = max(mean, ramp(extra) * n / (n + a)), ramp from extra_alone_from to 1."""
+    def ev(n, extra, unknown=0.05, ood=0.1, drivable=1.0):
+        return ObjectEvidence(index=np.arange(n), centroid=(0, 0, 0), size=(3, 4, 2), top=2.0, unknown=unknown,
+                              conflict=0.0, ood=ood, drivable=drivable, context_points=10, mean_score=0.0,
+                              max_score=0.0, extra=extra)
+    off = ObjectConfig(location_floor=0.0)
+    on = dataclasses.replace(off, extra_alone_points=100, extra_alone_from=0.98)
+    trailer = ev(1200, 1.0)  # many points, unlike every training object, labelled truck
+    assert region_score(trailer, off) == pytest.approx((0.05 + 0.1 + 1.0) / 3)
+    assert region_score(trailer, on) == pytest.approx(1200 / 1300)
+    assert region_score(ev(1200, 0.99), on) == pytest.approx(0.5 * 1200 / 1300)  # half-way up the ramp
+    assert region_score(ev(1200, 0.97), on) == region_score(ev(1200, 0.97), off)  # below the ramp: the mean
+    sliver = ev(25, 1.0)  # few points: the bank's path weighs 25 / 125, the mean decides
+    assert region_score(sliver, on) == region_score(sliver, off) == pytest.approx((0.05 + 0.1 + 1.0) / 3)
+    assert region_score(ev(1200, 1.0, drivable=0.5), on) == pytest.approx(0.5 * 1200 / 1300)  # location still weighs
+    assert region_score(trailer, dataclasses.replace(on, w_extra=0.0)) == pytest.approx((0.05 + 0.1) / 2)  # no bank term
+    assert region_score(ev(300, 1.0), dataclasses.replace(on, extra_alone_from=0.0)) == pytest.approx(0.75)
+    for bad in ({"extra_alone_points": -1}, {"extra_alone_from": 1.0}, {"extra_alone_from": -0.1}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            ObjectConfig(**bad)
+
+
 def test_region_score_weights_and_plug_in_term():
     ev = ObjectEvidence(index=np.arange(3), centroid=(0, 0, 0), size=(1, 1, 1), top=1.0, unknown=0.5, conflict=1.0,
                         ood=0.0, drivable=0.8, context_points=10, mean_score=0.0, max_score=0.0, extra=1.0)

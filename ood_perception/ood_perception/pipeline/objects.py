@@ -48,7 +48,12 @@ fusion pipeline therefore decides on objects (``docs/architecture.md``, "Object 
    the same budget it alerted fewer objects on validation drives (docs/model.md, "Location as a gate").
    ``location_floor`` f > 0 weighs the evidence by ``f + (1 - f) * drivable`` instead: an unknown object
    away from the drivable area (an animal on the verge) keeps part of its score (docs/model.md,
-   "Location floor").
+   "Location floor"). ``extra_alone_points`` a > 0 lets the bank's term decide alone for a well-seen
+   object: the evidence is ``max(mean, ramp(extra) * n / (n + a))`` with ``n`` its points and
+   ``ramp(extra) = clip((extra - extra_alone_from) / (1 - extra_alone_from), 0, 1)``: an object with
+   many points that is unlike every training object (a trailer the model calls truck) no longer
+   needs the model's labels and pixel scores to agree, while a sliver of 20-50 points, whose terms
+   are noisy, still does (docs/model.md, "The bank alone").
 5. **Tracking** (:class:`ObjectTracker`): candidates are associated with tracks across frames by
    nearest predicted centroid (constant velocity in the LiDAR frame, which also absorbs the ego
    motion) within ``track_gate`` metres; a track's score is the mean region score over its last
@@ -113,6 +118,9 @@ class ObjectConfig:
         w_unknown, w_conflict, w_ood, w_extra: weights of the evidence terms; ``w_extra`` weighs the
             object bank's term (``pipeline.object_bank``; off for a model without a bank) or a
             plug-in region term.
+        extra_alone_points: 0: off; > 0: the points at which the bank's term alone carries half its
+            weight (step 4: ``ramp(extra) * n / (n + extra_alone_points)``).
+        extra_alone_from: the bank's term from which it counts alone (the ramp's start, in [0, 1)).
         track_gate: largest distance [m] between a track's predicted centroid and a candidate.
         track_window: frames a track's score averages over (unseen frames count 0); 0 (the fusion
             pipeline's default) = the model's calibrated window.
@@ -138,6 +146,8 @@ class ObjectConfig:
     w_conflict: float = 0.0
     w_ood: float = 1.0
     w_extra: float = 1.0
+    extra_alone_points: float = 0.0
+    extra_alone_from: float = 0.98
     track_gate: float = 2.0
     track_window: int = 3
     track_max_missed: int = 2
@@ -164,6 +174,10 @@ class ObjectConfig:
             raise ValueError(f"drivable_gate must be in [0, 1], got {self.drivable_gate}")
         if not 0 <= self.location_floor <= 1:
             raise ValueError(f"location_floor must be in [0, 1], got {self.location_floor}")
+        if not self.extra_alone_points >= 0:
+            raise ValueError(f"extra_alone_points must be >= 0 (0 = off), got {self.extra_alone_points}")
+        if not 0 <= self.extra_alone_from < 1:
+            raise ValueError(f"extra_alone_from must be in [0, 1), got {self.extra_alone_from}")
         weights = (self.w_unknown, self.w_conflict, self.w_ood, self.w_extra)
         if any(not w >= 0 for w in weights) or sum(weights) <= 0:
             raise ValueError(f"the evidence weights must be >= 0 and not all 0, got {weights}")
@@ -390,6 +404,10 @@ def region_score(ev: ObjectEvidence, config: ObjectConfig) -> float:
     w = (config.w_unknown, config.w_conflict, config.w_ood, config.w_extra)
     terms = (ev.unknown, ev.conflict, ev.ood, min(max(ev.extra, 0.0), 1.0))
     what = sum(wi * ti for wi, ti in zip(w, terms, strict=True)) / sum(w)
+    if config.extra_alone_points > 0 and config.w_extra > 0:
+        ramp = min(max((terms[3] - config.extra_alone_from) / (1.0 - config.extra_alone_from), 0.0), 1.0)
+        n = float(len(ev.index))
+        what = max(what, ramp * n / (n + config.extra_alone_points))
     if config.drivable_gate > 0:
         where = float(ev.drivable >= config.drivable_gate)
     else:
