@@ -222,7 +222,7 @@ def test_the_bank_term_alone_decides_for_well_seen_objects():
         return ObjectEvidence(index=np.arange(n), centroid=(0, 0, 0), size=(3, 4, 2), top=2.0, unknown=unknown,
                               conflict=0.0, ood=ood, drivable=drivable, context_points=10, mean_score=0.0,
                               max_score=0.0, extra=extra)
-    off = ObjectConfig(location_floor=0.0)
+    off = ObjectConfig(location_floor=0.0, extra_alone_points=0.0)
     on = dataclasses.replace(off, extra_alone_points=100, extra_alone_from=0.98)
     trailer = ev(1200, 1.0)  # many points, unlike every training object, labelled truck
     assert region_score(trailer, off) == pytest.approx((0.05 + 0.1 + 1.0) / 3)

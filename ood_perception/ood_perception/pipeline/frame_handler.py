@@ -118,7 +118,7 @@ FUSION_PARAMETERS: list[tuple[str, Any, str]] = [
                           "ranks anomalies below known objects)"),
     ("object.w_extra", 1.0, "weight of the object bank's term (is there a training object of this appearance and size? "
      "pipeline/object_bank.py; no effect for a model without object_bank.npz) or of a plug-in region term"),
-    ("object.extra_alone_points", 0.0, "0: off; > 0: the bank's term alone can make an object anomalous, weighed "
+    ("object.extra_alone_points", 50.0, "0: off; > 0: the bank's term alone can make an object anomalous, weighed "
      "by n / (n + this) for an object of n points (a well-seen object unlike every training object)"),
     ("object.extra_alone_from", 0.98, "in [0, 1): the bank's term from which it counts alone (ramps to 1)"),
     ("object.track_gate", 2.0, "largest distance [m] between a track's predicted centroid and a candidate"),

@@ -146,7 +146,7 @@ class ObjectConfig:
     w_conflict: float = 0.0
     w_ood: float = 1.0
     w_extra: float = 1.0
-    extra_alone_points: float = 0.0
+    extra_alone_points: float = 50.0
     extra_alone_from: float = 0.98
     track_gate: float = 2.0
     track_window: int = 3
