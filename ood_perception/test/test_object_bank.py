@@ -158,3 +158,26 @@ def test_object_bank_command_writes_a_verified_bank_the_pipeline_scores_with(tmp
     # bad arguments: one line, nothing written
     assert main(["object-bank", str(model), "--train", str(tmp_path / "none"), "--reference", str(val)]) != 0
     assert "no dataset.yaml" in capsys.readouterr().err
+
+
+def test_object_bank_set_overrides_the_params_file_and_refuses_unknown_names(tmp_path, capsys):
+    """``--set NAME=VALUE`` overrides --params (the Makefile pins the candidates the shipped bank was
+    built from); a misspelt or malformed one is refused in one line before any work."""
+    from ood_perception.cli import main
+    from ood_perception.commands.object_bank import parse_overrides
+
+    assert parse_overrides(["object.min_points=20", "object.low_height=0", "decision=objects"]) == {
+        "object.min_points": 20, "object.low_height": 0, "decision": "objects"}
+    with pytest.raises(ValueError, match="did you mean object.min_points"):
+        parse_overrides(["object.min_point=20"])
+    with pytest.raises(ValueError, match="NAME=VALUE"):
+        parse_overrides(["object.min_points"])
+    train = _world(tmp_path / "train", 8193, "train", 0.0, frames=2)
+    assert main(["object-bank", "default", "--train", str(train), "--reference", str(train),
+                 "--set", "object.min_pints=20"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "object.min_pints" in err and "did you mean object.min_points" in err and "\n" not in err
+    # applied: with candidates of >= 100000 points there is none to build a bank from
+    assert main(["object-bank", "default", "--train", str(train), "--reference", str(train), "--dry-run",
+                 "--set", "object.min_points=100000"]) != 0
+    assert "no object candidate found" in capsys.readouterr().err

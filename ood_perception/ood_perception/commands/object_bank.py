@@ -19,6 +19,7 @@ Needs a model with the ``embedding`` output (the default model's network has it)
 from __future__ import annotations
 
 import argparse
+import difflib
 import sys
 import time
 from dataclasses import replace
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from ood_perception.atomic import atomic_write_bytes
 from ood_perception.commands._help import PlainHelpFormatter
@@ -47,6 +49,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="validation dataset roots (their val split when they have one); the candidates of their "
                         "anomaly-free frames set the [0, 1] scale")
     p.add_argument("--params", default=None, help="fusion node params file (e.g. ood_perception/config/vehicle.yaml)")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", dest="overrides",
+                   help="a fusion node parameter over --params (repeatable), e.g. object.min_points=20: the "
+                        "candidates the bank is built from need not be the ones the node judges")
     p.add_argument("--k", type=int, default=5, help="the neighbour whose distance scores (default %(default)s)")
     p.add_argument("--geometry-weight", type=float, default=1.0,
                    help="weight of the z-scored size against the unit-norm appearance (default %(default)s)")
@@ -121,7 +126,9 @@ def handler(args: argparse.Namespace) -> int:
     sequences = DatasetConfig.from_yaml(train / "dataset.yaml").splits.get(args.split)
     if not sequences:
         raise ValueError(f"{train}: no sequences in split {args.split!r}")
-    fusion: dict[str, Any] = dict(settings_from_params(node_parameters(args.params)).fusion) if args.params else {}
+    values = node_parameters(args.params) if args.params else {}
+    values.update(parse_overrides(args.overrides))
+    fusion: dict[str, Any] = dict(settings_from_params(values).fusion) if values else {}
     base = FusionConfig(**fusion)
     # the candidates and their evidence as the node finds them; the bank's own term is not needed
     config = FusionConfig(**{**fusion, "decision": "objects", "objects": _without_extra(base.objects)})
@@ -133,6 +140,7 @@ def handler(args: argparse.Namespace) -> int:
     keep = np.sort(rng.choice(len(app), size=min(args.bank_size, len(app)), replace=False))
     info = {"train": str(train), "split": args.split, "every": args.every, "train_counts": train_counts,
             "bank_size": int(keep.size), "seed": args.seed, "reference": [str(r) for r in refs], "params": args.params,
+            "set": list(args.overrides),
             "model_sha256": spec.files["onnx"].sha256,
             "command": "ood-perception object-bank " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["object-bank"] else None}
     bank = ObjectBank.fit(app[keep], geo[keep], args.geometry_weight, args.k, info)
@@ -177,6 +185,29 @@ def handler(args: argparse.Namespace) -> int:
     write_spec(model_dir / SPEC_NAME, spec)
     print(f"wrote {model_dir / BANK_FILE} ({len(data) / 1e3:,.0f} kB) and listed it in {model_dir / SPEC_NAME}")
     return 0
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["object.min_points=20", ...]`` -> ``{"object.min_points": 20}`` (values read as YAML scalars).
+
+    Raises:
+        ValueError: not NAME=VALUE, or NAME is not a fusion node parameter (one line, with the names near it).
+    """
+    # lazy like the handler's imports: the pipeline package pulls OpenCV in, and the CLI imports every command at start
+    from ood_perception.pipeline.frame_handler import FUSION_PARAMETERS
+
+    names = [n for n, _, _ in FUSION_PARAMETERS]
+    out: dict[str, Any] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise ValueError(f"--set {item!r}: give NAME=VALUE, e.g. object.min_points=20")
+        if name not in names:
+            near = difflib.get_close_matches(name, names, n=1)
+            raise ValueError(f"--set {name}: not a fusion node parameter" + (f" (did you mean {near[0]}?)" if near else ""))
+        out[name] = yaml.safe_load(text)
+    return out
 
 
 def _without_extra(objects: Any) -> Any:
