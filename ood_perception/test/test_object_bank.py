@@ -126,8 +126,9 @@ def test_object_bank_command_writes_a_verified_bank_the_pipeline_scores_with(tmp
     r = p.process(FusionFrame(stamp=1.0, image=None, points=frame0.points, calib=frame0.calib))
     assert r.objects and all(ob.extra == 0.0 for ob in r.objects)
     floor = p.config.objects.location_floor  # the location weighs f + (1 - f) x drivable
-    assert all(ob.score == pytest.approx((floor + (1 - floor) * ob.drivable) * (ob.unknown + ob.ood) / 2)
-               for ob in r.objects)
+    s = p.config.objects.support_points  # and by n / (n + s) for n points
+    assert all(ob.score == pytest.approx((floor + (1 - floor) * ob.drivable) * (ob.unknown + ob.ood) / 2
+                                         * ob.num_points / (ob.num_points + s)) for ob in r.objects)
     # calibrate's frames cache remembers the bank: a rebuilt bank is not scored with old region scores
     cache = tmp_path / "frames.pkl"
     assert main(["calibrate", str(model), "--data", str(val), "--windows", "1", "--frames-cache", str(cache)]) == 0

@@ -102,7 +102,8 @@ def frames(n: int, box: bool, colour: tuple[int, int, int] = (120, 120, 120), re
 
 def pipeline(**kw) -> FusionPipeline:
     cfg = dict(decision="objects", region_threshold=0.9, alert=AlertConfig(raise_k=2, raise_n=3, clear_frames=1, cooldown_s=0.0),
-               objects=ObjectConfig(track_window=3, w_ood=0.0))  # the colour backend scores no pixel: unknown share alone
+               # the colour backend scores no pixel: unknown share alone; scores not weighed by points (hand-computed 1s)
+               objects=ObjectConfig(track_window=3, w_ood=0.0, support_points=0.0))
     cfg.update(kw)
     return FusionPipeline(ColourBackend(), FusionConfig(**cfg))
 
@@ -186,6 +187,45 @@ def test_a_sliver_of_an_object_the_camera_saw_little_of_is_not_judged():
         ObjectConfig(min_visible=1.5)
 
 
+def test_low_band_finds_flat_objects_on_the_road_but_not_the_sidewalk():
+    """low_height: points from low_height up to min_height join the candidates unless the model labels
+    them a ground class that is not drivable. A tyre lying flat (0.08-0.2 m high) on the road is a
+    candidate only with the low band; a raised sidewalk's edge (same heights, labelled sidewalk) is not."""
+    ground = GroundPlane((0.0, 0.0, 1.0), -GROUND_Z)
+    names = ["car", "road", "sidewalk"]
+    xs, ys, zs = np.meshgrid(np.arange(10.0, 10.8, 0.1), np.arange(-0.4, 0.41, 0.1), [0.08, 0.14, 0.2])
+    tyre = np.column_stack([xs.ravel(), ys.ravel(), zs.ravel() + GROUND_Z])  # 3 layers
+    n = len(tyre)
+    cfg = ObjectConfig(min_points=10, low_height=0.0)
+    classes = ClassSets.from_names(names, cfg)
+
+    def cands(labels, **kw):
+        c = dataclasses.replace(cfg, **kw)
+        return object_candidates(tyre, np.ones(len(tyre)), np.full(len(tyre), labels), ground, classes, c, 0.5)
+
+    assert cands(1) == []  # road-labelled, below min_height 0.25: no candidate (the earlier rule)
+    [ob] = cands(1, low_height=0.06)
+    assert ob.num_points == n and ob.unknown == 1.0
+    assert len(cands(1, low_height=0.1)[0].index) == n * 2 // 3  # the 0.08 m layer is below the band
+    assert cands(2, low_height=0.06) == []  # labelled sidewalk: the kerb, not an object
+    assert len(cands(0, low_height=0.06)[0].index) == n  # labelled car: joins
+    for bad in ({"low_height": 0.3}, {"low_height": -0.1}, {"support_points": -1.0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            ObjectConfig(**bad)
+
+
+def test_support_points_weigh_the_evidence_of_few_points():
+    """support_points s: region score x n / (n + s); hand-computed."""
+    def ev(n):
+        return ObjectEvidence(index=np.arange(n), centroid=(0, 0, 0), size=(1, 1, 1), top=1.0, unknown=1.0, conflict=0.0,
+                              ood=0.5, drivable=1.0, context_points=10, mean_score=0.0, max_score=0.0, extra=0.6)
+    cfg = ObjectConfig(location_floor=0.0, extra_alone_points=0.0, support_points=0.0)
+    assert region_score(ev(10), cfg) == pytest.approx(0.7)
+    on = dataclasses.replace(cfg, support_points=10.0)
+    assert region_score(ev(10), on) == pytest.approx(0.35)
+    assert region_score(ev(990), on) == pytest.approx(0.7 * 0.99)
+
+
 def test_flat_ground_level_false_positive_does_not_alert():
     p = pipeline()
     results = [p.process(f) for f in frames(6, box=False, red_patch=True)]
@@ -222,7 +262,7 @@ def test_the_bank_term_alone_decides_for_well_seen_objects():
         return ObjectEvidence(index=np.arange(n), centroid=(0, 0, 0), size=(3, 4, 2), top=2.0, unknown=unknown,
                               conflict=0.0, ood=ood, drivable=drivable, context_points=10, mean_score=0.0,
                               max_score=0.0, extra=extra)
-    off = ObjectConfig(location_floor=0.0, extra_alone_points=0.0)
+    off = ObjectConfig(location_floor=0.0, extra_alone_points=0.0, support_points=0.0)
     on = dataclasses.replace(off, extra_alone_points=100, extra_alone_from=0.98)
     trailer = ev(1200, 1.0)  # many points, unlike every training object, labelled truck
     assert region_score(trailer, off) == pytest.approx((0.05 + 0.1 + 1.0) / 3)
@@ -242,22 +282,22 @@ def test_the_bank_term_alone_decides_for_well_seen_objects():
 def test_region_score_weights_and_plug_in_term():
     ev = ObjectEvidence(index=np.arange(3), centroid=(0, 0, 0), size=(1, 1, 1), top=1.0, unknown=0.5, conflict=1.0,
                         ood=0.0, drivable=0.8, context_points=10, mean_score=0.0, max_score=0.0, extra=1.0)
-    plain = ObjectConfig(location_floor=0.0)  # the location as a factor: drivable x evidence
+    plain = ObjectConfig(location_floor=0.0, support_points=0.0)  # the location as a factor: drivable x evidence
     assert region_score(ev, plain) == pytest.approx(0.8 * (0.5 + 0.0 + 1.0) / 3)  # default terms: unknown, ood, extra
     assert region_score(ev, dataclasses.replace(plain, w_extra=0)) == pytest.approx(0.8 * (0.5 + 0.0) / 2)
     assert region_score(ev, dataclasses.replace(plain, w_ood=0, w_extra=0)) == pytest.approx(0.8 * 0.5)
     assert region_score(ev, dataclasses.replace(plain, w_unknown=1, w_conflict=1, w_ood=0, w_extra=2)) == \
         pytest.approx(0.8 * (0.5 + 1 + 2) / 4)
     # the location as a gate instead of a factor: the evidence itself at or above the gate, else 0
-    assert region_score(ev, ObjectConfig(drivable_gate=0.8)) == pytest.approx((0.5 + 0.0 + 1.0) / 3)
-    assert region_score(ev, ObjectConfig(drivable_gate=0.81)) == 0.0
+    assert region_score(ev, ObjectConfig(drivable_gate=0.8, support_points=0.0)) == pytest.approx((0.5 + 0.0 + 1.0) / 3)
+    assert region_score(ev, ObjectConfig(drivable_gate=0.81, support_points=0.0)) == 0.0
     with pytest.raises(ValueError, match="drivable_gate"):
         ObjectConfig(drivable_gate=2.0)
     # a location floor: weighed by f + (1 - f) * drivable; off the drivable area the evidence keeps f of it
-    assert region_score(ev, ObjectConfig(location_floor=0.5)) == pytest.approx(0.9 * (0.5 + 0.0 + 1.0) / 3)
+    assert region_score(ev, ObjectConfig(location_floor=0.5, support_points=0.0)) == pytest.approx(0.9 * (0.5 + 0.0 + 1.0) / 3)
     off = dataclasses.replace(ev, drivable=0.0)
     assert region_score(off, plain) == 0.0
-    assert region_score(off, ObjectConfig(location_floor=0.5)) == pytest.approx(0.5 * (0.5 + 0.0 + 1.0) / 3)
+    assert region_score(off, ObjectConfig(location_floor=0.5, support_points=0.0)) == pytest.approx(0.5 * (0.5 + 0.0 + 1.0) / 3)
     with pytest.raises(ValueError, match="location_floor"):
         ObjectConfig(location_floor=-0.1)
     assert region_score(off, ObjectConfig(location_floor=0.5, drivable_gate=0.5)) == 0.0  # a gate decides alone
@@ -269,7 +309,7 @@ def test_region_score_weights_and_plug_in_term():
 
     p = FusionPipeline(ColourBackend(), FusionConfig(decision="objects", region_threshold=0.9,
                                                      objects=ObjectConfig(track_window=1, w_unknown=1.0, w_ood=0.0,
-                                                                          w_extra=1.0)),
+                                                                          w_extra=1.0, support_points=0.0)),
                        region_term=term)
     r = p.process(frames(1, box=True)[0])
     assert calls and calls[0][1] == (box_points().shape[0], 3) and calls[0][0][2] == 3
@@ -591,5 +631,15 @@ def test_object_settings_other_than_the_calibrations_are_warned_about():
     assert FusionPipeline(backend, FusionConfig(objects=mounted)).decision_warnings == []
     changed = ObjectConfig(track_window=0, drivable_gate=0.5, min_points=30, known_classes=("car", "truck"))
     [w] = FusionPipeline(backend, FusionConfig(objects=changed)).decision_warnings
-    assert "object.drivable_gate 0.0 -> 0.5" in w and "object.min_points 20 -> 30" in w and "-> car,truck" in w
+    assert "object.drivable_gate 0.0 -> 0.5" in w and "object.min_points 10 -> 30" in w and "-> car,truck" in w
     assert "re-run ood-perception calibrate" in w
+    # a calibration recorded before the low band and the point weighting reproduces them off: named as changed
+    before = ObjectConfig(track_window=0, low_height=0.06)
+    spec = backend.spec
+    recorded = dict(spec.decision["objects"])
+    try:
+        spec.decision["objects"] = {k: v for k, v in recorded.items() if k not in ("low_height", "support_points")}
+        [w] = FusionPipeline(backend, FusionConfig(objects=before)).decision_warnings
+        assert "object.low_height 0.0 -> 0.06" in w and "object.support_points 0.0 -> 10.0" in w
+    finally:
+        spec.decision["objects"] = recorded

@@ -98,7 +98,11 @@ FUSION_PARAMETERS: list[tuple[str, Any, str]] = [
      "model's domain: DEGRADED, no regions; NaN = the model's calibrated value, else 0.5"),
     ("object.min_height", 0.25, "a point this far [m] above the fitted ground plane belongs to an object candidate"),
     ("object.max_height", 4.0, "points higher than this [m] above the ground are ignored"),
-    ("object.min_points", 20, "smallest object candidate [points]: sparser clusters (distant or partly seen objects) are not judged"),
+    ("object.low_height", 0.06, "0: off; else points from this height [m] up to object.min_height join the candidates "
+     "too unless the model labels them a ground class that is not drivable (sidewalk, verge): objects lower than "
+     "min_height on the road (a tyre lying flat)"),
+    ("object.min_points", 10, "smallest object candidate [points]: sparser clusters are not judged (see object.support_points "
+     "for how little a candidate of few points weighs)"),
     ("object.max_extent", 8.0, "clusters wider than this [m] are structures, not objects"),
     ("object.min_visible", 0.0, "smallest share (0..1) of an object's LiDAR points in the camera's view and not "
      "hidden: slivers of objects cut by the image border or seen through a gap are not judged; 0 = judge all"),
@@ -121,6 +125,8 @@ FUSION_PARAMETERS: list[tuple[str, Any, str]] = [
     ("object.extra_alone_points", 50.0, "0: off; > 0: the bank's term alone can make an object anomalous, weighed "
      "by n / (n + this) for an object of n points (a well-seen object unlike every training object)"),
     ("object.extra_alone_from", 0.98, "in [0, 1): the bank's term from which it counts alone (ramps to 1)"),
+    ("object.support_points", 10.0, "0: off; > 0: an object's region score is weighed by n / (n + this) for an "
+     "object of n points (the evidence of a few points is weak evidence)"),
     ("object.track_gate", 2.0, "largest distance [m] between a track's predicted centroid and a candidate"),
     ("object.track_window", 0, "frames a track's score averages over (unseen frames count 0); 0 = the model's "
      "calibrated value, else 3"),

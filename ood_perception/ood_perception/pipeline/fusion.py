@@ -791,7 +791,8 @@ class FusionPipeline:
 #: Object settings added after calibrations were recorded, at the value that reproduces the rule
 #: those calibrations were made with.
 OBJECT_SETTINGS_BEFORE: dict[str, Any] = {"min_visible": 0.0, "drivable_gate": 0.0, "location_floor": 0.0,
-                                          "extra_alone_points": 0.0, "extra_alone_from": 0.98}
+                                          "extra_alone_points": 0.0, "extra_alone_from": 0.98, "low_height": 0.0,
+                                          "support_points": 0.0}
 
 
 def with_settings_before(recorded: dict[str, Any]) -> dict[str, Any]:

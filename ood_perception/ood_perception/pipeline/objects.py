@@ -8,7 +8,10 @@ fusion pipeline therefore decides on objects (``docs/architecture.md``, "Object 
 
 1. **Ground** (:func:`ood_perception.geometry.ground.fit_ground_plane`): a RANSAC plane through
    the frame's cloud; every scored in-view point gets its height above it.
-2. **Candidates**: the points ``min_height``..``max_height`` above the ground, clustered in
+2. **Candidates**: the points ``min_height``..``max_height`` above the ground, and with
+   ``low_height`` > 0 those from ``low_height`` up to ``min_height`` that the model does not label
+   a ground class off the drivable area (sidewalk, verge: a raised kerb is no object, a tyre lying
+   flat on the road is), clustered in
    bird's-eye view (:func:`grid_clusters`: 8-connected ``cluster_eps / 2`` cells); clusters with at least
    ``min_points`` points and a horizontal extent up to ``max_extent`` (a facade is not an object)
    are object candidates. The anomaly score map plays no part in *finding* objects: an object the
@@ -53,7 +56,10 @@ fusion pipeline therefore decides on objects (``docs/architecture.md``, "Object 
    ``ramp(extra) = clip((extra - extra_alone_from) / (1 - extra_alone_from), 0, 1)``: an object with
    many points that is unlike every training object (a trailer the model calls truck) no longer
    needs the model's labels and pixel scores to agree, while a sliver of 20-50 points, whose terms
-   are noisy, still does (docs/model.md, "The bank alone").
+   are noisy, still does (docs/model.md, "The bank alone"). ``support_points`` s > 0 weighs the
+   score by ``n / (n + s)``: a candidate of a few points (a distant animal, a sliver of a car seen
+   through a gap) is judged, so it ranks above the objects never judged, but its noisy evidence
+   alone rarely reaches the region threshold (docs/model.md, "Small and low objects").
 5. **Tracking** (:class:`ObjectTracker`): candidates are associated with tracks across frames by
    nearest predicted centroid (constant velocity in the LiDAR frame, which also absorbs the ego
    motion) within ``track_gate`` metres; a track's score is the mean region score over its last
@@ -102,6 +108,9 @@ class ObjectConfig:
 
     Attributes:
         min_height, max_height: a point this far [m] above the fitted ground belongs to a candidate.
+        low_height: 0: off; else points from this height [m] up to ``min_height`` join the candidates too,
+            unless the model labels them a ground class that is not drivable (a sidewalk, the verge): an
+            object lower than ``min_height`` on the road (a tyre lying flat) still stands out of it.
         min_points: smallest candidate [points].
         max_extent: a cluster wider than this [m] (x or y) is a structure, not an object.
         min_visible: smallest share of a candidate's points the model saw (in the camera's view and
@@ -121,6 +130,8 @@ class ObjectConfig:
         extra_alone_points: 0: off; > 0: the points at which the bank's term alone carries half its
             weight (step 4: ``ramp(extra) * n / (n + extra_alone_points)``).
         extra_alone_from: the bank's term from which it counts alone (the ramp's start, in [0, 1)).
+        support_points: 0: off; > 0: the region score of a candidate of ``n`` points is weighed by
+            ``n / (n + support_points)``: the evidence of a few points is weak evidence.
         track_gate: largest distance [m] between a track's predicted centroid and a candidate.
         track_window: frames a track's score averages over (unseen frames count 0); 0 (the fusion
             pipeline's default) = the model's calibrated window.
@@ -133,7 +144,8 @@ class ObjectConfig:
 
     min_height: float = 0.25
     max_height: float = 4.0
-    min_points: int = 20
+    low_height: float = 0.06
+    min_points: int = 10
     max_extent: float = 8.0
     min_visible: float = 0.0
     cluster_eps: float = 0.6
@@ -148,6 +160,7 @@ class ObjectConfig:
     w_extra: float = 1.0
     extra_alone_points: float = 50.0
     extra_alone_from: float = 0.98
+    support_points: float = 10.0
     track_gate: float = 2.0
     track_window: int = 3
     track_max_missed: int = 2
@@ -161,6 +174,8 @@ class ObjectConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.min_height < self.max_height:
             raise ValueError(f"need 0 <= min_height < max_height, got {self.min_height}, {self.max_height}")
+        if not (self.low_height == 0 or 0 < self.low_height < self.min_height):
+            raise ValueError(f"low_height must be 0 (off) or in (0, min_height), got {self.low_height}")
         if self.min_points < 1 or self.min_context_points < 1 or self.track_window < 0 or self.track_max_missed < 0:
             raise ValueError("min_points and min_context_points must be >= 1, track_window and track_max_missed >= 0")
         for name in ("max_extent", "cluster_eps", "context_radius", "track_gate", "ground_inlier"):
@@ -178,6 +193,8 @@ class ObjectConfig:
             raise ValueError(f"extra_alone_points must be >= 0 (0 = off), got {self.extra_alone_points}")
         if not 0 <= self.extra_alone_from < 1:
             raise ValueError(f"extra_alone_from must be in [0, 1), got {self.extra_alone_from}")
+        if not self.support_points >= 0:
+            raise ValueError(f"support_points must be >= 0 (0 = off), got {self.support_points}")
         weights = (self.w_unknown, self.w_conflict, self.w_ood, self.w_extra)
         if any(not w >= 0 for w in weights) or sum(weights) <= 0:
             raise ValueError(f"the evidence weights must be >= 0 and not all 0, got {weights}")
@@ -283,6 +300,9 @@ def object_candidates(
     scored = np.isfinite(scores)
     h = ground.height(xyz)
     band = (h >= config.min_height) & (h <= config.max_height)
+    if config.low_height > 0:  # the low band: what the model does not call sidewalk or verge
+        off_road = np.setdiff1d(classes.ground, classes.drivable)
+        band |= (h >= config.low_height) & (h < config.min_height) & ~_member(labels, off_road)
     above = np.flatnonzero(scored & band)
     if above.size < config.min_points:
         return []
@@ -412,6 +432,9 @@ def region_score(ev: ObjectEvidence, config: ObjectConfig) -> float:
         where = float(ev.drivable >= config.drivable_gate)
     else:
         where = config.location_floor + (1.0 - config.location_floor) * ev.drivable
+    if config.support_points > 0:
+        n = float(len(ev.index))
+        what *= n / (n + config.support_points)
     return float(where * what)
 
 
