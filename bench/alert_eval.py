@@ -38,7 +38,12 @@ from _common import machine_info, markdown_table, write_results
 
 from ood_perception import runtime
 from ood_perception.data import DatasetConfig, SemanticKittiReader
-from ood_perception.evaluation import AlertEvaluator, ComponentAccumulator, ComponentConfig
+from ood_perception.evaluation import (
+    AlertEvaluator,
+    ComponentAccumulator,
+    ComponentConfig,
+    candidate_object_scores,
+)
 from ood_perception.pipeline import FusionConfig, FusionFrame, FusionPipeline
 from ood_perception.replay.dataset import replay_dataset
 from ood_perception.replay.params import node_parameters, settings_from_params
@@ -74,18 +79,6 @@ def fusion_config(params_file: str | None, decision: str, overrides: dict[str, A
     return FusionConfig(**kw)
 
 
-def object_scores(result: Any, point_labels: np.ndarray) -> dict[int, float]:
-    """Per ground-truth object key, the track score of the candidate holding most of its points."""
-    best: dict[int, tuple[int, float]] = {}
-    for ob in result.objects:
-        keys, counts = np.unique(point_labels[ob.index] & 0xFFFFFFFF, return_counts=True)
-        for k, n in zip(keys.tolist(), counts.tolist(), strict=True):
-            if n >= 5 and n > best.get(k, (0, 0.0))[0]:
-                best[k] = (n, ob.track_score)
-    keys = np.unique(point_labels & 0xFFFFFFFF).tolist()
-    return {k: best.get(k, (0, 0.0))[1] for k in keys}
-
-
 def evaluate_drives(drives: list[Path], backend: Any, config: FusionConfig, clean: list[Path]) -> dict[str, Any]:
     # the anomaly types the model saw in training (model.json outlier_types) are left out
     ds_cfg = DatasetConfig.from_yaml(drives[0] / "dataset.yaml").excluding(backend.spec.outlier_types)
@@ -102,8 +95,8 @@ def evaluate_drives(drives: list[Path], backend: Any, config: FusionConfig, clea
             kw: dict[str, Any] = {}
             if plab is not None:
                 kw = {"point_labels": plab, "point_scores": res.point_scores}
-                if res.objects or pipe.uses_objects(True):
-                    kw["object_scores"] = object_scores(res, plab)
+                if res.by_objects:
+                    kw["object_scores"] = candidate_object_scores(res.objects, plab)
             ev.add(drive.name, float(res.stamp), res.level, res.frame_score, pixel_labels=frame.pixel_labels,
                    pixel_instances=frame.pixel_instances, **kw)
             if res.mask is not None:

@@ -168,6 +168,23 @@ def test_evaluate_checks_its_paths_before_loading_torch(tmp_path, capsys):
     assert r.stderr.strip() == f"ood-perception evaluate: error: checkpoint not found: {tmp_path / 'nothere.pt'}"
 
 
+def test_evaluate_decisions_arguments_are_checked_before_any_work(tmp_path, capsys):
+    """--decisions needs an exported model directory, --params only goes with it: one line each, at once."""
+    from ood_perception import cli
+
+    ckpt = tmp_path / "model.pt"
+    ckpt.write_bytes(b"x")
+    base = ["evaluate", str(ckpt), "--data", str(tmp_path)]
+    assert cli.main([*base, "--params", "vehicle.yaml"]) == 1
+    assert capsys.readouterr().err.strip() == ("ood-perception evaluate: error: --params is for --decisions (the node's "
+                                               "decisions); give --decisions MODEL_DIR too")
+    assert cli.main([*base, "--decisions", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("no model.json there (give an exported model directory)") and "\n" not in err
+    assert cli.main([*base, "--decisions", "default", "--params", str(tmp_path / "none.yaml")]) == 1
+    assert capsys.readouterr().err.strip().endswith(f"--params not found: {tmp_path / 'none.yaml'}")
+
+
 def test_params_lists_each_nodes_parameters_with_default_and_description(capsys):
     from ood_perception import cli
 

@@ -19,6 +19,7 @@ from ood_perception.evaluation import (
     WARNING,
     AlertEvalConfig,
     AlertEvaluator,
+    candidate_object_scores,
     object_key,
     pixel_objects,
     point_objects,
@@ -205,6 +206,22 @@ def test_object_score_separation_by_hand() -> None:
     tr = res["tracks"]
     assert (tr["n_ood"], tr["n_id"]) == (2, 1)
     assert tr["auroc"] == pytest.approx(0.5)
+
+
+def test_candidate_object_scores_by_hand() -> None:
+    """The object decisions' score of a labelled object: the track score of the candidate holding most
+    of its points (>= 5 of them), 0 when none does."""
+    from types import SimpleNamespace
+
+    a1, c2, c3 = object_key(200, 1), object_key(CAR, 2), object_key(CAR, 3)
+    lab = np.array([a1] * 8 + [c2] * 6 + [c3] * 4 + [40] * 3, np.uint32)  # indices 0-7, 8-13, 14-17, 18-20
+    big = SimpleNamespace(index=np.arange(0, 12), track_score=0.9)  # 8 of a1, 4 of c2
+    other = SimpleNamespace(index=np.arange(8, 21), track_score=0.2)  # 6 of c2 (more than big's 4), 4 of c3, road
+    got = candidate_object_scores([big, other], lab)
+    # a1 -> big (8 >= 5); c2 -> other (6 > 4); c3: 4 points < 5 -> 0; road (key 40) held by other with 3 -> 0
+    assert got == {a1: 0.9, c2: 0.2, c3: 0.0, 40: 0.0}
+    assert candidate_object_scores([], lab) == {a1: 0.0, c2: 0.0, c3: 0.0, 40: 0.0}
+    assert candidate_object_scores([big, other], lab, min_shared=7) == {a1: 0.9, c2: 0.0, c3: 0.0, 40: 0.0}
 
 
 def test_unavailable_metrics_and_bad_input() -> None:

@@ -18,7 +18,13 @@ from test_replay_engine import pipeline, settings
 
 from ood_perception.evaluation import AlertEvaluator
 from ood_perception.metrics import ood_metrics
-from ood_perception.replay.alert_metrics import OBJECTS_FROM_CLASSES, AlertMetrics, pool
+from ood_perception.replay.alert_metrics import (
+    OBJECT_SCORES_FROM_CANDIDATES,
+    OBJECT_SCORES_FROM_POINTS,
+    OBJECTS_FROM_CLASSES,
+    AlertMetrics,
+    pool,
+)
 from ood_perception.replay.report import _clean
 
 CAR = 10
@@ -140,9 +146,11 @@ def test_pooled_alert_metrics_are_the_merge_of_the_bags(replayed):
     tmp, results, per_bag, pooled = replayed
     ref = AlertEvaluator.from_state(results[0].alert_metrics.alerts.state())
     ref.merge(AlertEvaluator.from_state(results[1].alert_metrics.alerts.state()))
-    extra = ("levels", "available", "objects_from", "frames_with_pixel_instances", "frames_points_not_aligned")
+    extra = ("levels", "available", "objects_from", "frames_with_pixel_instances", "frames_points_not_aligned",
+             "object_scores_from")
     got = {k: v for k, v in pooled["alerts"].items() if k not in extra}
     assert pooled["alerts"]["frames_points_not_aligned"] == 0
+    assert pooled["alerts"]["object_scores_from"] == OBJECT_SCORES_FROM_POINTS  # these bags are decided on pixels
     assert got == json.loads(json.dumps(_clean(ref.result())))
     assert pooled["alerts"]["frame"]["n_positive"] == sum(d["alerts"]["frame"]["n_positive"] for d in per_bag.values())
     assert pooled["alerts"]["objects"]["in_view"]["n"] == 2 and pooled["alerts"]["sequences"] == 2
@@ -197,6 +205,48 @@ def test_unscored_frames_stay_in_the_alert_evaluation():
     assert r["alerts"]["frame"]["n_positive"] == 1 and r["alerts"]["frame"]["n_unscored"] == 1
     assert r["alerts"]["frames"] == 2
     assert r["components"]["frames"] == 1 and r["components"]["skipped"] == {"components_unscored_frames": 1}
+
+
+def test_object_scores_are_the_object_decisions_score_on_frames_decided_on_objects():
+    """With object decisions (``FusionResult.by_objects``) each labelled object is scored by the track score of
+    the candidate holding most of its points (0 when none does), not by its mean point score; the
+    source is said, survives state round trips and merges, and a frame decided on pixels says so."""
+    from types import SimpleNamespace
+
+    from ood_perception.evaluation import object_key
+
+    anomaly, car = object_key(ANOMALY, 1), object_key(CAR, 2)
+    labels = np.array([anomaly] * 12 + [car] * 12, np.uint32)
+    points = np.concatenate([np.full(12, 0.1), np.full(12, 3.0)]).astype(np.float32)  # the car's points score higher
+    lab = np.full((H, W), ROAD, np.uint16)
+    lab[:10, :10] = ANOMALY
+
+    def frame(by_objects, objects):
+        return SimpleNamespace(level=0, frame_score=0.5, mask=None, point_scores=points, by_objects=by_objects,
+                               objects=objects)
+
+    judged = [SimpleNamespace(index=np.arange(12), track_score=0.8),  # the anomaly, judged anomalous
+              SimpleNamespace(index=np.arange(12, 24), track_score=0.1)]  # the car, judged known
+    am = AlertMetrics(car_config(), "s")
+    for i in range(3):
+        am.add(frame(True, judged), 1_000_000_000 + i * 100_000_000, (H, W), lab, point_labels=labels)
+    a = am.result()["alerts"]
+    assert a["object_scores_from"] == OBJECT_SCORES_FROM_CANDIDATES
+    assert a["object_scores"]["observations"]["auroc"] == pytest.approx(1.0)  # by the mean point score: 0.0
+    back = AlertMetrics.from_state(json.loads(json.dumps(am.state())), car_config())
+    assert back.result() == am.result()
+    # no candidate holds the anomaly: it scores 0, below the judged car
+    pix = AlertMetrics(car_config(), "t")
+    pix.add(frame(True, judged[1:]), 1_000_000_000, (H, W), lab, point_labels=labels)
+    assert pix.result()["alerts"]["object_scores"]["observations"]["auroc"] == pytest.approx(0.0)
+    # a frame decided on pixels: the mean point score, and the pooled source says mixed
+    pix.add(frame(False, []), 1_100_000_000, (H, W), lab, point_labels=labels)
+    assert pix.object_scores_by == {"candidates": 1, "points": 1}
+    am.merge(pix)
+    assert am.result()["alerts"]["object_scores_from"].startswith("mixed")
+    only_pixels = AlertMetrics(car_config(), "u")
+    only_pixels.add(frame(False, []), 1_000_000_000, (H, W), lab, point_labels=labels)
+    assert only_pixels.result()["alerts"]["object_scores_from"] == OBJECT_SCORES_FROM_POINTS
 
 
 def test_replay_leaves_out_the_anomaly_types_the_model_saw_in_training(tmp_path):

@@ -61,7 +61,7 @@ def results(drive):
 
     tmp, ds, ckpt = drive
     assert main(["evaluate", str(ckpt), "--data", str(ds), "--out", str(tmp / "eval"), "--scorers", "maxlogit,energy",
-                 "--no-plots", "--quiet", "--cache-dir", str(tmp / "cache")]) == 0
+                 "--no-plots", "--quiet", "--cache-dir", str(tmp / "cache"), "--decisions", str(tmp / "onnx")]) == 0
     fed: list[dict[str, np.ndarray]] = []
     build = replay_run.build_pipeline
 
@@ -242,14 +242,25 @@ def test_evaluate_reports_components_and_object_scores(drive, results) -> None:
         n_gt += int((np.bincount(lab.ravel())[1:] >= c["min_gt_pixels"]).sum())
     assert c["n_gt_components"] == n_gt > 0
     assert all(r["tp"] + r["fn"] == n_gt for r in c["per_tau"])
+    # the checkpoint's object-score separation (mean point score of the headline scorer) is over the same
+    # observations as replay's; replay decides on objects here, so it scores them as the node does
     o, r = ev["object_scores"], rp["alerts"]["object_scores"]
     assert o["available"] and o["known_ids"] == rp["alerts"]["config"]["known_ids"] == [10, 11, 18, 30, 31, 252, 253, 254]
     for unit in ("observations", "tracks"):
         assert (o[unit]["n"], o[unit].get("n_ood"), o[unit].get("n_id")) == (r[unit]["n"], r[unit].get("n_ood"), r[unit].get("n_id"))
-        if o[unit]["available"]:
-            assert o[unit]["auroc"] == pytest.approx(r[unit]["auroc"], abs=1e-6), unit
+    assert rp["alerts"]["object_scores_from"].startswith("the object decisions' score")
+    # evaluate --decisions: the node's decisions over the dataset equal replay's over the bag of the same frames
+    d = ev["decisions"]
+    assert d["alerts"]["object_scores_from"] == rp["alerts"]["object_scores_from"]
+    assert d["alerts"]["levels"] == rp["alerts"]["levels"] and d["alerts"]["frames"] == rp["alerts"]["frames"] == FRAMES
+    for unit in ("observations", "tracks"):
+        assert d["alerts"]["object_scores"][unit]["n"] == r[unit]["n"]
+        if r[unit]["available"]:
+            assert d["alerts"]["object_scores"][unit]["auroc"] == pytest.approx(r[unit]["auroc"], abs=1e-6), unit
+    assert d["alerts"]["frame"]["scores"].get("auroc") == pytest.approx(rp["alerts"]["frame"]["scores"].get("auroc"), abs=1e-6)
+    assert d["components"]["f1_mean"] == pytest.approx(rp["components"]["f1_mean"], abs=1e-9)
     report = (tmp / "eval" / "report.md").read_text()
-    assert "Component metrics" in report and "Object-score separation" in report
+    assert "Component metrics" in report and "Object-score separation" in report and "The node's decisions" in report
 
 
 def test_evaluate_calibrates_the_component_threshold_on_val(drive, results) -> None:

@@ -52,7 +52,8 @@ False alerts (``result()["false_alerts"]``)
 Object score separation (``result()["object_scores"]``)
     An *observation* is an object in one frame with >= ``min_points`` scored LiDAR points (points
     with a finite score; pass the labels and scores of the points the pipeline scored, NaN for the
-    rest). Its score is the mean point score, or the caller's ``object_scores[key]``. Anomaly vs
+    rest). Its score is the mean point score, or the caller's ``object_scores[key]`` (with object
+    decisions :func:`candidate_object_scores`: the score the node uses for objects). Anomaly vs
     known-class observations are judged with ``ood_metrics`` (the "object AUROC"); ``tracks`` does
     the same per object (mean of its observation scores).
 """
@@ -75,6 +76,7 @@ __all__ = [
     "AlertEvalConfig",
     "AlertEvaluator",
     "FrameRecord",
+    "candidate_object_scores",
     "known_thing_ids",
     "object_key",
     "pixel_objects",
@@ -97,6 +99,37 @@ def known_thing_ids(dataset_config: Any) -> list[int]:
     ood = {int(i) for i in dataset_config.ood_ids}
     names = {int(k) for k in dataset_config.labels}
     return [i for i in SEMANTIC_KITTI_THING_IDS if i in names and i not in ood]
+
+
+#: A candidate must hold at least this many of a labelled object's points to score it
+#: (:func:`candidate_object_scores`).
+CANDIDATE_MIN_SHARED_POINTS = 5
+
+
+def candidate_object_scores(candidates: Iterable[Any], point_labels: ArrayLike,
+                            min_shared: int = CANDIDATE_MIN_SHARED_POINTS) -> dict[int, float]:
+    """The score the object decisions give each labelled object of a frame: the track score of the
+    candidate holding most of its points (at least ``min_shared`` of them), 0.0 when no candidate
+    does (the decisions never judged it as an object).
+
+    Args:
+        candidates: the frame's object candidates (``FusionResult.objects``: each with ``index``, its
+            points as indices into ``point_labels``, and ``track_score``).
+        point_labels: ``[M]`` raw labels (``semantic | instance << 16``) of the points the pipeline scored.
+        min_shared: fewest of an object's points a candidate must hold to score it.
+
+    Returns:
+        ``{key: score}`` for every label key among ``point_labels`` (key = the raw label's low 32 bits,
+        as :func:`point_objects`); pass it as :meth:`AlertEvaluator.add`'s ``object_scores``.
+    """
+    lab = np.asarray(point_labels).astype(np.int64, copy=False).ravel() & 0xFFFFFFFF
+    best: dict[int, tuple[int, float]] = {}
+    for ob in candidates:
+        keys, counts = np.unique(lab[np.asarray(ob.index, np.int64)], return_counts=True)
+        for k, n in zip(keys.tolist(), counts.tolist(), strict=True):
+            if n >= min_shared and n > best.get(k, (0, 0.0))[0]:
+                best[k] = (n, float(ob.track_score))
+    return {int(k): best.get(int(k), (0, 0.0))[1] for k in np.unique(lab).tolist()}
 
 
 def object_key(semantic: int, instance: int) -> int:

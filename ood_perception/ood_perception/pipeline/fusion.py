@@ -224,7 +224,9 @@ class FusionResult:
     ``frame_score`` is ``OodAlert.score``: on objects the highest track score (0 without a
     candidate), on pixels the ``frame_score_percentile`` of the score map, NaN on a scene shift.
     ``objects``: every object candidate with its evidence (object decisions only);
-    ``scene_shift``: the frame was judged outside the model's domain.
+    ``scene_shift``: the frame was judged outside the model's domain; ``by_objects``: the frame was
+    to be decided on objects (LiDAR in view and a model with a drivable class), so an object no candidate
+    holds was not judged as one (evaluations score it 0).
     """
 
     stamp: float
@@ -245,6 +247,7 @@ class FusionResult:
     error: str | None = None
     objects: list[ObjectEvidence] = field(default_factory=list)
     scene_shift: bool = False
+    by_objects: bool = False
 
     @property
     def level(self) -> int:
@@ -682,6 +685,7 @@ class FusionPipeline:
             anomalous_fraction=fraction,
             objects=objects,
             scene_shift=scene_shift,
+            by_objects=by_objects,
         )
 
     def _pixel_decisions(self, frame: FusionFrame, anomalous: np.ndarray, score: np.ndarray, valid: np.ndarray,

@@ -24,7 +24,11 @@ is one object (instance 0). ``result()["alerts"]["objects_from"]`` says which wa
 
 Known-class objects (for the object-score separation) are the SemanticKITTI *thing* ids
 the dataset's label map names and does not list as anomalies
-(:func:`~ood_perception.evaluation.known_thing_ids`).
+(:func:`~ood_perception.evaluation.known_thing_ids`). Each is scored by the score the node uses for
+objects on frames decided on objects (``FusionResult.by_objects``: the track score of the candidate
+holding most of its points, 0 when none holds >= 5,
+:func:`~ood_perception.evaluation.candidate_object_scores`), else by its mean point score
+(``result()["alerts"]["object_scores_from"]`` says which).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from ood_perception.evaluation import (
     AlertEvaluator,
     ComponentAccumulator,
     ComponentConfig,
+    candidate_object_scores,
     known_thing_ids,
 )
 from ood_perception.evaluation.segmentation import labelled, pixel_truth
@@ -48,6 +53,10 @@ OBJECTS_FROM_INSTANCES = "pixel instance ids (label folder image_2_instance)"
 OBJECTS_FROM_CLASSES = ("semantic class (no pixel instance ids: the bag's camera/labels topic carries semantic ids "
                         "only; pass --labels DATASET for instances): every anomaly class of a frame is one object")
 OBJECTS_FROM_MIXED = "mixed: pixel instance ids where the label source had them, else one object per anomaly class"
+#: ``object_scores_from`` values of :meth:`AlertMetrics.result`.
+OBJECT_SCORES_FROM_CANDIDATES = ("the object decisions' score (track score of the candidate holding most of the "
+                                 "object's points; 0 when none holds >= 5)")
+OBJECT_SCORES_FROM_POINTS = "mean point score (frames decided on pixels)"
 
 
 class AlertMetrics:
@@ -69,6 +78,8 @@ class AlertMetrics:
         self.components: ComponentAccumulator | None = None
         self.frames_with_instances = 0
         self.frames_without_instances = 0
+        #: frames whose objects were scored by the object decisions / by their mean point score
+        self.object_scores_by = {"candidates": 0, "points": 0}
         self.skipped: dict[str, int] = {}
 
     # ------------------------------------------------------------------ collecting
@@ -100,9 +111,13 @@ class AlertMetrics:
             if labels is not None and labels.shape[0] != scores.shape[0]:
                 labels = None
                 self._skip("points_not_aligned")
+            by_candidates = labels is not None and bool(getattr(result, "by_objects", False))
             self.alerts.add(self.sequence, stamp_ns * 1e-9, int(result.level), float(result.frame_score),
                             pixel_labels=raw, pixel_instances=inst,
-                            point_labels=labels, point_scores=None if labels is None else scores)
+                            point_labels=labels, point_scores=None if labels is None else scores,
+                            object_scores=candidate_object_scores(result.objects, labels) if by_candidates else None)
+            if labels is not None:
+                self.object_scores_by["candidates" if by_candidates else "points"] += 1
             if inst is None:
                 self.frames_without_instances += 1
             else:
@@ -142,6 +157,8 @@ class AlertMetrics:
             self.components.merge(other.components)
         self.frames_with_instances += other.frames_with_instances
         self.frames_without_instances += other.frames_without_instances
+        for k, v in other.object_scores_by.items():
+            self.object_scores_by[k] = self.object_scores_by.get(k, 0) + v
         for k, v in other.skipped.items():
             self.skipped[k] = self.skipped.get(k, 0) + v
 
@@ -152,7 +169,8 @@ class AlertMetrics:
                 "alerts": None if self.alerts is None else self.alerts.state(),
                 "components": None if self.components is None else self.components.state(),
                 "frames_with_instances": self.frames_with_instances,
-                "frames_without_instances": self.frames_without_instances, "skipped": dict(self.skipped)}
+                "frames_without_instances": self.frames_without_instances,
+                "object_scores_by": dict(self.object_scores_by), "skipped": dict(self.skipped)}
 
     @classmethod
     def from_state(cls, state: dict[str, Any], dataset_config: Any) -> AlertMetrics:
@@ -162,6 +180,8 @@ class AlertMetrics:
         out.components = None if state["components"] is None else ComponentAccumulator.from_state(state["components"])
         out.frames_with_instances = int(state["frames_with_instances"])
         out.frames_without_instances = int(state["frames_without_instances"])
+        # states written before the object decisions' scores were used: every frame by mean point score
+        out.object_scores_by = {str(k): int(v) for k, v in state.get("object_scores_by", {"candidates": 0, "points": 0}).items()}
         out.skipped = {str(k): int(v) for k, v in state["skipped"].items()}
         return out
 
@@ -176,10 +196,21 @@ class AlertMetrics:
         if self.components is not None:
             out.components = ComponentAccumulator.from_state(self.components.state())
         out.frames_with_instances, out.frames_without_instances = self.frames_with_instances, self.frames_without_instances
+        out.object_scores_by = dict(self.object_scores_by)
         out.skipped = dict(self.skipped)
         return out
 
     # ------------------------------------------------------------------ results
+    def object_scores_from(self) -> str | None:
+        """What scored the objects of the object-score separation (None before a frame with point labels)."""
+        by = self.object_scores_by
+        if by.get("candidates") and by.get("points"):
+            return (f"mixed: {OBJECT_SCORES_FROM_CANDIDATES} on {by['candidates']} frames, "
+                    f"{OBJECT_SCORES_FROM_POINTS} on {by['points']}")
+        if by.get("candidates"):
+            return OBJECT_SCORES_FROM_CANDIDATES
+        return OBJECT_SCORES_FROM_POINTS if by.get("points") else None
+
     def objects_from(self) -> str | None:
         """How anomaly objects were told apart (None before any frame)."""
         if self.frames_with_instances and self.frames_without_instances:
@@ -198,6 +229,7 @@ class AlertMetrics:
             alerts = {"available": False, "reason": "no frame with pixel labels"}
         else:
             alerts = {"available": True, **self.alerts.result(), "objects_from": self.objects_from(),
+                      "object_scores_from": self.object_scores_from(),
                       "frames_with_pixel_instances": self.frames_with_instances,
                       "frames_points_not_aligned": self.skipped.get("points_not_aligned", 0)}
         if self.components is None or not self.components.frames:
@@ -236,6 +268,7 @@ class AlertMetrics:
             obs = a["object_scores"]["observations"]
             rows.append(("object-score AUROC (anomaly vs known, >= 10 points)",
                          obs["auroc"] if obs.get("available") else obs.get("reason")))
+            rows.append(("objects scored by", a["object_scores_from"]))
         if c.get("available"):
             rows += [("component mean F1 (SMIYC)", c["f1_mean"]),
                      ("components GT / predicted", f"{c['n_gt_components']} / {c['n_pred_components']}"),
