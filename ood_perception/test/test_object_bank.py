@@ -174,8 +174,8 @@ def test_object_bank_set_overrides_the_params_file_and_refuses_unknown_names(tmp
     with pytest.raises(ValueError, match="NAME=VALUE"):
         parse_overrides(["object.min_points"])
     train = _world(tmp_path / "train", 8193, "train", 0.0, frames=2)
-    assert main(["object-bank", "default", "--train", str(train), "--reference", str(train),
-                 "--set", "object.min_pints=20"]) != 0
+    assert main(["object-bank", "default", "--train", str(tmp_path / "nothere"), "--reference", str(train),
+                 "--set", "object.min_pints=20"]) != 0  # said before the missing dataset
     err = capsys.readouterr().err.strip()
     assert "object.min_pints" in err and "did you mean object.min_points" in err and "\n" not in err
     # applied: with candidates of >= 100000 points there is none to build a bank from

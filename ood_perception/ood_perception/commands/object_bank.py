@@ -107,6 +107,7 @@ def handler(args: argparse.Namespace) -> int:
     from ood_perception.pipeline.object_bank import BANK_FILE, BANK_ROLE, ObjectBank
     from ood_perception.replay.params import node_parameters, settings_from_params
 
+    overrides = parse_overrides(args.overrides)  # a misspelt --set is said before any data is read
     if args.every < 1:
         raise ValueError(f"--every must be >= 1, got {args.every}")
     if args.k < 1:
@@ -127,7 +128,7 @@ def handler(args: argparse.Namespace) -> int:
     if not sequences:
         raise ValueError(f"{train}: no sequences in split {args.split!r}")
     values = node_parameters(args.params) if args.params else {}
-    values.update(parse_overrides(args.overrides))
+    values.update(overrides)
     fusion: dict[str, Any] = dict(settings_from_params(values).fusion) if values else {}
     base = FusionConfig(**fusion)
     # the candidates and their evidence as the node finds them; the bank's own term is not needed
