@@ -45,6 +45,7 @@ from ood_perception.evaluation import (
     candidate_object_scores,
     known_thing_ids,
 )
+from ood_perception.evaluation.alerts import CANDIDATE_MIN_SHARED_POINTS
 from ood_perception.evaluation.segmentation import labelled, pixel_truth
 from ood_perception.geometry.inputs import resize_labels
 
@@ -55,7 +56,7 @@ OBJECTS_FROM_CLASSES = ("semantic class (no pixel instance ids: the bag's camera
 OBJECTS_FROM_MIXED = "mixed: pixel instance ids where the label source had them, else one object per anomaly class"
 #: ``object_scores_from`` values of :meth:`AlertMetrics.result`.
 OBJECT_SCORES_FROM_CANDIDATES = ("the object decisions' score (track score of the candidate holding most of the "
-                                 "object's points; 0 when none holds >= 5)")
+                                 f"object's points; 0 when none holds >= {CANDIDATE_MIN_SHARED_POINTS})")
 OBJECT_SCORES_FROM_POINTS = "mean point score (frames decided on pixels)"
 
 

@@ -68,10 +68,8 @@ def decision_metrics(
         ``AlertMetrics.result()`` (``{"alerts": ..., "components": ...}``; ``alerts.levels``: frames
         per level, as replay's metrics.json) plus ``"summary"``: the report's rows as ``[label, value]`` pairs.
     """
-    cfg = DatasetConfig.from_yaml(Path(root) / "dataset.yaml")
-    seen = getattr(getattr(pipeline.backend, "spec", None), "outlier_types", None) or []
-    if seen:
-        cfg = cfg.excluding(seen)
+    seen = getattr(getattr(pipeline.backend, "spec", None), "outlier_types", None)
+    cfg = DatasetConfig.from_yaml(Path(root) / "dataset.yaml").excluding(seen)  # None / []: unchanged
     parts: dict[str, AlertMetrics] = {}
     levels = dict.fromkeys(LEVEL_NAMES.values(), 0)
     for frame, result in replay_dataset(pipeline, root, sequences, max_frames):
